@@ -1,0 +1,672 @@
+//! Plain data of the directory: users, channels, contacts, conversations,
+//! messages — with the field names and defaults of the policy-case world format
+//! (`shared/policy-cases/README.md`), so a world file, the admin API and the
+//! policy engine all speak the same language.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+pub type Id = String;
+
+fn default_workspace() -> Id {
+    "w1".to_owned()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_permissions() -> Vec<Permission> {
+    vec![Permission::Chats]
+}
+fn default_visibility_groups() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Admin,
+    TeamAdmin,
+    #[default]
+    Staff,
+}
+
+impl Role {
+    pub fn default_scope(self) -> Scope {
+        match self {
+            Role::Admin => Scope::All,
+            Role::TeamAdmin => Scope::Team,
+            Role::Staff => Scope::OwnAndUnassigned,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::TeamAdmin => "team_admin",
+            Role::Staff => "staff",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Permission {
+    Chats,
+    ViewAll,
+    Administer,
+    New,
+}
+
+/// Scopes nest: `own` ⊂ `own_and_unassigned` ⊂ `team` ⊂ `all`, so `Ord` is inclusion.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    Own,
+    OwnAndUnassigned,
+    Team,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub tz: String,
+    pub days: Vec<Weekday>,
+    /// `"HH:MM-HH:MM"` in `tz`; an end before the start spans midnight.
+    pub hours: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: Id,
+    #[serde(default = "default_workspace")]
+    pub workspace: Id,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default = "default_permissions")]
+    pub permissions: Vec<Permission>,
+    #[serde(default)]
+    pub scope: Option<Scope>,
+    #[serde(default)]
+    pub teams: Vec<Id>,
+    #[serde(default)]
+    pub manager: Option<Id>,
+    #[serde(default = "default_visibility_groups")]
+    pub visibility_groups: Vec<String>,
+    #[serde(default = "default_true")]
+    pub internal: bool,
+    #[serde(default)]
+    pub disabled: bool,
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+}
+
+impl User {
+    pub fn has(&self, p: Permission) -> bool {
+        self.permissions.contains(&p)
+    }
+    pub fn effective_scope(&self) -> Scope {
+        self.scope.unwrap_or_else(|| self.role.default_scope())
+    }
+    pub fn in_team(&self, team: &str) -> bool {
+        self.teams.iter().any(|t| t == team)
+    }
+    /// A `team_admin` administers every team they belong to.
+    pub fn administers(&self, team: &str) -> bool {
+        self.role == Role::TeamAdmin && self.in_team(team)
+    }
+    pub fn sees_group(&self, group: &str) -> bool {
+        self.visibility_groups
+            .iter()
+            .any(|g| g == "*" || g == group)
+    }
+}
+
+/// Grant levels, ordered so the highest grant wins.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantLevel {
+    ReadOnly,
+    ReadWrite,
+    Full,
+}
+
+/// `user:<id>` or `role:<role>`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Subject {
+    User(Id),
+    Role(Role),
+}
+
+impl Subject {
+    pub fn matches(&self, user: &User) -> bool {
+        match self {
+            Subject::User(id) => *id == user.id,
+            Subject::Role(role) => *role == user.role,
+        }
+    }
+}
+
+impl std::fmt::Display for Subject {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Subject::User(id) => write!(f, "user:{id}"),
+            Subject::Role(role) => write!(f, "role:{}", role.as_str()),
+        }
+    }
+}
+
+impl std::str::FromStr for Subject {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some(("user", id)) if !id.is_empty() => Ok(Subject::User(id.to_owned())),
+            Some(("role", "admin")) => Ok(Subject::Role(Role::Admin)),
+            Some(("role", "team_admin")) => Ok(Subject::Role(Role::TeamAdmin)),
+            Some(("role", "staff")) => Ok(Subject::Role(Role::Staff)),
+            _ => Err(format!(
+                "unknown subject {s:?} (expected user:<id> or role:admin|team_admin|staff)"
+            )),
+        }
+    }
+}
+
+impl Serialize for Subject {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Subject {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub subject: Subject,
+    pub level: GrantLevel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelVisibility {
+    #[default]
+    All,
+    Own,
+    OwnAndUnassigned,
+}
+
+impl ChannelVisibility {
+    pub fn as_scope(self) -> Scope {
+        match self {
+            ChannelVisibility::All => Scope::All,
+            ChannelVisibility::Own => Scope::Own,
+            ChannelVisibility::OwnAndUnassigned => Scope::OwnAndUnassigned,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct AutoAssign {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default)]
+    pub pool: Vec<Subject>,
+    #[serde(default)]
+    pub require_online: bool,
+    #[serde(default)]
+    pub max_open_per_agent: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    pub id: Id,
+    #[serde(default = "default_workspace")]
+    pub workspace: Id,
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+    #[serde(default)]
+    pub visibility: ChannelVisibility,
+    #[serde(default)]
+    pub team: Option<Id>,
+    #[serde(default)]
+    pub auto_assign: Option<AutoAssign>,
+}
+
+impl Channel {
+    /// An empty grant list means the channel is unrestricted.
+    pub fn is_restricted(&self) -> bool {
+        !self.grants.is_empty()
+    }
+    /// Highest grant the user holds on this channel (ignores the admin rule).
+    pub fn granted_level(&self, user: &User) -> Option<GrantLevel> {
+        self.grants
+            .iter()
+            .filter(|g| g.subject.matches(user))
+            .map(|g| g.level)
+            .max()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Contact {
+    pub id: Id,
+    #[serde(default = "default_workspace")]
+    pub workspace: Id,
+    #[serde(default)]
+    pub owner: Option<Id>,
+    #[serde(default)]
+    pub visibility_group: Option<String>,
+    #[serde(default = "default_true")]
+    pub known: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ConversationKind {
+    #[default]
+    Customer,
+    Direct,
+    Group,
+    Item,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    #[default]
+    Open,
+    Closed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ItemLevel {
+    ReadOnly,
+    ReadWrite,
+    Admin,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub id: Id,
+    #[serde(default = "default_workspace")]
+    pub workspace: Id,
+    #[serde(default)]
+    pub kind: ConversationKind,
+    #[serde(default)]
+    pub channel: Option<Id>,
+    #[serde(default)]
+    pub contact: Option<Id>,
+    #[serde(default)]
+    pub author: Option<Id>,
+    #[serde(default)]
+    pub participants: Vec<Id>,
+    #[serde(default)]
+    pub assignee: Option<Id>,
+    #[serde(default)]
+    pub team: Option<Id>,
+    #[serde(default)]
+    pub collaborators: Vec<Id>,
+    #[serde(default)]
+    pub private: bool,
+    #[serde(default)]
+    pub status: Status,
+    #[serde(default)]
+    pub item_acl: BTreeMap<Id, ItemLevel>,
+    /// Routing key of a channel adapter's thread (e.g. a phone number); not in
+    /// policy worlds, used by `POST /v1/inbound`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread: Option<String>,
+}
+
+impl Conversation {
+    pub fn new_customer(id: Id, workspace: Id, channel: Id, contact: Id) -> Self {
+        Conversation {
+            id,
+            workspace,
+            kind: ConversationKind::Customer,
+            channel: Some(channel),
+            contact: Some(contact),
+            author: None,
+            participants: Vec::new(),
+            assignee: None,
+            team: None,
+            collaborators: Vec::new(),
+            private: false,
+            status: Status::Open,
+            item_acl: BTreeMap::new(),
+            thread: None,
+        }
+    }
+
+    pub fn assignment(&self) -> Assignment {
+        match (&self.assignee, &self.team) {
+            (Some(_), _) => Assignment::Assigned,
+            (None, Some(_)) => Assignment::Waitlist,
+            (None, None) => Assignment::Unassigned,
+        }
+    }
+    /// The team whose waitlist holds the conversation, if it waits in one.
+    pub fn waitlist_team(&self) -> Option<&str> {
+        match self.assignee {
+            None => self.team.as_deref(),
+            Some(_) => None,
+        }
+    }
+    /// Every user this conversation names (author, participants, assignee,
+    /// collaborators, item ACL entries).
+    pub fn named_users(&self) -> impl Iterator<Item = &Id> {
+        self.author
+            .iter()
+            .chain(self.participants.iter())
+            .chain(self.assignee.iter())
+            .chain(self.collaborators.iter())
+            .chain(self.item_acl.keys())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Assignment {
+    Unassigned,
+    Waitlist,
+    Assigned,
+}
+
+/// Workspace-wide settings (not part of policy worlds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceSettings {
+    #[serde(default = "default_workspace")]
+    pub id: Id,
+    /// Seconds during which a sender may edit or delete their message; `null` switches editing off.
+    #[serde(default = "default_edit_window")]
+    pub edit_window_secs: Option<u64>,
+    #[serde(default)]
+    pub group_create: GroupCreate,
+    #[serde(default)]
+    pub direct_messages: DirectMessages,
+}
+
+fn default_edit_window() -> Option<u64> {
+    Some(300)
+}
+
+impl WorkspaceSettings {
+    pub fn new(id: Id) -> Self {
+        WorkspaceSettings {
+            id,
+            edit_window_secs: default_edit_window(),
+            group_create: GroupCreate::default(),
+            direct_messages: DirectMessages::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupCreate {
+    Admins,
+    Internal,
+    #[default]
+    Everyone,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DirectMessages {
+    #[default]
+    Everyone,
+    InternalOnly,
+    Off,
+}
+
+/// Who wrote a message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "snake_case")]
+pub enum Sender {
+    /// The customer, through a channel adapter.
+    Contact(Option<Id>),
+    /// An agent.
+    User(Id),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: Id,
+    pub conversation: Id,
+    pub sender: Sender,
+    pub body: String,
+    /// Milliseconds since the Unix epoch, set by the gateway when stored.
+    pub ts: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
+}
+
+/// A whole world in the policy-case format. `expect`, `name` and `why` are
+/// accepted and ignored by the gateway.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct World {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub channels: Vec<Channel>,
+    #[serde(default)]
+    pub contacts: Vec<Contact>,
+    #[serde(default)]
+    pub conversations: Vec<Conversation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect: Option<serde_json::Value>,
+}
+
+/// A malformed world or entity: names the offending field, e.g.
+/// `conversations[3].assignee: unknown user "u9"`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Checks a schedule's time zone and hours.
+pub fn validate_schedule(field: &str, s: &Schedule) -> Result<(), FieldError> {
+    if s.tz.parse::<chrono_tz::Tz>().is_err() {
+        return Err(FieldError::new(
+            format!("{field}.tz"),
+            format!("unknown time zone {:?}", s.tz),
+        ));
+    }
+    crate::assign::schedule::parse_hours(&s.hours)
+        .map(|_| ())
+        .map_err(|e| FieldError::new(format!("{field}.hours"), e))
+}
+
+impl World {
+    /// Checks that every id refers to something and ids are unique.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        let mut users = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            if u.id.is_empty() {
+                return Err(FieldError::new(format!("users[{i}].id"), "empty id"));
+            }
+            if !users.insert(u.id.as_str()) {
+                return Err(FieldError::new(
+                    format!("users[{i}].id"),
+                    format!("duplicate user {:?}", u.id),
+                ));
+            }
+        }
+        let user_ref = |field: String, id: &str| -> Result<(), FieldError> {
+            if users.contains(id) {
+                Ok(())
+            } else {
+                Err(FieldError::new(field, format!("unknown user {id:?}")))
+            }
+        };
+        for (i, u) in self.users.iter().enumerate() {
+            if let Some(m) = &u.manager {
+                user_ref(format!("users[{i}].manager"), m)?;
+            }
+            if let Some(s) = &u.schedule {
+                validate_schedule(&format!("users[{i}].schedule"), s)?;
+            }
+        }
+        let mut channels = HashSet::new();
+        for (i, c) in self.channels.iter().enumerate() {
+            if c.id.is_empty() || !channels.insert(c.id.as_str()) {
+                return Err(FieldError::new(
+                    format!("channels[{i}].id"),
+                    format!("empty or duplicate channel {:?}", c.id),
+                ));
+            }
+            for (j, g) in c.grants.iter().enumerate() {
+                if let Subject::User(id) = &g.subject {
+                    user_ref(format!("channels[{i}].grants[{j}].subject"), id)?;
+                }
+            }
+            if let Some(a) = &c.auto_assign {
+                for (j, s) in a.pool.iter().enumerate() {
+                    if let Subject::User(id) = s {
+                        user_ref(format!("channels[{i}].auto_assign.pool[{j}]"), id)?;
+                    }
+                }
+            }
+        }
+        let mut contacts = HashSet::new();
+        for (i, k) in self.contacts.iter().enumerate() {
+            if k.id.is_empty() || !contacts.insert(k.id.as_str()) {
+                return Err(FieldError::new(
+                    format!("contacts[{i}].id"),
+                    format!("empty or duplicate contact {:?}", k.id),
+                ));
+            }
+            if let Some(o) = &k.owner {
+                user_ref(format!("contacts[{i}].owner"), o)?;
+            }
+        }
+        let mut convs = HashSet::new();
+        for (i, c) in self.conversations.iter().enumerate() {
+            let f = |name: &str| format!("conversations[{i}].{name}");
+            if c.id.is_empty() || !convs.insert(c.id.as_str()) {
+                return Err(FieldError::new(
+                    f("id"),
+                    format!("empty or duplicate conversation {:?}", c.id),
+                ));
+            }
+            if let Some(ch) = &c.channel {
+                if !channels.contains(ch.as_str()) {
+                    return Err(FieldError::new(
+                        f("channel"),
+                        format!("unknown channel {ch:?}"),
+                    ));
+                }
+            }
+            if let Some(k) = &c.contact {
+                if !contacts.contains(k.as_str()) {
+                    return Err(FieldError::new(
+                        f("contact"),
+                        format!("unknown contact {k:?}"),
+                    ));
+                }
+            }
+            if let Some(a) = &c.author {
+                user_ref(f("author"), a)?;
+            }
+            if let Some(a) = &c.assignee {
+                user_ref(f("assignee"), a)?;
+            }
+            for (j, p) in c.participants.iter().enumerate() {
+                user_ref(format!("conversations[{i}].participants[{j}]"), p)?;
+            }
+            for (j, p) in c.collaborators.iter().enumerate() {
+                user_ref(format!("conversations[{i}].collaborators[{j}]"), p)?;
+            }
+            for p in c.item_acl.keys() {
+                user_ref(format!("conversations[{i}].item_acl.{p}"), p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Read-only lookups the policy needs. Implemented by [`Directory`] and by
+/// anything else that holds the entities.
+pub trait Lookup {
+    fn user(&self, id: &str) -> Option<&User>;
+    fn channel(&self, id: &str) -> Option<&Channel>;
+    fn contact(&self, id: &str) -> Option<&Contact>;
+}
+
+/// Entities indexed by id: the plain-data view of one world.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    pub users: HashMap<Id, User>,
+    pub channels: HashMap<Id, Channel>,
+    pub contacts: HashMap<Id, Contact>,
+    pub conversations: HashMap<Id, Conversation>,
+}
+
+impl Directory {
+    pub fn from_world(world: &World) -> Self {
+        Directory {
+            users: world
+                .users
+                .iter()
+                .map(|u| (u.id.clone(), u.clone()))
+                .collect(),
+            channels: world
+                .channels
+                .iter()
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
+            contacts: world
+                .contacts
+                .iter()
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
+            conversations: world
+                .conversations
+                .iter()
+                .map(|c| (c.id.clone(), c.clone()))
+                .collect(),
+        }
+    }
+}
+
+impl Lookup for Directory {
+    fn user(&self, id: &str) -> Option<&User> {
+        self.users.get(id)
+    }
+    fn channel(&self, id: &str) -> Option<&Channel> {
+        self.channels.get(id)
+    }
+    fn contact(&self, id: &str) -> Option<&Contact> {
+        self.contacts.get(id)
+    }
+}
