@@ -1,12 +1,28 @@
 //! Switchboard: a real-time WebSocket gateway for conversation inboxes.
 //!
-//! Layout (one obvious place for each part):
+//! Where each part lives:
 //! - [`model`]: plain data of the directory, in the policy-case world format;
-//! - [`policy`]: the access contract (`shared/POLICY.md`), pure;
+//! - [`policy`]: the access contract (`shared/POLICY.md`), pure functions;
 //! - [`assign`]: round-robin eligibility and rotation, pure;
-//! - [`cli`]: `policy-check` and `explain` over world files.
+//! - [`store`]: durable state behind one trait (memory, Redis) and the ordered
+//!   stream of committed changes;
+//! - [`hub`]: fan-out — per-workspace audiences and live connections;
+//! - [`ws`]: the agent WebSocket sessions;
+//! - [`http`]: admin, adapter and operations endpoints;
+//! - [`gateway`]: the operations both APIs share (validate, check, commit);
+//! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML.
 
 pub mod assign;
+pub mod auth;
 pub mod cli;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod hub;
+pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod server;
+pub mod store;
+pub mod ws;

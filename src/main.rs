@@ -16,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the gateway.
+    Serve(switchboard::config::ServeArgs),
     /// Print the access of every user to every conversation of each world file, one JSON line per file.
     PolicyCheck {
         #[arg(required = true)]
@@ -32,6 +34,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve(args),
         Command::PolicyCheck { files } => switchboard::cli::policy_check(&files).map(|lines| {
             for l in lines {
                 println!("{l}");
@@ -50,4 +53,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn serve(args: switchboard::config::ServeArgs) -> anyhow::Result<()> {
+    let config = switchboard::config::Config::load(args)?;
+    switchboard::server::init_logging(&config.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(switchboard::server::serve(config))
 }

@@ -1,0 +1,257 @@
+//! Processes the harness starts itself: gateway nodes, redis-server, the
+//! Socket.IO peer. All listen on 127.0.0.1 only, on free ports.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::process::{Child, Command};
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A child process with its log file; killed when dropped.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+    pub pid: u32,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Last lines of the process's log, for error messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub async fn stop(mut self) {
+        // SIGTERM first, so a gateway can drain; then kill.
+        // SAFETY: signalling our own child by pid.
+        unsafe {
+            libc::kill(self.pid as libc::pid_t, libc::SIGTERM);
+        }
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+fn spawn(name: &str, mut cmd: Command, log_dir: &Path) -> Result<Proc> {
+    std::fs::create_dir_all(log_dir)?;
+    let log = log_dir.join(format!("{name}.log"));
+    let f = std::fs::File::create(&log)?;
+    cmd.stdin(Stdio::null())
+        .stdout(f.try_clone()?)
+        .stderr(f)
+        .kill_on_drop(true);
+    let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+    let pid = child.id().ok_or_else(|| anyhow!("{name}: no pid"))?;
+    Ok(Proc {
+        name: name.to_owned(),
+        child,
+        pid,
+        log,
+    })
+}
+
+/// Waits until `GET {base}/healthz` answers 2xx, or the process exits, or the timeout.
+pub async fn wait_healthy(p: &mut Proc, base: &str, timeout: Duration) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = p.exited() {
+            bail!(
+                "{} exited with {status} before becoming healthy; last log lines:\n{}",
+                p.name,
+                p.log_tail(15)
+            );
+        }
+        if let Ok(r) = client
+            .get(format!("{base}/healthz"))
+            .timeout(Duration::from_millis(500))
+            .send()
+            .await
+        {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} not healthy at {base}/healthz after {timeout:?}; last log lines:\n{}",
+                p.name,
+                p.log_tail(15)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Credentials shared by the harness and the processes it starts.
+#[derive(Clone, Debug)]
+pub struct Secrets {
+    pub jwt_secret: String,
+    pub admin_token: String,
+    pub adapter_key: String,
+}
+
+impl Secrets {
+    pub fn generate(seed: u64) -> Secrets {
+        let mut r = crate::world::Rng::new(seed ^ std::process::id() as u64 ^ now_nanos());
+        let mut token = |prefix: &str| format!("{prefix}-{:016x}{:016x}", r.next_u64(), r.next_u64());
+        Secrets {
+            jwt_secret: token("jwt"),
+            admin_token: token("admin"),
+            adapter_key: token("adapter"),
+        }
+    }
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts `switchboard serve` on a free port and waits for `/healthz`.
+pub async fn spawn_gateway(
+    bin: &Path,
+    name: &str,
+    secrets: &Secrets,
+    redis_url: Option<&str>,
+    extra_env: &[(String, String)],
+    log_dir: &Path,
+) -> Result<(Proc, SocketAddr)> {
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("serve")
+        .env("SWITCHBOARD_LISTEN", addr.to_string())
+        .env("SWITCHBOARD_JWT_SECRET", &secrets.jwt_secret)
+        .env("SWITCHBOARD_ADMIN_TOKEN", &secrets.admin_token)
+        .env("SWITCHBOARD_ADAPTER_KEY", &secrets.adapter_key)
+        .env("SWITCHBOARD_NODE_ID", name)
+        .env(
+            "RUST_LOG",
+            std::env::var("LOADTEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+    if let Some(url) = redis_url {
+        cmd.env("SWITCHBOARD_REDIS_URL", url);
+    } else {
+        cmd.env_remove("SWITCHBOARD_REDIS_URL");
+    }
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut p = spawn(name, cmd, log_dir)
+        .with_context(|| format!("spawning gateway {}", bin.display()))?;
+    wait_healthy(&mut p, &format!("http://{addr}"), Duration::from_secs(30)).await?;
+    Ok((p, addr))
+}
+
+/// Starts a private redis-server on a free port (no persistence).
+pub async fn spawn_redis(log_dir: &Path) -> Result<(Proc, String)> {
+    let port = free_port()?;
+    let mut cmd = Command::new("redis-server");
+    cmd.args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--protected-mode",
+        "yes",
+    ]);
+    let mut p = spawn(&format!("redis-{port}"), cmd, log_dir)
+        .context("starting redis-server (apt-get install redis-server)")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = p.exited() {
+            bail!("redis-server exited with {status}:\n{}", p.log_tail(10));
+        }
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return Ok((p, format!("redis://127.0.0.1:{port}")));
+        }
+        if Instant::now() > deadline {
+            bail!("redis-server not listening after 10 s:\n{}", p.log_tail(10));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The Node peer's directory (`loadtest/peer`).
+pub fn peer_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("peer")
+}
+
+/// Starts one Socket.IO peer node.
+pub async fn spawn_peer(
+    name: &str,
+    redis_url: &str,
+    access_file: &Path,
+    secrets: &Secrets,
+    log_dir: &Path,
+) -> Result<(Proc, SocketAddr)> {
+    let dir = peer_dir();
+    if !dir.join("node_modules").exists() {
+        bail!(
+            "the peer's packages are not installed: run `npm ci --prefix {}`",
+            dir.display()
+        );
+    }
+    let port = free_port()?;
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&dir).arg("server.js").args([
+        "--port",
+        &port.to_string(),
+        "--redis",
+        redis_url,
+        "--access",
+        &access_file.display().to_string(),
+        "--secret",
+        &secrets.jwt_secret,
+        "--adapter-key",
+        &secrets.adapter_key,
+        "--node",
+        name,
+    ]);
+    let mut p = spawn(name, cmd, log_dir)?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_healthy(&mut p, &format!("http://{addr}"), Duration::from_secs(30)).await?;
+    Ok((p, addr))
+}
+
+/// First line of `cmd args` output, for the report's versions.
+pub fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = std::process::Command::new(cmd).args(args).output().ok()?;
+    let text = if out.stdout.is_empty() {
+        out.stderr
+    } else {
+        out.stdout
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .next()
+        .map(|s| s.trim().to_owned())
+}

@@ -1,0 +1,136 @@
+//! The audience of a conversation: which users may read it, and whether they
+//! may write. Kept per conversation and changed incrementally, so fan-out never
+//! evaluates the policy or scans connections.
+
+use crate::policy::Access;
+
+/// Index of a user within its workspace (stable for the user's lifetime).
+pub type Slot = u32;
+
+/// Sorted entries `slot << 1 | write`; a user absent from it has `none`.
+/// Four bytes per reader: a 10,000-reader audience is 40 KB.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Audience(Vec<u32>);
+
+fn pack(slot: Slot, access: Access) -> u32 {
+    slot << 1 | u32::from(access == Access::Write)
+}
+
+fn unpack(e: u32) -> (Slot, Access) {
+    let access = if e & 1 == 1 { Access::Write } else { Access::Read };
+    (e >> 1, access)
+}
+
+impl Audience {
+    /// Builds from `(slot, access)` pairs in increasing slot order.
+    pub fn from_sorted(entries: impl Iterator<Item = (Slot, Access)>) -> Self {
+        Audience(
+            entries
+                .filter(|(_, a)| a.can_read())
+                .map(|(s, a)| pack(s, a))
+                .collect(),
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn find(&self, slot: Slot) -> Result<usize, usize> {
+        self.0.binary_search_by_key(&slot, |e| e >> 1)
+    }
+
+    pub fn get(&self, slot: Slot) -> Access {
+        match self.find(slot) {
+            Ok(i) => unpack(self.0[i]).1,
+            Err(_) => Access::None,
+        }
+    }
+
+    /// Sets one user's access; returns the previous one.
+    pub fn set(&mut self, slot: Slot, access: Access) -> Access {
+        match (self.find(slot), access) {
+            (Ok(i), Access::None) => unpack(self.0.remove(i)).1,
+            (Ok(i), a) => {
+                let old = unpack(self.0[i]).1;
+                self.0[i] = pack(slot, a);
+                old
+            }
+            (Err(_), Access::None) => Access::None,
+            (Err(i), a) => {
+                self.0.insert(i, pack(slot, a));
+                Access::None
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (Slot, Access)> + '_ {
+        self.0.iter().map(|&e| unpack(e))
+    }
+
+    /// Users who lost read access and users who gained it, going from `self`
+    /// to `new` (a merge of two sorted lists: linear, no allocation per user).
+    pub fn diff(&self, new: &Audience, mut on: impl FnMut(Slot, Access, Access)) {
+        let (mut a, mut b) = (self.iter().peekable(), new.iter().peekable());
+        loop {
+            match (a.peek().copied(), b.peek().copied()) {
+                (None, None) => break,
+                (Some((s, old)), None) => {
+                    on(s, old, Access::None);
+                    a.next();
+                }
+                (None, Some((s, now))) => {
+                    on(s, Access::None, now);
+                    b.next();
+                }
+                (Some((sa, old)), Some((sb, now))) => {
+                    if sa < sb {
+                        on(sa, old, Access::None);
+                        a.next();
+                    } else if sb < sa {
+                        on(sb, Access::None, now);
+                        b.next();
+                    } else {
+                        if old != now {
+                            on(sa, old, now);
+                        }
+                        a.next();
+                        b.next();
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_and_diff() {
+        let mut a = Audience::default();
+        assert_eq!(a.set(5, Access::Write), Access::None);
+        assert_eq!(a.set(2, Access::Read), Access::None);
+        assert_eq!(a.get(5), Access::Write);
+        assert_eq!(a.get(3), Access::None);
+        let mut b = a.clone();
+        b.set(2, Access::None);
+        b.set(7, Access::Read);
+        b.set(5, Access::Read);
+        let mut changes = Vec::new();
+        a.diff(&b, |s, o, n| changes.push((s, o, n)));
+        assert_eq!(
+            changes,
+            vec![
+                (2, Access::Read, Access::None),
+                (5, Access::Write, Access::Read),
+                (7, Access::None, Access::Read)
+            ]
+        );
+    }
+}

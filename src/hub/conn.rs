@@ -1,0 +1,97 @@
+//! The hub's handle on one live WebSocket session.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::CancellationToken;
+
+/// Close codes of the protocol (docs/protocol.md).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+    pub const INTERNAL: u16 = 1011;
+    pub const IDLE: u16 = 4000;
+    pub const TOKEN_EXPIRED: u16 = 4003;
+    pub const SLOW_CONSUMER: u16 = 4008;
+    pub const RATE_LIMITED: u16 = 4029;
+
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            NORMAL => "normal closure",
+            GOING_AWAY => "going away",
+            POLICY => "policy: user disabled or removed",
+            TOO_BIG => "frame too big",
+            IDLE => "idle timeout",
+            TOKEN_EXPIRED => "token expired",
+            SLOW_CONSUMER => "slow consumer: outgoing queue overflowed",
+            RATE_LIMITED => "rate limit exceeded",
+            _ => "internal error",
+        }
+    }
+}
+
+/// A frame queued for one connection. The text is shared by every recipient
+/// of the event (serialized once).
+#[derive(Clone, Debug)]
+pub struct Outbound {
+    /// Conversation and seq, for resume de-duplication; `None` for frames
+    /// outside a conversation sequence.
+    pub position: Option<(Arc<str>, u64)>,
+    pub text: Utf8Bytes,
+    /// When the event was applied, for the delivery latency histogram.
+    pub born: std::time::Instant,
+}
+
+/// Asks a session to close; shared between the hub and the session task.
+#[derive(Debug, Default)]
+pub struct Control {
+    code: AtomicU16,
+    cancel: CancellationToken,
+}
+
+impl Control {
+    pub fn close(&self, code: u16) {
+        // The first reason wins.
+        let _ = self
+            .code
+            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
+        self.cancel.cancel();
+    }
+    pub fn code(&self) -> Option<u16> {
+        match self.code.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ConnHandle {
+    pub id: u64,
+    pub tx: mpsc::Sender<Outbound>,
+    pub control: Arc<Control>,
+}
+
+impl ConnHandle {
+    /// Queues a frame without waiting. A full queue closes the connection with
+    /// 4008 rather than dropping the event or stalling fan-out; the client
+    /// recovers with `resume`. Returns false when the connection is gone.
+    pub fn push(&self, frame: Outbound) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("switchboard_slow_consumer_closes_total").increment(1);
+                self.control.close(close::SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}

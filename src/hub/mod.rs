@@ -1,0 +1,76 @@
+//! Fan-out: the node's view of every workspace and its live connections.
+//!
+//! Each workspace is its own lock domain: changes and events of one workspace
+//! are applied in commit order under that workspace's lock (so access changes
+//! and deliveries never interleave), while workspaces never contend with each
+//! other. Under the lock, fan-out only walks a precomputed audience and pushes
+//! a shared, already-serialized frame into bounded per-connection queues.
+
+pub mod audience;
+pub mod conn;
+pub mod frames;
+pub mod state;
+
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use parking_lot::Mutex;
+
+pub use conn::{close, ConnHandle, Control, Outbound};
+pub use state::WorkspaceState;
+
+use crate::store::{Committed, Sink};
+
+pub type Workspace = Arc<Mutex<WorkspaceState>>;
+
+#[derive(Default)]
+pub struct Hub {
+    workspaces: DashMap<String, Workspace>,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The workspace's state, created empty on first use.
+    pub fn workspace(&self, id: &str) -> Workspace {
+        if let Some(w) = self.workspaces.get(id) {
+            return w.clone();
+        }
+        self.workspaces
+            .entry(id.to_owned())
+            .or_insert_with(|| Arc::new(Mutex::new(WorkspaceState::new(id.to_owned()))))
+            .clone()
+    }
+
+    pub fn existing(&self, id: &str) -> Option<Workspace> {
+        self.workspaces.get(id).map(|w| w.clone())
+    }
+
+    pub fn workspace_ids(&self) -> Vec<String> {
+        self.workspaces.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Closes every connection (shutdown: going away).
+    pub fn close_all(&self, code: u16) {
+        for w in self.workspaces.iter() {
+            w.value().lock().close_all(code);
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.workspaces.iter().map(|w| w.value().lock().connection_count()).sum()
+    }
+}
+
+impl Sink for Hub {
+    fn apply(&self, committed: Arc<Committed>) {
+        let ws = self.workspace(&committed.workspace);
+        let mut state = ws.lock();
+        state.deliveries = 0;
+        state.apply(&committed);
+        metrics::counter!("switchboard_events_total").increment(1);
+        metrics::counter!("switchboard_deliveries_total").increment(state.deliveries);
+    }
+}

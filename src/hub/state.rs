@@ -1,0 +1,525 @@
+//! One workspace as a node sees it: the directory, every conversation's
+//! audience, and the live connections. [`WorkspaceState::apply`] takes
+//! committed changes in order and turns them into frames.
+//!
+//! Cost of keeping audiences current (U users, C conversations):
+//! - message: O(min(audience, online users)) — no policy evaluation;
+//! - conversation change: O(U) evaluations of that conversation;
+//! - user change: O(C) evaluations of that user, plus O(U) for each
+//!   conversation naming the user or one of their (transitive) reports;
+//! - channel / contact change: O(U) per conversation of that channel / contact;
+//! - import: O(U × C).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::audience::{Audience, Slot};
+use super::conn::{close, ConnHandle, Outbound};
+use super::frames;
+use crate::model::{Conversation, Directory, Id, Lookup, Message, Permission, Status, User, WorkspaceSettings};
+use crate::policy::{self, Access};
+use crate::store::{Change, Committed, StatusEvent, StatusKind};
+
+#[derive(Default)]
+pub struct ConvEntry {
+    /// Latest seq applied.
+    pub seq: u64,
+    pub audience: Audience,
+}
+
+pub struct WorkspaceState {
+    pub id: Id,
+    pub dir: Directory,
+    pub settings: WorkspaceSettings,
+    slots: HashMap<Id, Slot>,
+    slot_ids: Vec<Id>,
+    convs: HashMap<Id, ConvEntry>,
+    by_channel: HashMap<Id, HashSet<Id>>,
+    by_contact: HashMap<Id, HashSet<Id>>,
+    /// Open conversation per (channel, thread key), for inbound routing.
+    threads: HashMap<(Id, String), Id>,
+    online: HashMap<Slot, Vec<ConnHandle>>,
+    /// Frames queued by the last apply (for metrics).
+    pub deliveries: u64,
+}
+
+fn user_may_connect(u: &User) -> bool {
+    !u.disabled && u.has(Permission::Chats)
+}
+
+impl WorkspaceState {
+    pub fn new(id: Id) -> Self {
+        WorkspaceState {
+            settings: WorkspaceSettings::new(id.clone()),
+            id,
+            dir: Directory::default(),
+            slots: HashMap::new(),
+            slot_ids: Vec::new(),
+            convs: HashMap::new(),
+            by_channel: HashMap::new(),
+            by_contact: HashMap::new(),
+            threads: HashMap::new(),
+            online: HashMap::new(),
+            deliveries: 0,
+        }
+    }
+
+    fn slot(&mut self, user: &str) -> Slot {
+        if let Some(s) = self.slots.get(user) {
+            return *s;
+        }
+        let s = self.slot_ids.len() as Slot;
+        self.slot_ids.push(user.to_owned());
+        self.slots.insert(user.to_owned(), s);
+        s
+    }
+
+    /// Sets a conversation's latest seq (start-up from storage).
+    pub fn restore_seq(&mut self, conversation: &str, seq: u64) {
+        if let Some(e) = self.convs.get_mut(conversation) {
+            e.seq = e.seq.max(seq);
+        }
+    }
+
+    pub fn seq(&self, conversation: &str) -> u64 {
+        self.convs.get(conversation).map_or(0, |e| e.seq)
+    }
+
+    /// Current access of a user, from the index.
+    pub fn access(&self, user: &str, conversation: &str) -> Access {
+        match (self.slots.get(user), self.convs.get(conversation)) {
+            (Some(s), Some(e)) => e.audience.get(*s),
+            _ => Access::None,
+        }
+    }
+
+    pub fn thread(&self, channel: &str, thread: &str) -> Option<&Id> {
+        self.threads.get(&(channel.to_owned(), thread.to_owned()))
+    }
+
+    pub fn online_users(&self) -> impl Iterator<Item = &Id> {
+        self.online.keys().map(|s| &self.slot_ids[*s as usize])
+    }
+
+    pub fn is_online(&self, user: &str) -> bool {
+        self.slots.get(user).is_some_and(|s| self.online.contains_key(s))
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.online.values().map(Vec::len).sum()
+    }
+
+    /// Open conversations assigned to each user.
+    pub fn open_assigned(&self, user: &str) -> u32 {
+        self.dir
+            .conversations
+            .values()
+            .filter(|c| c.status == Status::Open && c.assignee.as_deref() == Some(user))
+            .count() as u32
+    }
+
+    /// Registers a connection. Called with the lock held, so the connection
+    /// sees every event applied after this point and none before.
+    pub fn connect(&mut self, user: &str, conn: ConnHandle) {
+        let s = self.slot(user);
+        self.online.entry(s).or_default().push(conn);
+    }
+
+    pub fn disconnect(&mut self, user: &str, conn_id: u64) -> bool {
+        let Some(s) = self.slots.get(user).copied() else {
+            return false;
+        };
+        let Some(list) = self.online.get_mut(&s) else {
+            return false;
+        };
+        list.retain(|c| c.id != conn_id);
+        if list.is_empty() {
+            self.online.remove(&s);
+            return true;
+        }
+        false
+    }
+
+    pub fn close_all(&mut self, code: u16) {
+        for c in self.online.values().flatten() {
+            c.control.close(code);
+        }
+    }
+
+    fn close_user(&mut self, user: &str, code: u16) {
+        if let Some(list) = self.slots.get(user).and_then(|s| self.online.remove(s)) {
+            for c in list {
+                c.control.close(code);
+            }
+        }
+    }
+
+    fn send(&mut self, slot: Slot, frame: &Outbound) {
+        let Some(list) = self.online.get_mut(&slot) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|c| c.push(frame.clone()));
+        self.deliveries += before as u64;
+        if list.is_empty() {
+            self.online.remove(&slot);
+        }
+    }
+
+    /// The audience of a conversation over every user of the workspace.
+    fn evaluate(&self, conv: &Conversation) -> Audience {
+        Audience::from_sorted(self.slot_ids.iter().enumerate().map(|(s, id)| {
+            let access = self
+                .dir
+                .users
+                .get(id)
+                .map_or(Access::None, |u| policy::access(&self.dir, u, conv));
+            (s as Slot, access)
+        }))
+    }
+
+    /// Re-evaluates one conversation for everyone and tells online users who
+    /// gained or lost access.
+    fn refresh_conversation(&mut self, id: &str) {
+        let Some(conv) = self.dir.conversations.get(id) else {
+            return;
+        };
+        let new = self.evaluate(conv);
+        let entry = self.convs.entry(id.to_owned()).or_default();
+        let old = std::mem::replace(&mut entry.audience, new);
+        let seq = entry.seq;
+        self.notify_diff(id, seq, &old, None);
+    }
+
+    /// Sends `access_granted` / `access_revoked` for the difference between
+    /// `old` and the current audience; `kept` (if any) goes to users who had
+    /// access before and still have it.
+    fn notify_diff(&mut self, id: &str, seq: u64, old: &Audience, kept: Option<&Outbound>) {
+        let Some(entry) = self.convs.get(id) else { return };
+        let mut gained: Vec<(Slot, Access)> = Vec::new();
+        let mut lost: Vec<Slot> = Vec::new();
+        old.diff(&entry.audience, |s, before, now| {
+            if now == Access::None {
+                lost.push(s);
+            } else if before == Access::None {
+                gained.push((s, now));
+            }
+        });
+        let position = Some((Arc::<str>::from(id), seq));
+        if let Some(kept) = kept {
+            let targets: Vec<Slot> = self.audience_online(id).filter(|s| old.get(*s).can_read()).collect();
+            for s in targets {
+                self.send(s, kept);
+            }
+        }
+        if !lost.is_empty() {
+            let frame = Outbound { position: None, text: frames::access_revoked(id), born: Instant::now() };
+            for s in lost {
+                self.send(s, &frame);
+            }
+        }
+        if !gained.is_empty() {
+            let Some(conv) = self.dir.conversations.get(id) else { return };
+            let mut rendered: [Option<Outbound>; 2] = [None, None];
+            let mut sends = Vec::new();
+            for (s, access) in gained {
+                if !self.online.contains_key(&s) {
+                    continue;
+                }
+                let k = usize::from(access == Access::Write);
+                let frame = rendered[k].get_or_insert_with(|| Outbound {
+                    position: position.clone(),
+                    text: frames::access_granted(seq, access, conv),
+                    born: Instant::now(),
+                });
+                sends.push((s, frame.clone()));
+            }
+            for (s, frame) in sends {
+                self.send(s, &frame);
+            }
+        }
+    }
+
+    /// Online users in a conversation's audience, walking the smaller side.
+    fn audience_online<'a>(&'a self, id: &str) -> Box<dyn Iterator<Item = Slot> + 'a> {
+        let Some(entry) = self.convs.get(id) else {
+            return Box::new(std::iter::empty());
+        };
+        if self.online.len() < entry.audience.len() {
+            Box::new(self.online.keys().copied().filter(|s| entry.audience.get(*s).can_read()))
+        } else {
+            Box::new(entry.audience.iter().map(|(s, _)| s).filter(|s| self.online.contains_key(s)))
+        }
+    }
+
+    fn index_conversation(&mut self, old: Option<&Conversation>, new: Option<&Conversation>) {
+        if let Some(o) = old {
+            if let Some(ch) = &o.channel {
+                if let Some(set) = self.by_channel.get_mut(ch) {
+                    set.remove(&o.id);
+                }
+                if let Some(t) = &o.thread {
+                    let key = (ch.clone(), t.clone());
+                    if self.threads.get(&key) == Some(&o.id) {
+                        self.threads.remove(&key);
+                    }
+                }
+            }
+            if let Some(k) = &o.contact {
+                if let Some(set) = self.by_contact.get_mut(k) {
+                    set.remove(&o.id);
+                }
+            }
+        }
+        if let Some(n) = new {
+            if let Some(ch) = &n.channel {
+                self.by_channel.entry(ch.clone()).or_default().insert(n.id.clone());
+                if let (Some(t), Status::Open) = (&n.thread, n.status) {
+                    self.threads.insert((ch.clone(), t.clone()), n.id.clone());
+                }
+            }
+            if let Some(k) = &n.contact {
+                self.by_contact.entry(k.clone()).or_default().insert(n.id.clone());
+            }
+        }
+    }
+
+    pub fn apply(&mut self, c: &Committed) {
+        match &c.change {
+            Change::Import { world, replace } => self.import(world, *replace),
+            Change::UpsertUser { user } => self.upsert_user(user.clone()),
+            Change::DeleteUser { id } => self.delete_user(id),
+            Change::UpsertChannel { channel } => {
+                self.dir.channels.insert(channel.id.clone(), channel.clone());
+                self.refresh_group(self.by_channel.get(&channel.id).cloned());
+            }
+            Change::DeleteChannel { id } => {
+                self.dir.channels.remove(id);
+                self.refresh_group(self.by_channel.get(id).cloned());
+            }
+            Change::UpsertContact { contact } => {
+                self.dir.contacts.insert(contact.id.clone(), contact.clone());
+                self.refresh_group(self.by_contact.get(&contact.id).cloned());
+            }
+            Change::DeleteContact { id } => {
+                self.dir.contacts.remove(id);
+                self.refresh_group(self.by_contact.get(id).cloned());
+            }
+            Change::Settings { settings } => self.settings = settings.clone(),
+            Change::Conversation { conversation, status } => {
+                self.upsert_conversation(conversation, status, c.seq)
+            }
+            Change::DeleteConversation { id } => {
+                let old = self.dir.conversations.remove(id);
+                self.index_conversation(old.as_ref(), None);
+                if let Some(entry) = self.convs.remove(id) {
+                    let frame = Outbound { position: None, text: frames::access_revoked(id), born: Instant::now() };
+                    for (s, _) in entry.audience.iter() {
+                        self.send(s, &frame);
+                    }
+                }
+            }
+            Change::Message { message, .. } => self.fan_out_message(message, c.seq),
+        }
+    }
+
+    fn refresh_group(&mut self, ids: Option<HashSet<Id>>) {
+        for id in ids.into_iter().flatten() {
+            self.refresh_conversation(&id);
+        }
+    }
+
+    fn import(&mut self, world: &crate::model::World, replace: bool) {
+        let before: HashMap<Id, Audience> = self
+            .convs
+            .iter_mut()
+            .map(|(id, e)| (id.clone(), std::mem::take(&mut e.audience)))
+            .collect();
+        if replace {
+            self.dir = Directory::default();
+            self.by_channel.clear();
+            self.by_contact.clear();
+            self.threads.clear();
+        }
+        let ws = &self.id.clone();
+        for u in world.users.iter().filter(|u| &u.workspace == ws) {
+            self.dir.users.insert(u.id.clone(), u.clone());
+        }
+        for u in world.users.iter().filter(|u| &u.workspace == ws) {
+            self.slot(&u.id);
+        }
+        for ch in world.channels.iter().filter(|c| &c.workspace == ws) {
+            self.dir.channels.insert(ch.id.clone(), ch.clone());
+        }
+        for k in world.contacts.iter().filter(|c| &c.workspace == ws) {
+            self.dir.contacts.insert(k.id.clone(), k.clone());
+        }
+        for conv in world.conversations.iter().filter(|c| &c.workspace == ws) {
+            let old = self.dir.conversations.insert(conv.id.clone(), conv.clone());
+            self.index_conversation(old.as_ref(), Some(conv));
+        }
+        // Users who may no longer connect lose their sessions.
+        let gone: Vec<Id> = self
+            .slot_ids
+            .iter()
+            .filter(|id| !self.dir.users.get(*id).is_some_and(user_may_connect))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.close_user(&id, close::POLICY);
+        }
+        let removed: Vec<Id> = self.convs.keys().filter(|id| !self.dir.conversations.contains_key(*id)).cloned().collect();
+        for id in removed {
+            if let Some(entry) = self.convs.remove(&id) {
+                let frame = Outbound { position: None, text: frames::access_revoked(&id), born: Instant::now() };
+                for (s, _) in before.get(&id).unwrap_or(&entry.audience).iter() {
+                    self.send(s, &frame);
+                }
+            }
+        }
+        let ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
+        for id in ids {
+            let Some(conv) = self.dir.conversations.get(&id) else { continue };
+            let new = self.evaluate(conv);
+            let entry = self.convs.entry(id.clone()).or_default();
+            entry.audience = new;
+            let seq = entry.seq;
+            let empty = Audience::default();
+            let old = before.get(&id).unwrap_or(&empty).clone();
+            self.notify_diff(&id, seq, &old, None);
+        }
+    }
+
+    /// The user plus everyone who reports to them, directly or not.
+    fn with_reports(&self, user: &str) -> HashSet<Id> {
+        let mut reports: HashMap<&str, Vec<&str>> = HashMap::new();
+        for u in self.dir.users.values() {
+            if let Some(m) = &u.manager {
+                reports.entry(m.as_str()).or_default().push(&u.id);
+            }
+        }
+        let mut out: HashSet<Id> = HashSet::new();
+        let mut stack = vec![user];
+        while let Some(u) = stack.pop() {
+            if out.insert(u.to_owned()) {
+                stack.extend(reports.get(u).into_iter().flatten().copied());
+            }
+        }
+        out
+    }
+
+    fn names_any(&self, conv: &Conversation, who: &HashSet<Id>) -> bool {
+        conv.assignee.as_ref().is_some_and(|a| who.contains(a))
+            || conv.collaborators.iter().any(|c| who.contains(c))
+            || conv
+                .contact
+                .as_deref()
+                .and_then(|k| self.dir.contact(k))
+                .and_then(|k| k.owner.as_ref())
+                .is_some_and(|o| who.contains(o))
+    }
+
+    fn upsert_user(&mut self, user: User) {
+        let id = user.id.clone();
+        let slot = self.slot(&id);
+        let before = self.dir.users.get(&id).cloned();
+        let may_connect = user_may_connect(&user) && user.workspace == self.id;
+        self.dir.users.insert(id.clone(), user);
+        if !may_connect {
+            self.close_user(&id, close::POLICY);
+        }
+        // Team membership and the manager chain change what others see of the
+        // conversations this user (or their reports) hold.
+        let related = before.as_ref().map(|_| self.with_reports(&id)).unwrap_or_default();
+        let conv_ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
+        for cid in conv_ids {
+            let Some(conv) = self.dir.conversations.get(&cid) else { continue };
+            if self.names_any(conv, &related) {
+                self.refresh_conversation(&cid);
+                continue;
+            }
+            let Some(u) = self.dir.users.get(&id) else { continue };
+            let access = policy::access(&self.dir, u, conv);
+            let entry = self.convs.entry(cid.clone()).or_default();
+            let old = entry.audience.set(slot, access);
+            if old.can_read() != access.can_read() {
+                let seq = entry.seq;
+                self.notify_single(&cid, seq, slot, old, access);
+            }
+        }
+    }
+
+    fn notify_single(&mut self, id: &str, seq: u64, slot: Slot, old: Access, now: Access) {
+        if !self.online.contains_key(&slot) {
+            return;
+        }
+        if now == Access::None {
+            let frame = Outbound { position: None, text: frames::access_revoked(id), born: Instant::now() };
+            self.send(slot, &frame);
+        } else if old == Access::None {
+            let Some(conv) = self.dir.conversations.get(id) else { return };
+            let frame = Outbound {
+                position: Some((Arc::from(id), seq)),
+                text: frames::access_granted(seq, now, conv),
+                born: Instant::now(),
+            };
+            self.send(slot, &frame);
+        }
+    }
+
+    fn delete_user(&mut self, id: &str) {
+        let related = self.with_reports(id);
+        self.close_user(id, close::POLICY);
+        self.dir.users.remove(id);
+        let conv_ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
+        let slot = self.slots.get(id).copied();
+        for cid in conv_ids {
+            let Some(conv) = self.dir.conversations.get(&cid) else { continue };
+            if self.names_any(conv, &related) {
+                self.refresh_conversation(&cid);
+            } else if let (Some(s), Some(e)) = (slot, self.convs.get_mut(&cid)) {
+                e.audience.set(s, Access::None);
+            }
+        }
+    }
+
+    fn upsert_conversation(&mut self, conv: &Conversation, status: &StatusEvent, seq: u64) {
+        let old_conv = self.dir.conversations.insert(conv.id.clone(), conv.clone());
+        self.index_conversation(old_conv.as_ref(), Some(conv));
+        let new = self.evaluate(conv);
+        let entry = self.convs.entry(conv.id.clone()).or_default();
+        entry.seq = entry.seq.max(seq);
+        let old = std::mem::replace(&mut entry.audience, new);
+        let frame = Outbound {
+            position: Some((Arc::from(conv.id.as_str()), seq)),
+            text: frames::status(seq, status, conv),
+            born: Instant::now(),
+        };
+        if status.event == StatusKind::Created || old_conv.is_none() {
+            // Everyone in the audience learns of a new conversation the same way.
+            let targets: Vec<Slot> = self.audience_online(&conv.id).collect();
+            for s in targets {
+                self.send(s, &frame);
+            }
+            return;
+        }
+        self.notify_diff(&conv.id, seq, &old, Some(&frame));
+    }
+
+    fn fan_out_message(&mut self, message: &Message, seq: u64) {
+        let Some(entry) = self.convs.get_mut(&message.conversation) else {
+            return;
+        };
+        entry.seq = entry.seq.max(seq);
+        let frame = Outbound {
+            position: Some((Arc::from(message.conversation.as_str()), seq)),
+            text: frames::message(&message.conversation, seq, message),
+            born: Instant::now(),
+        };
+        let targets: Vec<Slot> = self.audience_online(&message.conversation).collect();
+        for s in targets {
+            self.send(s, &frame);
+        }
+    }
+}

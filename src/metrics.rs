@@ -1,0 +1,31 @@
+//! Prometheus metrics. Names:
+//! - `switchboard_connections` (gauge): open agent WebSockets;
+//! - `switchboard_events_total`: committed changes applied by this node;
+//! - `switchboard_deliveries_total`: frames queued to connections;
+//! - `switchboard_delivery_latency_seconds` (histogram): event applied → written to the socket;
+//! - `switchboard_slow_consumer_closes_total`, `switchboard_rate_limited_total{kind}`,
+//!   `switchboard_ws_rejected_total{reason}`, `switchboard_round_robin_assignments_total`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the global recorder once (later calls are no-ops).
+pub fn install() {
+    HANDLE.get_or_init(|| {
+        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+        let builder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        match builder.install_recorder() {
+            Ok(h) => h,
+            Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+        }
+    });
+}
+
+pub fn render() -> Option<String> {
+    HANDLE.get().map(|h| h.render())
+}

@@ -1,0 +1,237 @@
+//! Embedded single-node storage. Commits are applied to the sink while the
+//! workspace's log is locked, so the hub sees them in exactly commit order.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+
+use super::{Change, Committed, History, Outcome, Sink, Snapshot, Store, StoreError};
+use crate::model::{Id, Message};
+
+/// Events kept per conversation for `resume` and history.
+pub const DEFAULT_HISTORY: usize = 1000;
+/// Idempotency keys remembered per workspace (oldest forgotten first).
+const IDEMPOTENCY_KEYS: usize = 100_000;
+
+#[derive(Default)]
+struct Log {
+    seqs: HashMap<Id, u64>,
+    history: HashMap<Id, VecDeque<Committed>>,
+    idempotency: HashMap<(Id, String), (Message, u64)>,
+    idempotency_order: VecDeque<(Id, String)>,
+}
+
+pub struct MemoryStore {
+    history_len: usize,
+    sink: Mutex<Option<Arc<dyn Sink>>>,
+    logs: Mutex<HashMap<Id, Arc<Mutex<Log>>>>,
+    rotations: Mutex<HashMap<Id, Vec<Id>>>,
+    waiting: Mutex<HashMap<Id, VecDeque<Id>>>,
+    online: Mutex<HashMap<Id, HashSet<Id>>>,
+}
+
+impl MemoryStore {
+    pub fn new(history_len: usize) -> Self {
+        MemoryStore {
+            history_len: history_len.max(1),
+            sink: Mutex::new(None),
+            logs: Mutex::new(HashMap::new()),
+            rotations: Mutex::new(HashMap::new()),
+            waiting: Mutex::new(HashMap::new()),
+            online: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn log(&self, workspace: &str) -> Arc<Mutex<Log>> {
+        self.logs
+            .lock()
+            .entry(workspace.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(DEFAULT_HISTORY)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError> {
+        *self.sink.lock() = Some(sink);
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Vec<Snapshot>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
+        let log = self.log(workspace);
+        let mut log = log.lock();
+        if let Change::Message {
+            message,
+            idempotency_key: Some(key),
+        } = &change
+        {
+            let k = (message.conversation.clone(), key.clone());
+            if let Some((message, seq)) = log.idempotency.get(&k) {
+                return Ok(Outcome::Duplicate {
+                    message: message.clone(),
+                    seq: *seq,
+                });
+            }
+        }
+        if let Change::Import { replace: true, .. } = &change {
+            log.history.clear();
+        }
+        if let Change::DeleteConversation { id } = &change {
+            log.history.remove(id);
+        }
+        let seq = match change.sequenced_conversation() {
+            Some(conv) => {
+                let s = log.seqs.entry(conv.to_owned()).or_insert(0);
+                *s += 1;
+                *s
+            }
+            None => 0,
+        };
+        let committed = Arc::new(Committed {
+            workspace: workspace.to_owned(),
+            seq,
+            change,
+        });
+        if let Change::Message {
+            message,
+            idempotency_key: Some(key),
+        } = &committed.change
+        {
+            let k = (message.conversation.clone(), key.clone());
+            log.idempotency.insert(k.clone(), (message.clone(), seq));
+            log.idempotency_order.push_back(k);
+            if log.idempotency_order.len() > IDEMPOTENCY_KEYS {
+                if let Some(old) = log.idempotency_order.pop_front() {
+                    log.idempotency.remove(&old);
+                }
+            }
+        }
+        if let Some(conv) = committed.change.sequenced_conversation() {
+            let cap = self.history_len;
+            let h = log.history.entry(conv.to_owned()).or_default();
+            h.push_back((*committed).clone());
+            while h.len() > cap {
+                h.pop_front();
+            }
+        }
+        let sink = self.sink.lock().clone();
+        if let Some(sink) = sink {
+            // Still holding the log lock: apply order = commit order.
+            sink.apply(committed.clone());
+        }
+        Ok(Outcome::Stored(committed))
+    }
+
+    async fn history(
+        &self,
+        workspace: &str,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<History, StoreError> {
+        let log = self.log(workspace);
+        let log = log.lock();
+        let latest_seq = log.seqs.get(conversation).copied().unwrap_or(0);
+        let Some(h) = log.history.get(conversation) else {
+            return Ok(History {
+                events: Vec::new(),
+                oldest_seq: latest_seq + 1,
+                latest_seq,
+            });
+        };
+        Ok(History {
+            oldest_seq: h.front().map_or(latest_seq + 1, |c| c.seq),
+            latest_seq,
+            events: h
+                .iter()
+                .filter(|c| c.seq > after_seq)
+                .take(limit)
+                .cloned()
+                .collect(),
+        })
+    }
+
+    async fn rotate(
+        &self,
+        channel: &str,
+        pool: &[Id],
+        eligible: &[Id],
+    ) -> Result<Option<Id>, StoreError> {
+        let mut rotations = self.rotations.lock();
+        let rotation = rotations.entry(channel.to_owned()).or_default();
+        Ok(crate::assign::rotate(rotation, pool, |id| {
+            eligible.iter().any(|e| e == id)
+        }))
+    }
+
+    async fn push_waiting(&self, channel: &str, conversation: &str) -> Result<(), StoreError> {
+        let mut w = self.waiting.lock();
+        let q = w.entry(channel.to_owned()).or_default();
+        if !q.iter().any(|c| c == conversation) {
+            q.push_back(conversation.to_owned());
+        }
+        Ok(())
+    }
+
+    async fn waiting(&self, channel: &str) -> Result<Vec<Id>, StoreError> {
+        Ok(self
+            .waiting
+            .lock()
+            .get(channel)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn take_waiting(&self, channel: &str, conversation: &str) -> Result<bool, StoreError> {
+        let mut w = self.waiting.lock();
+        let Some(q) = w.get_mut(channel) else {
+            return Ok(false);
+        };
+        let before = q.len();
+        q.retain(|c| c != conversation);
+        Ok(q.len() < before)
+    }
+
+    async fn set_presence(
+        &self,
+        workspace: &str,
+        user: &str,
+        online: bool,
+        _ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        let mut o = self.online.lock();
+        let set = o.entry(workspace.to_owned()).or_default();
+        if online {
+            set.insert(user.to_owned());
+        } else {
+            set.remove(user);
+        }
+        Ok(())
+    }
+
+    async fn online_users(&self, workspace: &str) -> Result<Vec<Id>, StoreError> {
+        Ok(self
+            .online
+            .lock()
+            .get(workspace)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn ping(&self) -> bool {
+        true
+    }
+}

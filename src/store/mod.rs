@@ -1,0 +1,174 @@
+//! Durable state behind one trait: [`memory::MemoryStore`] for a single node,
+//! [`redis::RedisStore`] for a cluster.
+//!
+//! Every change to a workspace is a [`Change`]. [`Store::commit`] makes it
+//! durable, numbers it (per-conversation `seq`), and hands it to the node's
+//! [`Sink`] — on every node, in commit order. That one ordered stream is what
+//! lets the hub promise "no event after the change that revoked access".
+
+pub mod memory;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Channel, Contact, Conversation, Id, Message, User, World, WorkspaceSettings};
+
+/// Lifecycle events of a conversation (`status` frames).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusKind {
+    Created,
+    Assigned,
+    Unassigned,
+    CollaboratorAdded,
+    CollaboratorRemoved,
+    Closed,
+    Reopened,
+    PrivacyChanged,
+    Updated,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub event: StatusKind,
+    /// The acting user; `None` for the admin API, adapters and the gateway itself.
+    pub by: Option<Id>,
+    /// The collaborator of `collaborator_*` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Id>,
+}
+
+/// One change to one workspace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// Load a world's objects of this workspace; `replace` clears it first.
+    Import { world: World, replace: bool },
+    UpsertUser { user: User },
+    DeleteUser { id: Id },
+    UpsertChannel { channel: Channel },
+    DeleteChannel { id: Id },
+    UpsertContact { contact: Contact },
+    DeleteContact { id: Id },
+    Settings { settings: WorkspaceSettings },
+    /// Create or update a conversation; numbered, and a `status` frame.
+    Conversation {
+        conversation: Conversation,
+        status: StatusEvent,
+    },
+    DeleteConversation { id: Id },
+    /// A stored message; numbered, and a `message` frame.
+    Message {
+        message: Message,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+}
+
+impl Change {
+    /// The conversation whose sequence this change advances, if any.
+    pub fn sequenced_conversation(&self) -> Option<&str> {
+        match self {
+            Change::Conversation { conversation, .. } => Some(&conversation.id),
+            Change::Message { message, .. } => Some(&message.conversation),
+            _ => None,
+        }
+    }
+}
+
+/// A change as stored: its workspace and its place in its conversation's sequence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Committed {
+    pub workspace: Id,
+    /// Per-conversation sequence number; 0 for changes that have none.
+    pub seq: u64,
+    pub change: Change,
+}
+
+/// The result of a commit.
+#[derive(Clone, Debug)]
+pub enum Outcome {
+    Stored(Arc<Committed>),
+    /// The idempotency key was already used: nothing new was stored.
+    Duplicate { message: Message, seq: u64 },
+}
+
+/// Receives committed changes in commit order (the hub).
+pub trait Sink: Send + Sync + 'static {
+    fn apply(&self, committed: Arc<Committed>);
+    /// The bus lost changes (e.g. a Redis outage): reload from the store.
+    fn resync(&self) {}
+}
+
+/// What [`Store::history`] found.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    pub events: Vec<Committed>,
+    /// Oldest seq still kept; a resume from before it has a gap.
+    pub oldest_seq: u64,
+    pub latest_seq: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Snapshot of one workspace, as loaded at start-up.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub workspace: Id,
+    pub world: World,
+    pub settings: Option<WorkspaceSettings>,
+    /// Latest seq per conversation.
+    pub seqs: Vec<(Id, u64)>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Registers the node's sink; every later commit (from any node) reaches it in order.
+    async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError>;
+    /// Everything stored, per workspace (empty for a fresh memory store).
+    async fn load(&self) -> Result<Vec<Snapshot>, StoreError>;
+    /// Stores a change durably and returns once it is stored.
+    async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError>;
+    /// Events of a conversation with `seq > after_seq`, oldest first, at most `limit`.
+    async fn history(
+        &self,
+        workspace: &str,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<History, StoreError>;
+    /// One round-robin step for a channel (see [`crate::assign::rotate`]),
+    /// atomic across nodes.
+    async fn rotate(
+        &self,
+        channel: &str,
+        pool: &[Id],
+        eligible: &[Id],
+    ) -> Result<Option<Id>, StoreError>;
+    /// FIFO of conversations waiting for an eligible agent, per channel.
+    async fn push_waiting(&self, channel: &str, conversation: &str) -> Result<(), StoreError>;
+    async fn waiting(&self, channel: &str) -> Result<Vec<Id>, StoreError>;
+    /// Removes a conversation from the queue; false if another node took it first.
+    async fn take_waiting(&self, channel: &str, conversation: &str) -> Result<bool, StoreError>;
+    /// Marks a user online on this node for `ttl_secs` (refreshed by the node).
+    async fn set_presence(
+        &self,
+        workspace: &str,
+        user: &str,
+        online: bool,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError>;
+    /// Users online on any node.
+    async fn online_users(&self, workspace: &str) -> Result<Vec<Id>, StoreError>;
+    /// Whether storage answers right now (readiness).
+    async fn ping(&self) -> bool;
+}

@@ -1,0 +1,116 @@
+//! Connection handling: the agent WebSocket at `GET /v1/ws`.
+//!
+//! Authentication happens before the upgrade (a bad token is a plain HTTP
+//! 401). The upgrade is done with tokio-tungstenite directly so that each
+//! connection gets small buffers (memory per idle connection matters).
+
+pub mod protocol;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, Request, Response, StatusCode};
+use axum::response::IntoResponse;
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::model::{Permission, User};
+
+#[derive(serde::Deserialize, Default)]
+pub struct WsQuery {
+    token: Option<String>,
+    /// JSON object `{conversation: last seq seen}` to replay missed events.
+    resume: Option<String>,
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Checks the token and the user; the error is the HTTP answer.
+fn authenticate(gw: &Gateway, token: Option<&str>) -> Result<(User, u64), ApiError> {
+    let token = token.ok_or_else(|| ApiError::unauthorized("missing token (?token= or Authorization: Bearer)"))?;
+    let claims = gw.verifier.verify(token).map_err(ApiError::unauthorized)?;
+    let user = gw
+        .hub
+        .existing(&claims.ws)
+        .and_then(|w| w.lock().dir.users.get(&claims.sub).cloned())
+        .ok_or_else(|| ApiError::unauthorized(format!("unknown user {:?} in workspace {:?}", claims.sub, claims.ws)))?;
+    if user.disabled {
+        return Err(ApiError::forbidden("user is disabled"));
+    }
+    if !user.has(Permission::Chats) {
+        return Err(ApiError::forbidden("user lacks the chats permission"));
+    }
+    Ok((user, claims.exp))
+}
+
+pub async fn upgrade(
+    State(gw): State<Arc<Gateway>>,
+    Query(q): Query<WsQuery>,
+    mut req: Request<Body>,
+) -> Response<Body> {
+    if gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "node is draining").into_response();
+    }
+    let token = q.token.as_deref().or_else(|| bearer(req.headers())).map(str::to_owned);
+    let (user, exp) = match authenticate(&gw, token.as_deref()) {
+        Ok(ok) => ok,
+        Err(e) => {
+            metrics::counter!("switchboard_ws_rejected_total", "reason" => e.code).increment(1);
+            return e.into_response();
+        }
+    };
+    let resume: Option<HashMap<String, u64>> = match q.resume.as_deref().map(serde_json::from_str) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => return ApiError::bad_json(format!("resume: {e}")).into_response(),
+    };
+    let headers = req.headers();
+    let is_upgrade = headers
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
+        return ApiError::new(StatusCode::UPGRADE_REQUIRED, "bad_request", "expected a WebSocket upgrade").into_response();
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let limits = gw.config.limits.clone();
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(0)
+            .max_write_buffer_size(4 * 1024 * 1024)
+            .max_message_size(Some(limits.max_frame_bytes))
+            .max_frame_size(Some(limits.max_frame_bytes));
+        let stream = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        session::run(gw, stream, user, exp, resume).await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .unwrap_or_default()
+}

@@ -1,0 +1,253 @@
+//! One agent session: a single task that writes queued frames (batched, one
+//! flush per batch), reads client frames, pings, and closes on request.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use super::protocol::{reference_of, ClientFrame};
+use crate::gateway::{Actor, Command, Gateway};
+use crate::hub::{close, frames, ConnHandle, Control, Outbound};
+use crate::model::User;
+use crate::store::Change;
+
+/// Frames written before one flush.
+const BATCH: usize = 64;
+/// Consecutive over-rate frames before the connection is closed.
+const RATE_STRIKES: u32 = 20;
+
+struct Session<S> {
+    gw: Arc<Gateway>,
+    ws: WebSocketStream<S>,
+    user: User,
+    /// Last seq written per conversation: replay and live never repeat or go back.
+    last_sent: HashMap<Arc<str>, u64>,
+    limiter: DefaultDirectRateLimiter,
+    strikes: u32,
+}
+
+pub async fn run<S>(gw: Arc<Gateway>, ws: WebSocketStream<S>, user: User, exp: u64, resume: Option<HashMap<String, u64>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = gw.config.limits.clone();
+    let id = gw.connection_id();
+    let (tx, mut rx) = mpsc::channel::<Outbound>(limits.outbound_queue);
+    let control = Arc::new(Control::default());
+    let workspace = gw.hub.workspace(&user.workspace);
+    {
+        // Re-checked under the lock: a disable racing with the handshake wins.
+        let mut state = workspace.lock();
+        if !state.dir.users.get(&user.id).is_some_and(|u| !u.disabled) {
+            control.close(close::POLICY);
+        }
+        state.connect(&user.id, ConnHandle { id, tx, control: control.clone() });
+    }
+    metrics::gauge!("switchboard_connections").increment(1.0);
+    let _ = gw.store.set_presence(&user.workspace, &user.id, true, 60).await;
+    gw.drain_waiting(&user.workspace).await;
+
+    let quota = Quota::per_second(NonZeroU32::new(limits.conn_rate_per_sec).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(limits.conn_burst).unwrap_or(NonZeroU32::MIN));
+    let mut s = Session { gw: gw.clone(), ws, user: user.clone(), last_sent: HashMap::new(), limiter: RateLimiter::direct(quota), strikes: 0 };
+    let hello = frames::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
+    let mut code = match s.ws.send(WsMessage::Text(hello)).await {
+        Ok(()) => None,
+        Err(_) => Some(close::NORMAL),
+    };
+    if let (None, Some(positions)) = (code, resume) {
+        code = s.resume(None, positions).await.err();
+    }
+
+    let heartbeat = Duration::from_secs(limits.heartbeat_secs);
+    let idle = Duration::from_secs(limits.idle_timeout_secs);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let now_unix = crate::gateway::now_ms() / 1000;
+    let expiry = tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now_unix)));
+    tokio::pin!(expiry);
+    let mut last_heard = Instant::now();
+
+    while code.is_none() {
+        tokio::select! {
+            biased;
+            _ = control.cancelled() => code = control.code(),
+            frame = rx.recv() => match frame {
+                Some(f) => code = s.write_batch(f, &mut rx).await.err(),
+                None => code = Some(close::NORMAL),
+            },
+            msg = s.ws.next() => {
+                last_heard = Instant::now();
+                code = match msg {
+                    Some(Ok(m)) => s.on_message(m).await.err(),
+                    Some(Err(WsError::Capacity(_))) => Some(close::TOO_BIG),
+                    Some(Err(_)) | None => Some(close::NORMAL),
+                };
+            }
+            _ = ping.tick() => {
+                code = if last_heard.elapsed() >= idle {
+                    Some(close::IDLE)
+                } else {
+                    s.ws.send(WsMessage::Ping(Default::default())).await.err().map(|_| close::NORMAL)
+                };
+            }
+            _ = &mut expiry => code = Some(close::TOKEN_EXPIRED),
+        }
+    }
+    let code = code.unwrap_or(close::NORMAL);
+    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(close::reason(code)) };
+    let _ = tokio::time::timeout(Duration::from_secs(2), s.ws.close(Some(frame))).await;
+    let last = workspace.lock().disconnect(&user.id, id);
+    metrics::gauge!("switchboard_connections").decrement(1.0);
+    if last {
+        let _ = gw.store.set_presence(&user.workspace, &user.id, false, 60).await;
+    }
+    tracing::debug!(user = %user.id, connection = id, code, "session closed");
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
+    /// Whether a sequenced frame is new for this connection (and records it).
+    fn fresh(&mut self, position: &Option<(Arc<str>, u64)>) -> bool {
+        let Some((conv, seq)) = position else { return true };
+        match self.last_sent.get_mut(conv) {
+            Some(last) if *last >= *seq => false,
+            Some(last) => {
+                *last = *seq;
+                true
+            }
+            None => {
+                self.last_sent.insert(conv.clone(), *seq);
+                true
+            }
+        }
+    }
+
+    /// Writes one queued frame and whatever else is already queued, then flushes once.
+    async fn write_batch(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), u16> {
+        let mut next = Some(first);
+        let mut n = 0;
+        let mut oldest = None;
+        while let Some(f) = next.take() {
+            if self.fresh(&f.position) {
+                oldest.get_or_insert(f.born);
+                self.ws.feed(WsMessage::Text(f.text)).await.map_err(|_| close::NORMAL)?;
+                n += 1;
+            }
+            if n < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        self.ws.flush().await.map_err(|_| close::NORMAL)?;
+        if let Some(born) = oldest {
+            metrics::histogram!("switchboard_delivery_latency_seconds").record(born.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn send(&mut self, text: Utf8Bytes) -> Result<(), u16> {
+        self.ws.send(WsMessage::Text(text)).await.map_err(|_| close::NORMAL)
+    }
+
+    async fn on_message(&mut self, msg: WsMessage) -> Result<(), u16> {
+        let text = match msg {
+            WsMessage::Text(t) => t,
+            WsMessage::Binary(_) => return self.send(frames::error(None, "bad_frame", "binary frames are not supported; send JSON text")).await,
+            WsMessage::Close(_) => return Err(close::NORMAL),
+            _ => return Ok(()),
+        };
+        if self.limiter.check().is_err() {
+            self.strikes += 1;
+            metrics::counter!("switchboard_rate_limited_total", "kind" => "connection").increment(1);
+            if self.strikes >= RATE_STRIKES {
+                return Err(close::RATE_LIMITED);
+            }
+            return self.send(frames::error(reference_of(&text).as_deref(), "rate_limited", "too many frames; slow down")).await;
+        }
+        self.strikes = 0;
+        let frame: ClientFrame = match serde_json::from_str(&text) {
+            Ok(f) => f,
+            Err(e) => {
+                return self.send(frames::error(reference_of(&text).as_deref(), "bad_frame", &format!("bad frame: {e}"))).await;
+            }
+        };
+        let actor = Actor::User(self.user.id.clone());
+        let gw = self.gw.clone();
+        let (reference, result) = match frame {
+            ClientFrame::Ping { reference } => return self.send(frames::pong(reference.as_deref())).await,
+            ClientFrame::Resume { reference, positions } => return self.resume(reference, positions).await,
+            ClientFrame::Send { reference, conversation, body, client_id } => {
+                let r = gw.post_message(actor, &conversation, body, None, client_id, None).await;
+                let reply = match r {
+                    Ok(p) => frames::ack(reference.as_deref(), &p.id, p.seq, p.duplicate),
+                    Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+                };
+                return self.send(reply).await;
+            }
+            ClientFrame::Assign { reference, conversation, assignee } => {
+                (reference, gw.command(actor, &conversation, Command::Assign(assignee)).await)
+            }
+            ClientFrame::AddCollaborator { reference, conversation, user } => {
+                (reference, gw.command(actor, &conversation, Command::AddCollaborator(user)).await)
+            }
+            ClientFrame::RemoveCollaborator { reference, conversation, user } => {
+                (reference, gw.command(actor, &conversation, Command::RemoveCollaborator(user)).await)
+            }
+            ClientFrame::Close { reference, conversation } => (reference, gw.command(actor, &conversation, Command::Close).await),
+            ClientFrame::Reopen { reference, conversation } => (reference, gw.command(actor, &conversation, Command::Reopen).await),
+            ClientFrame::SetPrivate { reference, conversation, private } => {
+                (reference, gw.command(actor, &conversation, Command::SetPrivate(private)).await)
+            }
+        };
+        let reply = match result {
+            Ok(_) => frames::ok(reference.as_deref()),
+            Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+        };
+        self.send(reply).await
+    }
+
+    /// Replays events after each position, re-checked against current access.
+    async fn resume(&mut self, reference: Option<String>, positions: HashMap<String, u64>) -> Result<(), u16> {
+        let ws = self.user.workspace.clone();
+        for (conv, after) in positions {
+            if !self.gw.access_now(&ws, &self.user.id, &conv).can_read() {
+                self.send(frames::error(reference.as_deref(), "forbidden", &format!("no access to conversation {conv:?}"))).await?;
+                continue;
+            }
+            let history = match self.gw.store.history(&ws, &conv, after, usize::MAX).await {
+                Ok(h) => h,
+                Err(e) => {
+                    self.send(frames::error(reference.as_deref(), "unavailable", &e.to_string())).await?;
+                    continue;
+                }
+            };
+            if history.oldest_seq > after + 1 {
+                self.send(frames::replay_gap(&conv, after + 1, history.oldest_seq)).await?;
+            }
+            let key: Arc<str> = Arc::from(conv.as_str());
+            for ev in history.events {
+                let text = match &ev.change {
+                    Change::Message { message, .. } => frames::message(&conv, ev.seq, message),
+                    Change::Conversation { conversation, status } => frames::status(ev.seq, status, conversation),
+                    _ => continue,
+                };
+                if self.fresh(&Some((key.clone(), ev.seq))) {
+                    self.ws.feed(WsMessage::Text(text)).await.map_err(|_| close::NORMAL)?;
+                }
+            }
+            self.ws.flush().await.map_err(|_| close::NORMAL)?;
+        }
+        if reference.is_some() {
+            self.send(frames::ok(reference.as_deref())).await?;
+        }
+        Ok(())
+    }
+}
