@@ -20,11 +20,17 @@ pub struct Verifier {
 
 impl Verifier {
     pub fn hs256(secret: &str) -> Self {
-        Self::with(DecodingKey::from_secret(secret.as_bytes()), Algorithm::HS256)
+        Self::with(
+            DecodingKey::from_secret(secret.as_bytes()),
+            Algorithm::HS256,
+        )
     }
 
     pub fn rs256_pem(pem: &[u8]) -> anyhow::Result<Self> {
-        Ok(Self::with(DecodingKey::from_rsa_pem(pem)?, Algorithm::RS256))
+        Ok(Self::with(
+            DecodingKey::from_rsa_pem(pem)?,
+            Algorithm::RS256,
+        ))
     }
 
     fn with(key: DecodingKey, alg: Algorithm) -> Self {
@@ -40,7 +46,9 @@ impl Verifier {
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => "token expired".to_owned(),
-                jsonwebtoken::errors::ErrorKind::InvalidSignature => "bad token signature".to_owned(),
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => {
+                    "bad token signature".to_owned()
+                }
                 _ => format!("invalid token: {e}"),
             })
     }

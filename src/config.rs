@@ -120,33 +120,82 @@ impl Config {
             Ok(env_parse(name)?.or(file).unwrap_or(default))
         };
         let limits = Limits {
-            max_frame_bytes: pick("SWITCHBOARD_MAX_FRAME_BYTES", file.max_frame_bytes.map(|v| v as u64), 64 * 1024)? as usize,
-            max_body_bytes: pick("SWITCHBOARD_MAX_BODY_BYTES", file.max_body_bytes.map(|v| v as u64), 1024 * 1024)? as usize,
-            outbound_queue: pick("SWITCHBOARD_OUTBOUND_QUEUE", file.outbound_queue.map(|v| v as u64), 1024)?.max(1) as usize,
-            conn_rate_per_sec: pick("SWITCHBOARD_CONN_RATE_PER_SEC", file.conn_rate_per_sec.map(u64::from), 50)?.max(1) as u32,
-            conn_burst: pick("SWITCHBOARD_CONN_BURST", file.conn_burst.map(u64::from), 100)?.max(1) as u32,
-            adapter_rate_per_sec: pick("SWITCHBOARD_ADAPTER_RATE_PER_SEC", file.adapter_rate_per_sec.map(u64::from), 100_000)?.max(1) as u32,
+            max_frame_bytes: pick(
+                "SWITCHBOARD_MAX_FRAME_BYTES",
+                file.max_frame_bytes.map(|v| v as u64),
+                64 * 1024,
+            )? as usize,
+            max_body_bytes: pick(
+                "SWITCHBOARD_MAX_BODY_BYTES",
+                file.max_body_bytes.map(|v| v as u64),
+                1024 * 1024,
+            )? as usize,
+            outbound_queue: pick(
+                "SWITCHBOARD_OUTBOUND_QUEUE",
+                file.outbound_queue.map(|v| v as u64),
+                1024,
+            )?
+            .max(1) as usize,
+            conn_rate_per_sec: pick(
+                "SWITCHBOARD_CONN_RATE_PER_SEC",
+                file.conn_rate_per_sec.map(u64::from),
+                50,
+            )?
+            .max(1) as u32,
+            conn_burst: pick(
+                "SWITCHBOARD_CONN_BURST",
+                file.conn_burst.map(u64::from),
+                100,
+            )?
+            .max(1) as u32,
+            adapter_rate_per_sec: pick(
+                "SWITCHBOARD_ADAPTER_RATE_PER_SEC",
+                file.adapter_rate_per_sec.map(u64::from),
+                100_000,
+            )?
+            .max(1) as u32,
             heartbeat_secs: pick("SWITCHBOARD_HEARTBEAT_SECS", file.heartbeat_secs, 25)?.max(1),
-            idle_timeout_secs: pick("SWITCHBOARD_IDLE_TIMEOUT_SECS", file.idle_timeout_secs, 60)?.max(2),
+            idle_timeout_secs: pick("SWITCHBOARD_IDLE_TIMEOUT_SECS", file.idle_timeout_secs, 60)?
+                .max(2),
         };
-        let log_format = args.log_format.or(file.log_format).unwrap_or_else(|| "text".into());
+        let log_format = args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or_else(|| "text".into());
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log_format: expected text or json, got {log_format:?}");
         }
         Ok(Config {
-            listen: args.listen.or(file.listen).unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
             jwt_secret: args.jwt_secret.filter(|s| !s.is_empty()),
             jwt_public_key_file: args.jwt_public_key_file.or(file.jwt_public_key_file),
             admin_token: args.admin_token.filter(|s| !s.is_empty()),
             adapter_keys: args
                 .adapter_key
-                .map(|k| k.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect())
+                .map(|k| {
+                    k.split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
                 .unwrap_or_default(),
             redis_url: args.redis_url.or(file.redis_url).filter(|s| !s.is_empty()),
             node_id,
             log_format,
-            shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs).unwrap_or(10),
-            history_len: pick("SWITCHBOARD_HISTORY_LEN", file.history_len.map(|v| v as u64), 1000)?.max(1) as usize,
+            shutdown_grace_secs: args
+                .shutdown_grace_secs
+                .or(file.shutdown_grace_secs)
+                .unwrap_or(10),
+            history_len: pick(
+                "SWITCHBOARD_HISTORY_LEN",
+                file.history_len.map(|v| v as u64),
+                1000,
+            )?
+            .max(1) as usize,
             limits,
         })
     }

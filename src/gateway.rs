@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::model::{
     Channel, Contact, Conversation, ConversationKind, FieldError, Id, Lookup, Message, Sender,
-    Status, Subject, User, World, WorkspaceSettings,
+    Status, Subject, User, WorkspaceSettings, World,
 };
 use crate::policy::{self, actions, Access};
 use crate::store::{Change, History, Outcome, StatusEvent, StatusKind, Store};
@@ -80,7 +80,8 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config, store: Arc<dyn Store>, hub: Arc<Hub>, verifier: Verifier) -> Self {
-        let per_sec = std::num::NonZeroU32::new(config.limits.adapter_rate_per_sec).unwrap_or(std::num::NonZeroU32::MIN);
+        let per_sec = std::num::NonZeroU32::new(config.limits.adapter_rate_per_sec)
+            .unwrap_or(std::num::NonZeroU32::MIN);
         let adapter_limiter = governor::RateLimiter::keyed(governor::Quota::per_second(per_sec));
         Gateway {
             adapter_limiter,
@@ -109,7 +110,12 @@ impl Gateway {
         Err(ApiError::not_found("conversation", id))
     }
 
-    fn locate<T: Clone>(&self, what: &str, id: &str, get: impl Fn(&crate::model::Directory) -> Option<&T>) -> Result<(Id, T), ApiError> {
+    fn locate<T: Clone>(
+        &self,
+        what: &str,
+        id: &str,
+        get: impl Fn(&crate::model::Directory) -> Option<&T>,
+    ) -> Result<(Id, T), ApiError> {
         for ws in self.hub.workspace_ids() {
             if let Some(w) = self.hub.existing(&ws) {
                 if let Some(v) = get(&w.lock().dir) {
@@ -124,10 +130,12 @@ impl Gateway {
         self.locate("user", id, |d| d.users.get(id)).map(|(_, u)| u)
     }
     pub fn get_channel(&self, id: &str) -> Result<Channel, ApiError> {
-        self.locate("channel", id, |d| d.channels.get(id)).map(|(_, c)| c)
+        self.locate("channel", id, |d| d.channels.get(id))
+            .map(|(_, c)| c)
     }
     pub fn get_contact(&self, id: &str) -> Result<Contact, ApiError> {
-        self.locate("contact", id, |d| d.contacts.get(id)).map(|(_, c)| c)
+        self.locate("contact", id, |d| d.contacts.get(id))
+            .map(|(_, c)| c)
     }
     pub fn get_conversation(&self, id: &str) -> Result<(Conversation, u64), ApiError> {
         let (ws, c) = self.locate_conversation(id)?;
@@ -158,13 +166,40 @@ impl Gateway {
         for ws in &workspaces {
             let part = World {
                 name: None,
-                users: world.users.iter().filter(|u| &u.workspace == ws).cloned().collect(),
-                channels: world.channels.iter().filter(|c| &c.workspace == ws).cloned().collect(),
-                contacts: world.contacts.iter().filter(|c| &c.workspace == ws).cloned().collect(),
-                conversations: world.conversations.iter().filter(|c| &c.workspace == ws).cloned().collect(),
+                users: world
+                    .users
+                    .iter()
+                    .filter(|u| &u.workspace == ws)
+                    .cloned()
+                    .collect(),
+                channels: world
+                    .channels
+                    .iter()
+                    .filter(|c| &c.workspace == ws)
+                    .cloned()
+                    .collect(),
+                contacts: world
+                    .contacts
+                    .iter()
+                    .filter(|c| &c.workspace == ws)
+                    .cloned()
+                    .collect(),
+                conversations: world
+                    .conversations
+                    .iter()
+                    .filter(|c| &c.workspace == ws)
+                    .cloned()
+                    .collect(),
                 expect: None,
             };
-            self.commit(ws, Change::Import { world: part, replace }).await?;
+            self.commit(
+                ws,
+                Change::Import {
+                    world: part,
+                    replace,
+                },
+            )
+            .await?;
         }
         Ok(serde_json::json!({
             "workspaces": workspaces, "users": world.users.len(), "channels": world.channels.len(),
@@ -174,7 +209,11 @@ impl Gateway {
     }
 
     /// Checks an entity's references against its workspace's directory.
-    fn check_refs(&self, ws: &str, check: impl FnOnce(&crate::model::Directory) -> Result<(), FieldError>) -> Result<(), ApiError> {
+    fn check_refs(
+        &self,
+        ws: &str,
+        check: impl FnOnce(&crate::model::Directory) -> Result<(), FieldError>,
+    ) -> Result<(), ApiError> {
         let w = self.hub.workspace(ws);
         let state = w.lock();
         Ok(check(&state.dir)?)
@@ -188,15 +227,22 @@ impl Gateway {
             crate::model::validate_schedule("schedule", s)?;
         }
         self.check_refs(&user.workspace, |d| match &user.manager {
-            Some(m) if m != &user.id && d.user(m).is_none() => Err(FieldError::new("manager", format!("unknown user {m:?}"))),
+            Some(m) if m != &user.id && d.user(m).is_none() => {
+                Err(FieldError::new("manager", format!("unknown user {m:?}")))
+            }
             _ => Ok(()),
         })?;
-        let leaving = self.get_user(&user.id).ok().filter(|old| old.workspace != user.workspace);
+        let leaving = self
+            .get_user(&user.id)
+            .ok()
+            .filter(|old| old.workspace != user.workspace);
         if let Some(old) = leaving {
-            self.commit(&old.workspace, Change::DeleteUser { id: old.id.clone() }).await?;
+            self.commit(&old.workspace, Change::DeleteUser { id: old.id.clone() })
+                .await?;
         }
         let ws = user.workspace.clone();
-        self.commit(&ws, Change::UpsertUser { user: user.clone() }).await?;
+        self.commit(&ws, Change::UpsertUser { user: user.clone() })
+            .await?;
         if user.disabled || !user.has(crate::model::Permission::Chats) {
             self.unassign_all(&ws, &user.id).await?;
         }
@@ -207,7 +253,8 @@ impl Gateway {
     pub async fn delete_user(&self, id: &str) -> Result<(), ApiError> {
         let user = self.get_user(id)?;
         self.unassign_all(&user.workspace, id).await?;
-        self.commit(&user.workspace, Change::DeleteUser { id: id.to_owned() }).await?;
+        self.commit(&user.workspace, Change::DeleteUser { id: id.to_owned() })
+            .await?;
         Ok(())
     }
 
@@ -216,13 +263,30 @@ impl Gateway {
         let assigned: Vec<Conversation> = {
             let w = self.hub.workspace(ws);
             let state = w.lock();
-            state.dir.conversations.values().filter(|c| c.assignee.as_deref() == Some(user)).cloned().collect()
+            state
+                .dir
+                .conversations
+                .values()
+                .filter(|c| c.assignee.as_deref() == Some(user))
+                .cloned()
+                .collect()
         };
         for mut conv in assigned {
             conv.assignee = None;
-            let status = StatusEvent { event: StatusKind::Unassigned, by: None, user: None };
+            let status = StatusEvent {
+                event: StatusKind::Unassigned,
+                by: None,
+                user: None,
+            };
             let id = conv.id.clone();
-            self.commit(ws, Change::Conversation { conversation: conv, status }).await?;
+            self.commit(
+                ws,
+                Change::Conversation {
+                    conversation: conv,
+                    status,
+                },
+            )
+            .await?;
             self.enqueue_for_assignment(ws, &id).await?;
         }
         Ok(())
@@ -236,25 +300,44 @@ impl Gateway {
             for (i, g) in channel.grants.iter().enumerate() {
                 if let Subject::User(u) = &g.subject {
                     if d.user(u).is_none() {
-                        return Err(FieldError::new(format!("grants[{i}].subject"), format!("unknown user {u:?}")));
+                        return Err(FieldError::new(
+                            format!("grants[{i}].subject"),
+                            format!("unknown user {u:?}"),
+                        ));
                     }
                 }
             }
             Ok(())
         })?;
         let ws = channel.workspace.clone();
-        self.commit(&ws, Change::UpsertChannel { channel: channel.clone() }).await?;
+        self.commit(
+            &ws,
+            Change::UpsertChannel {
+                channel: channel.clone(),
+            },
+        )
+        .await?;
         self.drain_waiting(&ws).await;
         Ok(channel)
     }
 
     pub async fn delete_channel(&self, id: &str) -> Result<(), ApiError> {
         let (ws, _) = self.locate("channel", id, |d| d.channels.get(id))?;
-        let used = self.hub.workspace(&ws).lock().dir.conversations.values().any(|c| c.channel.as_deref() == Some(id));
+        let used = self
+            .hub
+            .workspace(&ws)
+            .lock()
+            .dir
+            .conversations
+            .values()
+            .any(|c| c.channel.as_deref() == Some(id));
         if used {
-            return Err(ApiError::conflict(format!("channel {id:?} still has conversations")));
+            return Err(ApiError::conflict(format!(
+                "channel {id:?} still has conversations"
+            )));
         }
-        self.commit(&ws, Change::DeleteChannel { id: id.to_owned() }).await?;
+        self.commit(&ws, Change::DeleteChannel { id: id.to_owned() })
+            .await?;
         Ok(())
     }
 
@@ -263,27 +346,54 @@ impl Gateway {
             return Err(ApiError::invalid("id", "empty id"));
         }
         self.check_refs(&contact.workspace, |d| match &contact.owner {
-            Some(o) if d.user(o).is_none() => Err(FieldError::new("owner", format!("unknown user {o:?}"))),
+            Some(o) if d.user(o).is_none() => {
+                Err(FieldError::new("owner", format!("unknown user {o:?}")))
+            }
             _ => Ok(()),
         })?;
         let ws = contact.workspace.clone();
-        self.commit(&ws, Change::UpsertContact { contact: contact.clone() }).await?;
+        self.commit(
+            &ws,
+            Change::UpsertContact {
+                contact: contact.clone(),
+            },
+        )
+        .await?;
         Ok(contact)
     }
 
     pub async fn delete_contact(&self, id: &str) -> Result<(), ApiError> {
         let (ws, _) = self.locate("contact", id, |d| d.contacts.get(id))?;
-        let used = self.hub.workspace(&ws).lock().dir.conversations.values().any(|c| c.contact.as_deref() == Some(id));
+        let used = self
+            .hub
+            .workspace(&ws)
+            .lock()
+            .dir
+            .conversations
+            .values()
+            .any(|c| c.contact.as_deref() == Some(id));
         if used {
-            return Err(ApiError::conflict(format!("contact {id:?} still has conversations")));
+            return Err(ApiError::conflict(format!(
+                "contact {id:?} still has conversations"
+            )));
         }
-        self.commit(&ws, Change::DeleteContact { id: id.to_owned() }).await?;
+        self.commit(&ws, Change::DeleteContact { id: id.to_owned() })
+            .await?;
         Ok(())
     }
 
-    pub async fn put_settings(&self, settings: WorkspaceSettings) -> Result<WorkspaceSettings, ApiError> {
+    pub async fn put_settings(
+        &self,
+        settings: WorkspaceSettings,
+    ) -> Result<WorkspaceSettings, ApiError> {
         let ws = settings.id.clone();
-        self.commit(&ws, Change::Settings { settings: settings.clone() }).await?;
+        self.commit(
+            &ws,
+            Change::Settings {
+                settings: settings.clone(),
+            },
+        )
+        .await?;
         Ok(settings)
     }
 
@@ -298,13 +408,24 @@ impl Gateway {
                 None => Err(FieldError::new(field, format!("unknown user {id:?}"))),
             };
             if let Some(ch) = &conv.channel {
-                d.channel(ch).ok_or_else(|| FieldError::new("channel", format!("unknown channel {ch:?}")))?;
+                d.channel(ch)
+                    .ok_or_else(|| FieldError::new("channel", format!("unknown channel {ch:?}")))?;
             }
             if let Some(k) = &conv.contact {
-                d.contact(k).ok_or_else(|| FieldError::new("contact", format!("unknown contact {k:?}")))?;
+                d.contact(k)
+                    .ok_or_else(|| FieldError::new("contact", format!("unknown contact {k:?}")))?;
             }
-            if conv.kind == ConversationKind::Customer && (conv.channel.is_none() || conv.contact.is_none()) {
-                return Err(FieldError::new(if conv.channel.is_none() { "channel" } else { "contact" }, "required for a customer conversation"));
+            if conv.kind == ConversationKind::Customer
+                && (conv.channel.is_none() || conv.contact.is_none())
+            {
+                return Err(FieldError::new(
+                    if conv.channel.is_none() {
+                        "channel"
+                    } else {
+                        "contact"
+                    },
+                    "required for a customer conversation",
+                ));
             }
             if let Some(a) = &conv.author {
                 user("author", a)?;
@@ -332,7 +453,10 @@ impl Gateway {
         let before = self.get_conversation(&conv.id).ok().map(|(c, _)| c);
         if let Some(b) = &before {
             if b.workspace != conv.workspace {
-                return Err(ApiError::invalid("workspace", "a conversation cannot move between workspaces"));
+                return Err(ApiError::invalid(
+                    "workspace",
+                    "a conversation cannot move between workspaces",
+                ));
             }
         }
         let event = match &before {
@@ -341,7 +465,17 @@ impl Gateway {
         };
         let ws = conv.workspace.clone();
         let id = conv.id.clone();
-        let seq = self.commit_conversation(&ws, conv, StatusEvent { event, by: None, user: None }).await?;
+        let seq = self
+            .commit_conversation(
+                &ws,
+                conv,
+                StatusEvent {
+                    event,
+                    by: None,
+                    user: None,
+                },
+            )
+            .await?;
         if event == StatusKind::Unassigned || event == StatusKind::Closed {
             self.drain_waiting(&ws).await;
         }
@@ -351,12 +485,27 @@ impl Gateway {
 
     pub async fn delete_conversation(&self, id: &str) -> Result<(), ApiError> {
         let (ws, _) = self.locate_conversation(id)?;
-        self.commit(&ws, Change::DeleteConversation { id: id.to_owned() }).await?;
+        self.commit(&ws, Change::DeleteConversation { id: id.to_owned() })
+            .await?;
         Ok(())
     }
 
-    async fn commit_conversation(&self, ws: &str, conversation: Conversation, status: StatusEvent) -> Result<u64, ApiError> {
-        match self.commit(ws, Change::Conversation { conversation, status }).await? {
+    async fn commit_conversation(
+        &self,
+        ws: &str,
+        conversation: Conversation,
+        status: StatusEvent,
+    ) -> Result<u64, ApiError> {
+        match self
+            .commit(
+                ws,
+                Change::Conversation {
+                    conversation,
+                    status,
+                },
+            )
+            .await?
+        {
             Outcome::Stored(c) => Ok(c.seq),
             Outcome::Duplicate { seq, .. } => Ok(seq),
         }
@@ -368,7 +517,11 @@ impl Gateway {
     pub async fn command(&self, actor: Actor, id: &str, cmd: Command) -> Result<u64, ApiError> {
         let (ws, conv) = self.locate_conversation(id)?;
         let mut next = conv.clone();
-        let mut status = StatusEvent { event: StatusKind::Updated, by: actor.by(), user: None };
+        let mut status = StatusEvent {
+            event: StatusKind::Updated,
+            by: actor.by(),
+            user: None,
+        };
         match &cmd {
             Command::Assign(Some(a)) => {
                 next.assignee = Some(a.clone());
@@ -407,9 +560,14 @@ impl Gateway {
             let w = self.hub.workspace(&ws);
             let state = w.lock();
             let dir = &state.dir;
-            let target_user = |u: &Id| dir.user(u).ok_or_else(|| ApiError::invalid("user", format!("unknown user {u:?}")));
+            let target_user = |u: &Id| {
+                dir.user(u)
+                    .ok_or_else(|| ApiError::invalid("user", format!("unknown user {u:?}")))
+            };
             if let Actor::User(uid) = &actor {
-                let me = dir.user(uid).ok_or_else(|| ApiError::forbidden("unknown user"))?;
+                let me = dir
+                    .user(uid)
+                    .ok_or_else(|| ApiError::forbidden("unknown user"))?;
                 let verdict = match &cmd {
                     Command::SetPrivate(_) => actions::may_change_privacy(dir, me, &conv),
                     _ => actions::may_write(dir, me, &conv, "this command"),
@@ -418,8 +576,11 @@ impl Gateway {
             }
             match &cmd {
                 Command::Assign(Some(a)) => {
-                    let user = target_user(a).map_err(|_| ApiError::invalid("assignee", format!("unknown user {a:?}")))?;
-                    actions::may_be_assigned(dir, user, &next).map_err(|m| ApiError::invalid("assignee", m))?;
+                    let user = target_user(a).map_err(|_| {
+                        ApiError::invalid("assignee", format!("unknown user {a:?}"))
+                    })?;
+                    actions::may_be_assigned(dir, user, &next)
+                        .map_err(|m| ApiError::invalid("assignee", m))?;
                 }
                 Command::AddCollaborator(u) | Command::RemoveCollaborator(u) => {
                     target_user(u)?;
@@ -427,7 +588,10 @@ impl Gateway {
                 _ => {}
             }
             if conv.kind != ConversationKind::Customer && matches!(cmd, Command::Assign(_)) {
-                return Err(ApiError::invalid("conversation", "only customer conversations can be assigned"));
+                return Err(ApiError::invalid(
+                    "conversation",
+                    "only customer conversations can be assigned",
+                ));
             }
         }
         if next == conv {
@@ -461,13 +625,19 @@ impl Gateway {
             Actor::User(uid) => {
                 let w = self.hub.workspace(&ws);
                 let state = w.lock();
-                let me = state.dir.user(uid).ok_or_else(|| ApiError::forbidden("unknown user"))?;
-                actions::may_write(&state.dir, me, &conv, "sending").map_err(ApiError::forbidden)?;
+                let me = state
+                    .dir
+                    .user(uid)
+                    .ok_or_else(|| ApiError::forbidden("unknown user"))?;
+                actions::may_write(&state.dir, me, &conv, "sending")
+                    .map_err(ApiError::forbidden)?;
                 Sender::User(uid.clone())
             }
             Actor::System => {
                 if conv.kind != ConversationKind::Customer {
-                    return Err(ApiError::forbidden("adapters post to customer conversations only"));
+                    return Err(ApiError::forbidden(
+                        "adapters post to customer conversations only",
+                    ));
                 }
                 Sender::Contact(sender_contact.or_else(|| conv.contact.clone()))
             }
@@ -476,7 +646,11 @@ impl Gateway {
             // Sending to a closed conversation reopens it.
             let mut next = conv.clone();
             next.status = Status::Open;
-            let status = StatusEvent { event: StatusKind::Reopened, by: actor.by(), user: None };
+            let status = StatusEvent {
+                event: StatusKind::Reopened,
+                by: actor.by(),
+                user: None,
+            };
             self.commit_conversation(&ws, next, status).await?;
         }
         let message = Message {
@@ -495,16 +669,35 @@ impl Gateway {
             Actor::User(u) => format!("user:{u}:{k}"),
             Actor::System => format!("adapter:{k}"),
         });
-        match self.commit(&ws, Change::Message { message, idempotency_key: key }).await? {
+        match self
+            .commit(
+                &ws,
+                Change::Message {
+                    message,
+                    idempotency_key: key,
+                },
+            )
+            .await?
+        {
             Outcome::Stored(c) => match &c.change {
-                Change::Message { message, .. } => {
-                    Ok(Posted { id: message.id.clone(), conversation: conversation.to_owned(), seq: c.seq, duplicate: false })
-                }
-                _ => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "unexpected commit")),
+                Change::Message { message, .. } => Ok(Posted {
+                    id: message.id.clone(),
+                    conversation: conversation.to_owned(),
+                    seq: c.seq,
+                    duplicate: false,
+                }),
+                _ => Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "unexpected commit",
+                )),
             },
-            Outcome::Duplicate { message, seq } => {
-                Ok(Posted { id: message.id, conversation: conversation.to_owned(), seq, duplicate: true })
-            }
+            Outcome::Duplicate { message, seq } => Ok(Posted {
+                id: message.id,
+                conversation: conversation.to_owned(),
+                seq,
+                duplicate: true,
+            }),
         }
     }
 
@@ -524,32 +717,68 @@ impl Gateway {
             .map_err(|_| ApiError::invalid("channel", format!("unknown channel {channel_id:?}")))?;
         let contact_id = match contact {
             InboundContact::Id(id) => {
-                self.check_refs(&ws, |d| d.contact(&id).map(|_| ()).ok_or_else(|| FieldError::new("contact", format!("unknown contact {id:?}"))))?;
+                self.check_refs(&ws, |d| {
+                    d.contact(&id).map(|_| ()).ok_or_else(|| {
+                        FieldError::new("contact", format!("unknown contact {id:?}"))
+                    })
+                })?;
                 id
             }
             InboundContact::New(mut k) => {
                 k.workspace = ws.clone();
-                let exists = self.hub.workspace(&ws).lock().dir.contacts.contains_key(&k.id);
+                let exists = self
+                    .hub
+                    .workspace(&ws)
+                    .lock()
+                    .dir
+                    .contacts
+                    .contains_key(&k.id);
                 if !exists {
                     self.put_contact(k.clone()).await?;
                 }
                 k.id
             }
         };
-        let existing = self.hub.workspace(&ws).lock().thread(channel_id, thread).cloned();
+        let existing = self
+            .hub
+            .workspace(&ws)
+            .lock()
+            .thread(channel_id, thread)
+            .cloned();
         let (conversation, created) = match existing {
             Some(id) => (id, false),
             None => {
-                let mut conv = Conversation::new_customer(new_id("v"), ws.clone(), channel_id.to_owned(), contact_id.clone());
+                let mut conv = Conversation::new_customer(
+                    new_id("v"),
+                    ws.clone(),
+                    channel_id.to_owned(),
+                    contact_id.clone(),
+                );
                 conv.thread = Some(thread.to_owned());
                 conv.team = channel.team.clone();
                 let id = conv.id.clone();
-                self.commit_conversation(&ws, conv, StatusEvent { event: StatusKind::Created, by: None, user: None }).await?;
+                self.commit_conversation(
+                    &ws,
+                    conv,
+                    StatusEvent {
+                        event: StatusKind::Created,
+                        by: None,
+                        user: None,
+                    },
+                )
+                .await?;
                 (id, true)
             }
         };
         let posted = self
-            .post_message(Actor::System, &conversation, body, Some(contact_id), idempotency_key, meta)
+            .post_message(
+                Actor::System,
+                &conversation,
+                body,
+                Some(contact_id),
+                idempotency_key,
+                meta,
+            )
             .await?;
         if created {
             self.enqueue_for_assignment(&ws, &conversation).await?;
@@ -558,9 +787,17 @@ impl Gateway {
         Ok((posted, created))
     }
 
-    pub async fn history(&self, conversation: &str, after_seq: u64, limit: usize) -> Result<History, ApiError> {
+    pub async fn history(
+        &self,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<History, ApiError> {
         let (ws, _) = self.locate_conversation(conversation)?;
-        Ok(self.store.history(&ws, conversation, after_seq, limit).await?)
+        Ok(self
+            .store
+            .history(&ws, conversation, after_seq, limit)
+            .await?)
     }
 
     pub fn explain(&self, conversation: &str, user: &str) -> Result<serde_json::Value, ApiError> {
@@ -582,8 +819,12 @@ impl Gateway {
         let channel = {
             let w = self.hub.workspace(ws);
             let state = w.lock();
-            let Some(conv) = state.dir.conversations.get(conversation) else { return Ok(()) };
-            let Some(ch) = conv.channel.as_deref().and_then(|c| state.dir.channel(c)) else { return Ok(()) };
+            let Some(conv) = state.dir.conversations.get(conversation) else {
+                return Ok(());
+            };
+            let Some(ch) = conv.channel.as_deref().and_then(|c| state.dir.channel(c)) else {
+                return Ok(());
+            };
             if !ch.auto_assign.as_ref().is_some_and(|a| a.enabled) {
                 return Ok(());
             }
@@ -605,19 +846,32 @@ impl Gateway {
         let channels: Vec<Id> = {
             let w = self.hub.workspace(ws);
             let state = w.lock();
-            state.dir.channels.values().filter(|c| c.auto_assign.as_ref().is_some_and(|a| a.enabled)).map(|c| c.id.clone()).collect()
+            state
+                .dir
+                .channels
+                .values()
+                .filter(|c| c.auto_assign.as_ref().is_some_and(|a| a.enabled))
+                .map(|c| c.id.clone())
+                .collect()
         };
         for channel in channels {
             for conv_id in self.store.waiting(&channel).await? {
                 let online: Vec<Id> = if self.config.redis_url.is_some() {
                     self.store.online_users(ws).await?
                 } else {
-                    self.hub.workspace(ws).lock().online_users().cloned().collect()
+                    self.hub
+                        .workspace(ws)
+                        .lock()
+                        .online_users()
+                        .cloned()
+                        .collect()
                 };
                 let (pool, eligible, conv) = {
                     let w = self.hub.workspace(ws);
                     let state = w.lock();
-                    let Some(ch) = state.dir.channels.get(&channel) else { break };
+                    let Some(ch) = state.dir.channels.get(&channel) else {
+                        break;
+                    };
                     let conv = state.dir.conversations.get(&conv_id).cloned();
                     let pool = assign::pool_members(ch, state.dir.users.values());
                     let now = chrono::Utc::now();
@@ -625,7 +879,10 @@ impl Gateway {
                         .iter()
                         .filter(|id| {
                             state.dir.user(id).is_some_and(|u| {
-                                let st = assign::AgentState { online: online.contains(id), open_assigned: state.open_assigned(id) };
+                                let st = assign::AgentState {
+                                    online: online.contains(id),
+                                    open_assigned: state.open_assigned(id),
+                                };
                                 assign::is_eligible(ch, u, &st, now)
                             })
                         })
@@ -633,7 +890,9 @@ impl Gateway {
                         .collect();
                     (pool, eligible, conv)
                 };
-                let Some(mut conv) = conv.filter(|c| c.status == Status::Open && c.assignee.is_none()) else {
+                let Some(mut conv) =
+                    conv.filter(|c| c.status == Status::Open && c.assignee.is_none())
+                else {
                     // Closed, assigned by hand or deleted meanwhile: leave the queue.
                     self.store.take_waiting(&channel, &conv_id).await?;
                     continue;
@@ -649,7 +908,11 @@ impl Gateway {
                     break;
                 };
                 conv.assignee = Some(agent);
-                let status = StatusEvent { event: StatusKind::Assigned, by: None, user: None };
+                let status = StatusEvent {
+                    event: StatusKind::Assigned,
+                    by: None,
+                    user: None,
+                };
                 self.commit_conversation(ws, conv, status).await?;
                 metrics::counter!("switchboard_round_robin_assignments_total").increment(1);
             }
@@ -673,10 +936,18 @@ pub enum InboundContact {
 fn status_of_change(before: &Conversation, after: &Conversation) -> StatusKind {
     let mut kinds = Vec::new();
     if before.assignee != after.assignee {
-        kinds.push(if after.assignee.is_some() { StatusKind::Assigned } else { StatusKind::Unassigned });
+        kinds.push(if after.assignee.is_some() {
+            StatusKind::Assigned
+        } else {
+            StatusKind::Unassigned
+        });
     }
     if before.status != after.status {
-        kinds.push(if after.status == Status::Closed { StatusKind::Closed } else { StatusKind::Reopened });
+        kinds.push(if after.status == Status::Closed {
+            StatusKind::Closed
+        } else {
+            StatusKind::Reopened
+        });
     }
     if before.private != after.private {
         kinds.push(StatusKind::PrivacyChanged);

@@ -10,6 +10,7 @@
 //! - [`ws`]: the agent WebSocket sessions;
 //! - [`http`]: admin, adapter and operations endpoints;
 //! - [`gateway`]: the operations both APIs share (validate, check, commit);
+//! - [`inbox`]: the agent's inbox operations (marks, edits, views, bulk);
 //! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML.
 
 pub mod assign;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod gateway;
 pub mod http;
 pub mod hub;
+pub mod inbox;
 pub mod metrics;
 pub mod model;
 pub mod policy;

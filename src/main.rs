@@ -58,6 +58,8 @@ fn main() -> ExitCode {
 fn serve(args: switchboard::config::ServeArgs) -> anyhow::Result<()> {
     let config = switchboard::config::Config::load(args)?;
     switchboard::server::init_logging(&config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(switchboard::server::serve(config))
 }

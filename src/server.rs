@@ -22,7 +22,8 @@ fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
         return Verifier::rs256_pem(&pem);
     }
     let loopback = config.listen.ip().is_loopback();
-    if config.jwt_secret.is_none() || config.admin_token.is_none() || config.adapter_keys.is_empty() {
+    if config.jwt_secret.is_none() || config.admin_token.is_none() || config.adapter_keys.is_empty()
+    {
         if !loopback {
             anyhow::bail!(
                 "SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY_FILE), SWITCHBOARD_ADMIN_TOKEN and \
@@ -34,8 +35,13 @@ fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
             "development credentials in use (JWT secret {DEV_SECRET:?}, admin token {DEV_ADMIN_TOKEN:?}, adapter key {DEV_ADAPTER_KEY:?}) for whatever is unset; loopback only"
         );
     }
-    let secret = config.jwt_secret.get_or_insert_with(|| DEV_SECRET.into()).clone();
-    config.admin_token.get_or_insert_with(|| DEV_ADMIN_TOKEN.into());
+    let secret = config
+        .jwt_secret
+        .get_or_insert_with(|| DEV_SECRET.into())
+        .clone();
+    config
+        .admin_token
+        .get_or_insert_with(|| DEV_ADMIN_TOKEN.into());
     if config.adapter_keys.is_empty() {
         config.adapter_keys.push(DEV_ADAPTER_KEY.into());
     }
@@ -45,8 +51,14 @@ fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Builds the gateway: storage, hub (subscribed to committed changes) and state loaded from storage.
@@ -59,9 +71,20 @@ pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
     let hub = Arc::new(Hub::new());
     for snap in store.load().await? {
         let ws = snap.workspace.clone();
-        hub.apply(Arc::new(Committed { workspace: ws.clone(), seq: 0, change: Change::Import { world: snap.world, replace: true } }));
+        hub.apply(Arc::new(Committed {
+            workspace: ws.clone(),
+            seq: 0,
+            change: Change::Import {
+                world: snap.world,
+                replace: true,
+            },
+        }));
         if let Some(settings) = snap.settings {
-            hub.apply(Arc::new(Committed { workspace: ws.clone(), seq: 0, change: Change::Settings { settings } }));
+            hub.apply(Arc::new(Committed {
+                workspace: ws.clone(),
+                seq: 0,
+                change: Change::Settings { settings },
+            }));
         }
         let w = hub.workspace(&ws);
         let mut state = w.lock();
@@ -108,13 +131,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             tracing::info!("shutting down: draining connections");
             gw.draining.store(true, Ordering::Relaxed);
             gw.hub.close_all(close::GOING_AWAY);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(gw.config.shutdown_grace_secs);
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_secs(gw.config.shutdown_grace_secs);
             while gw.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(drained).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(drained)
+        .await?;
     ticker.abort();
     tracing::info!("stopped");
     Ok(())

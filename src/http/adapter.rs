@@ -21,10 +21,20 @@ fn adapter(gw: &Gateway, headers: &HeaderMap) -> Result<Option<String>, ApiError
     }
     let idempotency = headers
         .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_owned).map_err(|_| ApiError::invalid("Idempotency-Key", "not visible ASCII")))
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::invalid("Idempotency-Key", "not visible ASCII"))
+        })
         .transpose()?;
-    if idempotency.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
-        return Err(ApiError::invalid("Idempotency-Key", "must be 1 to 256 characters"));
+    if idempotency
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "must be 1 to 256 characters",
+        ));
     }
     Ok(idempotency)
 }
@@ -44,8 +54,14 @@ pub async fn post_message(
     Json(b): Json<PostBody>,
 ) -> Result<Response, ApiError> {
     let idem = adapter(&gw, &headers)?;
-    let posted = gw.post_message(Actor::System, &id, b.body, b.sender, idem, b.meta).await?;
-    let status = if posted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let posted = gw
+        .post_message(Actor::System, &id, b.body, b.sender, idem, b.meta)
+        .await?;
+    let status = if posted.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, axum::Json(posted)).into_response())
 }
 
@@ -79,8 +95,14 @@ pub async fn inbound(
         ContactRef::Id(id) => InboundContact::Id(id),
         ContactRef::New(k) => InboundContact::New(k),
     };
-    let (posted, created) = gw.inbound(&b.channel, &b.thread, contact, b.body, idem, b.meta).await?;
-    let status = if posted.duplicate { StatusCode::OK } else { StatusCode::CREATED };
+    let (posted, created) = gw
+        .inbound(&b.channel, &b.thread, contact, b.body, idem, b.meta)
+        .await?;
+    let status = if posted.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((
         status,
         axum::Json(serde_json::json!({

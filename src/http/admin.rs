@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{check_bearer, parse, Json};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Command, Gateway};
-use crate::model::{Channel, Contact, Conversation, User, World, WorkspaceSettings};
+use crate::model::{Channel, Contact, Conversation, User, WorkspaceSettings, World};
 use crate::store::Change;
 
 type Gw = State<Arc<Gateway>>;
@@ -24,16 +24,40 @@ type ApiResult = Result<Response, ApiError>;
 pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     Router::new()
         .route("/import", post(import))
-        .route("/users/{id}", get(get_user).put(put_user).patch(patch_user).delete(delete_user))
-        .route("/channels/{id}", get(get_channel).put(put_channel).patch(patch_channel).delete(delete_channel))
-        .route("/contacts/{id}", get(get_contact).put(put_contact).patch(patch_contact).delete(delete_contact))
+        .route(
+            "/users/{id}",
+            get(get_user)
+                .put(put_user)
+                .patch(patch_user)
+                .delete(delete_user),
+        )
+        .route(
+            "/channels/{id}",
+            get(get_channel)
+                .put(put_channel)
+                .patch(patch_channel)
+                .delete(delete_channel),
+        )
+        .route(
+            "/contacts/{id}",
+            get(get_contact)
+                .put(put_contact)
+                .patch(patch_contact)
+                .delete(delete_contact),
+        )
         .route(
             "/conversations/{id}",
-            get(get_conversation).put(put_conversation).patch(patch_conversation).delete(delete_conversation),
+            get(get_conversation)
+                .put(put_conversation)
+                .patch(patch_conversation)
+                .delete(delete_conversation),
         )
         .route("/conversations/{id}/assign", post(assign))
         .route("/conversations/{id}/collaborators", post(add_collaborator))
-        .route("/conversations/{id}/collaborators/{user}", delete(remove_collaborator))
+        .route(
+            "/conversations/{id}/collaborators/{user}",
+            delete(remove_collaborator),
+        )
         .route("/conversations/{id}/close", post(close))
         .route("/conversations/{id}/reopen", post(reopen))
         .route("/conversations/{id}/private", post(set_private))
@@ -61,11 +85,20 @@ struct ImportQuery {
     mode: Option<String>,
 }
 
-async fn import(State(gw): Gw, Query(q): Query<ImportQuery>, Json(world): Json<World>) -> ApiResult {
+async fn import(
+    State(gw): Gw,
+    Query(q): Query<ImportQuery>,
+    Json(world): Json<World>,
+) -> ApiResult {
     let replace = match q.mode.as_deref() {
         None | Some("replace") => true,
         Some("upsert") => false,
-        Some(other) => return Err(ApiError::invalid("mode", format!("expected replace or upsert, got {other:?}"))),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "mode",
+                format!("expected replace or upsert, got {other:?}"),
+            ))
+        }
     };
     Ok(json(StatusCode::OK, gw.import(world, replace).await?))
 }
@@ -73,9 +106,13 @@ async fn import(State(gw): Gw, Query(q): Query<ImportQuery>, Json(world): Json<W
 /// Takes the body's object, forcing `id` from the path.
 fn with_id<T: DeserializeOwned>(id: &str, body: &[u8]) -> Result<T, ApiError> {
     let mut v: serde_json::Value = parse(body)?;
-    let obj = v.as_object_mut().ok_or_else(|| ApiError::bad_json("expected a JSON object"))?;
+    let obj = v
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_json("expected a JSON object"))?;
     match obj.get("id") {
-        Some(serde_json::Value::String(s)) if s != id => return Err(ApiError::invalid("id", "does not match the path")),
+        Some(serde_json::Value::String(s)) if s != id => {
+            return Err(ApiError::invalid("id", "does not match the path"))
+        }
         _ => {}
     }
     obj.insert("id".into(), serde_json::Value::String(id.to_owned()));
@@ -83,10 +120,16 @@ fn with_id<T: DeserializeOwned>(id: &str, body: &[u8]) -> Result<T, ApiError> {
 }
 
 /// JSON merge of `patch` into `current` (top-level fields).
-fn merged<T: Serialize + DeserializeOwned>(current: &T, id: &str, patch: &[u8]) -> Result<T, ApiError> {
+fn merged<T: Serialize + DeserializeOwned>(
+    current: &T,
+    id: &str,
+    patch: &[u8],
+) -> Result<T, ApiError> {
     let mut base = serde_json::to_value(current).map_err(|e| ApiError::bad_json(e.to_string()))?;
     let p: serde_json::Value = parse(patch)?;
-    let p = p.as_object().ok_or_else(|| ApiError::bad_json("expected a JSON object"))?;
+    let p = p
+        .as_object()
+        .ok_or_else(|| ApiError::bad_json("expected a JSON object"))?;
     if let Some(obj) = base.as_object_mut() {
         for (k, v) in p {
             obj.insert(k.clone(), v.clone());
@@ -190,7 +233,11 @@ async fn assign(State(gw): Gw, Path(id): Path<String>, Json(b): Json<AssignBody>
 struct UserBody {
     user: String,
 }
-async fn add_collaborator(State(gw): Gw, Path(id): Path<String>, Json(b): Json<UserBody>) -> ApiResult {
+async fn add_collaborator(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Json(b): Json<UserBody>,
+) -> ApiResult {
     run(&gw, &id, Command::AddCollaborator(b.user)).await
 }
 async fn remove_collaborator(State(gw): Gw, Path((id, user)): Path<(String, String)>) -> ApiResult {
@@ -208,7 +255,11 @@ async fn reopen(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
 struct PrivateBody {
     private: bool,
 }
-async fn set_private(State(gw): Gw, Path(id): Path<String>, Json(b): Json<PrivateBody>) -> ApiResult {
+async fn set_private(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Json(b): Json<PrivateBody>,
+) -> ApiResult {
     run(&gw, &id, Command::SetPrivate(b.private)).await
 }
 
@@ -217,8 +268,18 @@ struct HistoryQuery {
     after_seq: Option<u64>,
     limit: Option<usize>,
 }
-async fn history(State(gw): Gw, Path(id): Path<String>, Query(q): Query<HistoryQuery>) -> ApiResult {
-    let h = gw.history(&id, q.after_seq.unwrap_or(0), q.limit.unwrap_or(100).min(1000)).await?;
+async fn history(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult {
+    let h = gw
+        .history(
+            &id,
+            q.after_seq.unwrap_or(0),
+            q.limit.unwrap_or(100).min(1000),
+        )
+        .await?;
     let events: Vec<serde_json::Value> = h
         .events
         .iter()
@@ -230,7 +291,10 @@ async fn history(State(gw): Gw, Path(id): Path<String>, Query(q): Query<HistoryQ
             _ => serde_json::Value::Null,
         })
         .collect();
-    Ok(json(StatusCode::OK, serde_json::json!({"events": events, "oldest_seq": h.oldest_seq, "latest_seq": h.latest_seq})))
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({"events": events, "oldest_seq": h.oldest_seq, "latest_seq": h.latest_seq}),
+    ))
 }
 
 async fn explain(State(gw): Gw, Path((id, user)): Path<(String, String)>) -> ApiResult {
@@ -247,7 +311,14 @@ fn team_members(gw: &Gateway, team: &str) -> Vec<User> {
     let mut out = Vec::new();
     for ws in gw.hub.workspace_ids() {
         if let Some(w) = gw.hub.existing(&ws) {
-            out.extend(w.lock().dir.users.values().filter(|u| u.in_team(team)).cloned());
+            out.extend(
+                w.lock()
+                    .dir
+                    .users
+                    .values()
+                    .filter(|u| u.in_team(team))
+                    .cloned(),
+            );
         }
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
@@ -256,14 +327,19 @@ fn team_members(gw: &Gateway, team: &str) -> Vec<User> {
 
 async fn get_team(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     let members: Vec<String> = team_members(&gw, &id).into_iter().map(|u| u.id).collect();
-    Ok(json(StatusCode::OK, serde_json::json!({"id": id, "members": members})))
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({"id": id, "members": members}),
+    ))
 }
 
 /// Sets a team's members: adds the team to listed users, removes it from others.
 async fn put_team(State(gw): Gw, Path(id): Path<String>, Json(b): Json<TeamBody>) -> ApiResult {
     let mut changes = Vec::new();
     for (i, m) in b.members.iter().enumerate() {
-        let mut u = gw.get_user(m).map_err(|_| ApiError::invalid(format!("members[{i}]"), format!("unknown user {m:?}")))?;
+        let mut u = gw.get_user(m).map_err(|_| {
+            ApiError::invalid(format!("members[{i}]"), format!("unknown user {m:?}"))
+        })?;
         if !u.in_team(&id) {
             u.teams.push(id.clone());
             changes.push(u);

@@ -20,13 +20,18 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     let max_body = gw.config.limits.max_body_bytes;
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
-        .route("/v1/conversations/{id}/messages", post(adapter::post_message))
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(adapter::post_message),
+        )
         .route("/v1/inbound", post(adapter::inbound))
         .nest("/v1/admin", admin::router(gw.clone()))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(gw)
 }
@@ -40,7 +45,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body too large")
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    "request body too large",
+                )
             } else {
                 ApiError::bad_json(e.body_text())
             }

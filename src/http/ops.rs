@@ -26,7 +26,15 @@ pub async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
 
 pub async fn metrics() -> impl IntoResponse {
     match crate::metrics::render() {
-        Some(text) => (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text),
-        None => (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "text/plain")], "metrics not installed\n".to_owned()),
+        Some(text) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4")],
+            text,
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [("content-type", "text/plain")],
+            "metrics not installed\n".to_owned(),
+        ),
     }
 }

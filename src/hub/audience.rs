@@ -17,7 +17,11 @@ fn pack(slot: Slot, access: Access) -> u32 {
 }
 
 fn unpack(e: u32) -> (Slot, Access) {
-    let access = if e & 1 == 1 { Access::Write } else { Access::Read };
+    let access = if e & 1 == 1 {
+        Access::Write
+    } else {
+        Access::Read
+    };
     (e >> 1, access)
 }
 

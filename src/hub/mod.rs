@@ -9,6 +9,7 @@
 pub mod audience;
 pub mod conn;
 pub mod frames;
+pub mod inbox;
 pub mod state;
 
 use std::sync::Arc;
@@ -60,7 +61,10 @@ impl Hub {
     }
 
     pub fn connection_count(&self) -> usize {
-        self.workspaces.iter().map(|w| w.value().lock().connection_count()).sum()
+        self.workspaces
+            .iter()
+            .map(|w| w.value().lock().connection_count())
+            .sum()
     }
 }
 

@@ -17,15 +17,20 @@ use std::time::Instant;
 use super::audience::{Audience, Slot};
 use super::conn::{close, ConnHandle, Outbound};
 use super::frames;
-use crate::model::{Conversation, Directory, Id, Lookup, Message, Permission, Status, User, WorkspaceSettings};
+use super::inbox::{designated, in_view, Activity, Filter, Inbox, View};
+use crate::model::{
+    Conversation, Directory, Id, Lookup, Message, Permission, Sender, Status, User,
+    WorkspaceSettings,
+};
 use crate::policy::{self, Access};
-use crate::store::{Change, Committed, StatusEvent, StatusKind};
+use crate::store::{Change, Committed, Ephemeral, Mark, StatusEvent, StatusKind};
 
 #[derive(Default)]
 pub struct ConvEntry {
     /// Latest seq applied.
     pub seq: u64,
     pub audience: Audience,
+    pub activity: Activity,
 }
 
 pub struct WorkspaceState {
@@ -40,6 +45,9 @@ pub struct WorkspaceState {
     /// Open conversation per (channel, thread key), for inbound routing.
     threads: HashMap<(Id, String), Id>,
     online: HashMap<Slot, Vec<ConnHandle>>,
+    /// Conversations each user is designated on (assignee, collaborator, participant).
+    designated: HashMap<Slot, HashSet<Id>>,
+    pub inbox: Inbox,
     /// Frames queued by the last apply (for metrics).
     pub deliveries: u64,
 }
@@ -61,6 +69,8 @@ impl WorkspaceState {
             by_contact: HashMap::new(),
             threads: HashMap::new(),
             online: HashMap::new(),
+            designated: HashMap::new(),
+            inbox: Inbox::default(),
             deliveries: 0,
         }
     }
@@ -103,7 +113,9 @@ impl WorkspaceState {
     }
 
     pub fn is_online(&self, user: &str) -> bool {
-        self.slots.get(user).is_some_and(|s| self.online.contains_key(s))
+        self.slots
+            .get(user)
+            .is_some_and(|s| self.online.contains_key(s))
     }
 
     pub fn connection_count(&self) -> usize {
@@ -126,6 +138,11 @@ impl WorkspaceState {
         self.online.entry(s).or_default().push(conn);
     }
 
+    pub fn subscribe_presence(&mut self, user: &str) {
+        let s = self.slot(user);
+        self.inbox.presence_subscribers.insert(s);
+    }
+
     pub fn disconnect(&mut self, user: &str, conn_id: u64) -> bool {
         let Some(s) = self.slots.get(user).copied() else {
             return false;
@@ -136,6 +153,7 @@ impl WorkspaceState {
         list.retain(|c| c.id != conn_id);
         if list.is_empty() {
             self.online.remove(&s);
+            self.inbox.presence_subscribers.remove(&s);
             return true;
         }
         false
@@ -196,7 +214,9 @@ impl WorkspaceState {
     /// `old` and the current audience; `kept` (if any) goes to users who had
     /// access before and still have it.
     fn notify_diff(&mut self, id: &str, seq: u64, old: &Audience, kept: Option<&Outbound>) {
-        let Some(entry) = self.convs.get(id) else { return };
+        let Some(entry) = self.convs.get(id) else {
+            return;
+        };
         let mut gained: Vec<(Slot, Access)> = Vec::new();
         let mut lost: Vec<Slot> = Vec::new();
         old.diff(&entry.audience, |s, before, now| {
@@ -208,19 +228,28 @@ impl WorkspaceState {
         });
         let position = Some((Arc::<str>::from(id), seq));
         if let Some(kept) = kept {
-            let targets: Vec<Slot> = self.audience_online(id).filter(|s| old.get(*s).can_read()).collect();
+            let targets: Vec<Slot> = self
+                .audience_online(id)
+                .filter(|s| old.get(*s).can_read())
+                .collect();
             for s in targets {
                 self.send(s, kept);
             }
         }
         if !lost.is_empty() {
-            let frame = Outbound { position: None, text: frames::access_revoked(id), born: Instant::now() };
+            let frame = Outbound {
+                position: None,
+                text: frames::access_revoked(id),
+                born: Instant::now(),
+            };
             for s in lost {
                 self.send(s, &frame);
             }
         }
         if !gained.is_empty() {
-            let Some(conv) = self.dir.conversations.get(id) else { return };
+            let Some(conv) = self.dir.conversations.get(id) else {
+                return;
+            };
             let mut rendered: [Option<Outbound>; 2] = [None, None];
             let mut sends = Vec::new();
             for (s, access) in gained {
@@ -247,9 +276,20 @@ impl WorkspaceState {
             return Box::new(std::iter::empty());
         };
         if self.online.len() < entry.audience.len() {
-            Box::new(self.online.keys().copied().filter(|s| entry.audience.get(*s).can_read()))
+            Box::new(
+                self.online
+                    .keys()
+                    .copied()
+                    .filter(|s| entry.audience.get(*s).can_read()),
+            )
         } else {
-            Box::new(entry.audience.iter().map(|(s, _)| s).filter(|s| self.online.contains_key(s)))
+            Box::new(
+                entry
+                    .audience
+                    .iter()
+                    .map(|(s, _)| s)
+                    .filter(|s| self.online.contains_key(s)),
+            )
         }
     }
 
@@ -271,16 +311,32 @@ impl WorkspaceState {
                     set.remove(&o.id);
                 }
             }
+            for u in designated(o) {
+                if let Some(set) = self.slots.get(u).and_then(|s| self.designated.get_mut(s)) {
+                    set.remove(&o.id);
+                }
+            }
         }
         if let Some(n) = new {
             if let Some(ch) = &n.channel {
-                self.by_channel.entry(ch.clone()).or_default().insert(n.id.clone());
+                self.by_channel
+                    .entry(ch.clone())
+                    .or_default()
+                    .insert(n.id.clone());
                 if let (Some(t), Status::Open) = (&n.thread, n.status) {
                     self.threads.insert((ch.clone(), t.clone()), n.id.clone());
                 }
             }
             if let Some(k) = &n.contact {
-                self.by_contact.entry(k.clone()).or_default().insert(n.id.clone());
+                self.by_contact
+                    .entry(k.clone())
+                    .or_default()
+                    .insert(n.id.clone());
+            }
+            let people: Vec<Id> = designated(n).cloned().collect();
+            for u in people {
+                let s = self.slot(&u);
+                self.designated.entry(s).or_default().insert(n.id.clone());
             }
         }
     }
@@ -291,7 +347,9 @@ impl WorkspaceState {
             Change::UpsertUser { user } => self.upsert_user(user.clone()),
             Change::DeleteUser { id } => self.delete_user(id),
             Change::UpsertChannel { channel } => {
-                self.dir.channels.insert(channel.id.clone(), channel.clone());
+                self.dir
+                    .channels
+                    .insert(channel.id.clone(), channel.clone());
                 self.refresh_group(self.by_channel.get(&channel.id).cloned());
             }
             Change::DeleteChannel { id } => {
@@ -299,7 +357,9 @@ impl WorkspaceState {
                 self.refresh_group(self.by_channel.get(id).cloned());
             }
             Change::UpsertContact { contact } => {
-                self.dir.contacts.insert(contact.id.clone(), contact.clone());
+                self.dir
+                    .contacts
+                    .insert(contact.id.clone(), contact.clone());
                 self.refresh_group(self.by_contact.get(&contact.id).cloned());
             }
             Change::DeleteContact { id } => {
@@ -307,20 +367,241 @@ impl WorkspaceState {
                 self.refresh_group(self.by_contact.get(id).cloned());
             }
             Change::Settings { settings } => self.settings = settings.clone(),
-            Change::Conversation { conversation, status } => {
-                self.upsert_conversation(conversation, status, c.seq)
-            }
+            Change::Conversation {
+                conversation,
+                status,
+            } => self.upsert_conversation(conversation, status, c.seq),
             Change::DeleteConversation { id } => {
                 let old = self.dir.conversations.remove(id);
                 self.index_conversation(old.as_ref(), None);
+                self.inbox.forget_conversation(id);
                 if let Some(entry) = self.convs.remove(id) {
-                    let frame = Outbound { position: None, text: frames::access_revoked(id), born: Instant::now() };
+                    let frame = Outbound {
+                        position: None,
+                        text: frames::access_revoked(id),
+                        born: Instant::now(),
+                    };
                     for (s, _) in entry.audience.iter() {
                         self.send(s, &frame);
                     }
                 }
             }
             Change::Message { message, .. } => self.fan_out_message(message, c.seq),
+            Change::EditMessage {
+                conversation,
+                message_id,
+                body,
+                by,
+                ..
+            } => {
+                let text =
+                    frames::message_edited(conversation, c.seq, message_id, body.as_deref(), by);
+                self.fan_out(conversation, c.seq, text);
+            }
+            Change::Mark {
+                user,
+                conversation,
+                mark,
+            } => self.mark(user, conversation, mark),
+            Change::Ephemeral { event } => self.ephemeral(event),
+        }
+    }
+
+    /// One page of an inbox view for a user, newest activity first.
+    /// Returns the page, the view's total and the next cursor (an offset).
+    pub fn view(
+        &self,
+        user: &str,
+        view: View,
+        filter: &Filter,
+        cursor: usize,
+        limit: usize,
+    ) -> (Vec<serde_json::Value>, usize, Option<usize>) {
+        let (Some(slot), Some(me)) = (self.slots.get(user).copied(), self.dir.users.get(user))
+        else {
+            return (Vec::new(), 0, None);
+        };
+        let mut hits: Vec<(&Conversation, &ConvEntry)> = self
+            .dir
+            .conversations
+            .values()
+            .filter_map(|c| self.convs.get(&c.id).map(|e| (c, e)))
+            .filter(|(c, e)| {
+                if !e.audience.get(slot).can_read() {
+                    return false;
+                }
+                let contact = c.contact.as_deref().and_then(|k| self.dir.contact(k));
+                in_view(
+                    view,
+                    filter,
+                    me,
+                    c,
+                    self.inbox.marks(slot, &c.id),
+                    contact.and_then(|k| k.owner.as_deref()),
+                    contact.is_none_or(|k| k.known),
+                )
+            })
+            .collect();
+        hits.sort_by(|a, b| {
+            b.1.activity
+                .last_ts
+                .cmp(&a.1.activity.last_ts)
+                .then_with(|| a.0.id.cmp(&b.0.id))
+        });
+        let total = hits.len();
+        let page = hits
+            .iter()
+            .skip(cursor)
+            .take(limit)
+            .map(|(c, e)| {
+                let marks = self.inbox.marks(slot, &c.id).cloned().unwrap_or_default();
+                serde_json::json!({
+                    "conversation": c, "seq": e.seq, "access": e.audience.get(slot),
+                    "last_message_seq": e.activity.last_message_seq, "last_ts": e.activity.last_ts,
+                    "awaiting_reply": e.activity.awaiting_reply,
+                    "unread": e.activity.last_message_seq > marks.read_seq, "marks": marks,
+                })
+            })
+            .collect();
+        let next = (cursor + limit < total).then_some(cursor + limit);
+        (page, total, next)
+    }
+
+    /// Sends a sequenced frame to every online reader of a conversation.
+    fn fan_out(
+        &mut self,
+        conversation: &str,
+        seq: u64,
+        text: tokio_tungstenite::tungstenite::Utf8Bytes,
+    ) {
+        let Some(entry) = self.convs.get_mut(conversation) else {
+            return;
+        };
+        entry.seq = entry.seq.max(seq);
+        let frame = Outbound {
+            position: Some((Arc::from(conversation), seq)),
+            text,
+            born: Instant::now(),
+        };
+        let targets: Vec<Slot> = self.audience_online(conversation).collect();
+        for s in targets {
+            self.send(s, &frame);
+        }
+    }
+
+    /// Unread figures of a user: conversations they are designated on with
+    /// unread messages, and open ones assigned to them awaiting a reply.
+    pub fn unread(&self, user: &str) -> (usize, usize) {
+        let Some(slot) = self.slots.get(user).copied() else {
+            return (0, 0);
+        };
+        let mut unread = 0;
+        let mut mine = 0;
+        for cid in self.designated.get(&slot).into_iter().flatten() {
+            let (Some(e), Some(conv)) = (self.convs.get(cid), self.dir.conversations.get(cid))
+            else {
+                continue;
+            };
+            if !e.audience.get(slot).can_read() {
+                continue;
+            }
+            if e.activity.last_message_seq > self.inbox.read_seq(slot, cid) {
+                unread += 1;
+            }
+            if conv.assignee.as_deref() == Some(user)
+                && conv.status == Status::Open
+                && e.activity.awaiting_reply
+            {
+                mine += 1;
+            }
+        }
+        (unread, mine)
+    }
+
+    fn notify(&mut self, slot: Slot, kind: &str, conv: &str, seq: u64, message: Option<&Message>) {
+        if !self.online.contains_key(&slot) {
+            return;
+        }
+        let user = self.slot_ids[slot as usize].clone();
+        let (unread, my_unread) = self.unread(&user);
+        let text = frames::notification(kind, conv, seq, unread, my_unread, message);
+        self.send(
+            slot,
+            &Outbound {
+                position: None,
+                text,
+                born: Instant::now(),
+            },
+        );
+    }
+
+    fn mark(&mut self, user: &str, conversation: &str, mark: &Mark) {
+        let slot = self.slot(user);
+        self.inbox.mark(slot, conversation, mark);
+        if self.online.contains_key(&slot) {
+            let (unread, my_unread) = self.unread(user);
+            let marks = self
+                .inbox
+                .marks(slot, conversation)
+                .cloned()
+                .unwrap_or_default();
+            let text = frames::marks(conversation, &marks, unread, my_unread);
+            self.send(
+                slot,
+                &Outbound {
+                    position: None,
+                    text,
+                    born: Instant::now(),
+                },
+            );
+        }
+    }
+
+    fn ephemeral(&mut self, event: &Ephemeral) {
+        match event {
+            Ephemeral::Typing { user, conversation } => {
+                let me = self.slots.get(user).copied();
+                let text = frames::typing(conversation, user);
+                let frame = Outbound {
+                    position: None,
+                    text,
+                    born: Instant::now(),
+                };
+                let targets: Vec<Slot> = self
+                    .audience_online(conversation)
+                    .filter(|s| Some(*s) != me)
+                    .collect();
+                for s in targets {
+                    self.send(s, &frame);
+                }
+            }
+            Ephemeral::Focus {
+                user,
+                connection,
+                conversation,
+            } => {
+                let slot = self.slot(user);
+                self.inbox
+                    .set_focus(slot, connection.clone(), conversation.clone());
+            }
+            Ephemeral::Presence { user, online } => {
+                let me = self.slots.get(user).copied();
+                let frame = Outbound {
+                    position: None,
+                    text: frames::presence(user, *online),
+                    born: Instant::now(),
+                };
+                let targets: Vec<Slot> = self
+                    .inbox
+                    .presence_subscribers
+                    .iter()
+                    .copied()
+                    .filter(|s| Some(*s) != me)
+                    .collect();
+                for s in targets {
+                    self.send(s, &frame);
+                }
+            }
         }
     }
 
@@ -369,10 +650,19 @@ impl WorkspaceState {
         for id in gone {
             self.close_user(&id, close::POLICY);
         }
-        let removed: Vec<Id> = self.convs.keys().filter(|id| !self.dir.conversations.contains_key(*id)).cloned().collect();
+        let removed: Vec<Id> = self
+            .convs
+            .keys()
+            .filter(|id| !self.dir.conversations.contains_key(*id))
+            .cloned()
+            .collect();
         for id in removed {
             if let Some(entry) = self.convs.remove(&id) {
-                let frame = Outbound { position: None, text: frames::access_revoked(&id), born: Instant::now() };
+                let frame = Outbound {
+                    position: None,
+                    text: frames::access_revoked(&id),
+                    born: Instant::now(),
+                };
                 for (s, _) in before.get(&id).unwrap_or(&entry.audience).iter() {
                     self.send(s, &frame);
                 }
@@ -380,7 +670,9 @@ impl WorkspaceState {
         }
         let ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
         for id in ids {
-            let Some(conv) = self.dir.conversations.get(&id) else { continue };
+            let Some(conv) = self.dir.conversations.get(&id) else {
+                continue;
+            };
             let new = self.evaluate(conv);
             let entry = self.convs.entry(id.clone()).or_default();
             entry.audience = new;
@@ -431,15 +723,22 @@ impl WorkspaceState {
         }
         // Team membership and the manager chain change what others see of the
         // conversations this user (or their reports) hold.
-        let related = before.as_ref().map(|_| self.with_reports(&id)).unwrap_or_default();
+        let related = before
+            .as_ref()
+            .map(|_| self.with_reports(&id))
+            .unwrap_or_default();
         let conv_ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
         for cid in conv_ids {
-            let Some(conv) = self.dir.conversations.get(&cid) else { continue };
+            let Some(conv) = self.dir.conversations.get(&cid) else {
+                continue;
+            };
             if self.names_any(conv, &related) {
                 self.refresh_conversation(&cid);
                 continue;
             }
-            let Some(u) = self.dir.users.get(&id) else { continue };
+            let Some(u) = self.dir.users.get(&id) else {
+                continue;
+            };
             let access = policy::access(&self.dir, u, conv);
             let entry = self.convs.entry(cid.clone()).or_default();
             let old = entry.audience.set(slot, access);
@@ -455,10 +754,16 @@ impl WorkspaceState {
             return;
         }
         if now == Access::None {
-            let frame = Outbound { position: None, text: frames::access_revoked(id), born: Instant::now() };
+            let frame = Outbound {
+                position: None,
+                text: frames::access_revoked(id),
+                born: Instant::now(),
+            };
             self.send(slot, &frame);
         } else if old == Access::None {
-            let Some(conv) = self.dir.conversations.get(id) else { return };
+            let Some(conv) = self.dir.conversations.get(id) else {
+                return;
+            };
             let frame = Outbound {
                 position: Some((Arc::from(id), seq)),
                 text: frames::access_granted(seq, now, conv),
@@ -475,7 +780,9 @@ impl WorkspaceState {
         let conv_ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
         let slot = self.slots.get(id).copied();
         for cid in conv_ids {
-            let Some(conv) = self.dir.conversations.get(&cid) else { continue };
+            let Some(conv) = self.dir.conversations.get(&cid) else {
+                continue;
+            };
             if self.names_any(conv, &related) {
                 self.refresh_conversation(&cid);
             } else if let (Some(s), Some(e)) = (slot, self.convs.get_mut(&cid)) {
@@ -502,24 +809,96 @@ impl WorkspaceState {
             for s in targets {
                 self.send(s, &frame);
             }
-            return;
+        } else {
+            self.notify_diff(&conv.id, seq, &old, Some(&frame));
         }
-        self.notify_diff(&conv.id, seq, &old, Some(&frame));
+        self.status_notifications(old_conv.as_ref(), conv, seq, status.by.as_deref());
+    }
+
+    /// Personal notifications of designated people: added, removed, closed, reopened.
+    fn status_notifications(
+        &mut self,
+        old: Option<&Conversation>,
+        conv: &Conversation,
+        seq: u64,
+        by: Option<&str>,
+    ) {
+        let before: HashSet<&Id> = old.map(|o| designated(o).collect()).unwrap_or_default();
+        let after: HashSet<&Id> = designated(conv).collect();
+        let mut out: Vec<(Id, &'static str)> = Vec::new();
+        for u in after.difference(&before) {
+            out.push(((*u).clone(), "added"));
+        }
+        for u in before.difference(&after) {
+            out.push(((*u).clone(), "removed"));
+        }
+        if let Some(o) = old {
+            if o.status != conv.status {
+                let kind = if conv.status == Status::Closed {
+                    "closed"
+                } else {
+                    "reopened"
+                };
+                for u in &after {
+                    out.push(((*u).clone(), kind));
+                }
+            }
+        }
+        for (user, kind) in out {
+            if by == Some(user.as_str()) {
+                continue; // nobody is notified of their own action
+            }
+            let Some(slot) = self.slots.get(&user).copied() else {
+                continue;
+            };
+            let readable = self
+                .convs
+                .get(&conv.id)
+                .is_some_and(|e| e.audience.get(slot).can_read());
+            if readable || kind == "removed" {
+                self.notify(slot, kind, &conv.id, seq, None);
+            }
+        }
     }
 
     fn fan_out_message(&mut self, message: &Message, seq: u64) {
-        let Some(entry) = self.convs.get_mut(&message.conversation) else {
+        let cid = message.conversation.as_str();
+        let Some(entry) = self.convs.get_mut(cid) else {
             return;
         };
-        entry.seq = entry.seq.max(seq);
-        let frame = Outbound {
-            position: Some((Arc::from(message.conversation.as_str()), seq)),
-            text: frames::message(&message.conversation, seq, message),
-            born: Instant::now(),
+        let from_customer = matches!(message.sender, Sender::Contact(_));
+        entry.activity = Activity {
+            last_message_seq: seq,
+            awaiting_reply: from_customer,
+            last_ts: message.ts,
         };
-        let targets: Vec<Slot> = self.audience_online(&message.conversation).collect();
+        self.inbox.unhide(cid);
+        if let Sender::User(u) = &message.sender {
+            let slot = self.slot(u);
+            self.inbox.mark(slot, cid, &Mark::Read { seq });
+        }
+        self.fan_out(cid, seq, frames::message(cid, seq, message));
+        if !from_customer {
+            return;
+        }
+        let Some(conv) = self.dir.conversations.get(cid) else {
+            return;
+        };
+        let targets: Vec<Slot> = designated(conv)
+            .filter_map(|u| self.slots.get(u).copied())
+            .filter(|s| self.online.contains_key(s))
+            .collect::<HashSet<Slot>>()
+            .into_iter()
+            .filter(|s| {
+                self.convs
+                    .get(cid)
+                    .is_some_and(|e| e.audience.get(*s).can_read())
+                    && !self.inbox.is_muted(*s, cid)
+                    && !self.inbox.is_focused(*s, cid)
+            })
+            .collect();
         for s in targets {
-            self.send(s, &frame);
+            self.notify(s, "new_message", cid, seq, Some(message));
         }
     }
 }

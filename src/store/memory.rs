@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Change, Committed, History, Outcome, Sink, Snapshot, Store, StoreError};
+use super::{Change, Committed, Ephemeral, History, Outcome, Sink, Snapshot, Store, StoreError};
 use crate::model::{Id, Message};
 
 /// Events kept per conversation for `resume` and history.
@@ -116,6 +116,23 @@ impl Store for MemoryStore {
             if log.idempotency_order.len() > IDEMPOTENCY_KEYS {
                 if let Some(old) = log.idempotency_order.pop_front() {
                     log.idempotency.remove(&old);
+                }
+            }
+        }
+        if let Change::EditMessage {
+            conversation,
+            message_seq,
+            body: None,
+            ..
+        } = &committed.change
+        {
+            // A deleted message's content is gone from history for everyone.
+            if let Some(h) = log.history.get_mut(conversation) {
+                for c in h.iter_mut().filter(|c| c.seq == *message_seq) {
+                    if let Change::Message { message, .. } = &mut c.change {
+                        message.body.clear();
+                        message.meta = None;
+                    }
                 }
             }
         }
@@ -233,5 +250,17 @@ impl Store for MemoryStore {
 
     async fn ping(&self) -> bool {
         true
+    }
+
+    async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
+        let sink = self.sink.lock().clone();
+        if let Some(sink) = sink {
+            sink.apply(Arc::new(Committed {
+                workspace: workspace.to_owned(),
+                seq: 0,
+                change: Change::Ephemeral { event },
+            }));
+        }
+        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Channel, Contact, Conversation, Id, Message, User, World, WorkspaceSettings};
+use crate::model::{Channel, Contact, Conversation, Id, Message, User, WorkspaceSettings, World};
 
 /// Lifecycle events of a conversation (`status` frames).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,25 +46,104 @@ pub struct StatusEvent {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Change {
     /// Load a world's objects of this workspace; `replace` clears it first.
-    Import { world: World, replace: bool },
-    UpsertUser { user: User },
-    DeleteUser { id: Id },
-    UpsertChannel { channel: Channel },
-    DeleteChannel { id: Id },
-    UpsertContact { contact: Contact },
-    DeleteContact { id: Id },
-    Settings { settings: WorkspaceSettings },
+    Import {
+        world: World,
+        replace: bool,
+    },
+    UpsertUser {
+        user: User,
+    },
+    DeleteUser {
+        id: Id,
+    },
+    UpsertChannel {
+        channel: Channel,
+    },
+    DeleteChannel {
+        id: Id,
+    },
+    UpsertContact {
+        contact: Contact,
+    },
+    DeleteContact {
+        id: Id,
+    },
+    Settings {
+        settings: WorkspaceSettings,
+    },
     /// Create or update a conversation; numbered, and a `status` frame.
     Conversation {
         conversation: Conversation,
         status: StatusEvent,
     },
-    DeleteConversation { id: Id },
+    DeleteConversation {
+        id: Id,
+    },
     /// A stored message; numbered, and a `message` frame.
     Message {
         message: Message,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<String>,
+    },
+    /// An edit (`body: Some`) or deletion (`body: None`) of a message;
+    /// numbered. A deletion also redacts the original in history.
+    EditMessage {
+        conversation: Id,
+        message_id: Id,
+        /// The message's own seq, to find it in history.
+        message_seq: u64,
+        body: Option<String>,
+        by: Id,
+    },
+    /// A user's own marks on a conversation (read, mute, hide, archive).
+    Mark {
+        user: Id,
+        conversation: Id,
+        mark: Mark,
+    },
+    /// Never stored: typing, presence and focus, relayed to every node.
+    Ephemeral {
+        event: Ephemeral,
+    },
+}
+
+/// Per-user state of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mark", rename_all = "snake_case")]
+pub enum Mark {
+    /// Everything up to `seq` has been read.
+    Read {
+        seq: u64,
+    },
+    Mute {
+        on: bool,
+    },
+    Hide {
+        on: bool,
+    },
+    Archive {
+        on: bool,
+    },
+}
+
+/// Fleeting signals: relayed, never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ephemeral {
+    Typing {
+        user: Id,
+        conversation: Id,
+    },
+    /// A connection's focused conversation (`None` = none): new-message
+    /// notifications skip users focused on the conversation anywhere.
+    Focus {
+        user: Id,
+        connection: String,
+        conversation: Option<Id>,
+    },
+    Presence {
+        user: Id,
+        online: bool,
     },
 }
 
@@ -74,6 +153,7 @@ impl Change {
         match self {
             Change::Conversation { conversation, .. } => Some(&conversation.id),
             Change::Message { message, .. } => Some(&message.conversation),
+            Change::EditMessage { conversation, .. } => Some(conversation),
             _ => None,
         }
     }
@@ -93,7 +173,10 @@ pub struct Committed {
 pub enum Outcome {
     Stored(Arc<Committed>),
     /// The idempotency key was already used: nothing new was stored.
-    Duplicate { message: Message, seq: u64 },
+    Duplicate {
+        message: Message,
+        seq: u64,
+    },
 }
 
 /// Receives committed changes in commit order (the hub).
@@ -171,4 +254,6 @@ pub trait Store: Send + Sync + 'static {
     async fn online_users(&self, workspace: &str) -> Result<Vec<Id>, StoreError>;
     /// Whether storage answers right now (readiness).
     async fn ping(&self) -> bool;
+    /// Relays a [`Change::Ephemeral`] to every node's sink without storing it.
+    async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError>;
 }

@@ -28,6 +28,10 @@ pub struct WsQuery {
     token: Option<String>,
     /// JSON object `{conversation: last seq seen}` to replay missed events.
     resume: Option<String>,
+    /// `false` skips the inbox snapshot after `hello`.
+    snapshot: Option<bool>,
+    /// `true` subscribes to `presence` frames.
+    presence: Option<bool>,
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -41,13 +45,20 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Checks the token and the user; the error is the HTTP answer.
 fn authenticate(gw: &Gateway, token: Option<&str>) -> Result<(User, u64), ApiError> {
-    let token = token.ok_or_else(|| ApiError::unauthorized("missing token (?token= or Authorization: Bearer)"))?;
+    let token = token.ok_or_else(|| {
+        ApiError::unauthorized("missing token (?token= or Authorization: Bearer)")
+    })?;
     let claims = gw.verifier.verify(token).map_err(ApiError::unauthorized)?;
     let user = gw
         .hub
         .existing(&claims.ws)
         .and_then(|w| w.lock().dir.users.get(&claims.sub).cloned())
-        .ok_or_else(|| ApiError::unauthorized(format!("unknown user {:?} in workspace {:?}", claims.sub, claims.ws)))?;
+        .ok_or_else(|| {
+            ApiError::unauthorized(format!(
+                "unknown user {:?} in workspace {:?}",
+                claims.sub, claims.ws
+            ))
+        })?;
     if user.disabled {
         return Err(ApiError::forbidden("user is disabled"));
     }
@@ -63,9 +74,18 @@ pub async fn upgrade(
     mut req: Request<Body>,
 ) -> Response<Body> {
     if gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "node is draining").into_response();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "node is draining",
+        )
+        .into_response();
     }
-    let token = q.token.as_deref().or_else(|| bearer(req.headers())).map(str::to_owned);
+    let token = q
+        .token
+        .as_deref()
+        .or_else(|| bearer(req.headers()))
+        .map(str::to_owned);
     let (user, exp) = match authenticate(&gw, token.as_deref()) {
         Ok(ok) => ok,
         Err(e) => {
@@ -78,13 +98,23 @@ pub async fn upgrade(
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => return ApiError::bad_json(format!("resume: {e}")).into_response(),
     };
+    let snapshot = q.snapshot.unwrap_or(true);
+    let presence = q.presence.unwrap_or(false);
     let headers = req.headers();
     let is_upgrade = headers
         .get(header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
-        return ApiError::new(StatusCode::UPGRADE_REQUIRED, "bad_request", "expected a WebSocket upgrade").into_response();
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|_| is_upgrade)
+    else {
+        return ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_request",
+            "expected a WebSocket upgrade",
+        )
+        .into_response();
     };
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -103,8 +133,15 @@ pub async fn upgrade(
             .max_write_buffer_size(4 * 1024 * 1024)
             .max_message_size(Some(limits.max_frame_bytes))
             .max_frame_size(Some(limits.max_frame_bytes));
-        let stream = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-        session::run(gw, stream, user, exp, resume).await;
+        let stream =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        let options = session::Options {
+            resume,
+            snapshot,
+            presence,
+        };
+        session::run(gw, stream, user, exp, options).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

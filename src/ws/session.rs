@@ -15,16 +15,28 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::protocol::{reference_of, ClientFrame};
+use super::protocol::{reference_of, BulkAction, ClientFrame};
 use crate::gateway::{Actor, Command, Gateway};
 use crate::hub::{close, frames, ConnHandle, Control, Outbound};
 use crate::model::User;
-use crate::store::Change;
+use crate::store::{Change, Mark};
 
 /// Frames written before one flush.
 const BATCH: usize = 64;
 /// Consecutive over-rate frames before the connection is closed.
 const RATE_STRIKES: u32 = 20;
+/// Typing is relayed at most this often per conversation and connection.
+const TYPING_EVERY: Duration = Duration::from_secs(2);
+
+/// Options of `GET /v1/ws` beyond the token.
+#[derive(Default)]
+pub struct Options {
+    pub resume: Option<HashMap<String, u64>>,
+    /// Send the inbox snapshot after `hello` (default on).
+    pub snapshot: bool,
+    /// Receive `presence` frames of the workspace.
+    pub presence: bool,
+}
 
 struct Session<S> {
     gw: Arc<Gateway>,
@@ -34,10 +46,17 @@ struct Session<S> {
     last_sent: HashMap<Arc<str>, u64>,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
+    typing: HashMap<String, Instant>,
+    connection_key: String,
 }
 
-pub async fn run<S>(gw: Arc<Gateway>, ws: WebSocketStream<S>, user: User, exp: u64, resume: Option<HashMap<String, u64>>)
-where
+pub async fn run<S>(
+    gw: Arc<Gateway>,
+    ws: WebSocketStream<S>,
+    user: User,
+    exp: u64,
+    options: Options,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let limits = gw.config.limits.clone();
@@ -51,21 +70,50 @@ where
         if !state.dir.users.get(&user.id).is_some_and(|u| !u.disabled) {
             control.close(close::POLICY);
         }
-        state.connect(&user.id, ConnHandle { id, tx, control: control.clone() });
+        state.connect(
+            &user.id,
+            ConnHandle {
+                id,
+                tx,
+                control: control.clone(),
+            },
+        );
+        if options.presence {
+            state.subscribe_presence(&user.id);
+        }
     }
     metrics::gauge!("switchboard_connections").increment(1.0);
-    let _ = gw.store.set_presence(&user.workspace, &user.id, true, 60).await;
+    let _ = gw
+        .store
+        .set_presence(&user.workspace, &user.id, true, 60)
+        .await;
+    gw.presence(&user, true).await;
     gw.drain_waiting(&user.workspace).await;
 
-    let quota = Quota::per_second(NonZeroU32::new(limits.conn_rate_per_sec).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(limits.conn_burst).unwrap_or(NonZeroU32::MIN));
-    let mut s = Session { gw: gw.clone(), ws, user: user.clone(), last_sent: HashMap::new(), limiter: RateLimiter::direct(quota), strikes: 0 };
+    let quota =
+        Quota::per_second(NonZeroU32::new(limits.conn_rate_per_sec).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(limits.conn_burst).unwrap_or(NonZeroU32::MIN));
+    let connection_key = format!("{}:{id}", gw.config.node_id);
+    let mut s = Session {
+        gw: gw.clone(),
+        ws,
+        user: user.clone(),
+        last_sent: HashMap::new(),
+        limiter: RateLimiter::direct(quota),
+        strikes: 0,
+        typing: HashMap::new(),
+        connection_key: connection_key.clone(),
+    };
     let hello = frames::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
     let mut code = match s.ws.send(WsMessage::Text(hello)).await {
         Ok(()) => None,
         Err(_) => Some(close::NORMAL),
     };
-    if let (None, Some(positions)) = (code, resume) {
+    if code.is_none() && options.snapshot {
+        let snapshot = gw.snapshot(&user, 50);
+        code = s.send(Utf8Bytes::from(snapshot.to_string())).await.err();
+    }
+    if let (None, Some(positions)) = (code, options.resume) {
         code = s.resume(None, positions).await.err();
     }
 
@@ -104,12 +152,20 @@ where
         }
     }
     let code = code.unwrap_or(close::NORMAL);
-    let frame = CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from_static(close::reason(code)) };
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from_static(close::reason(code)),
+    };
     let _ = tokio::time::timeout(Duration::from_secs(2), s.ws.close(Some(frame))).await;
     let last = workspace.lock().disconnect(&user.id, id);
     metrics::gauge!("switchboard_connections").decrement(1.0);
+    let _ = gw.focus(&user, connection_key, None).await;
     if last {
-        let _ = gw.store.set_presence(&user.workspace, &user.id, false, 60).await;
+        let _ = gw
+            .store
+            .set_presence(&user.workspace, &user.id, false, 60)
+            .await;
+        gw.presence(&user, false).await;
     }
     tracing::debug!(user = %user.id, connection = id, code, "session closed");
 }
@@ -117,7 +173,9 @@ where
 impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Whether a sequenced frame is new for this connection (and records it).
     fn fresh(&mut self, position: &Option<(Arc<str>, u64)>) -> bool {
-        let Some((conv, seq)) = position else { return true };
+        let Some((conv, seq)) = position else {
+            return true;
+        };
         match self.last_sent.get_mut(conv) {
             Some(last) if *last >= *seq => false,
             Some(last) => {
@@ -132,14 +190,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Writes one queued frame and whatever else is already queued, then flushes once.
-    async fn write_batch(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), u16> {
+    async fn write_batch(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), u16> {
         let mut next = Some(first);
         let mut n = 0;
         let mut oldest = None;
         while let Some(f) = next.take() {
             if self.fresh(&f.position) {
                 oldest.get_or_insert(f.born);
-                self.ws.feed(WsMessage::Text(f.text)).await.map_err(|_| close::NORMAL)?;
+                self.ws
+                    .feed(WsMessage::Text(f.text))
+                    .await
+                    .map_err(|_| close::NORMAL)?;
                 n += 1;
             }
             if n < BATCH {
@@ -148,63 +213,259 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.ws.flush().await.map_err(|_| close::NORMAL)?;
         if let Some(born) = oldest {
-            metrics::histogram!("switchboard_delivery_latency_seconds").record(born.elapsed().as_secs_f64());
+            metrics::histogram!("switchboard_delivery_latency_seconds")
+                .record(born.elapsed().as_secs_f64());
         }
         Ok(())
     }
 
     async fn send(&mut self, text: Utf8Bytes) -> Result<(), u16> {
-        self.ws.send(WsMessage::Text(text)).await.map_err(|_| close::NORMAL)
+        self.ws
+            .send(WsMessage::Text(text))
+            .await
+            .map_err(|_| close::NORMAL)
     }
 
     async fn on_message(&mut self, msg: WsMessage) -> Result<(), u16> {
         let text = match msg {
             WsMessage::Text(t) => t,
-            WsMessage::Binary(_) => return self.send(frames::error(None, "bad_frame", "binary frames are not supported; send JSON text")).await,
+            WsMessage::Binary(_) => {
+                return self
+                    .send(frames::error(
+                        None,
+                        "bad_frame",
+                        "binary frames are not supported; send JSON text",
+                    ))
+                    .await
+            }
             WsMessage::Close(_) => return Err(close::NORMAL),
             _ => return Ok(()),
         };
         if self.limiter.check().is_err() {
             self.strikes += 1;
-            metrics::counter!("switchboard_rate_limited_total", "kind" => "connection").increment(1);
+            metrics::counter!("switchboard_rate_limited_total", "kind" => "connection")
+                .increment(1);
             if self.strikes >= RATE_STRIKES {
                 return Err(close::RATE_LIMITED);
             }
-            return self.send(frames::error(reference_of(&text).as_deref(), "rate_limited", "too many frames; slow down")).await;
+            return self
+                .send(frames::error(
+                    reference_of(&text).as_deref(),
+                    "rate_limited",
+                    "too many frames; slow down",
+                ))
+                .await;
         }
         self.strikes = 0;
         let frame: ClientFrame = match serde_json::from_str(&text) {
             Ok(f) => f,
             Err(e) => {
-                return self.send(frames::error(reference_of(&text).as_deref(), "bad_frame", &format!("bad frame: {e}"))).await;
+                return self
+                    .send(frames::error(
+                        reference_of(&text).as_deref(),
+                        "bad_frame",
+                        &format!("bad frame: {e}"),
+                    ))
+                    .await;
             }
         };
         let actor = Actor::User(self.user.id.clone());
         let gw = self.gw.clone();
         let (reference, result) = match frame {
-            ClientFrame::Ping { reference } => return self.send(frames::pong(reference.as_deref())).await,
-            ClientFrame::Resume { reference, positions } => return self.resume(reference, positions).await,
-            ClientFrame::Send { reference, conversation, body, client_id } => {
-                let r = gw.post_message(actor, &conversation, body, None, client_id, None).await;
+            ClientFrame::Ping { reference } => {
+                return self.send(frames::pong(reference.as_deref())).await
+            }
+            ClientFrame::Resume {
+                reference,
+                positions,
+            } => return self.resume(reference, positions).await,
+            ClientFrame::Send {
+                reference,
+                conversation,
+                body,
+                client_id,
+            } => {
+                let r = gw
+                    .post_message(actor, &conversation, body, None, client_id, None)
+                    .await;
                 let reply = match r {
                     Ok(p) => frames::ack(reference.as_deref(), &p.id, p.seq, p.duplicate),
                     Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
                 };
                 return self.send(reply).await;
             }
-            ClientFrame::Assign { reference, conversation, assignee } => {
-                (reference, gw.command(actor, &conversation, Command::Assign(assignee)).await)
+            ClientFrame::Assign {
+                reference,
+                conversation,
+                assignee,
+            } => (
+                reference,
+                gw.command(actor, &conversation, Command::Assign(assignee))
+                    .await,
+            ),
+            ClientFrame::AddCollaborator {
+                reference,
+                conversation,
+                user,
+            } => (
+                reference,
+                gw.command(actor, &conversation, Command::AddCollaborator(user))
+                    .await,
+            ),
+            ClientFrame::RemoveCollaborator {
+                reference,
+                conversation,
+                user,
+            } => (
+                reference,
+                gw.command(actor, &conversation, Command::RemoveCollaborator(user))
+                    .await,
+            ),
+            ClientFrame::Close {
+                reference,
+                conversation,
+            } => (
+                reference,
+                gw.command(actor, &conversation, Command::Close).await,
+            ),
+            ClientFrame::Reopen {
+                reference,
+                conversation,
+            } => (
+                reference,
+                gw.command(actor, &conversation, Command::Reopen).await,
+            ),
+            ClientFrame::SetPrivate {
+                reference,
+                conversation,
+                private,
+            } => (
+                reference,
+                gw.command(actor, &conversation, Command::SetPrivate(private))
+                    .await,
+            ),
+            ClientFrame::Read {
+                reference,
+                conversation,
+                seq,
+            } => (
+                reference,
+                gw.mark(&self.user, &conversation, Mark::Read { seq })
+                    .await
+                    .map(|_| 0),
+            ),
+            ClientFrame::Mute {
+                reference,
+                conversation,
+                on,
+            } => (
+                reference,
+                gw.mark(&self.user, &conversation, Mark::Mute { on })
+                    .await
+                    .map(|_| 0),
+            ),
+            ClientFrame::Hide {
+                reference,
+                conversation,
+                on,
+            } => (
+                reference,
+                gw.mark(&self.user, &conversation, Mark::Hide { on })
+                    .await
+                    .map(|_| 0),
+            ),
+            ClientFrame::Archive {
+                reference,
+                conversation,
+                on,
+            } => (
+                reference,
+                gw.mark(&self.user, &conversation, Mark::Archive { on })
+                    .await
+                    .map(|_| 0),
+            ),
+            ClientFrame::Typing {
+                reference,
+                conversation,
+            } => {
+                let now = Instant::now();
+                let recent = self
+                    .typing
+                    .get(&conversation)
+                    .is_some_and(|t| now.duration_since(*t) < TYPING_EVERY);
+                if recent {
+                    return Ok(()); // throttled: typing is best-effort
+                }
+                self.typing.insert(conversation.clone(), now);
+                match gw.typing(&self.user, &conversation).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => (reference, Err(e)),
+                }
             }
-            ClientFrame::AddCollaborator { reference, conversation, user } => {
-                (reference, gw.command(actor, &conversation, Command::AddCollaborator(user)).await)
+            ClientFrame::Focus {
+                reference,
+                conversation,
+            } => {
+                let key = self.connection_key.clone();
+                (
+                    reference,
+                    gw.focus(&self.user, key, conversation).await.map(|_| 0),
+                )
             }
-            ClientFrame::RemoveCollaborator { reference, conversation, user } => {
-                (reference, gw.command(actor, &conversation, Command::RemoveCollaborator(user)).await)
+            ClientFrame::EditMessage {
+                reference,
+                conversation,
+                message_id,
+                body,
+            } => (
+                reference,
+                gw.edit_message(&self.user, &conversation, &message_id, Some(body))
+                    .await,
+            ),
+            ClientFrame::DeleteMessage {
+                reference,
+                conversation,
+                message_id,
+            } => (
+                reference,
+                gw.edit_message(&self.user, &conversation, &message_id, None)
+                    .await,
+            ),
+            ClientFrame::CreateConversation {
+                reference,
+                kind,
+                participants,
+            } => {
+                let reply = match gw.create_conversation(&self.user, kind, participants).await {
+                    Ok((id, seq)) => frames::created(reference.as_deref(), &id, seq),
+                    Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+                };
+                return self.send(reply).await;
             }
-            ClientFrame::Close { reference, conversation } => (reference, gw.command(actor, &conversation, Command::Close).await),
-            ClientFrame::Reopen { reference, conversation } => (reference, gw.command(actor, &conversation, Command::Reopen).await),
-            ClientFrame::SetPrivate { reference, conversation, private } => {
-                (reference, gw.command(actor, &conversation, Command::SetPrivate(private)).await)
+            ClientFrame::Bulk {
+                reference,
+                action,
+                conversations,
+                assignee,
+            } => {
+                let results = match action {
+                    BulkAction::Assign => gw.bulk_assign(actor, &conversations, assignee).await,
+                    BulkAction::Mute => gw.bulk_mute(&self.user, &conversations, true).await,
+                    BulkAction::Unmute => gw.bulk_mute(&self.user, &conversations, false).await,
+                };
+                return self
+                    .send(frames::bulk_result(reference.as_deref(), &results))
+                    .await;
+            }
+            ClientFrame::View {
+                reference,
+                view,
+                filter,
+                cursor,
+                limit,
+            } => {
+                let page = gw.view(&self.user, view, &filter, cursor, limit);
+                return self.send(frames::view(reference.as_deref(), page)).await;
             }
         };
         let reply = match result {
@@ -215,32 +476,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Replays events after each position, re-checked against current access.
-    async fn resume(&mut self, reference: Option<String>, positions: HashMap<String, u64>) -> Result<(), u16> {
+    async fn resume(
+        &mut self,
+        reference: Option<String>,
+        positions: HashMap<String, u64>,
+    ) -> Result<(), u16> {
         let ws = self.user.workspace.clone();
         for (conv, after) in positions {
             if !self.gw.access_now(&ws, &self.user.id, &conv).can_read() {
-                self.send(frames::error(reference.as_deref(), "forbidden", &format!("no access to conversation {conv:?}"))).await?;
+                self.send(frames::error(
+                    reference.as_deref(),
+                    "forbidden",
+                    &format!("no access to conversation {conv:?}"),
+                ))
+                .await?;
                 continue;
             }
             let history = match self.gw.store.history(&ws, &conv, after, usize::MAX).await {
                 Ok(h) => h,
                 Err(e) => {
-                    self.send(frames::error(reference.as_deref(), "unavailable", &e.to_string())).await?;
+                    self.send(frames::error(
+                        reference.as_deref(),
+                        "unavailable",
+                        &e.to_string(),
+                    ))
+                    .await?;
                     continue;
                 }
             };
             if history.oldest_seq > after + 1 {
-                self.send(frames::replay_gap(&conv, after + 1, history.oldest_seq)).await?;
+                self.send(frames::replay_gap(&conv, after + 1, history.oldest_seq))
+                    .await?;
             }
             let key: Arc<str> = Arc::from(conv.as_str());
             for ev in history.events {
                 let text = match &ev.change {
                     Change::Message { message, .. } => frames::message(&conv, ev.seq, message),
-                    Change::Conversation { conversation, status } => frames::status(ev.seq, status, conversation),
+                    Change::Conversation {
+                        conversation,
+                        status,
+                    } => frames::status(ev.seq, status, conversation),
                     _ => continue,
                 };
                 if self.fresh(&Some((key.clone(), ev.seq))) {
-                    self.ws.feed(WsMessage::Text(text)).await.map_err(|_| close::NORMAL)?;
+                    self.ws
+                        .feed(WsMessage::Text(text))
+                        .await
+                        .map_err(|_| close::NORMAL)?;
                 }
             }
             self.ws.flush().await.map_err(|_| close::NORMAL)?;
