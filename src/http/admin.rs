@@ -63,6 +63,7 @@ pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/conversations/{id}/private", post(set_private))
         .route("/conversations/{id}/messages", get(history))
         .route("/conversations/{id}/access/{user}", get(explain))
+        .route("/bulk/assign", post(bulk_assign))
         .route("/teams/{id}", get(get_team).put(put_team))
         .route("/workspaces/{id}", get(get_workspace).put(put_workspace))
         .route_layer(middleware::from_fn_with_state(gw, require_admin))
@@ -363,4 +364,21 @@ async fn get_workspace(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
 async fn put_workspace(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
     let s: WorkspaceSettings = with_id(&id, &body)?;
     Ok(json(StatusCode::OK, gw.put_settings(s).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkAssignBody {
+    conversations: Vec<String>,
+    assignee: Option<String>,
+}
+
+async fn bulk_assign(State(gw): Gw, Json(b): Json<BulkAssignBody>) -> ApiResult {
+    let results = gw
+        .bulk_assign(Actor::System, &b.conversations, b.assignee)
+        .await;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "results": results }),
+    ))
 }

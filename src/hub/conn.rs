@@ -34,10 +34,10 @@ pub mod close {
     }
 }
 
-/// A frame queued for one connection. The text is shared by every recipient
-/// of the event (serialized once).
-#[derive(Clone, Debug)]
-pub struct Outbound {
+/// An event's frame, built and serialized once and shared by every
+/// recipient's queue (a queue slot is one pointer).
+#[derive(Debug)]
+pub struct Frame {
     /// Conversation and seq, for resume de-duplication; `None` for frames
     /// outside a conversation sequence.
     pub position: Option<(Arc<str>, u64)>,
@@ -45,6 +45,8 @@ pub struct Outbound {
     /// When the event was applied, for the delivery latency histogram.
     pub born: std::time::Instant,
 }
+
+pub type Outbound = Arc<Frame>;
 
 /// Asks a session to close; shared between the hub and the session task.
 #[derive(Debug, Default)]

@@ -17,10 +17,11 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-pub use conn::{close, ConnHandle, Control, Outbound};
+pub use conn::{close, ConnHandle, Control, Frame, Outbound};
 pub use state::WorkspaceState;
 
-use crate::store::{Committed, Sink};
+use crate::model::WorkspaceSettings;
+use crate::store::{Change, Committed, Sink, Snapshot};
 
 pub type Workspace = Arc<Mutex<WorkspaceState>>;
 
@@ -76,5 +77,31 @@ impl Sink for Hub {
         state.apply(&committed);
         metrics::counter!("switchboard_events_total").increment(1);
         metrics::counter!("switchboard_deliveries_total").increment(state.deliveries);
+    }
+
+    fn restore(&self, snapshot: Snapshot) {
+        let ws = self.workspace(&snapshot.workspace);
+        let mut state = ws.lock();
+        let workspace = snapshot.workspace;
+        let import = Change::Import {
+            world: snapshot.world,
+            replace: true,
+        };
+        state.apply(&Committed {
+            workspace: workspace.clone(),
+            seq: 0,
+            change: import,
+        });
+        let settings = snapshot
+            .settings
+            .unwrap_or_else(|| WorkspaceSettings::new(workspace.clone()));
+        state.apply(&Committed {
+            workspace,
+            seq: 0,
+            change: Change::Settings { settings },
+        });
+        for (conv, seq) in snapshot.seqs {
+            state.restore_seq(&conv, seq);
+        }
     }
 }

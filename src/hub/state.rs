@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::audience::{Audience, Slot};
-use super::conn::{close, ConnHandle, Outbound};
+use super::conn::{close, ConnHandle, Frame, Outbound};
 use super::frames;
 use super::inbox::{designated, in_view, Activity, Filter, Inbox, View};
 use crate::model::{
@@ -237,11 +237,11 @@ impl WorkspaceState {
             }
         }
         if !lost.is_empty() {
-            let frame = Outbound {
+            let frame = Arc::new(Frame {
                 position: None,
                 text: frames::access_revoked(id),
                 born: Instant::now(),
-            };
+            });
             for s in lost {
                 self.send(s, &frame);
             }
@@ -257,10 +257,12 @@ impl WorkspaceState {
                     continue;
                 }
                 let k = usize::from(access == Access::Write);
-                let frame = rendered[k].get_or_insert_with(|| Outbound {
-                    position: position.clone(),
-                    text: frames::access_granted(seq, access, conv),
-                    born: Instant::now(),
+                let frame = rendered[k].get_or_insert_with(|| {
+                    Arc::new(Frame {
+                        position: position.clone(),
+                        text: frames::access_granted(seq, access, conv),
+                        born: Instant::now(),
+                    })
                 });
                 sends.push((s, frame.clone()));
             }
@@ -376,11 +378,11 @@ impl WorkspaceState {
                 self.index_conversation(old.as_ref(), None);
                 self.inbox.forget_conversation(id);
                 if let Some(entry) = self.convs.remove(id) {
-                    let frame = Outbound {
+                    let frame = Arc::new(Frame {
                         position: None,
                         text: frames::access_revoked(id),
                         born: Instant::now(),
-                    };
+                    });
                     for (s, _) in entry.audience.iter() {
                         self.send(s, &frame);
                     }
@@ -478,11 +480,11 @@ impl WorkspaceState {
             return;
         };
         entry.seq = entry.seq.max(seq);
-        let frame = Outbound {
+        let frame = Arc::new(Frame {
             position: Some((Arc::from(conversation), seq)),
             text,
             born: Instant::now(),
-        };
+        });
         let targets: Vec<Slot> = self.audience_online(conversation).collect();
         for s in targets {
             self.send(s, &frame);
@@ -527,11 +529,11 @@ impl WorkspaceState {
         let text = frames::notification(kind, conv, seq, unread, my_unread, message);
         self.send(
             slot,
-            &Outbound {
+            &Arc::new(Frame {
                 position: None,
                 text,
                 born: Instant::now(),
-            },
+            }),
         );
     }
 
@@ -548,11 +550,11 @@ impl WorkspaceState {
             let text = frames::marks(conversation, &marks, unread, my_unread);
             self.send(
                 slot,
-                &Outbound {
+                &Arc::new(Frame {
                     position: None,
                     text,
                     born: Instant::now(),
-                },
+                }),
             );
         }
     }
@@ -562,11 +564,11 @@ impl WorkspaceState {
             Ephemeral::Typing { user, conversation } => {
                 let me = self.slots.get(user).copied();
                 let text = frames::typing(conversation, user);
-                let frame = Outbound {
+                let frame = Arc::new(Frame {
                     position: None,
                     text,
                     born: Instant::now(),
-                };
+                });
                 let targets: Vec<Slot> = self
                     .audience_online(conversation)
                     .filter(|s| Some(*s) != me)
@@ -586,11 +588,11 @@ impl WorkspaceState {
             }
             Ephemeral::Presence { user, online } => {
                 let me = self.slots.get(user).copied();
-                let frame = Outbound {
+                let frame = Arc::new(Frame {
                     position: None,
                     text: frames::presence(user, *online),
                     born: Instant::now(),
-                };
+                });
                 let targets: Vec<Slot> = self
                     .inbox
                     .presence_subscribers
@@ -658,11 +660,11 @@ impl WorkspaceState {
             .collect();
         for id in removed {
             if let Some(entry) = self.convs.remove(&id) {
-                let frame = Outbound {
+                let frame = Arc::new(Frame {
                     position: None,
                     text: frames::access_revoked(&id),
                     born: Instant::now(),
-                };
+                });
                 for (s, _) in before.get(&id).unwrap_or(&entry.audience).iter() {
                     self.send(s, &frame);
                 }
@@ -754,21 +756,21 @@ impl WorkspaceState {
             return;
         }
         if now == Access::None {
-            let frame = Outbound {
+            let frame = Arc::new(Frame {
                 position: None,
                 text: frames::access_revoked(id),
                 born: Instant::now(),
-            };
+            });
             self.send(slot, &frame);
         } else if old == Access::None {
             let Some(conv) = self.dir.conversations.get(id) else {
                 return;
             };
-            let frame = Outbound {
+            let frame = Arc::new(Frame {
                 position: Some((Arc::from(id), seq)),
                 text: frames::access_granted(seq, now, conv),
                 born: Instant::now(),
-            };
+            });
             self.send(slot, &frame);
         }
     }
@@ -798,11 +800,11 @@ impl WorkspaceState {
         let entry = self.convs.entry(conv.id.clone()).or_default();
         entry.seq = entry.seq.max(seq);
         let old = std::mem::replace(&mut entry.audience, new);
-        let frame = Outbound {
+        let frame = Arc::new(Frame {
             position: Some((Arc::from(conv.id.as_str()), seq)),
             text: frames::status(seq, status, conv),
             born: Instant::now(),
-        };
+        });
         if status.event == StatusKind::Created || old_conv.is_none() {
             // Everyone in the audience learns of a new conversation the same way.
             let targets: Vec<Slot> = self.audience_online(&conv.id).collect();

@@ -202,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if self.fresh(&f.position) {
                 oldest.get_or_insert(f.born);
                 self.ws
-                    .feed(WsMessage::Text(f.text))
+                    .feed(WsMessage::Text(f.text.clone()))
                     .await
                     .map_err(|_| close::NORMAL)?;
                 n += 1;
