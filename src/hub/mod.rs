@@ -28,6 +28,8 @@ pub type Workspace = Arc<Mutex<WorkspaceState>>;
 #[derive(Default)]
 pub struct Hub {
     workspaces: DashMap<String, Workspace>,
+    /// Conversation id → workspace id, so an API call finds its workspace in O(1).
+    conversation_workspace: DashMap<String, String>,
 }
 
 impl Hub {
@@ -48,6 +50,32 @@ impl Hub {
 
     pub fn existing(&self, id: &str) -> Option<Workspace> {
         self.workspaces.get(id).map(|w| w.clone())
+    }
+
+    /// The workspace holding a conversation.
+    pub fn workspace_of(&self, conversation: &str) -> Option<String> {
+        self.conversation_workspace.get(conversation).map(|w| w.clone())
+    }
+
+    fn index(&self, c: &Committed) {
+        let ws = &c.workspace;
+        match &c.change {
+            Change::Conversation { conversation, .. } => {
+                self.conversation_workspace.insert(conversation.id.clone(), ws.clone());
+            }
+            Change::DeleteConversation { id } => {
+                self.conversation_workspace.remove(id);
+            }
+            Change::Import { world, replace } => {
+                if *replace {
+                    self.conversation_workspace.retain(|_, w| w != ws);
+                }
+                for conv in world.conversations.iter().filter(|c| &c.workspace == ws) {
+                    self.conversation_workspace.insert(conv.id.clone(), ws.clone());
+                }
+            }
+            _ => {}
+        }
     }
 
     pub fn workspace_ids(&self) -> Vec<String> {
@@ -75,6 +103,7 @@ impl Sink for Hub {
         let mut state = ws.lock();
         state.deliveries = 0;
         state.apply(&committed);
+        self.index(&committed);
         metrics::counter!("switchboard_events_total").increment(1);
         metrics::counter!("switchboard_deliveries_total").increment(state.deliveries);
     }

@@ -67,7 +67,12 @@ pub async fn run<S>(
     {
         // Re-checked under the lock: a disable racing with the handshake wins.
         let mut state = workspace.lock();
-        if !state.dir.users.get(&user.id).is_some_and(|u| !u.disabled) {
+        let still_allowed = state
+            .dir
+            .users
+            .get(&user.id)
+            .is_some_and(|u| !u.disabled && u.has(crate::model::Permission::Chats));
+        if !still_allowed {
             control.close(close::POLICY);
         }
         state.connect(
