@@ -68,6 +68,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if or .Values.redis.url .Values.redis.existingSecret }}true{{ end }}
 {{- end }}
 
+{{/* Optional integer settings: values key -> TOML key. */}}
+{{- define "switchboard.tomlIntKeys" -}}
+historyLen: history_len
+maxFrameBytes: max_frame_bytes
+maxBodyBytes: max_body_bytes
+outboundQueue: outbound_queue
+connRatePerSec: conn_rate_per_sec
+connBurst: conn_burst
+adapterRatePerSec: adapter_rate_per_sec
+idleTimeoutSecs: idle_timeout_secs
+heartbeatSecs: heartbeat_secs
+{{- end }}
+
 {{/* Seconds of the preStop sleep (0 = no hook). */}}
 {{- define "switchboard.preStopSeconds" -}}
 {{- int .Values.lifecycle.preStopSleepSeconds }}
@@ -106,6 +119,12 @@ template that matters, so `helm template` fails early with a clear message.
 {{- end }}
 {{- if and (eq .Values.auth.jwtAlgorithm "HS256") .Values.auth.jwtPublicKey }}
 {{- fail "switchboard: auth.jwtPublicKey is only used with auth.jwtAlgorithm=RS256" }}
+{{- end }}
+{{- $managed := concat (values (include "switchboard.tomlIntKeys" . | fromYaml)) (list "log_format" "shutdown_grace_secs" "listen" "node_id" "redis_url" "jwt_public_key_file") }}
+{{- range $key, $_ := .Values.config.extra }}
+{{- if has $key $managed }}
+{{- fail (printf "switchboard: config.extra.%s is set by the chart (use the config.* value or env instead)" $key) }}
+{{- end }}
 {{- end }}
 {{- if .Values.podDisruptionBudget.enabled }}
 {{- $min := .Values.podDisruptionBudget.minAvailable }}
