@@ -187,12 +187,13 @@ impl WorkspaceState {
 
     /// The audience of a conversation over every user of the workspace.
     fn evaluate(&self, conv: &Conversation) -> Audience {
+        let prepared = policy::Prepared::new(&self.dir, conv);
         Audience::from_sorted(self.slot_ids.iter().enumerate().map(|(s, id)| {
             let access = self
                 .dir
                 .users
                 .get(id)
-                .map_or(Access::None, |u| policy::access(&self.dir, u, conv));
+                .map_or(Access::None, |u| prepared.decide(u).access);
             (s as Slot, access)
         }))
     }

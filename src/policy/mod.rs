@@ -152,133 +152,164 @@ pub fn is_involved(user: &User, conv: &Conversation) -> bool {
 
 /// Whether `manager` is above `report` in the manager chain (cycle-safe).
 pub fn manages(dir: &impl Lookup, manager: &str, report: &str) -> bool {
-    let mut current = dir.user(report).and_then(|u| u.manager.as_deref());
-    // A chain can be no longer than the number of distinct users; a hop limit
-    // keeps a cyclic chain from looping without allocating a visited set.
-    for _ in 0..1024 {
-        match current {
-            None => return false,
-            Some(m) if m == manager => return true,
-            Some(m) if m == report => return false,
-            Some(m) => current = dir.user(m).and_then(|u| u.manager.as_deref()),
-        }
-    }
-    false
+    let mut above = Vec::new();
+    chain(dir, report, &mut above);
+    above.contains(&manager)
 }
 
-/// Whether `user` administers a team that `member` belongs to.
-fn administers_member(user: &User, member: Option<&User>) -> bool {
-    member.is_some_and(|m| m.teams.iter().any(|t| user.administers(t)))
+/// Everyone above `report` in the manager chain, nearest first (cycle-safe).
+fn chain<'a>(dir: &'a impl Lookup, report: &str, out: &mut Vec<&'a str>) {
+    let mut current = dir.user(report).and_then(|u| u.manager.as_deref());
+    while let Some(m) = current {
+        // Stops at the top, or where a cyclic chain comes round again.
+        if m == report || out.contains(&m) {
+            break;
+        }
+        out.push(m);
+        current = dir.user(m).and_then(|u| u.manager.as_deref());
+    }
+}
+
+/// A conversation with everything the policy needs about it looked up once,
+/// so that evaluating it for every user of a workspace (an audience) costs a
+/// few comparisons per user instead of lookups and manager-chain walks.
+pub struct Prepared<'a> {
+    conv: &'a Conversation,
+    contact: Option<&'a Contact>,
+    channel: Option<&'a Channel>,
+    /// Teams of the assignee and of the collaborators.
+    member_teams: Vec<&'a str>,
+    /// Everyone who (transitively) manages the assignee or the contact's owner.
+    managers: Vec<&'a str>,
+}
+
+impl<'a> Prepared<'a> {
+    pub fn new(dir: &'a impl Lookup, conv: &'a Conversation) -> Self {
+        let contact = conv.contact.as_deref().and_then(|k| dir.contact(k));
+        let channel = conv.channel.as_deref().and_then(|c| dir.channel(c));
+        let mut member_teams = Vec::new();
+        let mut managers = Vec::new();
+        if conv.kind == ConversationKind::Customer && !conv.private {
+            for id in conv.assignee.iter().chain(conv.collaborators.iter()) {
+                if let Some(m) = dir.user(id) {
+                    member_teams.extend(m.teams.iter().map(String::as_str));
+                }
+            }
+            if let Some(a) = conv.assignee.as_deref() {
+                chain(dir, a, &mut managers);
+            }
+            if let Some(o) = contact.and_then(|k| k.owner.as_deref()) {
+                chain(dir, o, &mut managers);
+            }
+        }
+        Prepared {
+            conv,
+            contact,
+            channel,
+            member_teams,
+            managers,
+        }
+    }
+
+    /// `access(user, conversation)` of POLICY.md, with the deciding rule.
+    pub fn decide(&self, user: &User) -> Decision {
+        use Access::*;
+        let conv = self.conv;
+        if user.workspace != conv.workspace {
+            return Decision::new(None, Rule::OtherWorkspace);
+        }
+        if user.disabled {
+            return Decision::new(None, Rule::Disabled);
+        }
+        if !user.has(Permission::Chats) {
+            return Decision::new(None, Rule::NoChatsPermission);
+        }
+        match conv.kind {
+            ConversationKind::Direct | ConversationKind::Group => {
+                return if conv.participants.contains(&user.id) {
+                    Decision::new(Write, Rule::Participant)
+                } else {
+                    Decision::new(None, Rule::NotParticipant)
+                };
+            }
+            ConversationKind::Item => {
+                return if conv.item_acl.contains_key(&user.id) {
+                    Decision::new(Write, Rule::ItemAcl)
+                } else {
+                    Decision::new(None, Rule::NotInItemAcl)
+                };
+            }
+            ConversationKind::Customer => {}
+        }
+        if let Some(group) = self.contact.and_then(|k| k.visibility_group.as_deref()) {
+            if !user.sees_group(group) {
+                return Decision::new(None, Rule::VisibilityGroup);
+            }
+        }
+        let Ok(level) = channel_level(user, self.channel) else {
+            return Decision::new(None, Rule::NoChannelGrant);
+        };
+        let involved = is_involved(user, conv);
+        let decision = if conv.private {
+            if involved {
+                Decision::new(Write, Rule::PrivateInvolved)
+            } else if user.has(Permission::ViewAll) {
+                Decision::new(Read, Rule::PrivateViewAll)
+            } else {
+                Decision::new(None, Rule::PrivateNotInvolved)
+            }
+        } else {
+            self.public_access(user, level, involved)
+        };
+        cap(decision, level)
+    }
+
+    fn public_access(&self, user: &User, level: Option<GrantLevel>, involved: bool) -> Decision {
+        let conv = self.conv;
+        let yes = |rule| Decision::new(Access::Write, rule);
+        let owner = self.contact.and_then(|k| k.owner.as_deref());
+        if involved {
+            return yes(Rule::Involved);
+        }
+        if owner == Some(user.id.as_str()) {
+            return yes(Rule::ContactOwner);
+        }
+        let scope = if user.has(Permission::ViewAll) {
+            Scope::All
+        } else {
+            match (self.channel, level) {
+                (Some(_), Some(GrantLevel::Full)) => Scope::All,
+                (Some(ch), Some(_)) => ch.visibility.as_scope(),
+                _ => user.effective_scope(),
+            }
+        };
+        let unassigned = conv.assignee.is_none() && conv.team.is_none();
+        if scope == Scope::All {
+            return yes(Rule::ScopeAll);
+        }
+        if scope >= Scope::OwnAndUnassigned && unassigned {
+            return yes(Rule::ScopeUnassigned);
+        }
+        if scope >= Scope::Team && user.role == Role::TeamAdmin {
+            let team_hit = self.member_teams.iter().any(|t| user.administers(t))
+                || conv.waitlist_team().is_some_and(|t| user.administers(t));
+            if team_hit {
+                return yes(Rule::TeamAdministration);
+            }
+        }
+        if self.managers.contains(&user.id.as_str()) {
+            return yes(Rule::Manager);
+        }
+        if user.has(Permission::New) && unassigned && self.contact.is_some_and(|k| !k.known) {
+            return yes(Rule::NewPermission);
+        }
+        Decision::new(Access::None, Rule::OutOfScope)
+    }
 }
 
 /// `access(user, conversation)` of POLICY.md, with the deciding rule.
 pub fn decide(dir: &impl Lookup, user: &User, conv: &Conversation) -> Decision {
-    use Access::*;
-    if user.workspace != conv.workspace {
-        return Decision::new(None, Rule::OtherWorkspace);
-    }
-    if user.disabled {
-        return Decision::new(None, Rule::Disabled);
-    }
-    if !user.has(Permission::Chats) {
-        return Decision::new(None, Rule::NoChatsPermission);
-    }
-    match conv.kind {
-        ConversationKind::Direct | ConversationKind::Group => {
-            return if conv.participants.contains(&user.id) {
-                Decision::new(Write, Rule::Participant)
-            } else {
-                Decision::new(None, Rule::NotParticipant)
-            };
-        }
-        ConversationKind::Item => {
-            return if conv.item_acl.contains_key(&user.id) {
-                Decision::new(Write, Rule::ItemAcl)
-            } else {
-                Decision::new(None, Rule::NotInItemAcl)
-            };
-        }
-        ConversationKind::Customer => {}
-    }
-    let contact: Option<&Contact> = conv.contact.as_deref().and_then(|k| dir.contact(k));
-    if let Some(group) = contact.and_then(|k| k.visibility_group.as_deref()) {
-        if !user.sees_group(group) {
-            return Decision::new(None, Rule::VisibilityGroup);
-        }
-    }
-    let channel = conv.channel.as_deref().and_then(|c| dir.channel(c));
-    let Ok(level) = channel_level(user, channel) else {
-        return Decision::new(None, Rule::NoChannelGrant);
-    };
-    let involved = is_involved(user, conv);
-    let decision = if conv.private {
-        if involved {
-            Decision::new(Write, Rule::PrivateInvolved)
-        } else if user.has(Permission::ViewAll) {
-            Decision::new(Read, Rule::PrivateViewAll)
-        } else {
-            Decision::new(None, Rule::PrivateNotInvolved)
-        }
-    } else {
-        public_access(dir, user, conv, contact, channel, level, involved)
-    };
-    cap(decision, level)
-}
-
-fn public_access(
-    dir: &impl Lookup,
-    user: &User,
-    conv: &Conversation,
-    contact: Option<&Contact>,
-    channel: Option<&Channel>,
-    level: Option<GrantLevel>,
-    involved: bool,
-) -> Decision {
-    let yes = |rule| Decision::new(Access::Write, rule);
-    let owner = contact.and_then(|k| k.owner.as_deref());
-    if involved {
-        return yes(Rule::Involved);
-    }
-    if owner == Some(user.id.as_str()) {
-        return yes(Rule::ContactOwner);
-    }
-    let scope = if user.has(Permission::ViewAll) {
-        Scope::All
-    } else {
-        match (channel, level) {
-            (Some(_), Some(GrantLevel::Full)) => Scope::All,
-            (Some(ch), Some(_)) => ch.visibility.as_scope(),
-            _ => user.effective_scope(),
-        }
-    };
-    let unassigned = conv.assignee.is_none() && conv.team.is_none();
-    if scope == Scope::All {
-        return yes(Rule::ScopeAll);
-    }
-    if scope >= Scope::OwnAndUnassigned && unassigned {
-        return yes(Rule::ScopeUnassigned);
-    }
-    if scope >= Scope::Team {
-        let by_member = |id: &str| administers_member(user, dir.user(id));
-        let team_hit = conv.assignee.as_deref().is_some_and(by_member)
-            || conv.collaborators.iter().any(|c| by_member(c))
-            || conv.waitlist_team().is_some_and(|t| user.administers(t));
-        if team_hit {
-            return yes(Rule::TeamAdministration);
-        }
-    }
-    let manages_it = conv
-        .assignee
-        .as_deref()
-        .is_some_and(|a| manages(dir, &user.id, a))
-        || owner.is_some_and(|o| manages(dir, &user.id, o));
-    if manages_it {
-        return yes(Rule::Manager);
-    }
-    if user.has(Permission::New) && unassigned && contact.is_some_and(|k| !k.known) {
-        return yes(Rule::NewPermission);
-    }
-    Decision::new(Access::None, Rule::OutOfScope)
+    Prepared::new(dir, conv).decide(user)
 }
 
 fn cap(mut d: Decision, level: Option<GrantLevel>) -> Decision {
