@@ -100,14 +100,18 @@ impl Gateway {
 
     /// Finds the workspace holding a conversation.
     fn locate_conversation(&self, id: &str) -> Result<(Id, Conversation), ApiError> {
-        for ws in self.hub.workspace_ids() {
-            if let Some(w) = self.hub.existing(&ws) {
-                if let Some(c) = w.lock().dir.conversations.get(id) {
-                    return Ok((ws, c.clone()));
-                }
-            }
-        }
-        Err(ApiError::not_found("conversation", id))
+        let found = self.hub.workspace_of(id).and_then(|ws| {
+            let conv = self
+                .hub
+                .existing(&ws)?
+                .lock()
+                .dir
+                .conversations
+                .get(id)
+                .cloned()?;
+            Some((ws, conv))
+        });
+        found.ok_or_else(|| ApiError::not_found("conversation", id))
     }
 
     fn locate<T: Clone>(
@@ -484,9 +488,13 @@ impl Gateway {
     }
 
     pub async fn delete_conversation(&self, id: &str) -> Result<(), ApiError> {
-        let (ws, _) = self.locate_conversation(id)?;
+        let (ws, conv) = self.locate_conversation(id)?;
         self.commit(&ws, Change::DeleteConversation { id: id.to_owned() })
             .await?;
+        if let Some(channel) = &conv.channel {
+            // Drains skip conversations they do not know: nobody else removes it.
+            let _ = self.store.take_waiting(channel, id).await;
+        }
         Ok(())
     }
 
@@ -890,8 +898,14 @@ impl Gateway {
                         .collect();
                     (pool, eligible, conv)
                 };
+                let Some(conv) = conv else {
+                    // Not (yet) known to this node: in a cluster another node may
+                    // have created it a moment ago. That node drains right after
+                    // queueing it; leave it in the queue.
+                    continue;
+                };
                 let Some(mut conv) =
-                    conv.filter(|c| c.status == Status::Open && c.assignee.is_none())
+                    Some(conv).filter(|c| c.status == Status::Open && c.assignee.is_none())
                 else {
                     // Closed, assigned by hand or deleted meanwhile: leave the queue.
                     self.store.take_waiting(&channel, &conv_id).await?;

@@ -9,7 +9,7 @@ use crate::auth::Verifier;
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::hub::{close, Hub};
-use crate::store::{memory::MemoryStore, Change, Committed, Sink, Store};
+use crate::store::{memory::MemoryStore, Sink, Store};
 
 /// Development defaults, accepted only on a loopback listener.
 const DEV_SECRET: &str = "dev-secret";
@@ -70,27 +70,7 @@ pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
     };
     let hub = Arc::new(Hub::new());
     for snap in store.load().await? {
-        let ws = snap.workspace.clone();
-        hub.apply(Arc::new(Committed {
-            workspace: ws.clone(),
-            seq: 0,
-            change: Change::Import {
-                world: snap.world,
-                replace: true,
-            },
-        }));
-        if let Some(settings) = snap.settings {
-            hub.apply(Arc::new(Committed {
-                workspace: ws.clone(),
-                seq: 0,
-                change: Change::Settings { settings },
-            }));
-        }
-        let w = hub.workspace(&ws);
-        let mut state = w.lock();
-        for (conv, seq) in snap.seqs {
-            state.restore_seq(&conv, seq);
-        }
+        hub.restore(snap);
     }
     store.subscribe(hub.clone()).await?;
     Ok(Arc::new(Gateway::new(config, store, hub, verifier)))

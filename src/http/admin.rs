@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
@@ -12,7 +11,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{check_bearer, parse, Json};
+use super::{check_bearer, parse, Body, Json};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Command, Gateway};
 use crate::model::{Channel, Contact, Conversation, User, WorkspaceSettings, World};
@@ -142,11 +141,11 @@ fn merged<T: Serialize + DeserializeOwned>(
 async fn get_user(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     Ok(json(StatusCode::OK, gw.get_user(&id)?))
 }
-async fn put_user(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn put_user(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let user: User = with_id(&id, &body)?;
     Ok(json(StatusCode::OK, gw.put_user(user).await?))
 }
-async fn patch_user(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn patch_user(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let user = merged(&gw.get_user(&id)?, &id, &body)?;
     Ok(json(StatusCode::OK, gw.put_user(user).await?))
 }
@@ -158,11 +157,11 @@ async fn delete_user(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
 async fn get_channel(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     Ok(json(StatusCode::OK, gw.get_channel(&id)?))
 }
-async fn put_channel(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn put_channel(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let ch: Channel = with_id(&id, &body)?;
     Ok(json(StatusCode::OK, gw.put_channel(ch).await?))
 }
-async fn patch_channel(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn patch_channel(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let ch = merged(&gw.get_channel(&id)?, &id, &body)?;
     Ok(json(StatusCode::OK, gw.put_channel(ch).await?))
 }
@@ -174,11 +173,11 @@ async fn delete_channel(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
 async fn get_contact(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     Ok(json(StatusCode::OK, gw.get_contact(&id)?))
 }
-async fn put_contact(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn put_contact(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let k: Contact = with_id(&id, &body)?;
     Ok(json(StatusCode::OK, gw.put_contact(k).await?))
 }
-async fn patch_contact(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn patch_contact(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let k = merged(&gw.get_contact(&id)?, &id, &body)?;
     Ok(json(StatusCode::OK, gw.put_contact(k).await?))
 }
@@ -199,12 +198,12 @@ async fn get_conversation(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     let (conv, seq) = gw.get_conversation(&id)?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
-async fn put_conversation(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn put_conversation(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let conv: Conversation = with_id(&id, &body)?;
     let seq = gw.put_conversation(conv.clone()).await?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
-async fn patch_conversation(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn patch_conversation(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let conv = merged(&gw.get_conversation(&id)?.0, &id, &body)?;
     let seq = gw.put_conversation(conv.clone()).await?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
@@ -361,7 +360,7 @@ async fn put_team(State(gw): Gw, Path(id): Path<String>, Json(b): Json<TeamBody>
 async fn get_workspace(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     Ok(json(StatusCode::OK, gw.get_settings(&id)))
 }
-async fn put_workspace(State(gw): Gw, Path(id): Path<String>, body: Bytes) -> ApiResult {
+async fn put_workspace(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
     let s: WorkspaceSettings = with_id(&id, &body)?;
     Ok(json(StatusCode::OK, gw.put_settings(s).await?))
 }

@@ -36,6 +36,31 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// A raw body whose errors follow docs/protocol.md (`413 too_large` as JSON,
+/// not axum's plain-text rejection).
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        "request body too large",
+                    )
+                } else {
+                    ApiError::bad_json(e.body_text())
+                }
+            })
+    }
+}
+
 /// A JSON body whose errors follow docs/protocol.md (and name the field).
 pub struct Json<T>(pub T);
 
@@ -43,17 +68,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    "request body too large",
-                )
-            } else {
-                ApiError::bad_json(e.body_text())
-            }
-        })?;
+        let Body(bytes) = Body::from_request(req, state).await?;
         parse(&bytes).map(Json)
     }
 }

@@ -54,14 +54,17 @@ impl Hub {
 
     /// The workspace holding a conversation.
     pub fn workspace_of(&self, conversation: &str) -> Option<String> {
-        self.conversation_workspace.get(conversation).map(|w| w.clone())
+        self.conversation_workspace
+            .get(conversation)
+            .map(|w| w.clone())
     }
 
     fn index(&self, c: &Committed) {
         let ws = &c.workspace;
         match &c.change {
             Change::Conversation { conversation, .. } => {
-                self.conversation_workspace.insert(conversation.id.clone(), ws.clone());
+                self.conversation_workspace
+                    .insert(conversation.id.clone(), ws.clone());
             }
             Change::DeleteConversation { id } => {
                 self.conversation_workspace.remove(id);
@@ -71,7 +74,8 @@ impl Hub {
                     self.conversation_workspace.retain(|_, w| w != ws);
                 }
                 for conv in world.conversations.iter().filter(|c| &c.workspace == ws) {
-                    self.conversation_workspace.insert(conv.id.clone(), ws.clone());
+                    self.conversation_workspace
+                        .insert(conv.id.clone(), ws.clone());
                 }
             }
             _ => {}
@@ -116,11 +120,13 @@ impl Sink for Hub {
             world: snapshot.world,
             replace: true,
         };
-        state.apply(&Committed {
+        let import = Committed {
             workspace: workspace.clone(),
             seq: 0,
             change: import,
-        });
+        };
+        state.apply(&import);
+        self.index(&import);
         let settings = snapshot
             .settings
             .unwrap_or_else(|| WorkspaceSettings::new(workspace.clone()));

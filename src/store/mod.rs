@@ -182,8 +182,11 @@ pub enum Outcome {
 /// Receives committed changes in commit order (the hub).
 pub trait Sink: Send + Sync + 'static {
     fn apply(&self, committed: Arc<Committed>);
-    /// The bus lost changes (e.g. a Redis outage): reload from the store.
-    fn resync(&self) {}
+    /// Replaces the node's view of one workspace with a stored snapshot: at
+    /// start-up, and when the bus lost changes (e.g. a Redis outage; the Redis
+    /// store reloads and calls this for every workspace). Live connections get
+    /// the difference as `access_granted` / `access_revoked`.
+    fn restore(&self, _snapshot: Snapshot) {}
 }
 
 /// What [`Store::history`] found.
