@@ -83,6 +83,7 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 format!("storage unavailable, nothing was stored; retry later ({m})"),
             ),
+            StoreError::Conflict(m) => ApiError::conflict(format!("{m}; retry")),
             StoreError::Corrupt(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }

@@ -478,6 +478,7 @@ impl Gateway {
                     by: None,
                     user: None,
                 },
+                None,
             )
             .await?;
         if event == StatusKind::Unassigned || event == StatusKind::Closed {
@@ -498,22 +499,20 @@ impl Gateway {
         Ok(())
     }
 
+    /// Commits a conversation change; with `base`, only if the conversation
+    /// is still exactly `base` (see [`Store::commit_if`]).
     async fn commit_conversation(
         &self,
         ws: &str,
         conversation: Conversation,
         status: StatusEvent,
+        base: Option<&Conversation>,
     ) -> Result<u64, ApiError> {
-        match self
-            .commit(
-                ws,
-                Change::Conversation {
-                    conversation,
-                    status,
-                },
-            )
-            .await?
-        {
+        let change = Change::Conversation {
+            conversation,
+            status,
+        };
+        match self.store.commit_if(ws, change, base).await? {
             Outcome::Stored(c) => Ok(c.seq),
             Outcome::Duplicate { seq, .. } => Ok(seq),
         }
@@ -523,6 +522,21 @@ impl Gateway {
 
     /// Runs a command on a conversation, checked against the policy when an agent asks.
     pub async fn command(&self, actor: Actor, id: &str, cmd: Command) -> Result<u64, ApiError> {
+        // Read, compute, commit-if-unchanged; a concurrent change of the same
+        // conversation makes us start over from the newer state.
+        let mut attempt = 0u64;
+        loop {
+            match self.command_once(actor.clone(), id, cmd.clone()).await {
+                Err(e) if e.status == StatusCode::CONFLICT && attempt < 8 => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(2 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn command_once(&self, actor: Actor, id: &str, cmd: Command) -> Result<u64, ApiError> {
         let (ws, conv) = self.locate_conversation(id)?;
         let mut next = conv.clone();
         let mut status = StatusEvent {
@@ -606,7 +620,9 @@ impl Gateway {
             // Nothing to change: answer with the current position, emit nothing.
             return Ok(self.hub.workspace(&ws).lock().seq(id));
         }
-        let seq = self.commit_conversation(&ws, next, status).await?;
+        let seq = self
+            .commit_conversation(&ws, next, status, Some(&conv))
+            .await?;
         if matches!(cmd, Command::Close | Command::Assign(None)) {
             if matches!(cmd, Command::Assign(None)) {
                 self.enqueue_for_assignment(&ws, id).await?;
@@ -659,7 +675,16 @@ impl Gateway {
                 by: actor.by(),
                 user: None,
             };
-            self.commit_conversation(&ws, next, status).await?;
+            match self
+                .commit_conversation(&ws, next, status, Some(&conv))
+                .await
+            {
+                // Changed meanwhile (e.g. reopened by someone else): the message still goes in.
+                Err(e) if e.status == StatusCode::CONFLICT => {}
+                other => {
+                    other?;
+                }
+            }
         }
         let message = Message {
             id: new_id("m"),
@@ -773,6 +798,7 @@ impl Gateway {
                         by: None,
                         user: None,
                     },
+                    None,
                 )
                 .await?;
                 (id, true)
@@ -921,13 +947,23 @@ impl Gateway {
                     self.store.push_waiting(&channel, &conv_id).await?;
                     break;
                 };
+                let base = conv.clone();
                 conv.assignee = Some(agent);
                 let status = StatusEvent {
                     event: StatusKind::Assigned,
                     by: None,
                     user: None,
                 };
-                self.commit_conversation(ws, conv, status).await?;
+                match self
+                    .commit_conversation(ws, conv, status, Some(&base))
+                    .await
+                {
+                    // Assigned or closed by someone else meanwhile: leave it be.
+                    Err(e) if e.status == StatusCode::CONFLICT => continue,
+                    other => {
+                        other?;
+                    }
+                }
                 metrics::counter!("switchboard_round_robin_assignments_total").increment(1);
             }
         }

@@ -102,6 +102,15 @@ impl Hub {
 }
 
 impl Sink for Hub {
+    fn conversation(&self, workspace: &str, id: &str) -> Option<crate::model::Conversation> {
+        self.existing(workspace)?
+            .lock()
+            .dir
+            .conversations
+            .get(id)
+            .cloned()
+    }
+
     fn apply(&self, committed: Arc<Committed>) {
         let ws = self.workspace(&committed.workspace);
         let mut state = ws.lock();

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{Change, Committed, Ephemeral, History, Outcome, Sink, Snapshot, Store, StoreError};
-use crate::model::{Id, Message};
+use crate::model::{Conversation, Id, Message};
 
 /// Events kept per conversation for `resume` and history.
 pub const DEFAULT_HISTORY: usize = 1000;
@@ -70,9 +70,24 @@ impl Store for MemoryStore {
         Ok(Vec::new())
     }
 
-    async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
+    async fn commit_if(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+    ) -> Result<Outcome, StoreError> {
         let log = self.log(workspace);
         let mut log = log.lock();
+        if let (Some(base), Change::Conversation { conversation, .. }) = (base, &change) {
+            let sink = self.sink.lock().clone();
+            let current = sink.and_then(|s| s.conversation(workspace, &conversation.id));
+            if current.as_ref() != Some(base) {
+                return Err(StoreError::Conflict(format!(
+                    "conversation {:?} changed meanwhile",
+                    conversation.id
+                )));
+            }
+        }
         if let Change::Message {
             message,
             idempotency_key: Some(key),
@@ -262,5 +277,44 @@ impl Store for MemoryStore {
             }));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::Hub;
+    use crate::store::{StatusEvent, StatusKind};
+
+    fn change(conv: &Conversation) -> Change {
+        Change::Conversation {
+            conversation: conv.clone(),
+            status: StatusEvent {
+                event: StatusKind::Updated,
+                by: None,
+                user: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn commit_if_refuses_a_stale_base() {
+        let store = MemoryStore::default();
+        store.subscribe(Arc::new(Hub::new())).await.unwrap();
+        let v1 = Conversation::new_customer("v1".into(), "w1".into(), "ch".into(), "k".into());
+        store.commit("w1", change(&v1)).await.unwrap();
+        let mut closed = v1.clone();
+        closed.status = crate::model::Status::Closed;
+        store
+            .commit_if("w1", change(&closed), Some(&v1))
+            .await
+            .unwrap();
+        // A second writer that read v1 before the close must start over.
+        let mut assigned = v1.clone();
+        assigned.assignee = Some("s1".into());
+        let stale = store.commit_if("w1", change(&assigned), Some(&v1)).await;
+        assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+        let history = store.history("w1", "v1", 0, 10).await.unwrap();
+        assert_eq!(history.latest_seq, 2, "the refused change stored nothing");
     }
 }

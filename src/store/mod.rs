@@ -181,6 +181,10 @@ pub enum Outcome {
 
 /// Receives committed changes in commit order (the hub).
 pub trait Sink: Send + Sync + 'static {
+    /// The node's current copy of a conversation (for [`Store::commit_if`] on one node).
+    fn conversation(&self, _workspace: &str, _id: &str) -> Option<Conversation> {
+        None
+    }
     fn apply(&self, committed: Arc<Committed>);
     /// Replaces the node's view of one workspace with a stored snapshot: at
     /// start-up, and when the bus lost changes (e.g. a Redis outage; the Redis
@@ -204,6 +208,8 @@ pub enum StoreError {
     Unavailable(String),
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 /// Snapshot of one workspace, as loaded at start-up.
@@ -223,7 +229,18 @@ pub trait Store: Send + Sync + 'static {
     /// Everything stored, per workspace (empty for a fresh memory store).
     async fn load(&self) -> Result<Vec<Snapshot>, StoreError>;
     /// Stores a change durably and returns once it is stored.
-    async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError>;
+    async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
+        self.commit_if(workspace, change, None).await
+    }
+    /// Like [`Store::commit`], but only if the conversation being changed is
+    /// still exactly `base` (optimistic concurrency: read, compute, commit if
+    /// unchanged); otherwise [`StoreError::Conflict`] and nothing is stored.
+    async fn commit_if(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+    ) -> Result<Outcome, StoreError>;
     /// Events of a conversation with `seq > after_seq`, oldest first, at most `limit`.
     async fn history(
         &self,

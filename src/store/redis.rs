@@ -110,7 +110,7 @@ use tokio::task::JoinHandle;
 use super::{
     Change, Committed, Ephemeral, History, Mark, Outcome, Sink, Snapshot, Store, StoreError,
 };
-use crate::model::{Id, Message, WorkspaceSettings, World};
+use crate::model::{Conversation, Id, Message, WorkspaceSettings, World};
 
 /// Bound of every Redis call (connect, command, script).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -133,14 +133,21 @@ const WORKSPACES: &str = "sb:workspaces";
 /// the idempotency record, 8 history length, 9 "1" to clear the directory
 /// (replace import), 10 conversation whose history to drop or "", 11/12/13
 /// history member to redact / its replacement / its score, then quadruples
-/// (op, kind, id, value) with op `hset` | `hdel` | `set`.
-/// Returns `{0, commit, seq}` or `{1, idempotency record}` for a duplicate.
+/// (op, kind, id, value) with op `hset` | `hdel` | `set` | `expect` (a
+/// precondition checked before anything is written: the field must equal value).
+/// Returns `{0, commit, seq}`, `{1, idempotency record}` for a duplicate, or
+/// `{2}` when a precondition failed (nothing written).
 /// Redis refuses the whole script up front when out of memory; none of its
 /// commands can fail on the data it writes, so it never stops half-way.
 pub const COMMIT: &str = r#"
 local p = ARGV[1]
 local conv = ARGV[4]
 local idem = ARGV[5]
+for i = 14, #ARGV, 4 do
+  if ARGV[i] == 'expect' and redis.call('HGET', p .. ARGV[i + 1], ARGV[i + 2]) ~= ARGV[i + 3] then
+    return {2}
+  end
+end
 if idem ~= '' then
   local prev = redis.call('GET', idem)
   if prev then return {1, prev} end
@@ -697,9 +704,22 @@ impl Store for RedisStore {
         Ok(snaps)
     }
 
-    async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
+    async fn commit_if(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+    ) -> Result<Outcome, StoreError> {
         let inner = &self.inner;
-        let plan = inner.plan(workspace, &change).await?;
+        let mut plan = inner.plan(workspace, &change).await?;
+        if let (Some(base), Change::Conversation { conversation, .. }) = (base, &change) {
+            plan.ops.push([
+                "expect".to_owned(),
+                "conversations".to_owned(),
+                conversation.id.clone(),
+                to_json(base)?,
+            ]);
+        }
         let change_json = to_json(&change)?;
         let (idem_key, idem_message) = plan.idempotency.clone().unwrap_or_default();
         let (redact_from, redact_to, redact_seq) = plan.redact.clone().unwrap_or_default();
@@ -731,6 +751,9 @@ impl Store for RedisStore {
                     seq: r.seq,
                 })
             }
+            [Value::Int(2)] => Err(StoreError::Conflict(format!(
+                "conversation changed meanwhile in workspace {workspace:?}"
+            ))),
             [Value::Int(0), n, seq] => {
                 let (Some(n), Some(seq)) = (int(n), int(seq)) else {
                     return Err(corrupt("commit reply", format!("{reply:?}")));
