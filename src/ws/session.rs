@@ -48,6 +48,8 @@ struct Session<S> {
     strikes: u32,
     typing: HashMap<String, Instant>,
     connection_key: String,
+    /// A focus was announced, so closing must clear it.
+    focused: bool,
 }
 
 pub async fn run<S>(
@@ -108,6 +110,7 @@ pub async fn run<S>(
         strikes: 0,
         typing: HashMap::new(),
         connection_key: connection_key.clone(),
+        focused: false,
     };
     let hello = frames::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
     let mut code = match s.ws.send(WsMessage::Text(hello)).await {
@@ -164,7 +167,9 @@ pub async fn run<S>(
     let _ = tokio::time::timeout(Duration::from_secs(2), s.ws.close(Some(frame))).await;
     let last = workspace.lock().disconnect(&user.id, id);
     metrics::gauge!("switchboard_connections").decrement(1.0);
-    let _ = gw.focus(&user, connection_key, None).await;
+    if s.focused {
+        let _ = gw.focus(&user, connection_key, None).await;
+    }
     if last {
         let _ = gw
             .store
@@ -412,6 +417,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 conversation,
             } => {
                 let key = self.connection_key.clone();
+                self.focused |= conversation.is_some();
                 (
                     reference,
                     gw.focus(&self.user, key, conversation).await.map(|_| 0),
