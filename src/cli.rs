@@ -10,7 +10,9 @@ use crate::policy;
 pub fn load_world(path: &Path) -> anyhow::Result<World> {
     let name = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
-    let world: World = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+    let de = &mut serde_json::Deserializer::from_str(&text);
+    let world: World = serde_path_to_error::deserialize(de)
+        .map_err(|e| anyhow::anyhow!("{name}: {}: {}", e.path(), e.inner()))?;
     world
         .validate()
         .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;

@@ -191,7 +191,10 @@ fn dangling_references_name_the_field() {
     ];
     for (json, field) in cases {
         let err = invalid(json);
-        assert!(err.contains(field), "expected {field:?} in {err:?} for {json}");
+        assert!(
+            err.contains(field),
+            "expected {field:?} in {err:?} for {json}"
+        );
     }
 }
 
@@ -212,15 +215,15 @@ fn unknown_enum_values_are_serde_errors() {
             r#"{"channels":[{"id":"c","grants":[{"subject":"role:boss","level":"full"}]}]}"#,
             "role:boss",
         ),
-        (
-            r#"{"channels":[{"id":"c","visibility":"team"}]}"#,
-            "team",
-        ),
+        (r#"{"channels":[{"id":"c","visibility":"team"}]}"#, "team"),
         (r#"{"conversations":[{"id":"v","kind":"email"}]}"#, "email"),
     ];
     for (json, word) in cases {
         let err = parse(json).expect_err(json).to_string();
-        assert!(err.contains(word), "expected {word:?} in {err:?} for {json}");
+        assert!(
+            err.contains(word),
+            "expected {word:?} in {err:?} for {json}"
+        );
     }
 }
 

@@ -4,6 +4,8 @@
 
 pub mod actions;
 
+use std::cell::OnceCell;
+
 use serde::Serialize;
 
 use crate::model::{
@@ -173,42 +175,53 @@ fn chain<'a>(dir: &'a impl Lookup, report: &str, out: &mut Vec<&'a str>) {
 /// A conversation with everything the policy needs about it looked up once,
 /// so that evaluating it for every user of a workspace (an audience) costs a
 /// few comparisons per user instead of lookups and manager-chain walks.
-pub struct Prepared<'a> {
+pub struct Prepared<'a, L: Lookup> {
+    dir: &'a L,
     conv: &'a Conversation,
     contact: Option<&'a Contact>,
     channel: Option<&'a Channel>,
-    /// Teams of the assignee and of the collaborators.
-    member_teams: Vec<&'a str>,
-    /// Everyone who (transitively) manages the assignee or the contact's owner.
-    managers: Vec<&'a str>,
+    /// Teams of the assignee and of the collaborators (computed when first needed).
+    member_teams: OnceCell<Vec<&'a str>>,
+    /// Everyone who (transitively) manages the assignee or the contact's owner
+    /// (computed when first needed).
+    managers: OnceCell<Vec<&'a str>>,
 }
 
-impl<'a> Prepared<'a> {
-    pub fn new(dir: &'a impl Lookup, conv: &'a Conversation) -> Self {
-        let contact = conv.contact.as_deref().and_then(|k| dir.contact(k));
-        let channel = conv.channel.as_deref().and_then(|c| dir.channel(c));
-        let mut member_teams = Vec::new();
-        let mut managers = Vec::new();
-        if conv.kind == ConversationKind::Customer && !conv.private {
-            for id in conv.assignee.iter().chain(conv.collaborators.iter()) {
-                if let Some(m) = dir.user(id) {
-                    member_teams.extend(m.teams.iter().map(String::as_str));
-                }
-            }
-            if let Some(a) = conv.assignee.as_deref() {
-                chain(dir, a, &mut managers);
-            }
-            if let Some(o) = contact.and_then(|k| k.owner.as_deref()) {
-                chain(dir, o, &mut managers);
-            }
-        }
+impl<'a, L: Lookup> Prepared<'a, L> {
+    pub fn new(dir: &'a L, conv: &'a Conversation) -> Self {
         Prepared {
+            dir,
             conv,
-            contact,
-            channel,
-            member_teams,
-            managers,
+            contact: conv.contact.as_deref().and_then(|k| dir.contact(k)),
+            channel: conv.channel.as_deref().and_then(|c| dir.channel(c)),
+            member_teams: OnceCell::new(),
+            managers: OnceCell::new(),
         }
+    }
+
+    fn member_teams(&self) -> &[&'a str] {
+        self.member_teams.get_or_init(|| {
+            let conv = self.conv;
+            conv.assignee
+                .iter()
+                .chain(conv.collaborators.iter())
+                .filter_map(|id| self.dir.user(id))
+                .flat_map(|m| m.teams.iter().map(String::as_str))
+                .collect()
+        })
+    }
+
+    fn managers(&self) -> &[&'a str] {
+        self.managers.get_or_init(|| {
+            let mut out = Vec::new();
+            if let Some(a) = self.conv.assignee.as_deref() {
+                chain(self.dir, a, &mut out);
+            }
+            if let Some(o) = self.contact.and_then(|k| k.owner.as_deref()) {
+                chain(self.dir, o, &mut out);
+            }
+            out
+        })
     }
 
     /// `access(user, conversation)` of POLICY.md, with the deciding rule.
@@ -291,13 +304,13 @@ impl<'a> Prepared<'a> {
             return yes(Rule::ScopeUnassigned);
         }
         if scope >= Scope::Team && user.role == Role::TeamAdmin {
-            let team_hit = self.member_teams.iter().any(|t| user.administers(t))
+            let team_hit = self.member_teams().iter().any(|t| user.administers(t))
                 || conv.waitlist_team().is_some_and(|t| user.administers(t));
             if team_hit {
                 return yes(Rule::TeamAdministration);
             }
         }
-        if self.managers.contains(&user.id.as_str()) {
+        if self.managers().contains(&user.id.as_str()) {
             return yes(Rule::Manager);
         }
         if user.has(Permission::New) && unassigned && self.contact.is_some_and(|k| !k.known) {
