@@ -518,11 +518,150 @@ fn bench_manager_chain(c: &mut Criterion) {
     group.finish();
 }
 
+/// The hub's audience index on the 10,000-user / 100,000-conversation
+/// workspace: the import that builds it (printed once), then the incremental
+/// costs the hub pays per change and per event.
+fn bench_index(c: &mut Criterion) {
+    use std::sync::Arc;
+    use switchboard::hub::{ConnHandle, Control, WorkspaceState};
+    use switchboard::model::{Message, Sender};
+    use switchboard::store::{Change, Committed, StatusEvent, StatusKind};
+
+    let bw = shared_world();
+    let ws = bw.world.users[0].workspace.clone();
+    let mut state = WorkspaceState::new(ws.clone());
+    let commit = |seq, change| Committed {
+        workspace: ws.clone(),
+        seq,
+        change,
+    };
+    let started = std::time::Instant::now();
+    state.apply(&commit(
+        0,
+        Change::Import {
+            world: bw.world.clone(),
+            replace: true,
+        },
+    ));
+    eprintln!(
+        "index: import of the whole workspace took {:?}",
+        started.elapsed()
+    );
+
+    // 1,000 connected agents, with queues drained after each iteration.
+    let mut receivers = Vec::new();
+    for (i, u) in bw
+        .world
+        .users
+        .iter()
+        .filter(|u| u.workspace == ws)
+        .take(1000)
+        .enumerate()
+    {
+        let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
+        state.connect(
+            &u.id,
+            ConnHandle {
+                id: i as u64,
+                tx,
+                control: Arc::new(Control::default()),
+            },
+        );
+        receivers.push(rx);
+    }
+    let drain = |receivers: &mut Vec<tokio::sync::mpsc::Receiver<_>>| {
+        for rx in receivers.iter_mut() {
+            while rx.try_recv().is_ok() {}
+        }
+    };
+    let conv = bw
+        .world
+        .conversations
+        .iter()
+        .find(|c| {
+            c.workspace == ws
+                && c.kind == ConversationKind::Customer
+                && c.assignee.is_none()
+                && c.team.is_none()
+                && !c.private
+        })
+        .cloned()
+        .expect("an unassigned public conversation");
+    let staff: Vec<&User> = bw
+        .world
+        .users
+        .iter()
+        .filter(|u| u.workspace == ws && u.role == Role::Staff && !u.disabled)
+        .take(2)
+        .collect();
+    let mut seq = 1_000_000;
+    let mut group = c.benchmark_group("index");
+    group.sample_size(10);
+    group.bench_function("message_fanout_1000_online", |b| {
+        let message = Message {
+            id: "m".into(),
+            conversation: conv.id.clone(),
+            sender: Sender::Contact(None),
+            body: "hello".into(),
+            ts: 0,
+            client_id: None,
+            meta: None,
+        };
+        b.iter(|| {
+            seq += 1;
+            state.apply(&commit(
+                seq,
+                Change::Message {
+                    message: message.clone(),
+                    idempotency_key: None,
+                },
+            ));
+            drain(&mut receivers);
+        })
+    });
+    group.bench_function("conversation_change_assign", |b| {
+        let mut flip = false;
+        b.iter(|| {
+            flip = !flip;
+            let mut next = conv.clone();
+            next.assignee = Some(staff[usize::from(flip)].id.clone());
+            seq += 1;
+            let status = StatusEvent {
+                event: StatusKind::Assigned,
+                by: None,
+                user: None,
+            };
+            state.apply(&commit(
+                seq,
+                Change::Conversation {
+                    conversation: next,
+                    status,
+                },
+            ));
+            drain(&mut receivers);
+        })
+    });
+    group.bench_function("user_change_view_all", |b| {
+        let mut user = staff[0].clone();
+        b.iter(|| {
+            if user.permissions.contains(&Permission::ViewAll) {
+                user.permissions.retain(|p| *p != Permission::ViewAll);
+            } else {
+                user.permissions.push(Permission::ViewAll);
+            }
+            state.apply(&commit(0, Change::UpsertUser { user: user.clone() }));
+            drain(&mut receivers);
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_decide,
     bench_audience,
     bench_inbox,
-    bench_manager_chain
+    bench_manager_chain,
+    bench_index
 );
 criterion_main!(benches);

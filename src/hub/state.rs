@@ -17,13 +17,13 @@ use std::time::Instant;
 use super::audience::{Audience, Slot};
 use super::conn::{close, ConnHandle, Frame, Outbound};
 use super::frames;
-use super::inbox::{designated, in_view, Activity, Filter, Inbox, View};
+use super::inbox::{designated, in_view, Activity, Filter, Inbox, UserMarks, View};
 use crate::model::{
     Conversation, Directory, Id, Lookup, Message, Permission, Sender, Status, User,
     WorkspaceSettings,
 };
 use crate::policy::{self, Access};
-use crate::store::{Change, Committed, Ephemeral, Mark, StatusEvent, StatusKind};
+use crate::store::{Change, Committed, Ephemeral, Mark, StatusEvent, StatusKind, StoredMarks};
 
 #[derive(Default)]
 pub struct ConvEntry {
@@ -90,6 +90,37 @@ impl WorkspaceState {
         if let Some(e) = self.convs.get_mut(conversation) {
             e.seq = e.seq.max(seq);
         }
+    }
+
+    /// Sets a conversation's last message (start-up and resync from
+    /// storage); what the node saw live wins if it is newer.
+    pub fn restore_activity(&mut self, conversation: &str, activity: Activity) {
+        if let Some(e) = self.convs.get_mut(conversation) {
+            if activity.last_message_seq >= e.activity.last_message_seq {
+                e.activity = activity;
+            }
+        }
+    }
+
+    /// Replaces every user's marks with stored ones (after the activity is
+    /// restored: a conversation hidden before its last message is not hidden).
+    pub fn restore_marks(&mut self, marks: Vec<StoredMarks>) {
+        let mut stored = Vec::with_capacity(marks.len());
+        for m in marks {
+            let last = self
+                .convs
+                .get(&m.conversation)
+                .map_or(0, |e| e.activity.last_message_seq);
+            let slot = self.slot(&m.user);
+            let marks = UserMarks {
+                read_seq: m.read_seq,
+                muted: m.muted,
+                hidden: m.hidden_at.is_some_and(|at| last <= at),
+                archived: m.archived,
+            };
+            stored.push((slot, m.conversation, marks));
+        }
+        self.inbox.restore(stored);
     }
 
     pub fn seq(&self, conversation: &str) -> u64 {
@@ -187,15 +218,15 @@ impl WorkspaceState {
 
     /// The audience of a conversation over every user of the workspace.
     fn evaluate(&self, conv: &Conversation) -> Audience {
-        let prepared = policy::Prepared::new(&self.dir, conv);
-        Audience::from_sorted(self.slot_ids.iter().enumerate().map(|(s, id)| {
-            let access = self
-                .dir
-                .users
-                .get(id)
-                .map_or(Access::None, |u| prepared.decide(u).access);
-            (s as Slot, access)
-        }))
+        evaluate_with(&self.dir, &self.users_by_slot(), conv)
+    }
+
+    /// Every slot's user (`None` once deleted), looked up once for a batch of evaluations.
+    fn users_by_slot(&self) -> Vec<Option<&User>> {
+        self.slot_ids
+            .iter()
+            .map(|id| self.dir.users.get(id))
+            .collect()
     }
 
     /// Re-evaluates one conversation for everyone and tells online users who
@@ -671,12 +702,7 @@ impl WorkspaceState {
                 }
             }
         }
-        let ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
-        for id in ids {
-            let Some(conv) = self.dir.conversations.get(&id) else {
-                continue;
-            };
-            let new = self.evaluate(conv);
+        for (id, new) in self.evaluate_all() {
             let entry = self.convs.entry(id.clone()).or_default();
             entry.audience = new;
             let seq = entry.seq;
@@ -684,6 +710,31 @@ impl WorkspaceState {
             let old = before.get(&id).unwrap_or(&empty).clone();
             self.notify_diff(&id, seq, &old, None);
         }
+    }
+
+    /// Audiences of every conversation: O(U × C), spread over the cores.
+    fn evaluate_all(&self) -> Vec<(Id, Audience)> {
+        let users = self.users_by_slot();
+        let convs: Vec<&Conversation> = self.dir.conversations.values().collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = convs.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = convs
+                .chunks(chunk)
+                .map(|part| {
+                    let (dir, users) = (&self.dir, &users);
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|c| (c.id.clone(), evaluate_with(dir, users, c)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        })
     }
 
     /// The user plus everyone who reports to them, directly or not.
@@ -730,19 +781,29 @@ impl WorkspaceState {
             .as_ref()
             .map(|_| self.with_reports(&id))
             .unwrap_or_default();
-        let conv_ids: Vec<Id> = self.dir.conversations.keys().cloned().collect();
-        for cid in conv_ids {
-            let Some(conv) = self.dir.conversations.get(&cid) else {
-                continue;
-            };
-            if self.names_any(conv, &related) {
-                self.refresh_conversation(&cid);
-                continue;
+        // One pass that only reads, so unchanged conversations cost no allocation.
+        let mut refresh: Vec<Id> = Vec::new();
+        let mut changed: Vec<(Id, Access)> = Vec::new();
+        if let Some(u) = self.dir.users.get(&id) {
+            for (cid, conv) in &self.dir.conversations {
+                if self.names_any(conv, &related) {
+                    refresh.push(cid.clone());
+                    continue;
+                }
+                let access = policy::access(&self.dir, u, conv);
+                let old = self
+                    .convs
+                    .get(cid)
+                    .map_or(Access::None, |e| e.audience.get(slot));
+                if access != old {
+                    changed.push((cid.clone(), access));
+                }
             }
-            let Some(u) = self.dir.users.get(&id) else {
-                continue;
-            };
-            let access = policy::access(&self.dir, u, conv);
+        }
+        for cid in refresh {
+            self.refresh_conversation(&cid);
+        }
+        for (cid, access) in changed {
             let entry = self.convs.entry(cid.clone()).or_default();
             let old = entry.audience.set(slot, access);
             if old.can_read() != access.can_read() {
@@ -904,4 +965,13 @@ impl WorkspaceState {
             self.notify(s, "new_message", cid, seq, Some(message));
         }
     }
+}
+
+/// The audience of a conversation over `users` (indexed by slot).
+fn evaluate_with(dir: &Directory, users: &[Option<&User>], conv: &Conversation) -> Audience {
+    let prepared = policy::Prepared::new(dir, conv);
+    Audience::from_sorted(users.iter().enumerate().map(|(s, u)| {
+        let access = u.map_or(Access::None, |u| prepared.decide(u).access);
+        (s as Slot, access)
+    }))
 }
