@@ -81,9 +81,15 @@ impl From<StoreError> for ApiError {
             StoreError::Unavailable(m) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
-                format!("storage unavailable, nothing was stored; retry later ({m})"),
+                format!(
+                    "storage unavailable; the change may or may not have been stored: \
+                     retry later (with the same Idempotency-Key, a retry stores it once) ({m})"
+                ),
             ),
             StoreError::Conflict(m) => ApiError::conflict(format!("{m}; retry")),
+            StoreError::ThreadTaken(c) => ApiError::conflict(format!(
+                "the thread already has an open conversation ({c}); retry"
+            )),
             StoreError::Corrupt(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }

@@ -21,7 +21,7 @@ use crate::model::{
     Status, Subject, User, WorkspaceSettings, World,
 };
 use crate::policy::{self, actions, Access};
-use crate::store::{Change, History, Outcome, StatusEvent, StatusKind, Store};
+use crate::store::{Change, History, Outcome, StatusEvent, StatusKind, Store, StoreError};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -735,7 +735,8 @@ impl Gateway {
     }
 
     /// Routes an inbound customer message to its thread's open conversation,
-    /// opening (and round-robin assigning) a new one when there is none.
+    /// opening (and round-robin assigning) a new one when there is none. A
+    /// closed conversation releases its thread: the next message opens a new one.
     pub async fn inbound(
         &self,
         channel_id: &str,
@@ -790,18 +791,21 @@ impl Gateway {
                 conv.thread = Some(thread.to_owned());
                 conv.team = channel.team.clone();
                 let id = conv.id.clone();
-                self.commit_conversation(
-                    &ws,
-                    conv,
-                    StatusEvent {
+                let change = Change::Conversation {
+                    conversation: conv,
+                    status: StatusEvent {
                         event: StatusKind::Created,
                         by: None,
                         user: None,
                     },
-                    None,
-                )
-                .await?;
-                (id, true)
+                };
+                // Atomic across nodes: of concurrent first messages of a
+                // thread, one opens the conversation, the others join it.
+                match self.store.commit_thread(&ws, change).await {
+                    Ok(_) => (id, true),
+                    Err(StoreError::ThreadTaken(holder)) => (holder, false),
+                    Err(e) => return Err(e.into()),
+                }
             }
         };
         let posted = self

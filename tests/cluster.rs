@@ -7,7 +7,10 @@
 //! posted on another; round robin is shared and fair across nodes; a node
 //! killed with SIGKILL loses nothing for agents who resume elsewhere; a Redis
 //! killed with SIGKILL and restarted: 503 meanwhile, nodes recover by
-//! themselves, nothing acknowledged is lost and nothing is delivered twice.
+//! themselves, nothing acknowledged is lost and nothing is delivered twice;
+//! a node started later has the same inbox (marks, unread figures, order) as
+//! one that saw every change live; concurrent first messages of a thread on
+//! several nodes open exactly one conversation.
 
 mod support;
 
@@ -876,4 +879,471 @@ async fn redis_store_scripts_match_the_reference() {
         .expect("presence");
     assert_eq!(other.online_users("w1").await.expect("online"), ["u1"]);
     assert!(store.ping().await);
+}
+
+/// Sends a client frame with a fresh `ref` and waits for its `ok`.
+async fn request(c: &mut Client, mut frame: Value) {
+    let r = unique("req");
+    frame["ref"] = json!(r);
+    c.send_json(&frame).await;
+    let reply = c.recv_until("the reply", |f| f["ref"] == r.as_str()).await;
+    assert_eq!(reply.last().unwrap()["type"], "ok", "{frame}: {reply:?}");
+}
+
+/// One hash of the cluster's Redis, as stored.
+async fn stored_hash(url: &str, key: &str) -> HashMap<String, String> {
+    let client = ::redis::Client::open(url).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    ::redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL")
+}
+
+/// An agent's marks (read, mute, hide, archive) and every conversation's last
+/// message, made on node 0, reach a node started afterwards: the same inbox
+/// snapshot (views, order, marks, unread figures) as on a node that saw every
+/// change live, and notifications there honour the mute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbox_state_reaches_a_node_started_later() {
+    let cl = Cluster::start(2, false).await;
+    let conv = |id: &str| json!({"id": id, "channel": "ch1", "contact": "k1", "assignee": "s1"});
+    let world = json!({
+        "users": [{"id": "s1"}],
+        "channels": [{"id": "ch1"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": (["va", "vb", "vc", "vd", "ve", "vf"].map(conv)),
+    });
+    cl.import(&world).await;
+    let mut s1 = cl.node(0).connect("s1", "w1").await;
+    // Customer messages, oldest first (distinct timestamps), through both nodes.
+    for (i, c) in ["vc", "ve", "vc", "vb", "va", "vd"].iter().enumerate() {
+        cl.node(i).post(c, &format!("hi {c} {i}")).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for frame in [
+        json!({"type": "read", "conversation": "vc", "seq": 2}),
+        json!({"type": "read", "conversation": "vc", "seq": 1}), // no step back
+        json!({"type": "mute", "conversation": "vb"}),
+        json!({"type": "mute", "conversation": "va"}),
+        json!({"type": "mute", "conversation": "va", "on": false}),
+        json!({"type": "hide", "conversation": "ve"}),
+        json!({"type": "hide", "conversation": "vd"}),
+        json!({"type": "archive", "conversation": "vf"}),
+    ] {
+        request(&mut s1, frame).await;
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    // s1 answers vd: un-hidden, read, no longer awaiting a reply.
+    let reply = s1.send_message("vd", "answer", Some(&unique("c"))).await;
+    assert_eq!(reply.last().unwrap()["type"], "ack", "{reply:?}");
+    until(LONG, "node 1 applied the answer", || async {
+        cl.node(1).conversation("vd").await["seq"] == 2
+    })
+    .await;
+
+    let url = cl.redis.url();
+    let late = Server::start_with(&[
+        ("SWITCHBOARD_REDIS_URL", url.as_str()),
+        ("SWITCHBOARD_NODE_ID", "node-late"),
+    ])
+    .await;
+    let mut on_late = late.connect("s1", "w1").await;
+    let inbox = on_late.inbox.clone().expect("inbox snapshot");
+    let live = cl.node(1).connect("s1", "w1").await;
+    assert_eq!(
+        Some(&inbox),
+        live.inbox.as_ref(),
+        "the late node's inbox differs from the live one"
+    );
+    // And it is the expected one (not merely equal).
+    let ids = |view: &str| -> Vec<&str> {
+        inbox["views"][view]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["conversation"]["id"].as_str().unwrap())
+            .collect()
+    };
+    assert_eq!(ids("all"), ["vd", "va", "vb", "vc"], "{inbox:#}");
+    assert_eq!(ids("archived"), ["vf"], "{inbox:#}");
+    assert_eq!(
+        (&inbox["unread"], &inbox["my_unread"]),
+        (&json!(3), &json!(4))
+    );
+    let item = |id: &str| -> Value {
+        inbox["views"]["all"]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["conversation"]["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let (va, vb, vc, vd) = (item("va"), item("vb"), item("vc"), item("vd"));
+    assert_eq!(
+        (&va["marks"]["muted"], &vb["marks"]["muted"]),
+        (&json!(false), &json!(true))
+    );
+    assert_eq!(
+        (&vc["marks"]["read_seq"], &vc["unread"]),
+        (&json!(2), &json!(false))
+    );
+    assert_eq!(
+        (
+            &vd["marks"]["read_seq"],
+            &vd["marks"]["hidden"],
+            &vd["awaiting_reply"]
+        ),
+        (&json!(2), &json!(false), &json!(false))
+    );
+    assert_eq!(
+        (&va["awaiting_reply"], &va["unread"]),
+        (&json!(true), &json!(true))
+    );
+
+    // Live on the late node: the muted vb notifies nothing, va does.
+    cl.node(1).post("vb", "muted").await;
+    cl.node(0).post("va", "not muted").await;
+    let frames = collect_until(&mut on_late, "the notification of va", |f| {
+        f.iter()
+            .any(|f| f["type"] == "notification" && f["conversation"] == "va")
+    })
+    .await;
+    let notes: Vec<&Value> = frames
+        .iter()
+        .filter(|f| f["type"] == "notification")
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:#?}");
+    assert_eq!(
+        (&notes[0]["unread"], &notes[0]["my_unread"]),
+        (&json!(3), &json!(4))
+    );
+    assert!(
+        messages(&frames).iter().any(|m| m["conversation"] == "vb"),
+        "{frames:#?}"
+    );
+}
+
+/// The first message of a new thread arrives 20 times at once, spread over
+/// three nodes: exactly one conversation is opened, holding all 20 messages.
+/// Closing it releases the thread (the next burst opens one new conversation),
+/// and so does deleting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_conversation_per_thread_across_nodes() {
+    let cl = Cluster::start(3, false).await;
+    let world = json!({
+        "users": [{"id": "s1"}],
+        "channels": [{"id": "ch1"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": []
+    });
+    cl.import(&world).await;
+    let url = cl.redis.url();
+    let cl = &cl;
+    let burst = |n: usize, round: &'static str| async move {
+        let answers = join_all((0..n).map(|i| async move {
+            cl.node(i)
+                .inbound("ch1", "+1555", json!("k1"), &format!("{round}-{i}"))
+                .await
+        }))
+        .await;
+        let mut convs = HashSet::new();
+        let mut created = 0;
+        for (status, v) in &answers {
+            assert_eq!(*status, StatusCode::CREATED, "{v}");
+            convs.insert(v["conversation"].as_str().unwrap().to_owned());
+            created += usize::from(v["created"] == true);
+        }
+        assert_eq!(
+            convs.len(),
+            1,
+            "{round}: several conversations: {answers:?}"
+        );
+        assert_eq!(created, 1, "{round}: {answers:?}");
+        let conv = convs.into_iter().next().unwrap();
+        let h = cl
+            .node(2)
+            .admin_ok(
+                Method::GET,
+                &format!("/conversations/{conv}/messages?limit=1000"),
+                None,
+            )
+            .await;
+        let mut bodies: Vec<String> = messages(h["events"].as_array().unwrap())
+            .iter()
+            .map(|m| m["message"]["body"].as_str().unwrap().to_owned())
+            .collect();
+        bodies.sort();
+        let mut want: Vec<String> = (0..n).map(|i| format!("{round}-{i}")).collect();
+        want.sort();
+        assert_eq!(bodies, want, "{round}: messages of {conv}");
+        conv
+    };
+    let field = "3:ch1+1555";
+    let threads_key = "sb:{w1}:threads";
+
+    // Open the HTTP connections first, so that the burst arrives at once.
+    join_all((0..20).map(|i| async move {
+        let n = cl.node(i);
+        n.http.get(n.url("/healthz")).send().await.expect("healthz");
+    }))
+    .await;
+    let first = burst(20, "first").await;
+    assert_eq!(
+        stored_hash(&url, threads_key).await,
+        HashMap::from([(field.to_owned(), first.clone())])
+    );
+    let stored = stored_hash(&url, "sb:{w1}:conversations").await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+
+    cl.node(0)
+        .admin_ok(Method::POST, &format!("/conversations/{first}/close"), None)
+        .await;
+    assert!(stored_hash(&url, threads_key).await.is_empty());
+    let second = burst(9, "second").await;
+    assert_ne!(first, second);
+    assert_eq!(
+        stored_hash(&url, threads_key).await,
+        HashMap::from([(field.to_owned(), second.clone())])
+    );
+    assert_eq!(cl.node(1).conversation(&first).await["status"], "closed");
+
+    cl.node(1)
+        .admin_ok(Method::DELETE, &format!("/conversations/{second}"), None)
+        .await;
+    assert!(stored_hash(&url, threads_key).await.is_empty());
+}
+
+/// The commit script's bookkeeping against a private Redis, read back by a
+/// second store's `load`: marks (read only forward, own messages read, hide
+/// undone by a later message, mute off, the first stored JSON format) and
+/// last messages; the thread map (claim, refusal, move, close, delete, a
+/// stale entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_keeps_inbox_state_and_the_thread_map() {
+    use switchboard::model::{Conversation, Status};
+    use switchboard::store::{
+        redis::RedisStore, Activity, Change, Committed, Mark, Sink, StatusEvent, StatusKind, Store,
+        StoreError, StoredMarks,
+    };
+
+    /// Commits return once applied through the bus: a sink is needed.
+    struct Nothing;
+    impl Sink for Nothing {
+        fn apply(&self, _: Arc<Committed>) {}
+    }
+
+    let redis = Redis::start(false);
+    let url = redis.url();
+    let store = RedisStore::connect(&url, "node-a", 100)
+        .await
+        .expect("connect");
+    store.subscribe(Arc::new(Nothing)).await.expect("subscribe");
+    let world = json!({
+        "users": [{"id": "u1"}, {"id": "u\nx"}],
+        "channels": [{"id": "ch1"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": (["v1", "v2", "v3"].map(|id| json!({"id": id, "channel": "ch1", "contact": "k1"}))),
+    });
+    let world = serde_json::from_value(world).expect("world");
+    store
+        .commit(
+            "w1",
+            Change::Import {
+                world,
+                replace: true,
+            },
+        )
+        .await
+        .expect("import");
+    let message = |conv: &str, sender: Value, ts: u64| -> Change {
+        let m = json!({"id": unique("m"), "conversation": conv, "sender": sender, "body": "b", "ts": ts});
+        Change::Message {
+            message: serde_json::from_value(m).expect("message"),
+            idempotency_key: None,
+        }
+    };
+    let customer = json!({"kind": "contact", "id": "k1"});
+    let agent = json!({"kind": "user", "id": "u1"});
+    let mark = |user: &str, conv: &str, mark: Mark| Change::Mark {
+        user: user.into(),
+        conversation: conv.into(),
+        mark,
+    };
+    for change in [
+        message("v1", customer.clone(), 10),
+        message("v1", customer.clone(), 11),
+        mark("u1", "v1", Mark::Read { seq: 2 }),
+        mark("u1", "v1", Mark::Read { seq: 1 }),
+        mark("u1", "v1", Mark::Hide { on: true }),
+        mark("u1", "v1", Mark::Mute { on: true }),
+        message("v2", agent.clone(), 20),
+        mark("u1", "v2", Mark::Hide { on: true }),
+        mark("u1", "v2", Mark::Mute { on: true }),
+        mark("u1", "v2", Mark::Mute { on: false }),
+        message("v2", customer.clone(), 30),
+        mark("u\nx", "v3", Mark::Archive { on: true }),
+        mark("u\nx", "gone", Mark::Archive { on: true }),
+    ] {
+        store.commit("w1", change).await.expect("commit");
+    }
+    // A mark in the format first stored (the change JSON).
+    let legacy = json!({"op": "mark", "user": "u1", "conversation": "v3", "mark": {"mark": "mute", "on": true}});
+    let client = ::redis::Client::open(url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let () = ::redis::cmd("HSET")
+        .arg("sb:{w1}:marks")
+        .arg("u1\nv3\nmute")
+        .arg(legacy.to_string())
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+
+    let other = RedisStore::connect(&url, "node-b", 100)
+        .await
+        .expect("connect");
+    let snaps = other.load().await.expect("load");
+    other.subscribe(Arc::new(Nothing)).await.expect("subscribe");
+    let snap = snaps.iter().find(|s| s.workspace == "w1").expect("w1");
+    let activity = |seq, awaiting_reply, last_ts| Activity {
+        last_message_seq: seq,
+        awaiting_reply,
+        last_ts,
+    };
+    assert_eq!(
+        snap.activity,
+        [
+            ("v1".to_owned(), activity(2, true, 11)),
+            ("v2".to_owned(), activity(2, true, 30))
+        ]
+    );
+    let marks = |user: &str, conv: &str| StoredMarks {
+        user: user.into(),
+        conversation: conv.into(),
+        ..StoredMarks::default()
+    };
+    assert_eq!(
+        snap.marks,
+        [
+            StoredMarks {
+                archived: true,
+                ..marks("u\nx", "v3")
+            },
+            StoredMarks {
+                read_seq: 2,
+                muted: true,
+                hidden_at: Some(2),
+                ..marks("u1", "v1")
+            },
+            StoredMarks {
+                read_seq: 1,
+                hidden_at: Some(1),
+                ..marks("u1", "v2")
+            },
+            StoredMarks {
+                muted: true,
+                ..marks("u1", "v3")
+            },
+        ]
+    );
+
+    // The thread map.
+    let threads = || async {
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let h: HashMap<String, String> = ::redis::cmd("HGETALL")
+            .arg("sb:{w1}:threads")
+            .query_async(&mut conn)
+            .await
+            .expect("HGETALL");
+        h
+    };
+    let conv = |id: &str, thread: &str, status: Status| {
+        let mut c = Conversation::new_customer(id.into(), "w1".into(), "ch1".into(), "k1".into());
+        c.thread = Some(thread.into());
+        c.status = status;
+        Change::Conversation {
+            conversation: c,
+            status: StatusEvent {
+                event: StatusKind::Updated,
+                by: None,
+                user: None,
+            },
+        }
+    };
+    let held = |r: Result<_, StoreError>| match r {
+        Err(StoreError::ThreadTaken(h)) => h,
+        other => panic!("expected ThreadTaken, got {:?}", other.map(|_| ())),
+    };
+    store
+        .commit_thread("w1", conv("x1", "t", Status::Open))
+        .await
+        .expect("claim");
+    assert_eq!(
+        held(
+            store
+                .commit_thread("w1", conv("x2", "t", Status::Open))
+                .await
+        ),
+        "x1"
+    );
+    assert_eq!(
+        held(
+            other
+                .commit_thread("w1", conv("x2", "t", Status::Open))
+                .await
+        ),
+        "x1"
+    );
+    // x1 moves to thread t2: t is free again.
+    store
+        .commit("w1", conv("x1", "t2", Status::Open))
+        .await
+        .expect("move");
+    other
+        .commit_thread("w1", conv("x2", "t", Status::Open))
+        .await
+        .expect("claim");
+    assert_eq!(
+        threads().await,
+        HashMap::from([
+            ("3:ch1t".into(), "x2".into()),
+            ("3:ch1t2".into(), "x1".into())
+        ])
+    );
+    store
+        .commit("w1", conv("x1", "t2", Status::Closed))
+        .await
+        .expect("close");
+    store
+        .commit("w1", Change::DeleteConversation { id: "x2".into() })
+        .await
+        .expect("delete");
+    assert!(threads().await.is_empty());
+    // A stale entry (its conversation is gone) does not hold the thread.
+    let () = ::redis::cmd("HSET")
+        .arg("sb:{w1}:threads")
+        .arg("3:ch1t")
+        .arg("ghost")
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    store
+        .commit_thread("w1", conv("x3", "t", Status::Open))
+        .await
+        .expect("claim over a stale entry");
+    assert_eq!(
+        threads().await,
+        HashMap::from([("3:ch1t".into(), "x3".into())])
+    );
 }

@@ -29,15 +29,7 @@ impl UserMarks {
     }
 }
 
-/// What the hub tracks of a conversation's messages.
-#[derive(Clone, Debug, Default)]
-pub struct Activity {
-    pub last_message_seq: u64,
-    /// The last message came from the customer: unanswered.
-    pub awaiting_reply: bool,
-    /// Milliseconds since the epoch of the last message (views sort by it).
-    pub last_ts: u64,
-}
+pub use crate::store::Activity;
 
 #[derive(Default)]
 pub struct Inbox {
@@ -60,6 +52,24 @@ impl Inbox {
             .entry(conv.to_owned())
             .or_default()
             .apply(mark);
+    }
+
+    /// Replaces the marks with stored ones (start-up and resync): mute, hide
+    /// and archive become exactly the stored ones (none where nothing is
+    /// stored); read positions only move forward.
+    pub fn restore(&mut self, stored: impl IntoIterator<Item = (Slot, Id, UserMarks)>) {
+        for u in self.marks.values_mut().flat_map(|m| m.values_mut()) {
+            u.muted = false;
+            u.hidden = false;
+            u.archived = false;
+        }
+        for (slot, conv, s) in stored {
+            let u = self.marks.entry(slot).or_default().entry(conv).or_default();
+            u.read_seq = u.read_seq.max(s.read_seq);
+            u.muted = s.muted;
+            u.hidden = s.hidden;
+            u.archived = s.archived;
+        }
     }
 
     /// A new message un-hides the conversation for everyone who hid it.

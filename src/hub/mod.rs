@@ -111,6 +111,13 @@ impl Sink for Hub {
             .cloned()
     }
 
+    fn thread(&self, workspace: &str, channel: &str, thread: &str) -> Option<String> {
+        self.existing(workspace)?
+            .lock()
+            .thread(channel, thread)
+            .cloned()
+    }
+
     fn apply(&self, committed: Arc<Committed>) {
         let ws = self.workspace(&committed.workspace);
         let mut state = ws.lock();
@@ -147,5 +154,131 @@ impl Sink for Hub {
         for (conv, seq) in snapshot.seqs {
             state.restore_seq(&conv, seq);
         }
+        for (conv, activity) in snapshot.activity {
+            state.restore_activity(&conv, activity);
+        }
+        state.restore_marks(snapshot.marks);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::inbox::{Filter, View};
+    use crate::store::{Activity, Mark, StoredMarks};
+
+    fn snapshot(marks: Vec<StoredMarks>) -> Snapshot {
+        let world = serde_json::json!({
+            "users": [{"id": "u1"}],
+            "channels": [{"id": "ch"}],
+            "contacts": [{"id": "k"}],
+            "conversations": [
+                {"id": "v1", "channel": "ch", "contact": "k", "assignee": "u1"},
+                {"id": "v2", "channel": "ch", "contact": "k", "assignee": "u1"},
+                {"id": "v3", "channel": "ch", "contact": "k", "assignee": "u1"}
+            ]
+        });
+        let activity = |seq, awaiting_reply, last_ts| Activity {
+            last_message_seq: seq,
+            awaiting_reply,
+            last_ts,
+        };
+        Snapshot {
+            workspace: "w1".into(),
+            world: serde_json::from_value(world).expect("world"),
+            settings: None,
+            seqs: vec![("v1".into(), 5), ("v2".into(), 3), ("v3".into(), 4)],
+            activity: vec![
+                ("v1".into(), activity(5, true, 100)),
+                ("v2".into(), activity(3, true, 300)),
+                ("v3".into(), activity(4, false, 200)),
+            ],
+            marks,
+        }
+    }
+
+    fn marks(conv: &str) -> StoredMarks {
+        StoredMarks {
+            user: "u1".into(),
+            conversation: conv.into(),
+            ..StoredMarks::default()
+        }
+    }
+
+    /// (conversation, read_seq, muted, hidden) of the `all` view, in order.
+    fn all_view(hub: &Hub) -> Vec<(String, u64, bool, bool)> {
+        let ws = hub.workspace("w1");
+        let state = ws.lock();
+        let (items, _, _) = state.view("u1", View::All, &Filter::default(), 0, 10);
+        items
+            .iter()
+            .map(|i| {
+                (
+                    i["conversation"]["id"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    i["marks"]["read_seq"].as_u64().unwrap_or_default(),
+                    i["marks"]["muted"] == true,
+                    i["marks"]["hidden"] == true,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn restore_brings_back_activity_and_marks() {
+        let hub = Hub::new();
+        let stored = vec![
+            StoredMarks {
+                read_seq: 5,
+                muted: true,
+                ..marks("v1")
+            },
+            // Hidden at seq 2, message 3 came later: visible.
+            StoredMarks {
+                hidden_at: Some(2),
+                ..marks("v2")
+            },
+            // Hidden after its last message: hidden.
+            StoredMarks {
+                hidden_at: Some(4),
+                read_seq: 4,
+                ..marks("v3")
+            },
+        ];
+        hub.restore(snapshot(stored));
+        assert_eq!(
+            all_view(&hub),
+            [
+                ("v2".to_owned(), 0, false, false),
+                ("v1".to_owned(), 5, true, false)
+            ]
+        );
+        // v2 is unread; v1 and v2 await a reply.
+        assert_eq!(hub.workspace("w1").lock().unread("u1"), (1, 2));
+
+        // A resync replaces mute/hide/archive; read positions only move forward.
+        hub.apply(Arc::new(Committed {
+            workspace: "w1".into(),
+            seq: 0,
+            change: Change::Mark {
+                user: "u1".into(),
+                conversation: "v2".into(),
+                mark: Mark::Read { seq: 3 },
+            },
+        }));
+        hub.restore(snapshot(vec![StoredMarks {
+            read_seq: 1,
+            ..marks("v1")
+        }]));
+        assert_eq!(
+            all_view(&hub),
+            [
+                ("v2".to_owned(), 3, false, false),
+                ("v3".to_owned(), 4, false, false),
+                ("v1".to_owned(), 5, false, false)
+            ]
+        );
     }
 }

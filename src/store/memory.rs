@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{Change, Committed, Ephemeral, History, Outcome, Sink, Snapshot, Store, StoreError};
-use crate::model::{Conversation, Id, Message};
+use crate::model::{Conversation, Id, Message, Status};
 
 /// Events kept per conversation for `resume` and history.
 pub const DEFAULT_HISTORY: usize = 1000;
@@ -51,41 +51,42 @@ impl MemoryStore {
             .or_default()
             .clone()
     }
-}
 
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::new(DEFAULT_HISTORY)
-    }
-}
-
-#[async_trait]
-impl Store for MemoryStore {
-    async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError> {
-        *self.sink.lock() = Some(sink);
-        Ok(())
-    }
-
-    async fn load(&self) -> Result<Vec<Snapshot>, StoreError> {
-        Ok(Vec::new())
-    }
-
-    async fn commit_if(
+    /// A commit; with `base`, only if the conversation is still `base`; with
+    /// `thread`, only if no other open conversation holds its thread. The
+    /// hub (the sink) is the reference for both: it applies every commit
+    /// while the workspace's log is locked, so it is current here.
+    fn commit_checked(
         &self,
         workspace: &str,
         change: Change,
         base: Option<&Conversation>,
+        thread: bool,
     ) -> Result<Outcome, StoreError> {
         let log = self.log(workspace);
         let mut log = log.lock();
+        let sink = self.sink.lock().clone();
         if let (Some(base), Change::Conversation { conversation, .. }) = (base, &change) {
-            let sink = self.sink.lock().clone();
-            let current = sink.and_then(|s| s.conversation(workspace, &conversation.id));
+            let current = sink
+                .as_ref()
+                .and_then(|s| s.conversation(workspace, &conversation.id));
             if current.as_ref() != Some(base) {
                 return Err(StoreError::Conflict(format!(
                     "conversation {:?} changed meanwhile",
                     conversation.id
                 )));
+            }
+        }
+        if let (true, Change::Conversation { conversation, .. }) = (thread, &change) {
+            if let (Some(ch), Some(t), Status::Open) = (
+                &conversation.channel,
+                &conversation.thread,
+                conversation.status,
+            ) {
+                let holder = sink.as_ref().and_then(|s| s.thread(workspace, ch, t));
+                if let Some(holder) = holder.filter(|h| h != &conversation.id) {
+                    return Err(StoreError::ThreadTaken(holder));
+                }
             }
         }
         if let Change::Message {
@@ -159,12 +160,42 @@ impl Store for MemoryStore {
                 h.pop_front();
             }
         }
-        let sink = self.sink.lock().clone();
         if let Some(sink) = sink {
             // Still holding the log lock: apply order = commit order.
             sink.apply(committed.clone());
         }
         Ok(Outcome::Stored(committed))
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new(DEFAULT_HISTORY)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError> {
+        *self.sink.lock() = Some(sink);
+        Ok(())
+    }
+
+    async fn load(&self) -> Result<Vec<Snapshot>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn commit_if(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+    ) -> Result<Outcome, StoreError> {
+        self.commit_checked(workspace, change, base, false)
+    }
+
+    async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
+        self.commit_checked(workspace, change, None, true)
     }
 
     async fn history(
@@ -316,5 +347,45 @@ mod tests {
         assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
         let history = store.history("w1", "v1", 0, 10).await.unwrap();
         assert_eq!(history.latest_seq, 2, "the refused change stored nothing");
+    }
+
+    #[tokio::test]
+    async fn commit_thread_refuses_a_held_thread_until_it_is_closed() {
+        let store = MemoryStore::default();
+        store.subscribe(Arc::new(Hub::new())).await.unwrap();
+        let conv = |id: &str| {
+            let mut c = Conversation::new_customer(id.into(), "w1".into(), "ch".into(), "k".into());
+            c.thread = Some("t".into());
+            c
+        };
+        store
+            .commit_thread("w1", change(&conv("v1")))
+            .await
+            .unwrap();
+        let taken = store.commit_thread("w1", change(&conv("v2"))).await;
+        assert!(
+            matches!(&taken, Err(StoreError::ThreadTaken(h)) if h == "v1"),
+            "{taken:?}"
+        );
+        // The holder itself may be updated; another thread is free.
+        store
+            .commit_thread("w1", change(&conv("v1")))
+            .await
+            .unwrap();
+        let mut other = conv("v3");
+        other.thread = Some("t2".into());
+        store.commit_thread("w1", change(&other)).await.unwrap();
+        // Closing releases the thread.
+        let mut closed = conv("v1");
+        closed.status = crate::model::Status::Closed;
+        store.commit("w1", change(&closed)).await.unwrap();
+        store
+            .commit_thread("w1", change(&conv("v2")))
+            .await
+            .unwrap();
+        assert_eq!(
+            store.history("w1", "v2", 0, 10).await.unwrap().latest_seq,
+            1
+        );
     }
 }

@@ -185,11 +185,17 @@ pub trait Sink: Send + Sync + 'static {
     fn conversation(&self, _workspace: &str, _id: &str) -> Option<Conversation> {
         None
     }
+    /// The open conversation of a channel thread, as the node sees it (for
+    /// [`Store::commit_thread`] on one node).
+    fn thread(&self, _workspace: &str, _channel: &str, _thread: &str) -> Option<Id> {
+        None
+    }
     fn apply(&self, committed: Arc<Committed>);
     /// Replaces the node's view of one workspace with a stored snapshot: at
     /// start-up, and when the bus lost changes (e.g. a Redis outage; the Redis
     /// store reloads and calls this for every workspace). Live connections get
-    /// the difference as `access_granted` / `access_revoked`.
+    /// the difference as `access_granted` / `access_revoked`; seqs, last
+    /// messages and every user's marks are taken from the snapshot.
     fn restore(&self, _snapshot: Snapshot) {}
 }
 
@@ -210,6 +216,33 @@ pub enum StoreError {
     Corrupt(String),
     #[error("conflict: {0}")]
     Conflict(String),
+    /// [`Store::commit_thread`]: another open conversation holds the thread.
+    #[error("the thread is held by conversation {0:?}")]
+    ThreadTaken(Id),
+}
+
+/// What the hub tracks of a conversation's messages (restored from storage).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub last_message_seq: u64,
+    /// The last message came from the customer: unanswered.
+    pub awaiting_reply: bool,
+    /// Milliseconds since the epoch of the last message (views sort by it).
+    pub last_ts: u64,
+}
+
+/// A user's stored marks of one conversation (the sum of its [`Change::Mark`]s).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoredMarks {
+    pub user: Id,
+    pub conversation: Id,
+    /// Highest seq read; the user's own messages count as read.
+    pub read_seq: u64,
+    pub muted: bool,
+    pub archived: bool,
+    /// Hidden when the conversation's latest seq was this; a message with a
+    /// higher seq un-hid it (as [`Change::Message`] does live).
+    pub hidden_at: Option<u64>,
 }
 
 /// Snapshot of one workspace, as loaded at start-up.
@@ -220,6 +253,10 @@ pub struct Snapshot {
     pub settings: Option<WorkspaceSettings>,
     /// Latest seq per conversation.
     pub seqs: Vec<(Id, u64)>,
+    /// Last message per conversation (conversations with messages only).
+    pub activity: Vec<(Id, Activity)>,
+    /// Every user's marks, per conversation.
+    pub marks: Vec<StoredMarks>,
 }
 
 #[async_trait]
@@ -241,6 +278,15 @@ pub trait Store: Send + Sync + 'static {
         change: Change,
         base: Option<&Conversation>,
     ) -> Result<Outcome, StoreError>;
+    /// Commits the creation (or update) of an open conversation with a
+    /// `thread` only if no *other* open conversation holds its (channel,
+    /// thread): otherwise [`StoreError::ThreadTaken`] names the holder and
+    /// nothing is stored. Atomic across nodes: of concurrent creations for one
+    /// new thread, exactly one succeeds. (Other commits keep the thread map
+    /// current but never refuse: a thread is released when its conversation
+    /// is closed, deleted or moved to another thread.) When the holder is
+    /// named, this node's sink already knows it.
+    async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError>;
     /// Events of a conversation with `seq > after_seq`, oldest first, at most `limit`.
     async fn history(
         &self,

@@ -12,7 +12,9 @@
 //! | `sb:workspaces` | set | every workspace id ever committed to |
 //! | `sb:{ws}:users` / `:channels` / `:contacts` / `:conversations` | hash | id → entity JSON (world format) |
 //! | `sb:{ws}:settings` | string | workspace settings JSON |
-//! | `sb:{ws}:marks` | hash | `user \n conversation \n mark kind` → the `mark` change JSON (stored; not loaded yet: [`Snapshot`] has no marks) |
+//! | `sb:{ws}:marks` | hash | `user \n conversation \n kind` → `read`: highest seq read (a user's own message counts as read); `hide`: the conversation's latest seq when hidden (a later message un-hides); `mute` / `archive`: `1` (removed when off). Values first stored as the `mark` change JSON are still read |
+//! | `sb:{ws}:activity` | hash | conversation → `seq ts awaiting` of its last message (`awaiting` = 1 if from the customer): unread figures and view order |
+//! | `sb:{ws}:threads` | hash | `{len(channel)}:{channel}{thread}` → the open conversation that routes `POST /v1/inbound` of that thread; claimed atomically when one is opened, released when it is closed, deleted or moved |
 //! | `sb:{ws}:seqs` | hash | conversation → latest seq |
 //! | `sb:{ws}:commits` | string | commit counter of the workspace (orders the bus, see below) |
 //! | `sb:{ws}:h:{conv}` | sorted set | history: score = seq, member = `{"seq":N,"change":…}`, trimmed to exactly `history_len` |
@@ -21,6 +23,12 @@
 //! | `sb:rr:{channel}` | list | round-robin rotation, least recently assigned first |
 //! | `sb:wait:{channel}` | list | FIFO of conversations waiting for an agent |
 //! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
+//!
+//! Marks and activity of a deleted conversation are dropped from snapshots
+//! (their `marks` fields stay until a conversation with that id reappears).
+//! The thread map follows the hub's thread index: one open conversation per
+//! thread; a second open conversation of a thread made through the admin API
+//! does not take it over while the first is open.
 //!
 //! History is a sorted set rather than a stream because a deleted message must
 //! be redacted *in place* (a stream entry cannot be rewritten); the score is
@@ -33,7 +41,13 @@
 //! allocates the conversation's seq (`HINCRBY`), applies the directory
 //! mutation, appends to the history, increments the workspace's commit counter
 //! and `PUBLISH`es the committed change on the workspace's channel — all
-//! atomically, so pub/sub order is commit order on every node. `commit`
+//! atomically, so pub/sub order is commit order on every node. The same
+//! script keeps the per-user marks, each conversation's last message and the
+//! thread map (all loaded into every [`Snapshot`], so a node started later or
+//! resynced after a reconnect has the same inbox figures as one that saw every
+//! change live) and checks the preconditions of [`Store::commit_if`] (the
+//! conversation is unchanged) and [`Store::commit_thread`] (no other open
+//! conversation holds the thread) before writing anything. `commit`
 //! returns once the script succeeded (durable in Redis, as far as Redis's own
 //! persistence settings make it so) **and** the local hub has applied the change
 //! through the bus (read-your-writes for the gateway, which reads the hub right
@@ -65,10 +79,10 @@
 //! to 2 s), subscribes again, reads a fresh snapshot and hands it to the sink
 //! ([`Sink::restore`]): the hub re-imports each workspace as a replace, so
 //! revocations and grants made meanwhile reach live connections as diffs, and
-//! latest seqs are restored. Events committed while the bus was down (while
-//! Redis itself is down nothing commits; this is the window between Redis
-//! answering again and the bus reconnecting, ≤ 2 s, or a bus-only
-//! disconnection) are **not** replayed live: clients see the next event's seq
+//! latest seqs, last messages and marks are restored. Events committed while
+//! the bus was down (while Redis itself is down nothing commits; this is the
+//! window between Redis answering again and the bus reconnecting, ≤ 2 s, or
+//! a bus-only disconnection) are **not** replayed live: clients see the next event's seq
 //! jump and recover the missed ones with `resume` (they are in the history).
 //! Readiness ([`Store::ping`]) is false while the bus is down.
 //!
@@ -88,10 +102,18 @@
 //! # Failure
 //!
 //! Every Redis call is bounded by [`OP_TIMEOUT`]; a call that fails or times
-//! out is [`StoreError::Unavailable`] (HTTP 503 + `Retry-After`). A commit
-//! whose reply is lost after Redis executed it is reported unavailable although
-//! stored: clients that retry with an idempotency key get the stored message
-//! back, others may store twice.
+//! out is [`StoreError::Unavailable`] (HTTP 503 + `Retry-After`).
+//!
+//! A 503 on a commit is **ambiguous**: when the connection drops or the reply
+//! times out after the script was sent, Redis may have executed it — the
+//! change is then stored, published and delivered although the caller was
+//! told "unavailable". Retrying is safe where the change is idempotent: a
+//! message retried with the same `Idempotency-Key` is stored once and the
+//! retry answers with the first message (`duplicate: true`); a retried
+//! `POST /v1/inbound` joins the conversation the first attempt may have
+//! opened (the thread map); marks and conversation commands converge when
+//! repeated (a command recomputes from the current state). A message retried
+//! *without* a key may be stored twice.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -108,9 +130,10 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{
-    Change, Committed, Ephemeral, History, Mark, Outcome, Sink, Snapshot, Store, StoreError,
+    Activity, Change, Committed, Ephemeral, History, Mark, Outcome, Sink, Snapshot, Store,
+    StoreError, StoredMarks,
 };
-use crate::model::{Conversation, Id, Message, WorkspaceSettings, World};
+use crate::model::{Conversation, Id, Message, Sender, Status, WorkspaceSettings, World};
 
 /// Bound of every Redis call (connect, command, script).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
@@ -133,19 +156,50 @@ const WORKSPACES: &str = "sb:workspaces";
 /// the idempotency record, 8 history length, 9 "1" to clear the directory
 /// (replace import), 10 conversation whose history to drop or "", 11/12/13
 /// history member to redact / its replacement / its score, then quadruples
-/// (op, kind, id, value) with op `hset` | `hdel` | `set` | `expect` (a
-/// precondition checked before anything is written: the field must equal value).
-/// Returns `{0, commit, seq}`, `{1, idempotency record}` for a duplicate, or
-/// `{2}` when a precondition failed (nothing written).
+/// (op, kind, id, value), `kind` naming the hash `sb:{ws}:{kind}`:
+/// - `hset` / `hdel` field `id`; `set` the string `kind` to `value`;
+/// - `expect`: precondition, the field must equal `value`;
+/// - `claim` (threads): precondition, the thread field `id` is free, already
+///   `value`'s, or held by a conversation that no longer holds it (gone,
+///   closed, moved); then set to `value`;
+/// - `bind` (threads): the same without the precondition (left alone if held);
+/// - `release` (threads): removes the thread field of the *stored*
+///   conversation `id` if it names `id` (run before the conversation is rewritten);
+/// - `hmax`: sets the field to `value` (`""` = this commit's seq) if higher;
+/// - `hseq`: sets the field to this commit's seq followed by `value`;
+/// - `hlatest`: sets the field to conversation `value`'s latest seq (0 if none).
+///
+/// Returns `{0, commit, seq}`, `{1, idempotency record}` for a duplicate,
+/// `{2}` when an `expect` failed, or `{3, holder, commit counter}` when a
+/// `claim` failed (nothing written).
 /// Redis refuses the whole script up front when out of memory; none of its
-/// commands can fail on the data it writes, so it never stops half-way.
+/// commands can fail on the data it writes (stored JSON is decoded under
+/// `pcall`), so it never stops half-way.
 pub const COMMIT: &str = r#"
 local p = ARGV[1]
 local conv = ARGV[4]
 local idem = ARGV[5]
+local function thread_of(raw)
+  if not raw then return nil, false end
+  local ok, c = pcall(cjson.decode, raw)
+  if not ok or type(c) ~= 'table' or type(c.channel) ~= 'string' or type(c.thread) ~= 'string' then
+    return nil, false
+  end
+  return string.len(c.channel) .. ':' .. c.channel .. c.thread, c.status ~= 'closed'
+end
+local function holds(id, field)
+  local f, open = thread_of(redis.call('HGET', p .. 'conversations', id))
+  return open and f == field
+end
 for i = 14, #ARGV, 4 do
-  if ARGV[i] == 'expect' and redis.call('HGET', p .. ARGV[i + 1], ARGV[i + 2]) ~= ARGV[i + 3] then
+  local op = ARGV[i]
+  if op == 'expect' and redis.call('HGET', p .. ARGV[i + 1], ARGV[i + 2]) ~= ARGV[i + 3] then
     return {2}
+  elseif op == 'claim' then
+    local cur = redis.call('HGET', p .. ARGV[i + 1], ARGV[i + 2])
+    if cur and cur ~= ARGV[i + 3] and holds(cur, ARGV[i + 2]) then
+      return {3, cur, tonumber(redis.call('GET', p .. 'commits') or '0')}
+    end
   end
 end
 if idem ~= '' then
@@ -157,7 +211,14 @@ if conv ~= '' then seq = redis.call('HINCRBY', p .. 'seqs', conv, 1) end
 local seqs = string.format('%d', seq)
 if ARGV[9] == '1' then
   for _, c in ipairs(redis.call('HKEYS', p .. 'seqs')) do redis.call('DEL', p .. 'h:' .. c) end
-  redis.call('DEL', p .. 'users', p .. 'channels', p .. 'contacts', p .. 'conversations')
+  redis.call('DEL', p .. 'users', p .. 'channels', p .. 'contacts', p .. 'conversations', p .. 'threads')
+  local keep = {}
+  for i = 14, #ARGV, 4 do
+    if ARGV[i] == 'hset' and ARGV[i + 1] == 'conversations' then keep[ARGV[i + 2]] = true end
+  end
+  for _, c in ipairs(redis.call('HKEYS', p .. 'activity')) do
+    if not keep[c] then redis.call('HDEL', p .. 'activity', c) end
+  end
 end
 if ARGV[10] ~= '' then redis.call('DEL', p .. 'h:' .. ARGV[10]) end
 if ARGV[11] ~= '' and conv ~= '' then
@@ -170,6 +231,25 @@ for i = 14, #ARGV, 4 do
   if op == 'hset' then redis.call('HSET', kind, ARGV[i + 2], ARGV[i + 3])
   elseif op == 'hdel' then redis.call('HDEL', kind, ARGV[i + 2])
   elseif op == 'set' then redis.call('SET', kind, ARGV[i + 3])
+  elseif op == 'claim' then redis.call('HSET', kind, ARGV[i + 2], ARGV[i + 3])
+  elseif op == 'bind' then
+    local cur = redis.call('HGET', kind, ARGV[i + 2])
+    if not cur or cur == ARGV[i + 3] or not holds(cur, ARGV[i + 2]) then
+      redis.call('HSET', kind, ARGV[i + 2], ARGV[i + 3])
+    end
+  elseif op == 'release' then
+    local f = thread_of(redis.call('HGET', p .. 'conversations', ARGV[i + 2]))
+    if f and redis.call('HGET', kind, f) == ARGV[i + 2] then redis.call('HDEL', kind, f) end
+  elseif op == 'hmax' then
+    local v = ARGV[i + 3]
+    if v == '' then v = seqs end
+    local n = tonumber(v)
+    if n and n > (tonumber(redis.call('HGET', kind, ARGV[i + 2]) or '') or -1) then
+      redis.call('HSET', kind, ARGV[i + 2], v)
+    end
+  elseif op == 'hseq' then redis.call('HSET', kind, ARGV[i + 2], seqs .. ARGV[i + 3])
+  elseif op == 'hlatest' then
+    redis.call('HSET', kind, ARGV[i + 2], redis.call('HGET', p .. 'seqs', ARGV[i + 3]) or '0')
   end
 end
 if conv ~= '' then
@@ -320,24 +400,56 @@ struct Plan {
 }
 
 impl Plan {
+    fn op(&mut self, op: &str, kind: &str, id: &str, value: String) {
+        self.ops.push([op.into(), kind.into(), id.into(), value]);
+    }
     fn hset(&mut self, kind: &str, id: &str, value: String) {
-        self.ops
-            .push(["hset".into(), kind.into(), id.into(), value]);
+        self.op("hset", kind, id, value);
     }
     fn hdel(&mut self, kind: &str, id: &str) {
-        self.ops
-            .push(["hdel".into(), kind.into(), id.into(), String::new()]);
+        self.op("hdel", kind, id, String::new());
+    }
+    /// Stores a conversation and keeps the thread map current: its old
+    /// thread is released, an open one bound (`claim`ed by `commit_thread`).
+    fn conversation(&mut self, conv: &Conversation, release: bool) -> Result<(), StoreError> {
+        if release {
+            self.op("release", "threads", &conv.id, String::new());
+        }
+        self.hset("conversations", &conv.id, to_json(conv)?);
+        if let Some(field) = open_thread_field(conv) {
+            self.op("bind", "threads", &field, conv.id.clone());
+        }
+        Ok(())
     }
 }
 
-fn mark_field(user: &str, conversation: &str, mark: &Mark) -> String {
-    let kind = match mark {
+/// Field of `sb:{ws}:marks`.
+fn mark_field(user: &str, conversation: &str, kind: &str) -> String {
+    format!("{user}\n{conversation}\n{kind}")
+}
+
+fn mark_kind(mark: &Mark) -> &'static str {
+    match mark {
         Mark::Read { .. } => "read",
         Mark::Mute { .. } => "mute",
         Mark::Hide { .. } => "hide",
         Mark::Archive { .. } => "archive",
-    };
-    format!("{user}\n{conversation}\n{kind}")
+    }
+}
+
+/// Field of `sb:{ws}:threads`: `{byte length of channel}:{channel}{thread}`
+/// (unambiguous whatever the ids contain; the commit script computes the
+/// same from a stored conversation).
+fn thread_field(channel: &str, thread: &str) -> String {
+    format!("{}:{channel}{thread}", channel.len())
+}
+
+/// The thread field an open conversation routes (what the hub's thread index holds).
+fn open_thread_field(conv: &Conversation) -> Option<String> {
+    match (&conv.channel, &conv.thread, conv.status) {
+        (Some(ch), Some(t), Status::Open) => Some(thread_field(ch, t)),
+        _ => None,
+    }
 }
 
 struct Scripts {
@@ -484,8 +596,20 @@ impl Inner {
                 Option<String>,
                 HashMap<String, u64>,
                 Option<u64>,
+                HashMap<String, String>,
+                HashMap<String, String>,
             );
-            let (users, channels, contacts, conversations, settings, seqs, commits): Raw = bounded(
+            let (
+                users,
+                channels,
+                contacts,
+                conversations,
+                settings,
+                seqs,
+                commits,
+                activity,
+                marks,
+            ): Raw = bounded(
                 redis::pipe()
                     .atomic()
                     .hvals(format!("{p}users"))
@@ -495,6 +619,8 @@ impl Inner {
                     .get(format!("{p}settings"))
                     .hgetall(format!("{p}seqs"))
                     .get(format!("{p}commits"))
+                    .hgetall(format!("{p}activity"))
+                    .hgetall(format!("{p}marks"))
                     .query_async(&mut conn),
             )
             .await?;
@@ -515,11 +641,15 @@ impl Inner {
             let mut seqs: Vec<(Id, u64)> = seqs.into_iter().collect();
             seqs.sort();
             counters.insert(ws.clone(), commits.unwrap_or(0));
+            let activity = decode_activity(&ws, &world, activity);
+            let marks = decode_marks(&ws, &world, marks);
             snaps.push(Snapshot {
                 workspace: ws,
                 world,
                 settings,
                 seqs,
+                activity,
+                marks,
             });
         }
         Ok((snaps, counters))
@@ -550,6 +680,92 @@ impl Inner {
         }
     }
 
+    /// [`Store::commit_if`], and with `thread` [`Store::commit_thread`].
+    async fn commit(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+        thread: bool,
+    ) -> Result<Outcome, StoreError> {
+        let mut plan = self.plan(workspace, &change).await?;
+        if thread {
+            for op in plan.ops.iter_mut().filter(|op| op[0] == "bind") {
+                op[0] = "claim".into();
+            }
+        }
+        if let (Some(base), Change::Conversation { conversation, .. }) = (base, &change) {
+            plan.ops.push([
+                "expect".to_owned(),
+                "conversations".to_owned(),
+                conversation.id.clone(),
+                to_json(base)?,
+            ]);
+        }
+        let change_json = to_json(&change)?;
+        let (idem_key, idem_message) = plan.idempotency.clone().unwrap_or_default();
+        let (redact_from, redact_to, redact_seq) = plan.redact.clone().unwrap_or_default();
+        let mut inv = self.scripts.commit.key(WORKSPACES);
+        inv.arg(prefix(workspace))
+            .arg(workspace)
+            .arg(&change_json)
+            .arg(plan.seq_conv.as_deref().unwrap_or(""))
+            .arg(&idem_key)
+            .arg(IDEMPOTENCY_TTL_SECS)
+            .arg(&idem_message)
+            .arg(self.history_len)
+            .arg(if plan.replace { "1" } else { "0" })
+            .arg(plan.drop_history.as_deref().unwrap_or(""))
+            .arg(&redact_from)
+            .arg(&redact_to)
+            .arg(redact_seq);
+        for op in &plan.ops {
+            inv.arg(&op[..]);
+        }
+        let mut conn = self.conn();
+        let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn)).await?;
+        match reply.as_slice() {
+            [Value::Int(1), Value::BulkString(record)] => {
+                let r: IdempotencyRecord =
+                    serde_json::from_slice(record).map_err(|e| corrupt("idempotency record", e))?;
+                Ok(Outcome::Duplicate {
+                    message: r.message,
+                    seq: r.seq,
+                })
+            }
+            [Value::Int(2)] => Err(StoreError::Conflict(format!(
+                "conversation changed meanwhile in workspace {workspace:?}"
+            ))),
+            [Value::Int(3), Value::BulkString(holder), n] => {
+                let holder =
+                    String::from_utf8(holder.clone()).map_err(|e| corrupt("thread holder", e))?;
+                // The holder was committed before: let the hub learn of it.
+                if let Some(n) = int(n) {
+                    self.wait_applied(workspace, n).await;
+                }
+                Err(StoreError::ThreadTaken(holder))
+            }
+            [Value::Int(0), n, seq] => {
+                let (Some(n), Some(seq)) = (int(n), int(seq)) else {
+                    return Err(corrupt("commit reply", format!("{reply:?}")));
+                };
+                if !self.wait_applied(workspace, n).await {
+                    tracing::warn!(
+                        workspace,
+                        commit = n,
+                        "stored, but the bus did not deliver it within {APPLY_WAIT:?}"
+                    );
+                }
+                Ok(Outcome::Stored(Arc::new(Committed {
+                    workspace: workspace.to_owned(),
+                    seq,
+                    change,
+                })))
+            }
+            other => Err(corrupt("commit reply", format!("{other:?}"))),
+        }
+    }
+
     /// Builds the script's plan for a change.
     async fn plan(&self, ws: &str, change: &Change) -> Result<Plan, StoreError> {
         let mut plan = Plan {
@@ -569,7 +785,8 @@ impl Inner {
                     plan.hset("contacts", &k.id, to_json(k)?);
                 }
                 for c in world.conversations.iter().filter(|c| c.workspace == ws) {
-                    plan.hset("conversations", &c.id, to_json(c)?);
+                    // A replace clears the thread map first: nothing to release.
+                    plan.conversation(c, !*replace)?;
                 }
             }
             Change::UpsertUser { user } => plan.hset("users", &user.id, to_json(user)?),
@@ -590,21 +807,28 @@ impl Inner {
                     to_json(settings)?,
                 ]);
             }
-            Change::Conversation { conversation, .. } => {
-                plan.hset("conversations", &conversation.id, to_json(conversation)?)
-            }
+            Change::Conversation { conversation, .. } => plan.conversation(conversation, true)?,
             Change::DeleteConversation { id } => {
+                plan.op("release", "threads", id, String::new());
                 plan.hdel("conversations", id);
+                plan.hdel("activity", id);
                 plan.drop_history = Some(id.clone());
             }
             Change::Message {
                 message,
                 idempotency_key,
             } => {
+                let conv = &message.conversation;
                 if let Some(key) = idempotency_key {
-                    let conv = &message.conversation;
                     let k = format!("{}idem:{}:{conv}{key}", prefix(ws), conv.len());
                     plan.idempotency = Some((k, to_json(message)?));
+                }
+                let from_customer = matches!(message.sender, Sender::Contact(_));
+                let activity = format!(" {} {}", message.ts, u8::from(from_customer));
+                plan.op("hseq", "activity", conv, activity);
+                if let Sender::User(u) = &message.sender {
+                    // The hub counts one's own message as read.
+                    plan.op("hmax", "marks", &mark_field(u, conv, "read"), String::new());
                 }
             }
             Change::EditMessage {
@@ -620,11 +844,22 @@ impl Inner {
                 user,
                 conversation,
                 mark,
-            } => plan.hset(
-                "marks",
-                &mark_field(user, conversation, mark),
-                to_json(change)?,
-            ),
+            } => {
+                let field = mark_field(user, conversation, mark_kind(mark));
+                match mark {
+                    Mark::Read { seq } => plan.op("hmax", "marks", &field, seq.to_string()),
+                    Mark::Mute { on: true } | Mark::Archive { on: true } => {
+                        plan.hset("marks", &field, "1".into())
+                    }
+                    // As of the conversation's latest seq: a later message un-hides.
+                    Mark::Hide { on: true } => {
+                        plan.op("hlatest", "marks", &field, conversation.clone())
+                    }
+                    Mark::Mute { on: false }
+                    | Mark::Hide { on: false }
+                    | Mark::Archive { on: false } => plan.hdel("marks", &field),
+                }
+            }
             Change::Ephemeral { .. } => {}
         }
         Ok(plan)
@@ -673,6 +908,119 @@ fn decode_all<T: serde::de::DeserializeOwned>(
         .collect()
 }
 
+/// `sb:{ws}:activity` (`seq ts awaiting`), for the world's conversations;
+/// an unreadable entry is skipped (the next message rewrites it).
+fn decode_activity(ws: &str, world: &World, raw: HashMap<String, String>) -> Vec<(Id, Activity)> {
+    let known: HashSet<&str> = world.conversations.iter().map(|c| c.id.as_str()).collect();
+    let mut out: Vec<(Id, Activity)> = raw
+        .into_iter()
+        .filter(|(conv, _)| known.contains(conv.as_str()))
+        .filter_map(|(conv, v)| {
+            let mut it = v.split(' ').map(str::parse::<u64>);
+            match (it.next(), it.next(), it.next(), it.next()) {
+                (Some(Ok(seq)), Some(Ok(ts)), Some(Ok(flag)), None) => Some((
+                    conv,
+                    Activity {
+                        last_message_seq: seq,
+                        awaiting_reply: flag == 1,
+                        last_ts: ts,
+                    },
+                )),
+                _ => {
+                    tracing::warn!(workspace = ws, conversation = %conv, value = %v, "unreadable stored activity; skipped");
+                    None
+                }
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// `sb:{ws}:marks`, per user and conversation of the world. Values are a
+/// number (`read`: highest seq read; `hide`: the latest seq when hidden;
+/// `mute` / `archive`: present = on) or, as first stored, the `mark` change
+/// JSON. An unreadable entry is skipped.
+fn decode_marks(ws: &str, world: &World, raw: HashMap<String, String>) -> Vec<StoredMarks> {
+    enum Entry {
+        Read(u64),
+        Mute(bool),
+        Archive(bool),
+        HiddenAt(Option<u64>),
+    }
+    let users: HashSet<&str> = world.users.iter().map(|u| u.id.as_str()).collect();
+    let convs: HashSet<&str> = world.conversations.iter().map(|c| c.id.as_str()).collect();
+    let numeric = |field: &str, value: &str| -> Option<(Id, Id, Entry)> {
+        let (pair, kind) = field.rsplit_once('\n')?;
+        // `user \n conversation`: ids may contain a newline, so take the
+        // split that names a known conversation (and user).
+        let splits: Vec<(&str, &str)> = pair
+            .match_indices('\n')
+            .map(|(i, _)| (&pair[..i], &pair[i + 1..]))
+            .filter(|(_, c)| convs.contains(c))
+            .collect();
+        let (user, conv) = splits
+            .iter()
+            .find(|(u, _)| users.contains(u))
+            .or(splits.first())?;
+        let entry = match kind {
+            "read" => Entry::Read(value.parse().ok()?),
+            "hide" => Entry::HiddenAt(Some(value.parse().ok()?)),
+            "mute" => Entry::Mute(true),
+            "archive" => Entry::Archive(true),
+            _ => return None,
+        };
+        Some(((*user).to_owned(), (*conv).to_owned(), entry))
+    };
+    let mut out: HashMap<(Id, Id), StoredMarks> = HashMap::new();
+    for (field, value) in raw {
+        let parsed = if value.starts_with('{') {
+            match serde_json::from_str::<Change>(&value) {
+                Ok(Change::Mark {
+                    user,
+                    conversation,
+                    mark,
+                }) => {
+                    let entry = match mark {
+                        Mark::Read { seq } => Entry::Read(seq),
+                        Mark::Mute { on } => Entry::Mute(on),
+                        Mark::Archive { on } => Entry::Archive(on),
+                        // No seq known: hidden until un-hidden again.
+                        Mark::Hide { on } => Entry::HiddenAt(on.then_some(u64::MAX)),
+                    };
+                    Some((user, conversation, entry))
+                }
+                _ => None,
+            }
+        } else {
+            numeric(&field, &value)
+        };
+        let Some((user, conversation, entry)) = parsed else {
+            tracing::warn!(workspace = ws, field = %field.escape_debug(), value = %value, "unreadable stored mark; skipped");
+            continue;
+        };
+        if !convs.contains(conversation.as_str()) {
+            continue; // deleted conversation
+        }
+        let m = out
+            .entry((user.clone(), conversation.clone()))
+            .or_insert_with(|| StoredMarks {
+                user,
+                conversation,
+                ..StoredMarks::default()
+            });
+        match entry {
+            Entry::Read(seq) => m.read_seq = m.read_seq.max(seq),
+            Entry::Mute(on) => m.muted = on,
+            Entry::Archive(on) => m.archived = on,
+            Entry::HiddenAt(at) => m.hidden_at = at,
+        }
+    }
+    let mut out: Vec<StoredMarks> = out.into_values().collect();
+    out.sort_by(|a, b| (&a.user, &a.conversation).cmp(&(&b.user, &b.conversation)));
+    out
+}
+
 fn int(v: &Value) -> Option<u64> {
     match v {
         Value::Int(i) => u64::try_from(*i).ok(),
@@ -710,69 +1058,11 @@ impl Store for RedisStore {
         change: Change,
         base: Option<&Conversation>,
     ) -> Result<Outcome, StoreError> {
-        let inner = &self.inner;
-        let mut plan = inner.plan(workspace, &change).await?;
-        if let (Some(base), Change::Conversation { conversation, .. }) = (base, &change) {
-            plan.ops.push([
-                "expect".to_owned(),
-                "conversations".to_owned(),
-                conversation.id.clone(),
-                to_json(base)?,
-            ]);
-        }
-        let change_json = to_json(&change)?;
-        let (idem_key, idem_message) = plan.idempotency.clone().unwrap_or_default();
-        let (redact_from, redact_to, redact_seq) = plan.redact.clone().unwrap_or_default();
-        let mut inv = inner.scripts.commit.key(WORKSPACES);
-        inv.arg(prefix(workspace))
-            .arg(workspace)
-            .arg(&change_json)
-            .arg(plan.seq_conv.as_deref().unwrap_or(""))
-            .arg(&idem_key)
-            .arg(IDEMPOTENCY_TTL_SECS)
-            .arg(&idem_message)
-            .arg(inner.history_len)
-            .arg(if plan.replace { "1" } else { "0" })
-            .arg(plan.drop_history.as_deref().unwrap_or(""))
-            .arg(&redact_from)
-            .arg(&redact_to)
-            .arg(redact_seq);
-        for op in &plan.ops {
-            inv.arg(&op[..]);
-        }
-        let mut conn = inner.conn();
-        let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn)).await?;
-        match reply.as_slice() {
-            [Value::Int(1), Value::BulkString(record)] => {
-                let r: IdempotencyRecord =
-                    serde_json::from_slice(record).map_err(|e| corrupt("idempotency record", e))?;
-                Ok(Outcome::Duplicate {
-                    message: r.message,
-                    seq: r.seq,
-                })
-            }
-            [Value::Int(2)] => Err(StoreError::Conflict(format!(
-                "conversation changed meanwhile in workspace {workspace:?}"
-            ))),
-            [Value::Int(0), n, seq] => {
-                let (Some(n), Some(seq)) = (int(n), int(seq)) else {
-                    return Err(corrupt("commit reply", format!("{reply:?}")));
-                };
-                if !inner.wait_applied(workspace, n).await {
-                    tracing::warn!(
-                        workspace,
-                        commit = n,
-                        "stored, but the bus did not deliver it within {APPLY_WAIT:?}"
-                    );
-                }
-                Ok(Outcome::Stored(Arc::new(Committed {
-                    workspace: workspace.to_owned(),
-                    seq,
-                    change,
-                })))
-            }
-            other => Err(corrupt("commit reply", format!("{other:?}"))),
-        }
+        self.inner.commit(workspace, change, base, false).await
+    }
+
+    async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
+        self.inner.commit(workspace, change, None, true).await
     }
 
     async fn history(

@@ -164,7 +164,16 @@ pub async fn run<S>(
         code: CloseCode::from(code),
         reason: Utf8Bytes::from_static(close::reason(code)),
     };
-    let _ = tokio::time::timeout(Duration::from_secs(2), s.ws.close(Some(frame))).await;
+    // Close handshake, bounded: send the close frame, then read (and drop)
+    // until the client's reply. Dropping the socket with client data still
+    // unread would make the kernel reset the connection, and the client would
+    // lose the close frame and its code (4008, 4029, 1001, …).
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if s.ws.close(Some(frame)).await.is_ok() {
+            while let Some(Ok(_)) = s.ws.next().await {}
+        }
+    })
+    .await;
     let last = workspace.lock().disconnect(&user.id, id);
     metrics::gauge!("switchboard_connections").decrement(1.0);
     if s.focused {
