@@ -196,6 +196,16 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log_file));
+        // If the test process dies without dropping the server (killed by a
+        // timeout, a cancelled run), the server dies too instead of lingering.
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .map_err(|e| format!("spawning the binary: {e}"))?;
@@ -621,7 +631,10 @@ impl Client {
     pub async fn recv(&mut self) -> Value {
         match self.next_event(WAIT).await {
             Event::Frame(v) => v,
-            other => panic!("{}: expected a frame, got {other:?} ({:?})", self.user, self.end),
+            other => panic!(
+                "{}: expected a frame, got {other:?} ({:?})",
+                self.user, self.end
+            ),
         }
     }
 
@@ -749,7 +762,10 @@ pub fn brief(f: &Value) -> String {
 
 /// Frames as text, one per line, each cut to a readable length.
 pub fn brief_all(frames: &[Value]) -> String {
-    frames.iter().map(|f| format!("\n    {}", brief(f))).collect()
+    frames
+        .iter()
+        .map(|f| format!("\n    {}", brief(f)))
+        .collect()
 }
 
 /// Whether `f` is the `message` frame of `conv` with body `body`.

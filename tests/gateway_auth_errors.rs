@@ -1,0 +1,648 @@
+//! Against the real binary: authentication before the WebSocket upgrade, the
+//! `hello` frame, HTTP error bodies and limits, WebSocket frame errors and
+//! limits (docs/protocol.md "Authentication", "Errors", "Heartbeats, limits
+//! and close codes").
+
+mod support;
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use support::gateway::*;
+
+fn world() -> Value {
+    json!({
+        "users": [
+            {"id": "s1"},
+            {"id": "vw", "permissions": ["chats", "view_all"]},
+            {"id": "d", "disabled": true},
+            {"id": "np", "permissions": []},
+            {"id": "u2", "workspace": "w2"}
+        ],
+        "channels": [{"id": "ch1"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": [
+            {"id": "v1", "channel": "ch1", "contact": "k1"},
+            {"id": "v2", "channel": "ch1", "contact": "k1", "assignee": "np"},
+            {"id": "vp", "channel": "ch1", "contact": "k1", "assignee": "s1", "private": true},
+            {"id": "dm", "kind": "direct", "participants": ["s1", "vw"]}
+        ]
+    })
+}
+
+/// Asserts a protocol error body: `{"error": {"code", "message", "field"?}}`.
+fn assert_error(what: &str, status: StatusCode, body: &Value, want_status: u16, want_code: &str) {
+    assert_eq!(status.as_u16(), want_status, "{what}: status; body {body}");
+    assert_eq!(
+        body["error"]["code"], want_code,
+        "{what}: error code; body {body}"
+    );
+    assert!(
+        body["error"]["message"].is_string(),
+        "{what}: error.message missing: {body}"
+    );
+}
+
+/// `GET /v1/ws` without upgrade headers: the authentication answer as JSON.
+async fn ws_http(srv: &Server, query: &str, bearer: Option<&str>) -> (StatusCode, Value) {
+    srv.request(Method::GET, &format!("/v1/ws{query}"), bearer, &[], None)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_before_upgrade_with_json_errors() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let exp = now_secs() + 3600;
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("missing token", String::new(), 401, "unauthorized"),
+        (
+            "garbage token",
+            "?token=not-a-jwt".into(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "bad signature",
+            format!(
+                "?token={}",
+                token_with(
+                    json!({"sub": "s1", "ws": "w1", "exp": exp}),
+                    "some-other-secret"
+                )
+            ),
+            401,
+            "unauthorized",
+        ),
+        (
+            "expired",
+            format!(
+                "?token={}",
+                token_with(
+                    json!({"sub": "s1", "ws": "w1", "exp": now_secs() - 30}),
+                    JWT_SECRET
+                )
+            ),
+            401,
+            "unauthorized",
+        ),
+        (
+            "no exp claim",
+            format!(
+                "?token={}",
+                token_with(json!({"sub": "s1", "ws": "w1"}), JWT_SECRET)
+            ),
+            401,
+            "unauthorized",
+        ),
+        (
+            "unknown user",
+            format!("?token={}", token("ghost", "w1")),
+            401,
+            "unauthorized",
+        ),
+        (
+            "workspace mismatch",
+            format!("?token={}", token("s1", "w2")),
+            401,
+            "unauthorized",
+        ),
+        (
+            "disabled user",
+            format!("?token={}", token("d", "w1")),
+            403,
+            "forbidden",
+        ),
+        (
+            "user without chats",
+            format!("?token={}", token("np", "w1")),
+            403,
+            "forbidden",
+        ),
+        (
+            "resume is not JSON",
+            format!(
+                "?token={}&resume={}",
+                token("s1", "w1"),
+                urlencode("{v1: 3")
+            ),
+            400,
+            "bad_json",
+        ),
+    ];
+    for (what, query, status, code) in &cases {
+        let (st, body) = ws_http(&srv, query, None).await;
+        assert_error(what, st, &body, *status, code);
+        // A real WebSocket handshake is refused with the same status: no upgrade.
+        assert_eq!(
+            srv.refused_handshake(query).await,
+            *status,
+            "{what}: handshake"
+        );
+    }
+    // A bad token in the header is refused as well.
+    let (st, body) = ws_http(&srv, "", Some("not-a-jwt")).await;
+    assert_error("bad bearer", st, &body, 401, "unauthorized");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_has_documented_fields_and_bearer_works() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    for via_header in [false, true] {
+        let c = if via_header {
+            srv.connect_bearer("s1", &token("s1", "w1")).await
+        } else {
+            srv.connect("s1", "w1").await
+        };
+        let h = &c.hello;
+        assert_eq!(h["type"], "hello");
+        assert!(
+            h["connection"].as_str().is_some_and(|s| !s.is_empty()),
+            "connection: {h}"
+        );
+        assert_eq!(h["user"], "s1", "{h}");
+        assert_eq!(h["workspace"], "w1", "{h}");
+        assert_eq!(h["node"], NODE_ID, "{h}");
+        assert_eq!(h["heartbeat_secs"], 25, "{h}");
+        assert_eq!(h["idle_timeout_secs"], 60, "{h}");
+        assert_eq!(h["max_frame_bytes"], 64 * 1024, "{h}");
+        // s1 reads v1 (unassigned), vp (assignee, private) and dm (participant); not v2.
+        let inbox = c.inbox.as_ref().expect("inbox snapshot after hello");
+        assert_eq!(inbox["views"]["all"]["total"], 3, "readable now: {inbox}");
+        let mut ids: Vec<&str> = inbox["views"]["all"]["items"]
+            .as_array()
+            .expect("items of the all view")
+            .iter()
+            .filter_map(|i| i["conversation"]["id"].as_str())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, ["dm", "v1", "vp"], "{inbox}");
+        c.close().await;
+    }
+    // Two connections get distinct ids.
+    let a = srv.connect("s1", "w1").await;
+    let b = srv.connect("vw", "w1").await;
+    assert_ne!(a.hello["connection"], b.hello["connection"]);
+    assert_eq!(b.hello["user"], "vw");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_errors_follow_the_protocol() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+
+    // Not JSON at all.
+    let (st, body) = srv
+        .request(
+            Method::POST,
+            "/v1/admin/import",
+            Some(ADMIN_TOKEN),
+            &[],
+            Some(b"{not json".to_vec()),
+        )
+        .await;
+    assert_error("import not JSON", st, &body, 400, "bad_json");
+    let (st, body) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/v1/messages",
+            Some(ADAPTER_KEY),
+            &[],
+            Some(b"{\"body\": ".to_vec()),
+        )
+        .await;
+    assert_error("adapter post not JSON", st, &body, 400, "bad_json");
+    let (st, body) = srv
+        .request(
+            Method::PATCH,
+            "/v1/admin/users/s1",
+            Some(ADMIN_TOKEN),
+            &[],
+            Some(b"nope".to_vec()),
+        )
+        .await;
+    assert_error("patch user not JSON", st, &body, 400, "bad_json");
+
+    // Credentials.
+    let payload = Some(serde_json::to_vec(&json!({"body": "hi"})).unwrap());
+    let (st, body) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/v1/messages",
+            Some("wrong-key"),
+            &[],
+            payload.clone(),
+        )
+        .await;
+    assert_error("wrong adapter key", st, &body, 401, "unauthorized");
+    let (st, body) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/v1/messages",
+            None,
+            &[],
+            payload.clone(),
+        )
+        .await;
+    assert_error("no adapter key", st, &body, 401, "unauthorized");
+    let (st, body) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/v1/messages",
+            Some(ADMIN_TOKEN),
+            &[],
+            payload.clone(),
+        )
+        .await;
+    assert_error(
+        "admin token is not an adapter key",
+        st,
+        &body,
+        401,
+        "unauthorized",
+    );
+    let (st, body) = srv
+        .request(
+            Method::GET,
+            "/v1/admin/users/s1",
+            Some(ADAPTER_KEY),
+            &[],
+            None,
+        )
+        .await;
+    assert_error(
+        "adapter key is not an admin token",
+        st,
+        &body,
+        401,
+        "unauthorized",
+    );
+    let (st, body) = srv
+        .request(Method::GET, "/v1/admin/users/s1", None, &[], None)
+        .await;
+    assert_error("no admin token", st, &body, 401, "unauthorized");
+
+    // Adapters post to customer conversations only.
+    let (st, body) = srv.adapter_post("dm", "hi", None).await;
+    assert_error(
+        "adapter post to a direct conversation",
+        st,
+        &body,
+        403,
+        "forbidden",
+    );
+
+    // Unknown entities.
+    let (st, body) = srv.adapter_post("nope", "hi", None).await;
+    assert_error("post to unknown conversation", st, &body, 404, "not_found");
+    let (st, body) = srv.admin(Method::GET, "/users/ghost", None).await;
+    assert_error("unknown user", st, &body, 404, "not_found");
+
+    // Nothing of the refused requests was stored.
+    let h = srv
+        .admin_ok(Method::GET, "/conversations/v1/messages", None)
+        .await;
+    assert_eq!(
+        h["events"].as_array().map(Vec::len),
+        Some(0),
+        "history of v1: {h}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_world_is_rejected_whole_and_previous_world_stays() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let mut s1 = srv.connect("s1", "w1").await;
+
+    let bad = json!({
+        "users": [{"id": "n1"}],
+        "channels": [{"id": "chx"}],
+        "contacts": [{"id": "kx"}],
+        "conversations": [{"id": "vx", "channel": "chx", "contact": "kx", "assignee": "u9"}]
+    });
+    let (st, body) = srv.admin(Method::POST, "/import", Some(bad)).await;
+    assert_error("unknown assignee", st, &body, 422, "invalid_field");
+    assert_eq!(
+        body["error"]["field"], "conversations[0].assignee",
+        "{body}"
+    );
+
+    let bad_enum = json!({"users": [{"id": "n1", "role": "overlord"}]});
+    let (st, body) = srv.admin(Method::POST, "/import", Some(bad_enum)).await;
+    assert_error("unknown role", st, &body, 422, "invalid_field");
+    assert_eq!(body["error"]["field"], "users[0].role", "{body}");
+
+    // Nothing of the bad worlds exists; the previous world is still served, live.
+    let (st, _) = srv.admin(Method::GET, "/users/n1", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    let (st, _) = srv.admin(Method::GET, "/conversations/vx", None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(srv.conversation("v1").await["id"], "v1");
+    let seq = srv.post("v1", "still here").await;
+    let frames = s1
+        .recv_until("message on v1", |f| is_message(f, "v1", "still here"))
+        .await;
+    assert_eq!(frames.last().unwrap()["seq"], seq);
+    assert!(
+        frames.iter().all(|f| f["type"] != "access_revoked"),
+        "{frames:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_bodies_get_413_json() {
+    let srv = Server::start_with(&[("SWITCHBOARD_MAX_BODY_BYTES", "2048")]).await;
+    srv.import(&world()).await;
+    let big = "x".repeat(8 * 1024);
+    let cases: Vec<(Method, &str, Option<&str>, Value)> = vec![
+        (
+            Method::POST,
+            "/v1/conversations/v1/messages",
+            Some(ADAPTER_KEY),
+            json!({"body": big}),
+        ),
+        (
+            Method::POST,
+            "/v1/inbound",
+            Some(ADAPTER_KEY),
+            json!({"channel": "ch1", "thread": "t", "contact": "k1", "body": big}),
+        ),
+        (
+            Method::POST,
+            "/v1/admin/import",
+            Some(ADMIN_TOKEN),
+            json!({"users": [{"id": big}]}),
+        ),
+        (
+            Method::PUT,
+            "/v1/admin/users/s9",
+            Some(ADMIN_TOKEN),
+            json!({"teams": [big]}),
+        ),
+        (
+            Method::PATCH,
+            "/v1/admin/users/s1",
+            Some(ADMIN_TOKEN),
+            json!({"teams": [big]}),
+        ),
+    ];
+    for (method, path, bearer, body) in cases {
+        let what = format!("{method} {path}");
+        let (st, v) = srv
+            .request(
+                method,
+                path,
+                bearer,
+                &[],
+                Some(serde_json::to_vec(&body).unwrap()),
+            )
+            .await;
+        assert_error(&what, st, &v, 413, "too_large");
+    }
+    // Under the limit still works.
+    srv.post("v1", "small").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_error_frames_and_the_connection_stays() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let mut c = srv.connect("s1", "w1").await;
+    let bad: Vec<(&str, String)> = vec![
+        ("not JSON", "this is not json".into()),
+        (
+            "unknown type",
+            json!({"type": "teleport", "ref": "r2"}).to_string(),
+        ),
+        (
+            "missing field",
+            json!({"type": "send", "ref": "r3", "body": "no conversation"}).to_string(),
+        ),
+        ("not an object", "[1, 2, 3]".into()),
+    ];
+    for (what, text) in bad {
+        c.send_text(text).await.unwrap();
+        let f = c.recv().await;
+        assert_eq!(f["type"], "error", "{what}: {f}");
+        assert_eq!(f["code"], "bad_frame", "{what}: {f}");
+    }
+    // The ref of a parseable but invalid frame is echoed.
+    c.send_json(&json!({"type": "send", "ref": "r-missing"}))
+        .await;
+    let f = c.recv().await;
+    assert_eq!(
+        (f["code"].as_str(), f["ref"].as_str()),
+        (Some("bad_frame"), Some("r-missing")),
+        "{f}"
+    );
+    // Still usable: ping, send, receive.
+    c.ping().await;
+    let reply = c.send_message("v1", "after errors", None).await;
+    assert_eq!(reply.last().unwrap()["type"], "ack", "{reply:?}");
+    c.recv_until("own message", |f| is_message(f, "v1", "after errors"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frame_closes_1009_and_others_are_undisturbed() {
+    let srv = Server::start_with(&[("SWITCHBOARD_MAX_FRAME_BYTES", "1024")]).await;
+    srv.import(&world()).await;
+    let mut other = srv.connect("s1", "w1").await;
+    // Just over the limit, and far over it (most of it still unread when the
+    // server gives up on the frame: the close code must arrive all the same).
+    for size in [4 * 1024, 1024 * 1024] {
+        let mut big = srv.connect("s1", "w1").await;
+        assert_eq!(big.hello["max_frame_bytes"], 1024);
+        let frame =
+            json!({"type": "send", "conversation": "v1", "body": "y".repeat(size)}).to_string();
+        // The server may stop reading (and close) before the whole frame is sent.
+        let _ = big.send_text(frame).await;
+        let (code, frames) = big.recv_until_close().await;
+        assert_eq!(
+            code,
+            Some(1009),
+            "{size}-byte frame: close code ({:?}); frames before: {}",
+            big.end,
+            brief_all(&frames)
+        );
+    }
+    // Nothing of the oversized frames was stored, and the other session goes on.
+    other.ping().await;
+    let seq = srv.post("v1", "after the big one").await;
+    assert_eq!(seq, 1, "an oversized send must not have been stored");
+    other
+        .recv_until("message", |f| is_message(f, "v1", "after the big one"))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_rate_get_rate_limited_then_4029() {
+    let srv = Server::start_with(&[
+        ("SWITCHBOARD_CONN_RATE_PER_SEC", "1"),
+        ("SWITCHBOARD_CONN_BURST", "2"),
+    ])
+    .await;
+    srv.import(&world()).await;
+
+    // A short burst over the rate: refused frames, connection kept.
+    let mut c = srv.connect("s1", "w1").await;
+    for i in 0..8 {
+        c.send_json(&json!({"type": "ping", "ref": format!("p{i}")}))
+            .await;
+    }
+    let mut limited = 0;
+    let mut pongs = 0;
+    while limited + pongs < 8 {
+        let f = c.recv().await;
+        match f["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                assert!(
+                    f["ref"].as_str().is_some_and(|r| r.starts_with('p')),
+                    "ref echoed: {f}"
+                );
+                limited += 1;
+            }
+            _ => panic!("unexpected frame {f}"),
+        }
+    }
+    assert!(
+        limited >= 1,
+        "8 frames at once over a rate of 1/s with a burst of 2: none refused"
+    );
+    // The connection is still usable once the rate allows again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        c.send_json(&json!({"type": "ping", "ref": "again"})).await;
+        let f = c.recv().await;
+        if f["type"] == "pong" {
+            break;
+        }
+        assert_eq!(f["code"], "rate_limited", "{f}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never allowed again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Persistently over the rate: closed with 4029. One frame at a time, each
+    // answered before the next, so that no unread data makes the server's
+    // close a TCP reset that would swallow the close frame.
+    let mut flood = srv.connect("s1", "w1").await;
+    let mut code = None;
+    let mut refused = 0;
+    for i in 0..300 {
+        flood
+            .send_json(&json!({"type": "ping", "ref": format!("f{i}")}))
+            .await;
+        match flood.next_event(WAIT).await {
+            Event::Frame(f) if f["type"] == "pong" => {}
+            Event::Frame(f) => {
+                assert_eq!(f["code"], "rate_limited", "{f}");
+                refused += 1;
+            }
+            Event::Closed(c) => {
+                code = c;
+                break;
+            }
+            Event::Timeout => panic!("no answer to ping f{i}"),
+        }
+    }
+    assert_eq!(code, Some(4029), "after {refused} refused frames");
+    assert!(refused >= 19, "closed after only {refused} refused frames");
+
+    // A real flood: frames keep coming after the server decided to close. The
+    // close code must still reach the client (no reset of the connection).
+    let mut flood = srv.connect("s1", "w1").await;
+    for i in 0..100 {
+        if flood
+            .send_text(json!({"type": "ping", "ref": format!("g{i}")}).to_string())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (code, _) = flood.recv_until_close().await;
+    assert_eq!(code, Some(4029), "flood: close code ({:?})", flood.end);
+    // The first connection is not affected.
+    c.send_json(&json!({"type": "ping", "ref": "last"})).await;
+    let f = c.recv().await;
+    assert!(f["type"] == "pong" || f["code"] == "rate_limited", "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_without_write_is_forbidden() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    // vw reads the private vp through view_all (read, not write).
+    let mut vw = srv.connect("vw", "w1").await;
+    let mut s1 = srv.connect("s1", "w1").await;
+    let reply = vw.send_message("vp", "let me in", None).await;
+    let err = reply.last().unwrap();
+    assert_eq!(
+        (err["type"].as_str(), err["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{err}"
+    );
+    // No access at all, and an unknown conversation.
+    let reply = s1.send_message("v2", "not mine", None).await;
+    assert_eq!(reply.last().unwrap()["code"], "forbidden", "{reply:?}");
+    let reply = s1.send_message("nope", "nowhere", None).await;
+    assert_eq!(reply.last().unwrap()["code"], "not_found", "{reply:?}");
+    // Nothing was stored: the next message of vp is seq 1 and both see it.
+    let seq = srv.post("vp", "first").await;
+    assert_eq!(seq, 1);
+    for c in [&mut vw, &mut s1] {
+        let frames = c
+            .recv_until("vp message", |f| is_message(f, "vp", "first"))
+            .await;
+        assert_eq!(frames.len(), 1, "{}: {frames:?}", c.user);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_token_closes_4003() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let short = token_with(
+        json!({"sub": "s1", "ws": "w1", "exp": now_secs() + 2}),
+        JWT_SECRET,
+    );
+    let mut c = srv.connect_query("s1", &format!("?token={short}")).await;
+    let mut long = srv.connect("s1", "w1").await;
+    let (code, _) = c.recv_until_close().await;
+    assert_eq!(code, Some(4003), "close code at token expiry ({:?})", c.end);
+    long.ping().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_closes_4000_and_pongs_keep_alive() {
+    let srv = Server::start_with(&[
+        ("SWITCHBOARD_HEARTBEAT_SECS", "1"),
+        ("SWITCHBOARD_IDLE_TIMEOUT_SECS", "2"),
+    ])
+    .await;
+    srv.import(&world()).await;
+    let mut silent = srv.connect("s1", "w1").await;
+    let mut alive = srv.connect("vw", "w1").await;
+    assert_eq!(
+        (
+            alive.hello["heartbeat_secs"].as_u64(),
+            alive.hello["idle_timeout_secs"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    // `alive` keeps reading, so its client answers the server's pings; `silent`
+    // reads nothing, so it never answers.
+    let frames = alive.recv_for(Duration::from_secs(4)).await;
+    assert!(frames.is_empty(), "{}", brief_all(&frames));
+    let (code, _) = silent.recv_until_close().await;
+    assert_eq!(code, Some(4000), "idle close code ({:?})", silent.end);
+    alive.ping().await;
+}
