@@ -646,3 +646,41 @@ async fn silent_client_closes_4000_and_pongs_keep_alive() {
     assert_eq!(code, Some(4000), "idle close code ({:?})", silent.end);
     alive.ping().await;
 }
+
+/// Over the adapter key's rate: 429 `rate_limited` with `Retry-After`, nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_over_its_rate_gets_429_with_retry_after() {
+    let srv = Server::start_with(&[("SWITCHBOARD_ADAPTER_RATE_PER_SEC", "2")]).await;
+    srv.import(&world()).await;
+    let mut limited = None;
+    for i in 0..20 {
+        let (status, body) = srv.adapter_post("v1", &format!("burst {i}"), None).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some(body);
+            break;
+        }
+        assert_eq!(status, StatusCode::CREATED, "post {i}: {body}");
+    }
+    let body = limited.expect("20 posts at once never hit a rate of 2/s");
+    assert_error(
+        "over rate",
+        StatusCode::TOO_MANY_REQUESTS,
+        &body,
+        429,
+        "rate_limited",
+    );
+    // Still limited right after: the answer carries Retry-After.
+    let resp = reqwest::Client::new()
+        .post(srv.url("/v1/conversations/v1/messages"))
+        .bearer_auth(ADAPTER_KEY)
+        .body(r#"{"body": "x"}"#)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        resp.headers().contains_key("retry-after"),
+        "{:?}",
+        resp.headers()
+    );
+}
