@@ -22,7 +22,8 @@ pub struct ItemResult {
 }
 
 impl ItemResult {
-    fn of(conversation: &str, r: Result<(), ApiError>) -> Self {
+    /// `http`: the code of an HTTP error body (admin API) rather than of an `error` frame.
+    fn of(conversation: &str, r: Result<(), ApiError>, http: bool) -> Self {
         match r {
             Ok(()) => ItemResult {
                 conversation: conversation.to_owned(),
@@ -33,7 +34,7 @@ impl ItemResult {
             Err(e) => ItemResult {
                 conversation: conversation.to_owned(),
                 ok: false,
-                code: Some(e.ws_code()),
+                code: Some(if http { e.code } else { e.ws_code() }),
                 message: Some(e.message),
             },
         }
@@ -130,6 +131,12 @@ impl Gateway {
                 _ => None,
             })
             .ok_or_else(|| ApiError::not_found("message", message_id))?;
+        let deleted = history.events.iter().any(|c| {
+            matches!(&c.change, Change::EditMessage { message_id: m, body: None, .. } if m == message_id)
+        });
+        if deleted {
+            return Err(ApiError::not_found("message", message_id));
+        }
         let settings = self.get_settings(&user.workspace);
         actions::may_edit(&settings, user, &message, now_ms()).map_err(|m| {
             if message.sender == Sender::User(user.id.clone()) {
@@ -244,7 +251,7 @@ impl Gateway {
                 .command(actor.clone(), c, Command::Assign(assignee.clone()))
                 .await
                 .map(|_| ());
-            out.push(ItemResult::of(c, r));
+            out.push(ItemResult::of(c, r, matches!(actor, Actor::System)));
         }
         out
     }
@@ -254,7 +261,7 @@ impl Gateway {
         let mut out = Vec::with_capacity(conversations.len());
         for c in conversations {
             let r = self.mark(user, c, Mark::Mute { on }).await;
-            out.push(ItemResult::of(c, r));
+            out.push(ItemResult::of(c, r, false));
         }
         out
     }

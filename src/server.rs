@@ -76,6 +76,19 @@ pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
     Ok(Arc::new(Gateway::new(config, store, hub, verifier)))
 }
 
+/// A listener with a deep accept queue: a reconnect storm (a node restart
+/// moves thousands of agents at once) must queue, not be refused.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -98,8 +111,7 @@ async fn shutdown_signal() {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::metrics::install();
     let gw = build(config).await?;
-    let listener = tokio::net::TcpListener::bind(gw.config.listen)
-        .await
+    let listener = listen(gw.config.listen)
         .map_err(|e| anyhow::anyhow!("listen on {}: {e}", gw.config.listen))?;
     tracing::info!(listen = %gw.config.listen, node = %gw.config.node_id, redis = gw.config.redis_url.is_some(), "switchboard ready");
     let ticker = tokio::spawn(schedule_ticks(gw.clone()));

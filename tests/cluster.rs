@@ -952,9 +952,9 @@ async fn inbox_state_reaches_a_node_started_later() {
         ("SWITCHBOARD_NODE_ID", "node-late"),
     ])
     .await;
-    let mut on_late = late.connect("s1", "w1").await;
+    let mut on_late = late.connect_with_inbox("s1", "w1").await;
     let inbox = on_late.inbox.clone().expect("inbox snapshot");
-    let live = cl.node(1).connect("s1", "w1").await;
+    let live = cl.node(1).connect_with_inbox("s1", "w1").await;
     assert_eq!(
         Some(&inbox),
         live.inbox.as_ref(),

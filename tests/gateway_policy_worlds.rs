@@ -108,7 +108,7 @@ async fn run_case(path: PathBuf) -> Result<(), String> {
     let mut clients: BTreeMap<String, Vec<Client>> = BTreeMap::new();
     let mut problems: Vec<String> = Vec::new();
     for (u, ws) in &connectable {
-        let c = srv.connect(u, ws).await;
+        let c = srv.connect_with_inbox(u, ws).await;
         let readable: BTreeSet<&str> = expect
             .iter()
             .filter(|(_, per)| per.get(u).is_some_and(|l| can_read(l)))

@@ -22,8 +22,6 @@ pub struct Posted {
     pub step: u16,
     /// Gateway node it was posted to.
     pub node: u16,
-    /// Scheduled send time, µs since the run's origin.
-    pub sched_us: u64,
     /// HTTP status (201/200 = stored), or [`POST_PENDING`] / [`POST_TRANSPORT_ERROR`].
     pub status: u16,
     pub seq: u64,
@@ -75,6 +73,10 @@ pub struct CheckSummary {
     pub posts_stored: u64,
     pub posts_failed: u64,
     pub expected_deliveries: u64,
+    /// Of the expected deliveries, how many arrived.
+    pub received_expected: u64,
+    /// Every valid delivery, including those of connections not checked for
+    /// misses (churned ones).
     pub valid_deliveries: u64,
     /// Received by a connection whose user may not read the conversation.
     pub leaks: u64,
@@ -111,9 +113,10 @@ impl CheckSummary {
 
     pub fn one_line(&self) -> String {
         format!(
-            "{}: expected {} deliveries, valid {}; leaks {}, misses {}, duplicates {}, reorders {}, seq duplicates {}, seq gaps {}, wrong conversation {}, phantom {}; {} of {} connections failed to open",
+            "{}: expected {} deliveries, received {} of them ({} valid in all); leaks {}, misses {}, duplicates {}, reorders {}, seq duplicates {}, seq gaps {}, wrong conversation {}, phantom {}; {} of {} connections failed to open",
             if self.passed() { "PASS" } else { "FAIL" },
             self.expected_deliveries,
+            self.received_expected,
             self.valid_deliveries,
             self.leaks,
             self.misses,
@@ -216,13 +219,19 @@ pub fn check(
         for &(m, us) in &c.deliveries {
             if prev == Some(m) {
                 s.duplicates += 1;
-                example(&mut s, format!("connection {} ({uname}): message #{m} twice", c.index));
+                example(
+                    &mut s,
+                    format!("connection {} ({uname}): message #{m} twice", c.index),
+                );
                 continue;
             }
             prev = Some(m);
             let Some(p) = posted.get(m as usize) else {
                 s.phantom += 1;
-                example(&mut s, format!("connection {} ({uname}): unknown message #{m}", c.index));
+                example(
+                    &mut s,
+                    format!("connection {} ({uname}): unknown message #{m}", c.index),
+                );
                 continue;
             };
             let conv = &oracle.conv_ids[p.conv as usize];
@@ -267,6 +276,7 @@ pub fn check(
             expected += (hi - lo) as u64;
         }
         s.expected_deliveries += expected;
+        s.received_expected += valid_in_window.min(expected);
         let missed = expected.saturating_sub(valid_in_window);
         if missed > 0 {
             s.misses += missed;
@@ -307,9 +317,8 @@ mod tests {
     /// Two users; v0 readable by both (unassigned, unrestricted), v1 a direct
     /// conversation of u0 only (with a third user u2).
     fn tiny() -> Oracle {
-        let user = |id: &str| -> User {
-            serde_json::from_value(serde_json::json!({"id": id})).unwrap()
-        };
+        let user =
+            |id: &str| -> User { serde_json::from_value(serde_json::json!({"id": id})).unwrap() };
         let mut world: World = serde_json::from_value(serde_json::json!({
             "channels": [{"id": "ch"}], "contacts": [{"id": "k"}],
         }))
@@ -336,7 +345,6 @@ mod tests {
             conv,
             step,
             node: 0,
-            sched_us: 0,
             status: 201,
             seq: 1,
         }
@@ -388,8 +396,16 @@ mod tests {
         assert_eq!(s.misses, 1);
         assert_eq!(s.duplicates, 1);
         assert_eq!(s.phantom, 1);
-        assert!(s.examples.iter().any(|e| e.starts_with("LEAK")), "{:?}", s.examples);
-        assert!(s.examples.iter().any(|e| e.starts_with("MISS")), "{:?}", s.examples);
+        assert!(
+            s.examples.iter().any(|e| e.starts_with("LEAK")),
+            "{:?}",
+            s.examples
+        );
+        assert!(
+            s.examples.iter().any(|e| e.starts_with("MISS")),
+            "{:?}",
+            s.examples
+        );
         assert!(s.one_line().starts_with("FAIL"));
     }
 

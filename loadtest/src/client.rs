@@ -6,14 +6,15 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::net::TcpSocket;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{client_async, WebSocketStream};
 
@@ -40,10 +41,21 @@ pub struct Shared {
     /// Deliveries the oracle expects so far (the poster adds to it).
     pub expected: AtomicU64,
     pub hello_timeout: Duration,
+    /// Open connections (past hello) per user index.
+    pub conns_per_user: Vec<AtomicU32>,
+    /// Latency of the current step, live (for progress and early stop).
+    pub live: Mutex<Histogram<u64>>,
+    /// Answers to agent `send`s: (message index, status, seq), to the poster.
+    pub acks: OnceLock<mpsc::UnboundedSender<(u32, u16, u64)>>,
 }
 
 impl Shared {
-    pub fn new(run_id: String, origin: Instant, conv_ids: Arc<Vec<String>>) -> Shared {
+    pub fn new(
+        run_id: String,
+        origin: Instant,
+        conv_ids: Arc<Vec<String>>,
+        users: usize,
+    ) -> Shared {
         Shared {
             run_id,
             origin,
@@ -54,6 +66,9 @@ impl Shared {
             delivered: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             hello_timeout: Duration::from_secs(60),
+            conns_per_user: (0..users).map(|_| AtomicU32::new(0)).collect(),
+            live: Mutex::new(crate::check::new_hist()),
+            acks: OnceLock::new(),
         }
     }
 
@@ -72,6 +87,8 @@ pub struct ConnSpec {
     pub src_ip: Option<IpAddr>,
     pub token: String,
     pub flavor: Flavor,
+    /// Appended to the Switchboard URL's query (`&…`).
+    pub query: Arc<str>,
     pub expect_from: u32,
     pub check_misses: bool,
 }
@@ -104,10 +121,15 @@ struct Frame<'a> {
     conversation: Option<Cow<'a, str>>,
     #[serde(default)]
     seq: Option<u64>,
+    /// An object in `message` frames, a string in `error` frames: parsed lazily.
     #[serde(borrow, default)]
-    message: Option<Body<'a>>,
+    message: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     code: Option<serde_json::Value>,
+    #[serde(borrow, default, rename = "ref")]
+    reference: Option<Cow<'a, str>>,
+    #[serde(default)]
+    duplicate: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +143,11 @@ struct Body<'a> {
 struct Event<'a>(#[serde(borrow)] Cow<'a, str>, #[serde(borrow)] Frame<'a>);
 
 type Ws = WebSocketStream<tokio::net::TcpStream>;
+
+/// The message index of a `ref` the poster set (`lt:<index>`).
+fn our_ref(r: &str) -> Option<u32> {
+    r.strip_prefix("lt:")?.parse().ok()
+}
 
 /// Per-connection sequence state and counters.
 struct ConnState<'a> {
@@ -141,7 +168,10 @@ impl ConnState<'_> {
                     self.count(&f.ty);
                     return;
                 }
-                let Some(body) = f.message.as_ref().map(|m| m.body.as_ref()) else {
+                let parsed = f
+                    .message
+                    .and_then(|m| serde_json::from_str::<Body>(m.get()).ok());
+                let Some(body) = parsed.as_ref().map(|m| m.body.as_ref()) else {
                     self.count("message_without_body");
                     return;
                 };
@@ -155,6 +185,7 @@ impl ConnState<'_> {
                 }
                 let lat = now.saturating_sub(sched).min(u32::MAX as u64) as u32;
                 self.rec.deliveries.push((msg, lat));
+                let _ = self.sh.live.lock().unwrap().record(u64::from(lat).max(1));
                 self.sh.delivered.fetch_add(1, Ordering::Relaxed);
             }
             "access_granted" => {
@@ -169,6 +200,13 @@ impl ConnState<'_> {
                 }
                 self.count("access_revoked");
             }
+            "ack" => {
+                if let Some(idx) = f.reference.as_deref().and_then(our_ref) {
+                    let status = if f.duplicate == Some(true) { 200 } else { 201 };
+                    self.answer(idx, status, f.seq.unwrap_or(0));
+                }
+                self.count("ack");
+            }
             "error" => {
                 let code = f
                     .code
@@ -176,9 +214,18 @@ impl ConnState<'_> {
                     .and_then(|c| c.as_str())
                     .unwrap_or("?")
                     .to_owned();
+                if let Some(idx) = f.reference.as_deref().and_then(our_ref) {
+                    self.answer(idx, crate::poster::status_of_error_code(&code), 0);
+                }
                 self.count(&format!("error:{code}"));
             }
             other => self.count(other),
+        }
+    }
+
+    fn answer(&self, idx: u32, status: u16, seq: u64) {
+        if let Some(tx) = self.sh.acks.get() {
+            let _ = tx.send((idx, status, seq));
         }
     }
 
@@ -207,7 +254,7 @@ impl ConnState<'_> {
     }
 }
 
-async fn open(spec: &ConnSpec) -> Result<Ws, String> {
+async fn open(spec: &ConnSpec, phase: &std::sync::atomic::AtomicU8) -> Result<Ws, String> {
     let sock = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
     if let Some(ip) = spec.src_ip {
         sock.bind(SocketAddr::new(ip, 0))
@@ -218,8 +265,15 @@ async fn open(spec: &ConnSpec) -> Result<Ws, String> {
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let _ = stream.set_nodelay(true);
+    phase.store(1, Ordering::Relaxed);
     let url = match spec.flavor {
-        Flavor::Switchboard => format!("ws://{}/v1/ws?token={}", spec.addr, spec.token),
+        Flavor::Switchboard if spec.query.is_empty() => {
+            format!("ws://{}/v1/ws?token={}", spec.addr, spec.token)
+        }
+        Flavor::Switchboard => format!(
+            "ws://{}/v1/ws?token={}&{}",
+            spec.addr, spec.token, spec.query
+        ),
         Flavor::SocketIo => format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.addr),
     };
     match client_async(url, stream).await {
@@ -228,7 +282,12 @@ async fn open(spec: &ConnSpec) -> Result<Ws, String> {
             let body = resp
                 .body()
                 .as_ref()
-                .map(|b| String::from_utf8_lossy(b).chars().take(200).collect::<String>())
+                .map(|b| {
+                    String::from_utf8_lossy(b)
+                        .chars()
+                        .take(200)
+                        .collect::<String>()
+                })
                 .unwrap_or_default();
             Err(format!("HTTP {} {body}", resp.status().as_u16()))
         }
@@ -293,6 +352,8 @@ pub async fn run_conn(
     sh: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     mut kill: Option<oneshot::Receiver<()>>,
+    gate: Option<Arc<tokio::sync::Semaphore>>,
+    mut outbox: Option<mpsc::UnboundedReceiver<String>>,
 ) -> ConnRecord {
     let mut st = ConnState {
         rec: ConnRecord {
@@ -307,13 +368,22 @@ pub async fn run_conn(
         last_seq: HashMap::new(),
         sh: &sh,
     };
+    // The gate bounds how many connections are opening at once (not how many are open).
+    let permit = match &gate {
+        Some(g) => g.clone().acquire_owned().await.ok(),
+        None => None,
+    };
     let started = Instant::now();
+    // Where a connection that times out was stuck.
+    let phase = std::sync::atomic::AtomicU8::new(0);
     let opened = tokio::time::timeout(sh.hello_timeout, async {
-        let mut ws = open(&spec).await?;
+        let mut ws = open(&spec, &phase).await?;
+        phase.store(2, Ordering::Relaxed);
         handshake(&mut ws, &spec, &mut st).await?;
         Ok::<_, String>(ws)
     })
     .await;
+    drop(permit);
     let mut ws = match opened {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -322,7 +392,15 @@ pub async fn run_conn(
             return st.rec;
         }
         Err(_) => {
-            st.rec.error = Some(format!("no hello within {:?}", sh.hello_timeout));
+            let stage = match phase.load(Ordering::Relaxed) {
+                0 => "TCP connect",
+                1 => "WebSocket upgrade (HTTP 101)",
+                _ => "waiting for the first frame",
+            };
+            st.rec.error = Some(format!(
+                "no hello within {:?}: stuck in {stage}",
+                sh.hello_timeout
+            ));
             sh.failures.fetch_add(1, Ordering::Relaxed);
             return st.rec;
         }
@@ -330,6 +408,7 @@ pub async fn run_conn(
     st.rec.hello = true;
     st.rec.hello_us = Some(started.elapsed().as_micros() as u64);
     sh.hellos.fetch_add(1, Ordering::Relaxed);
+    sh.conns_per_user[spec.user as usize].fetch_add(1, Ordering::Relaxed);
     let sio = spec.flavor == Flavor::SocketIo;
     let killed = async {
         match kill.as_mut() {
@@ -388,9 +467,26 @@ pub async fn run_conn(
                 let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                 break;
             }
+            out = recv_opt(&mut outbox) => match out {
+                Some(frame) => {
+                    if ws.send(Message::text(frame)).await.is_err() {
+                        st.count("send_failed");
+                    }
+                }
+                None => outbox = None,
+            },
         }
     }
+    sh.conns_per_user[spec.user as usize].fetch_sub(1, Ordering::Relaxed);
     st.rec
+}
+
+/// Next frame to send, or never when there is no outbox.
+async fn recv_opt(o: &mut Option<mpsc::UnboundedReceiver<String>>) -> Option<String> {
+    match o.as_mut() {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Signs an agent token: HS256 with claims `sub`, `ws`, `exp`.
@@ -431,6 +527,7 @@ mod tests {
             "r1".into(),
             Instant::now(),
             Arc::new(vec!["v0".into(), "v1".into()]),
+            1,
         )
     }
 
@@ -461,7 +558,10 @@ mod tests {
             serde_json::from_str(r#"{"type":"status","conversation":"v0","seq":6,"event":"reopened","by":null,"conversation_state":{}}"#)
                 .unwrap(),
         );
-        st.on_frame(serde_json::from_str(r#"{"type":"error","ref":null,"code":"forbidden","message":"x"}"#).unwrap());
+        st.on_frame(
+            serde_json::from_str(r#"{"type":"error","ref":null,"code":"forbidden","message":"x"}"#)
+                .unwrap(),
+        );
         assert_eq!(st.rec.deliveries.len(), 6);
         assert_eq!(st.rec.seq_dups, 1);
         assert_eq!(st.rec.reorders, 1);

@@ -15,7 +15,6 @@ pub struct Oracle {
     pub user_ws: Vec<String>,
     pub conv_ids: Vec<String>,
     pub conv_shape: Vec<Shape>,
-    pub conv_index: HashMap<String, u32>,
     /// Per user: sorted indices of the conversations they may read.
     pub readable: Vec<Vec<u32>>,
     /// Per conversation: indices of the users who may read it.
@@ -43,11 +42,6 @@ impl Oracle {
         let user_ws = world.users.iter().map(|u| u.workspace.clone()).collect();
         let conv_ids: Vec<String> = world.conversations.iter().map(|c| c.id.clone()).collect();
         let conv_shape = world.conversations.iter().map(shape_of).collect();
-        let conv_index = conv_ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (id.clone(), i as u32))
-            .collect();
         // Only same-workspace pairs can grant access (rule 1), so group users.
         let mut by_ws: HashMap<&str, Vec<usize>> = HashMap::new();
         for (i, u) in world.users.iter().enumerate() {
@@ -94,7 +88,6 @@ impl Oracle {
             user_ws,
             conv_ids,
             conv_shape,
-            conv_index,
             readable,
             readers,
             connectable,
@@ -115,7 +108,13 @@ impl Oracle {
         let mut shapes = std::collections::BTreeMap::new();
         for s in &self.conv_shape {
             *shapes
-                .entry(serde_json::to_value(s).unwrap().as_str().unwrap().to_owned())
+                .entry(
+                    serde_json::to_value(s)
+                        .unwrap()
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                )
                 .or_insert(0) += 1;
         }
         AudienceStats {
@@ -157,7 +156,8 @@ mod tests {
     #[test]
     fn oracle_matches_library_on_policy_cases() {
         // The shared policy cases, when present: our indexing must agree with `expect`.
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/policy-cases");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/policy-cases");
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };

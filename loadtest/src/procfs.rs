@@ -56,6 +56,8 @@ pub fn self_cpu_secs() -> f64 {
 }
 
 /// Raises `RLIMIT_NOFILE` as high as allowed (children inherit it). Returns the new soft limit.
+// `rlim_t` is not u64 on every target.
+#[allow(clippy::unnecessary_cast)]
 pub fn raise_fd_limit(want: u64) -> u64 {
     // SAFETY: plain get/setrlimit on a local struct.
     unsafe {
@@ -132,10 +134,6 @@ impl Sampler {
         s
     }
 
-    pub fn pids(&self) -> &[u32] {
-        &self.pids
-    }
-
     /// A fresh reading (not stored).
     pub fn now(&self) -> Sample {
         Sample {
@@ -143,6 +141,11 @@ impl Sampler {
             rss_bytes: self.pids.iter().filter_map(|&p| rss_bytes(p)).sum(),
             cpu_secs: self.pids.iter().filter_map(|&p| cpu_secs(p)).sum(),
         }
+    }
+
+    /// Sum over the processes of their kernel-recorded peak RSS (`VmHWM`).
+    pub fn hwm(&self) -> u64 {
+        self.pids.iter().filter_map(|&p| hwm_bytes(p)).sum()
     }
 
     pub fn peak_rss(&self) -> u64 {
@@ -162,10 +165,6 @@ impl Sampler {
         let all = self.samples.lock().unwrap();
         let stride = all.len().div_ceil(n.max(1)).max(1);
         all.iter().step_by(stride).cloned().collect()
-    }
-
-    pub fn available(&self) -> bool {
-        !self.pids.is_empty()
     }
 }
 

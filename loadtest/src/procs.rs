@@ -112,7 +112,8 @@ pub struct Secrets {
 impl Secrets {
     pub fn generate(seed: u64) -> Secrets {
         let mut r = crate::world::Rng::new(seed ^ std::process::id() as u64 ^ now_nanos());
-        let mut token = |prefix: &str| format!("{prefix}-{:016x}{:016x}", r.next_u64(), r.next_u64());
+        let mut token =
+            |prefix: &str| format!("{prefix}-{:016x}{:016x}", r.next_u64(), r.next_u64());
         Secrets {
             jwt_secret: token("jwt"),
             admin_token: token("admin"),
@@ -158,8 +159,8 @@ pub async fn spawn_gateway(
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let mut p = spawn(name, cmd, log_dir)
-        .with_context(|| format!("spawning gateway {}", bin.display()))?;
+    let mut p =
+        spawn(name, cmd, log_dir).with_context(|| format!("spawning gateway {}", bin.display()))?;
     wait_healthy(&mut p, &format!("http://{addr}"), Duration::from_secs(30)).await?;
     Ok((p, addr))
 }

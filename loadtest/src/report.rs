@@ -188,11 +188,11 @@ impl Chart {
         let mut s = String::new();
         let _ = write!(
             s,
-            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif" font-size="12">
+            r##"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="Helvetica, Arial, sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{left}" y="28" font-size="18" font-weight="bold">{}</text>
 <text x="{left}" y="48" fill="#444">{}</text>
-"#,
+"##,
             esc(&self.title),
             esc(&self.subtitle)
         );
@@ -330,12 +330,18 @@ mod tests {
         assert!((l.p50 - 500.0).abs() < 1.0, "{l:?}");
         assert!((l.p99 - 990.0).abs() < 2.0, "{l:?}");
         assert!(l.max >= 999.0);
-        assert_eq!(LatencyMs::of(&crate::check::new_hist()), LatencyMs::default());
+        assert_eq!(
+            LatencyMs::of(&crate::check::new_hist()),
+            LatencyMs::default()
+        );
     }
 
     #[test]
     fn ticks_are_sane() {
-        assert_eq!(ticks(1.0, 100.0, true), vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]);
+        assert_eq!(
+            ticks(1.0, 100.0, true),
+            vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]
+        );
         let lin = ticks(0.0, 100.0, false);
         assert_eq!(lin.first(), Some(&0.0));
         assert!(lin.len() >= 4 && lin.len() <= 8, "{lin:?}");

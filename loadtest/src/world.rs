@@ -326,7 +326,7 @@ fn gen_workspace(rng: &mut Rng, spec: &WorldSpec, w: usize, world: &mut World) {
                     c.collaborators.push(agent(rng));
                 }
             }
-            85..=92 | 93..=97 => {
+            85..=97 => {
                 let direct = roll <= 92;
                 c.kind = if direct {
                     ConversationKind::Direct

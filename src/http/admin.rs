@@ -288,6 +288,12 @@ async fn history(
             Change::Conversation { conversation, status } => serde_json::json!({
                 "type": "status", "seq": c.seq, "event": status.event, "by": status.by, "conversation_state": conversation
             }),
+            Change::EditMessage { message_id, body: Some(body), by, .. } => serde_json::json!({
+                "type": "message_updated", "seq": c.seq, "message_id": message_id, "body": body, "by": by
+            }),
+            Change::EditMessage { message_id, body: None, by, .. } => serde_json::json!({
+                "type": "message_deleted", "seq": c.seq, "message_id": message_id, "by": by
+            }),
             _ => serde_json::Value::Null,
         })
         .collect();

@@ -36,8 +36,8 @@ pub struct Inbox {
     marks: HashMap<Slot, HashMap<Id, UserMarks>>,
     /// Focused conversation per connection ("node:id"), per user.
     focus: HashMap<Slot, HashMap<String, Id>>,
-    /// Connections that asked for presence frames.
-    pub presence_subscribers: HashSet<Slot>,
+    /// Connections (user, connection id) that asked for presence frames.
+    pub presence_subscribers: HashSet<(Slot, u64)>,
 }
 
 impl Inbox {

@@ -169,22 +169,23 @@ impl WorkspaceState {
         self.online.entry(s).or_default().push(conn);
     }
 
-    pub fn subscribe_presence(&mut self, user: &str) {
+    /// Subscribes one connection (not every connection of the user) to `presence` frames.
+    pub fn subscribe_presence(&mut self, user: &str, conn_id: u64) {
         let s = self.slot(user);
-        self.inbox.presence_subscribers.insert(s);
+        self.inbox.presence_subscribers.insert((s, conn_id));
     }
 
     pub fn disconnect(&mut self, user: &str, conn_id: u64) -> bool {
         let Some(s) = self.slots.get(user).copied() else {
             return false;
         };
+        self.inbox.presence_subscribers.remove(&(s, conn_id));
         let Some(list) = self.online.get_mut(&s) else {
             return false;
         };
         list.retain(|c| c.id != conn_id);
         if list.is_empty() {
             self.online.remove(&s);
-            self.inbox.presence_subscribers.remove(&s);
             return true;
         }
         false
@@ -211,6 +212,18 @@ impl WorkspaceState {
         let before = list.len();
         list.retain(|c| c.push(frame.clone()));
         self.deliveries += before as u64;
+        if list.is_empty() {
+            self.online.remove(&slot);
+        }
+    }
+
+    /// `send` to one connection of a user.
+    fn send_to_connection(&mut self, slot: Slot, conn: u64, frame: &Outbound) {
+        let Some(list) = self.online.get_mut(&slot) else {
+            return;
+        };
+        list.retain(|c| c.id != conn || c.push(frame.clone()));
+        self.deliveries += 1;
         if list.is_empty() {
             self.online.remove(&slot);
         }
@@ -625,15 +638,15 @@ impl WorkspaceState {
                     text: frames::presence(user, *online),
                     born: Instant::now(),
                 });
-                let targets: Vec<Slot> = self
+                let targets: Vec<(Slot, u64)> = self
                     .inbox
                     .presence_subscribers
                     .iter()
                     .copied()
-                    .filter(|s| Some(*s) != me)
+                    .filter(|(s, _)| Some(*s) != me)
                     .collect();
-                for s in targets {
-                    self.send(s, &frame);
+                for (s, conn) in targets {
+                    self.send_to_connection(s, conn, &frame);
                 }
             }
         }
@@ -656,6 +669,7 @@ impl WorkspaceState {
             self.by_channel.clear();
             self.by_contact.clear();
             self.threads.clear();
+            self.designated.clear();
         }
         let ws = &self.id.clone();
         for u in world.users.iter().filter(|u| &u.workspace == ws) {

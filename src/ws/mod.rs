@@ -28,7 +28,7 @@ pub struct WsQuery {
     token: Option<String>,
     /// JSON object `{conversation: last seq seen}` to replay missed events.
     resume: Option<String>,
-    /// `false` skips the inbox snapshot after `hello`.
+    /// `true` sends the inbox snapshot after `hello`.
     snapshot: Option<bool>,
     /// `true` subscribes to `presence` frames.
     presence: Option<bool>,
@@ -98,7 +98,7 @@ pub async fn upgrade(
         Some(Ok(r)) => Some(r),
         Some(Err(e)) => return ApiError::bad_json(format!("resume: {e}")).into_response(),
     };
-    let snapshot = q.snapshot.unwrap_or(true);
+    let snapshot = q.snapshot.unwrap_or(false);
     let presence = q.presence.unwrap_or(false);
     let headers = req.headers();
     let is_upgrade = headers

@@ -32,7 +32,8 @@ const TYPING_EVERY: Duration = Duration::from_secs(2);
 #[derive(Default)]
 pub struct Options {
     pub resume: Option<HashMap<String, u64>>,
-    /// Send the inbox snapshot after `hello` (default on).
+    /// Send the inbox snapshot after `hello` (`?snapshot=true`; it costs a
+    /// scan of the workspace per connect, so it is opt-in).
     pub snapshot: bool,
     /// Receive `presence` frames of the workspace.
     pub presence: bool,
@@ -86,7 +87,7 @@ pub async fn run<S>(
             },
         );
         if options.presence {
-            state.subscribe_presence(&user.id);
+            state.subscribe_presence(&user.id, id);
         }
     }
     metrics::gauge!("switchboard_connections").increment(1.0);
@@ -536,6 +537,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         conversation,
                         status,
                     } => frames::status(ev.seq, status, conversation),
+                    // Edits and deletions hold a place in the sequence too.
+                    Change::EditMessage {
+                        message_id,
+                        body,
+                        by,
+                        ..
+                    } => frames::message_edited(&conv, ev.seq, message_id, body.as_deref(), by),
                     _ => continue,
                 };
                 if self.fresh(&Some((key.clone(), ev.seq))) {

@@ -451,7 +451,13 @@ impl Server {
                 .await
                 .unwrap_or_else(|_| panic!("{user}: WebSocket handshake timed out"))
                 .unwrap_or_else(|e| panic!("{user}: WebSocket handshake failed: {e}"));
-        Client::after_handshake(user, stream, !query.contains("snapshot=false")).await
+        Client::after_handshake(user, stream, query.contains("snapshot=true")).await
+    }
+
+    /// Connects `user` of `ws` asking for the inbox snapshot, and reads `hello` and `inbox`.
+    pub async fn connect_with_inbox(&self, user: &str, ws: &str) -> Client {
+        self.connect_query(user, &format!("?token={}&snapshot=true", token(user, ws)))
+            .await
     }
 
     /// Connects with `Authorization: Bearer` and reads `hello`.
@@ -465,7 +471,7 @@ impl Server {
             .await
             .expect("handshake timed out")
             .unwrap_or_else(|e| panic!("{user}: WebSocket handshake failed: {e}"));
-        Client::after_handshake(user, stream, true).await
+        Client::after_handshake(user, stream, false).await
     }
 
     /// A handshake expected to be refused: the HTTP status of the refusal.
@@ -535,7 +541,7 @@ pub enum Event {
 pub struct Client {
     pub user: String,
     pub hello: Value,
-    /// The `inbox` snapshot that follows `hello` (unless `?snapshot=false`).
+    /// The `inbox` snapshot that follows `hello` (with `?snapshot=true`).
     pub inbox: Option<Value>,
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     /// Frames read ahead and put back (see [`Client::unread`]).
