@@ -139,7 +139,10 @@ impl Gateway {
         }
         let settings = self.get_settings(&user.workspace);
         actions::may_edit(&settings, user, &message, now_ms()).map_err(|m| {
-            if message.sender == Sender::User(user.id.clone()) {
+            // Only the window passing is a conflict; the rest is not allowed at all.
+            if message.sender == Sender::User(user.id.clone())
+                && settings.edit_window_secs.is_some()
+            {
                 ApiError::conflict(m)
             } else {
                 ApiError::forbidden(m)
@@ -182,8 +185,12 @@ impl Gateway {
                         format!("unknown user {p:?} in this workspace"),
                     )
                 })?;
-                actions::may_message_directly(&settings, user, other)
-                    .map_err(ApiError::forbidden)?;
+                // `direct_messages` governs direct conversations; groups only
+                // need members of the same workspace (checked by the lookup).
+                if kind == ConversationKind::Direct {
+                    actions::may_message_directly(&settings, user, other)
+                        .map_err(ApiError::forbidden)?;
+                }
             }
         }
         match kind {

@@ -191,7 +191,9 @@ pub fn in_view(
         return false;
     }
     let open = conv.status == Status::Open;
-    let unassigned = conv.assignee.is_none() && conv.team.is_none();
+    // Assignment views are about customer conversations only.
+    let customer = conv.kind == crate::model::ConversationKind::Customer;
+    let unassigned = customer && conv.assignee.is_none() && conv.team.is_none();
     match view {
         View::AssignedToMe => open && conv.assignee.as_deref() == Some(user.id.as_str()),
         View::Unassigned => open && unassigned,

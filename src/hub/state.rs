@@ -933,7 +933,8 @@ impl WorkspaceState {
                 .convs
                 .get(&conv.id)
                 .is_some_and(|e| e.audience.get(slot).can_read());
-            if readable || kind == "removed" {
+            // Someone who lost access got `access_revoked` and nothing more of it.
+            if readable {
                 self.notify(slot, kind, &conv.id, seq, None);
             }
         }
