@@ -327,21 +327,40 @@ impl Gateway {
 
     pub async fn delete_channel(&self, id: &str) -> Result<(), ApiError> {
         let (ws, _) = self.locate("channel", id, |d| d.channels.get(id))?;
+        let change = Change::DeleteChannel { id: id.to_owned() };
+        self.delete_unused(
+            &ws,
+            "channel",
+            id,
+            |c| c.channel.as_deref() == Some(id),
+            change,
+        )
+        .await
+    }
+
+    /// Deletes a channel or contact that no conversation refers to.
+    async fn delete_unused(
+        &self,
+        ws: &str,
+        what: &str,
+        id: &str,
+        refers: impl Fn(&Conversation) -> bool,
+        change: Change,
+    ) -> Result<(), ApiError> {
         let used = self
             .hub
-            .workspace(&ws)
+            .workspace(ws)
             .lock()
             .dir
             .conversations
             .values()
-            .any(|c| c.channel.as_deref() == Some(id));
+            .any(refers);
         if used {
             return Err(ApiError::conflict(format!(
-                "channel {id:?} still has conversations"
+                "{what} {id:?} still has conversations"
             )));
         }
-        self.commit(&ws, Change::DeleteChannel { id: id.to_owned() })
-            .await?;
+        self.commit(ws, change).await?;
         Ok(())
     }
 
@@ -368,22 +387,15 @@ impl Gateway {
 
     pub async fn delete_contact(&self, id: &str) -> Result<(), ApiError> {
         let (ws, _) = self.locate("contact", id, |d| d.contacts.get(id))?;
-        let used = self
-            .hub
-            .workspace(&ws)
-            .lock()
-            .dir
-            .conversations
-            .values()
-            .any(|c| c.contact.as_deref() == Some(id));
-        if used {
-            return Err(ApiError::conflict(format!(
-                "contact {id:?} still has conversations"
-            )));
-        }
-        self.commit(&ws, Change::DeleteContact { id: id.to_owned() })
-            .await?;
-        Ok(())
+        let change = Change::DeleteContact { id: id.to_owned() };
+        self.delete_unused(
+            &ws,
+            "contact",
+            id,
+            |c| c.contact.as_deref() == Some(id),
+            change,
+        )
+        .await
     }
 
     pub async fn put_settings(
