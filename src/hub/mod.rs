@@ -128,6 +128,18 @@ impl Sink for Hub {
         metrics::counter!("switchboard_deliveries_total").increment(state.deliveries);
     }
 
+    fn seqs(&self, workspace: &str) -> Vec<(String, u64)> {
+        self.existing(workspace)
+            .map(|w| w.lock().seqs())
+            .unwrap_or_default()
+    }
+
+    fn replay(&self, committed: Arc<Committed>) {
+        if let Some(w) = self.existing(&committed.workspace) {
+            w.lock().replay(&committed);
+        }
+    }
+
     fn restore(&self, snapshot: Snapshot) {
         let ws = self.workspace(&snapshot.workspace);
         let mut state = ws.lock();

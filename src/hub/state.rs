@@ -514,6 +514,52 @@ impl WorkspaceState {
         (page, total, next)
     }
 
+    /// Latest seq of every conversation.
+    pub fn seqs(&self) -> Vec<(Id, u64)> {
+        self.convs
+            .iter()
+            .map(|(id, e)| (id.clone(), e.seq))
+            .collect()
+    }
+
+    /// Sends the frame of a stored event to the conversation's current
+    /// readers, changing nothing (events missed by the bus, after a restore).
+    pub fn replay(&mut self, c: &Committed) {
+        let (conversation, text) = match &c.change {
+            Change::Message { message, .. } => (
+                message.conversation.as_str(),
+                frames::message(&message.conversation, c.seq, message),
+            ),
+            Change::Conversation {
+                conversation,
+                status,
+            } => (
+                conversation.id.as_str(),
+                frames::status(c.seq, status, conversation),
+            ),
+            Change::EditMessage {
+                conversation,
+                message_id,
+                body,
+                by,
+                ..
+            } => (
+                conversation.as_str(),
+                frames::message_edited(conversation, c.seq, message_id, body.as_deref(), by),
+            ),
+            _ => return,
+        };
+        let frame = Arc::new(Frame {
+            position: Some((Arc::from(conversation), c.seq)),
+            text,
+            born: Instant::now(),
+        });
+        let targets: Vec<Slot> = self.audience_online(conversation).collect();
+        for s in targets {
+            self.send(s, &frame);
+        }
+    }
+
     /// Sends a sequenced frame to every online reader of a conversation.
     fn fan_out(
         &mut self,

@@ -197,6 +197,13 @@ pub trait Sink: Send + Sync + 'static {
     /// the difference as `access_granted` / `access_revoked`; seqs, last
     /// messages and every user's marks are taken from the snapshot.
     fn restore(&self, _snapshot: Snapshot) {}
+    /// Latest seq of each conversation of a workspace, as the sink knows it.
+    fn seqs(&self, _workspace: &str) -> Vec<(Id, u64)> {
+        Vec::new()
+    }
+    /// Delivers the frames of an already-stored event again (after a
+    /// restore) without changing any state.
+    fn replay(&self, _committed: Arc<Committed>) {}
 }
 
 /// What [`Store::history`] found.

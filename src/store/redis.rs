@@ -570,6 +570,57 @@ impl RedisStore {
 }
 
 impl Inner {
+    /// Events of a conversation after `after_seq` (see [`Store::history`]).
+    async fn history(
+        &self,
+        workspace: &str,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<History, StoreError> {
+        let key = history_key(workspace, conversation);
+        let limit = limit.min(self.history_len);
+        let mut conn = self.conn();
+        let (latest, first, found): (Option<u64>, Vec<String>, Vec<String>) = bounded(
+            redis::pipe()
+                .atomic()
+                .hget(format!("{}seqs", prefix(workspace)), conversation)
+                .zrange(&key, 0, 0)
+                .cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(format!("({after_seq}"))
+                .arg("+inf")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await?;
+        let decode = |s: &String| -> Result<HistoryEntry, StoreError> {
+            serde_json::from_str(s).map_err(|e| corrupt(&format!("history of {conversation:?}"), e))
+        };
+        let latest_seq = latest.unwrap_or(0);
+        let oldest_seq = match first.first() {
+            Some(s) => decode(s)?.seq,
+            None => latest_seq + 1,
+        };
+        let events = found
+            .iter()
+            .map(|s| {
+                decode(s).map(|e| Committed {
+                    workspace: workspace.to_owned(),
+                    seq: e.seq,
+                    change: e.change,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(History {
+            events,
+            oldest_seq,
+            latest_seq,
+        })
+    }
+
     fn conn(&self) -> ConnectionManager {
         self.conn.clone()
     }
@@ -1072,47 +1123,9 @@ impl Store for RedisStore {
         after_seq: u64,
         limit: usize,
     ) -> Result<History, StoreError> {
-        let key = history_key(workspace, conversation);
-        let limit = limit.min(self.inner.history_len);
-        let mut conn = self.inner.conn();
-        let (latest, first, found): (Option<u64>, Vec<String>, Vec<String>) = bounded(
-            redis::pipe()
-                .atomic()
-                .hget(format!("{}seqs", prefix(workspace)), conversation)
-                .zrange(&key, 0, 0)
-                .cmd("ZRANGEBYSCORE")
-                .arg(&key)
-                .arg(format!("({after_seq}"))
-                .arg("+inf")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut conn),
-        )
-        .await?;
-        let decode = |s: &String| -> Result<HistoryEntry, StoreError> {
-            serde_json::from_str(s).map_err(|e| corrupt(&format!("history of {conversation:?}"), e))
-        };
-        let latest_seq = latest.unwrap_or(0);
-        let oldest_seq = match first.first() {
-            Some(s) => decode(s)?.seq,
-            None => latest_seq + 1,
-        };
-        let events = found
-            .iter()
-            .map(|s| {
-                decode(s).map(|e| Committed {
-                    workspace: workspace.to_owned(),
-                    seq: e.seq,
-                    change: e.change,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(History {
-            events,
-            oldest_seq,
-            latest_seq,
-        })
+        self.inner
+            .history(workspace, conversation, after_seq, limit)
+            .await
     }
 
     async fn rotate(
@@ -1365,7 +1378,26 @@ async fn resync(inner: &Inner, sink: &dyn Sink, known: &mut HashSet<Id>) -> Resu
     let (snaps, counters) = inner.load_all().await?;
     let stored: HashSet<Id> = snaps.iter().map(|s| s.workspace.clone()).collect();
     for snap in snaps {
+        // Events committed while the bus was away: delivered after the
+        // restore, in order, before any newer live event (sessions drop what
+        // they already have), so an acknowledged message is not lost live.
+        let before: HashMap<Id, u64> = sink.seqs(&snap.workspace).into_iter().collect();
+        let missed: Vec<(Id, u64)> = snap
+            .seqs
+            .iter()
+            .filter_map(|(conv, seq)| {
+                let old = before.get(conv).copied().filter(|old| *old > 0)?;
+                (*seq > old).then(|| (conv.clone(), old))
+            })
+            .collect();
+        let ws = snap.workspace.clone();
         sink.restore(snap);
+        for (conv, after) in missed {
+            let history = inner.history(&ws, &conv, after, usize::MAX).await?;
+            for event in history.events {
+                sink.replay(Arc::new(event));
+            }
+        }
     }
     // A workspace gone from storage (Redis lost its data) is emptied too.
     for ws in known.difference(&stored) {
