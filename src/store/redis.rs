@@ -80,10 +80,13 @@
 //! ([`Sink::restore`]): the hub re-imports each workspace as a replace, so
 //! revocations and grants made meanwhile reach live connections as diffs, and
 //! latest seqs, last messages and marks are restored. Events committed while
-//! the bus was down (while Redis itself is down nothing commits; this is the
-//! window between Redis answering again and the bus reconnecting, ≤ 2 s, or
-//! a bus-only disconnection) are **not** replayed live: clients see the next event's seq
-//! jump and recover the missed ones with `resume` (they are in the history).
+//! the bus was away (a publish lost with a killed Redis, the window between
+//! Redis answering again and the bus reconnecting, or a bus-only
+//! disconnection) are then read from history and delivered to the
+//! conversations' current readers ([`Sink::replay`]), in order, before any
+//! newer live event; sessions drop what they already have. A conversation a
+//! user newly gained meanwhile comes as `access_granted` (its history is
+//! available with `resume`).
 //! Readiness ([`Store::ping`]) is false while the bus is down.
 //!
 //! # What Redis must be
