@@ -156,11 +156,17 @@ mod tests {
     #[test]
     fn oracle_matches_library_on_policy_cases() {
         // The shared policy cases, when present: our indexing must agree with `expect`.
-        let dir =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/policy-cases");
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return;
-        };
+        let dir = std::env::var_os("SWITCHBOARD_POLICY_CASES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/policy-cases")
+            });
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
+            panic!(
+                "policy cases folder {} is unreadable ({e}); set SWITCHBOARD_POLICY_CASES",
+                dir.display()
+            )
+        });
         let mut checked = 0;
         for e in entries.flatten() {
             let path = e.path();
