@@ -48,7 +48,7 @@ pub struct Common {
     #[arg(long, env = "LOADTEST_ADAPTER_KEY", hide_env_values = true)]
     #[serde(skip)]
     pub adapter_key: Option<String>,
-    /// Extra query string for Switchboard WebSocket URLs, e.g. `snapshot=false`.
+    /// Extra query string for Switchboard WebSocket URLs, e.g. `snapshot=true`.
     #[arg(long, default_value = "")]
     pub ws_query: String,
     /// Extra KEY=VALUE environment for spawned gateway nodes (repeatable).
