@@ -245,6 +245,32 @@ impl Gateway {
         Ok((id, seq))
     }
 
+    /// Checks a message's mentions: users of the sender's workspace whom the
+    /// `direct_messages` setting lets them reach. The result is the message's
+    /// `meta` (`{"mentions": [...]}`), or `None` without mentions.
+    pub fn check_mentions(
+        &self,
+        user: &User,
+        mentions: &[Id],
+    ) -> Result<Option<serde_json::Value>, ApiError> {
+        if mentions.is_empty() {
+            return Ok(None);
+        }
+        let settings = self.get_settings(&user.workspace);
+        let w = self.hub.workspace(&user.workspace);
+        let state = w.lock();
+        for (i, m) in mentions.iter().enumerate() {
+            let other = state.dir.user(m).ok_or_else(|| {
+                ApiError::invalid(
+                    format!("mentions[{i}]"),
+                    format!("unknown user {m:?} in this workspace"),
+                )
+            })?;
+            actions::may_message_directly(&settings, user, other).map_err(ApiError::forbidden)?;
+        }
+        Ok(Some(serde_json::json!({ "mentions": mentions })))
+    }
+
     /// Reassigns many conversations; each is checked and committed on its own.
     pub async fn bulk_assign(
         &self,

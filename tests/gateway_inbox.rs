@@ -1610,3 +1610,75 @@ async fn reimport_replaces_the_designated_people() {
         ],
     );
 }
+
+/// Mentions: only users of the same workspace (and reachable under
+/// `direct_messages`) can be mentioned; a mentioned reader gets one
+/// `mentioned` notification, a mentioned user who cannot read the
+/// conversation gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mentions_notify_readers_of_the_same_workspace_only() {
+    let srv = Server::start().await;
+    srv.import(&json!({
+        "users": [
+            {"id": "a"}, {"id": "b"},
+            {"id": "ext", "internal": false},
+            {"id": "x", "scope": "own"},
+            {"id": "other", "workspace": "w2"}
+        ],
+        "channels": [{"id": "ch1"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": [{"id": "v1", "channel": "ch1", "contact": "k1", "assignee": "a"}]
+    }))
+    .await;
+    let mut a = srv.connect("a", "w1").await;
+    let mut b = srv.connect("b", "w1").await;
+    let mut x = srv.connect("x", "w1").await;
+    // Staff see assigned conversations only when involved: b becomes a collaborator.
+    srv.admin_ok(
+        Method::POST,
+        "/conversations/v1/collaborators",
+        Some(json!({"user": "b"})),
+    )
+    .await;
+
+    let send = |r: &str, mentions: Value| json!({"type": "send", "ref": r, "conversation": "v1", "body": "hey", "mentions": mentions});
+    a.send_json(&send("m1", json!(["b", "x"]))).await;
+    let f = a.recv_until("ack m1", |v| v["ref"] == "m1").await;
+    assert_eq!(f.last().unwrap()["type"], "ack", "{f:?}");
+    let fb = b
+        .recv_until("mention", |v| {
+            v["type"] == "notification" && v["kind"] == "mentioned"
+        })
+        .await;
+    assert_eq!(fb.last().unwrap()["conversation"], "v1");
+    // x cannot read v1: no frame of it at all.
+    let fx = x.recv_for(Duration::from_millis(300)).await;
+    assert!(fx.iter().all(|v| v["conversation"] != "v1"), "{fx:?}");
+
+    // Another workspace's user cannot be mentioned; nothing is stored.
+    a.send_json(&send("m2", json!(["other"]))).await;
+    let f = a.recv_until("error m2", |v| v["ref"] == "m2").await;
+    assert_eq!(f.last().unwrap()["type"], "error", "{f:?}");
+    assert_eq!(f.last().unwrap()["code"], "bad_frame", "{f:?}");
+
+    // direct_messages = internal_only: an external user cannot be mentioned.
+    srv.admin_ok(
+        Method::PUT,
+        "/workspaces/w1",
+        Some(json!({"direct_messages": "internal_only"})),
+    )
+    .await;
+    a.send_json(&send("m3", json!(["ext"]))).await;
+    let f = a.recv_until("error m3", |v| v["ref"] == "m3").await;
+    assert_eq!(f.last().unwrap()["code"], "forbidden", "{f:?}");
+    let history = srv
+        .admin_ok(Method::GET, "/conversations/v1/messages", None)
+        .await;
+    let stored = history["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "message")
+        .count();
+    assert_eq!(stored, 1, "refused mentions store nothing: {history}");
+}

@@ -939,6 +939,36 @@ impl WorkspaceState {
         self.status_notifications(old_conv.as_ref(), conv, seq, status.by.as_deref());
     }
 
+    /// `mentioned` notifications for the users a message names (who can read it).
+    fn mention_notifications(&mut self, message: &Message, seq: u64) {
+        let Some(list) = message
+            .meta
+            .as_ref()
+            .and_then(|m| m.get("mentions"))
+            .and_then(|m| m.as_array())
+        else {
+            return;
+        };
+        let sender = match &message.sender {
+            Sender::User(u) => Some(u.as_str()),
+            Sender::Contact(_) => None,
+        };
+        let targets: HashSet<Slot> = list
+            .iter()
+            .filter_map(|m| m.as_str())
+            .filter(|m| Some(*m) != sender)
+            .filter_map(|m| self.slots.get(m).copied())
+            .filter(|s| {
+                self.convs
+                    .get(&message.conversation)
+                    .is_some_and(|e| e.audience.get(*s).can_read())
+            })
+            .collect();
+        for s in targets {
+            self.notify(s, "mentioned", &message.conversation, seq, Some(message));
+        }
+    }
+
     /// Personal notifications of designated people: added, removed, closed, reopened.
     fn status_notifications(
         &mut self,
@@ -1003,6 +1033,7 @@ impl WorkspaceState {
             self.inbox.mark(slot, cid, &Mark::Read { seq });
         }
         self.fan_out(cid, seq, frames::message(cid, seq, message));
+        self.mention_notifications(message, seq);
         if !from_customer {
             return;
         }

@@ -16,6 +16,9 @@ pub enum ClientFrame {
         conversation: String,
         body: String,
         client_id: Option<String>,
+        /// Users mentioned in the message (same workspace, `direct_messages` allowing).
+        #[serde(default)]
+        mentions: Vec<String>,
     },
     Assign {
         #[serde(rename = "ref")]

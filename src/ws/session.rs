@@ -304,10 +304,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 conversation,
                 body,
                 client_id,
+                mentions,
             } => {
-                let r = gw
-                    .post_message(actor, &conversation, body, None, client_id, None)
-                    .await;
+                let r = match gw.check_mentions(&self.user, &mentions) {
+                    Ok(meta) => {
+                        gw.post_message(actor, &conversation, body, None, client_id, meta)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
                 let reply = match r {
                     Ok(p) => frames::ack(reference.as_deref(), &p.id, p.seq, p.duplicate),
                     Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
