@@ -879,6 +879,23 @@ async fn redis_store_scripts_match_the_reference() {
         .expect("presence");
     assert_eq!(other.online_users("w1").await.expect("online"), ["u1"]);
     assert!(store.ping().await);
+
+    // A crashed node's users drop out once their expiry passes (the node's
+    // refresh task dies with it; dropping the store aborts that task).
+    let crashed = RedisStore::connect(&redis.url(), "node-c", 5)
+        .await
+        .expect("connect");
+    crashed
+        .set_presence("w9", "gone", true, 3)
+        .await
+        .expect("presence");
+    assert_eq!(other.online_users("w9").await.expect("online"), ["gone"]);
+    drop(crashed);
+    tokio::time::sleep(Duration::from_millis(3_300)).await;
+    assert!(
+        other.online_users("w9").await.expect("online").is_empty(),
+        "a dead node's user must expire"
+    );
 }
 
 /// Sends a client frame with a fresh `ref` and waits for its `ok`.

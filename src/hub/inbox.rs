@@ -38,6 +38,9 @@ pub struct Inbox {
     focus: HashMap<Slot, HashMap<String, Id>>,
     /// Connections (user, connection id) that asked for presence frames.
     pub presence_subscribers: HashSet<(Slot, u64)>,
+    /// Who hid each conversation, so a new message un-hides it without
+    /// scanning every user's marks.
+    hidden_by: HashMap<Id, HashSet<Slot>>,
 }
 
 impl Inbox {
@@ -52,6 +55,23 @@ impl Inbox {
             .entry(conv.to_owned())
             .or_default()
             .apply(mark);
+        if let Mark::Hide { on } = mark {
+            self.track_hidden(slot, conv, *on);
+        }
+    }
+
+    fn track_hidden(&mut self, slot: Slot, conv: &str, on: bool) {
+        if on {
+            self.hidden_by
+                .entry(conv.to_owned())
+                .or_default()
+                .insert(slot);
+        } else if let Some(set) = self.hidden_by.get_mut(conv) {
+            set.remove(&slot);
+            if set.is_empty() {
+                self.hidden_by.remove(conv);
+            }
+        }
     }
 
     /// Replaces the marks with stored ones (start-up and resync): mute, hide
@@ -63,7 +83,11 @@ impl Inbox {
             u.hidden = false;
             u.archived = false;
         }
+        self.hidden_by.clear();
         for (slot, conv, s) in stored {
+            if s.hidden {
+                self.track_hidden(slot, &conv, true);
+            }
             let u = self.marks.entry(slot).or_default().entry(conv).or_default();
             u.read_seq = u.read_seq.max(s.read_seq);
             u.muted = s.muted;
@@ -74,14 +98,15 @@ impl Inbox {
 
     /// A new message un-hides the conversation for everyone who hid it.
     pub fn unhide(&mut self, conv: &str) {
-        for m in self.marks.values_mut() {
-            if let Some(u) = m.get_mut(conv) {
+        for slot in self.hidden_by.remove(conv).into_iter().flatten() {
+            if let Some(u) = self.marks.get_mut(&slot).and_then(|m| m.get_mut(conv)) {
                 u.hidden = false;
             }
         }
     }
 
     pub fn forget_conversation(&mut self, conv: &str) {
+        self.hidden_by.remove(conv);
         for m in self.marks.values_mut() {
             m.remove(conv);
         }
