@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
+
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -130,6 +132,12 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     };
+    // Frames are small and latency-bound: without TCP_NODELAY, Nagle holds a
+    // frame until the previous one is acknowledged, and a client's delayed
+    // ACK turns that into ~40 ms per frame.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(drained)
         .await?;

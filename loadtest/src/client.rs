@@ -15,8 +15,9 @@ use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{client_async, WebSocketStream};
+use tokio_tungstenite::{client_async_with_config, WebSocketStream};
 
 use crate::check::ConnRecord;
 
@@ -36,15 +37,13 @@ pub struct Shared {
     pub hellos: AtomicUsize,
     pub failures: AtomicUsize,
     pub server_closes: AtomicUsize,
-    /// Tagged `message` frames received (all connections).
-    pub delivered: AtomicU64,
     /// Deliveries the oracle expects so far (the poster adds to it).
     pub expected: AtomicU64,
     pub hello_timeout: Duration,
     /// Open connections (past hello) per user index.
     pub conns_per_user: Vec<AtomicU32>,
     /// Latency of the current step, live (for progress and early stop).
-    pub live: Mutex<Histogram<u64>>,
+    pub live: LiveLatency,
     /// Answers to agent `send`s: (message index, status, seq), to the poster.
     pub acks: OnceLock<mpsc::UnboundedSender<(u32, u16, u64)>>,
 }
@@ -63,17 +62,79 @@ impl Shared {
             hellos: AtomicUsize::new(0),
             failures: AtomicUsize::new(0),
             server_closes: AtomicUsize::new(0),
-            delivered: AtomicU64::new(0),
             expected: AtomicU64::new(0),
             hello_timeout: Duration::from_secs(60),
             conns_per_user: (0..users).map(|_| AtomicU32::new(0)).collect(),
-            live: Mutex::new(crate::check::new_hist()),
+            live: LiveLatency::new(),
             acks: OnceLock::new(),
         }
     }
 
     pub fn now_us(&self) -> u64 {
         self.origin.elapsed().as_micros() as u64
+    }
+}
+
+/// The live latency histogram and delivery count, sharded by connection so
+/// that recording a delivery does not contend with the other worker threads.
+pub struct LiveLatency {
+    shards: Vec<Mutex<LiveShard>>,
+}
+
+struct LiveShard {
+    /// Latency of the current step.
+    hist: Histogram<u64>,
+    /// Tagged `message` frames received, whole run.
+    delivered: u64,
+}
+
+impl LiveLatency {
+    const SHARDS: usize = 32;
+
+    fn new() -> Self {
+        LiveLatency {
+            shards: (0..Self::SHARDS)
+                .map(|_| {
+                    Mutex::new(LiveShard {
+                        hist: crate::check::new_hist(),
+                        delivered: 0,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    fn record(&self, conn: usize, latency_us: u32) {
+        if let Ok(mut s) = self.shards[conn % Self::SHARDS].lock() {
+            let _ = s.hist.record(u64::from(latency_us).max(1));
+            s.delivered += 1;
+        }
+    }
+
+    pub fn reset(&self) {
+        for s in &self.shards {
+            if let Ok(mut s) = s.lock() {
+                s.hist.reset();
+            }
+        }
+    }
+
+    pub fn p99_ms(&self) -> f64 {
+        let mut all = crate::check::new_hist();
+        for s in &self.shards {
+            if let Ok(s) = s.lock() {
+                let _ = all.add(&s.hist);
+            }
+        }
+        all.value_at_quantile(0.99) as f64 / 1000.0
+    }
+
+    /// Tagged `message` frames received so far (all connections).
+    pub fn delivered(&self) -> u64 {
+        self.shards
+            .iter()
+            .filter_map(|s| s.lock().ok().map(|s| s.delivered))
+            .sum()
     }
 }
 
@@ -185,8 +246,7 @@ impl ConnState<'_> {
                 }
                 let lat = now.saturating_sub(sched).min(u32::MAX as u64) as u32;
                 self.rec.deliveries.push((msg, lat));
-                let _ = self.sh.live.lock().unwrap().record(u64::from(lat).max(1));
-                self.sh.delivered.fetch_add(1, Ordering::Relaxed);
+                self.sh.live.record(self.rec.index, lat);
             }
             "access_granted" => {
                 if let (Some(conv), Some(seq)) = (f.conversation.as_deref(), f.seq) {
@@ -276,7 +336,10 @@ async fn open(spec: &ConnSpec, phase: &std::sync::atomic::AtomicU8) -> Result<Ws
         ),
         Flavor::SocketIo => format!("ws://{}/socket.io/?EIO=4&transport=websocket", spec.addr),
     };
-    match client_async(url, stream).await {
+    // tungstenite zero-fills its whole read buffer before every read (128 KiB
+    // by default): a small one keeps that memset off the per-frame path.
+    let config = WebSocketConfig::default().read_buffer_size(1024);
+    match client_async_with_config(url, stream, Some(config)).await {
         Ok((ws, _)) => Ok(ws),
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
             let body = resp
@@ -419,6 +482,10 @@ pub async fn run_conn(
         }
     };
     tokio::pin!(killed);
+    // Created once: a fresh `changed()` future per frame costs a waiter
+    // registration and removal each time.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
             m = ws.next() => match m {
@@ -459,7 +526,7 @@ pub async fn run_conn(
                     break;
                 }
             },
-            _ = stop.changed() => {
+            _ = &mut stopped => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                 break;
             }
@@ -570,7 +637,7 @@ mod tests {
         assert_eq!(st.rec.wrong_conv, 1);
         assert_eq!(st.rec.other_frames["status"], 1);
         assert_eq!(st.rec.other_frames["error:forbidden"], 1);
-        assert_eq!(sh.delivered.load(Ordering::Relaxed), 6);
+        assert_eq!(sh.live.delivered(), 6);
     }
 
     #[test]

@@ -560,7 +560,7 @@ pub async fn probe_targets(
 pub async fn wait_delivered(sh: &Shared, grace: Duration) -> (bool, f64) {
     let t0 = Instant::now();
     loop {
-        let d = sh.delivered.load(Ordering::Relaxed);
+        let d = sh.live.delivered();
         let e = sh.expected.load(Ordering::Relaxed);
         if d >= e {
             return (true, t0.elapsed().as_secs_f64());
@@ -610,11 +610,11 @@ pub async fn run_rate_step(
     rng: &mut Rng,
     grace: Duration,
 ) -> StepReport {
-    *sh.live.lock().unwrap() = check::new_hist();
+    sh.live.reset();
     let cpu0 = sampler.now().cpu_secs;
     let self0 = procfs::self_cpu_secs();
     let t0 = Instant::now();
-    let delivered0 = sh.delivered.load(Ordering::Relaxed);
+    let delivered0 = sh.live.delivered();
     // Progress: one line per second while the step runs.
     let progress = {
         let label = format!("{sys_name} {rate}/s");
@@ -638,9 +638,9 @@ pub async fn run_rate_step(
                     (p.len(), failed)
                 };
                 let s = sampler.now();
-                let d = sh.delivered.load(Ordering::Relaxed);
+                let d = sh.live.delivered();
                 let e = sh.expected.load(Ordering::Relaxed);
-                let p99 = sh.live.lock().unwrap().value_at_quantile(0.99) as f64 / 1000.0;
+                let p99 = sh.live.p99_ms();
                 eprintln!(
                     "[{label}] t={:.0}s posts={n} (recent failed {failed}) delivered={d}/{e} live p99={p99:.1} ms{}",
                     t.elapsed().as_secs_f64(),
@@ -657,8 +657,8 @@ pub async fn run_rate_step(
     let wall = t0.elapsed().as_secs_f64();
     let s = sampler.now();
     let cpu = s.cpu_secs - cpu0;
-    let live_p99 = sh.live.lock().unwrap().value_at_quantile(0.99) as f64 / 1000.0;
-    let delivered = sh.delivered.load(Ordering::Relaxed) - delivered0;
+    let live_p99 = sh.live.p99_ms();
+    let delivered = sh.live.delivered() - delivered0;
     let rep = StepReport {
         system: sys_name.to_owned(),
         step,

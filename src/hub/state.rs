@@ -31,6 +31,9 @@ pub struct ConvEntry {
     pub seq: u64,
     pub audience: Audience,
     pub activity: Activity,
+    /// The id shared by every message frame of the conversation, so that a
+    /// session's last-sent map compares keys by pointer, not by bytes.
+    pub key: Option<Arc<str>>,
 }
 
 pub struct WorkspaceState {
@@ -571,8 +574,12 @@ impl WorkspaceState {
             return;
         };
         entry.seq = entry.seq.max(seq);
+        let key = entry
+            .key
+            .get_or_insert_with(|| Arc::from(conversation))
+            .clone();
         let frame = Arc::new(Frame {
-            position: Some((Arc::from(conversation), seq)),
+            position: Some((key, seq)),
             text,
             born: Instant::now(),
         });

@@ -127,10 +127,11 @@ pub async fn upgrade(
                 return;
             }
         };
-        // Small initial buffers keep an idle connection cheap (they grow on
-        // demand); frames are batched up to 16 KiB per socket write.
+        // A small read buffer keeps an idle connection cheap (it grows to the
+        // frame being read; tungstenite also zero-fills it before every read);
+        // frames are batched up to 16 KiB per socket write.
         let config = WebSocketConfig::default()
-            .read_buffer_size(2 * 1024)
+            .read_buffer_size(512)
             .write_buffer_size(16 * 1024)
             .max_write_buffer_size(4 * 1024 * 1024)
             .max_message_size(Some(limits.max_frame_bytes))

@@ -44,13 +44,16 @@ struct Session<S> {
     ws: WebSocketStream<S>,
     user: User,
     /// Last seq written per conversation: replay and live never repeat or go back.
-    last_sent: HashMap<Arc<str>, u64>,
+    /// Looked up once per frame written, hence the fast hasher.
+    last_sent: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
     typing: HashMap<String, Instant>,
     connection_key: String,
     /// A focus was announced, so closing must clear it.
     focused: bool,
+    /// Delivery latency histogram, looked up once rather than per batch.
+    latency: metrics::Histogram,
 }
 
 pub async fn run<S>(
@@ -106,12 +109,13 @@ pub async fn run<S>(
         gw: gw.clone(),
         ws,
         user: user.clone(),
-        last_sent: HashMap::new(),
+        last_sent: HashMap::default(),
         limiter: RateLimiter::direct(quota),
         strikes: 0,
         typing: HashMap::new(),
         connection_key: connection_key.clone(),
         focused: false,
+        latency: metrics::histogram!("switchboard_delivery_latency_seconds"),
     };
     let hello = frames::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
     let mut code = match s.ws.send(WsMessage::Text(hello)).await {
@@ -133,11 +137,14 @@ pub async fn run<S>(
     let expiry = tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now_unix)));
     tokio::pin!(expiry);
     let mut last_heard = Instant::now();
+    // Created once, not per loop turn: each new one registers a waiter.
+    let cancelled = control.cancelled();
+    tokio::pin!(cancelled);
 
     while code.is_none() {
         tokio::select! {
             biased;
-            _ = control.cancelled() => code = control.code(),
+            _ = &mut cancelled => code = control.code(),
             frame = rx.recv() => match frame {
                 Some(f) => code = s.write_batch(f, &mut rx).await.err(),
                 None => code = Some(close::NORMAL),
@@ -233,8 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.ws.flush().await.map_err(|_| close::NORMAL)?;
         if let Some(born) = oldest {
-            metrics::histogram!("switchboard_delivery_latency_seconds")
-                .record(born.elapsed().as_secs_f64());
+            self.latency.record(born.elapsed().as_secs_f64());
         }
         Ok(())
     }
