@@ -98,8 +98,12 @@ pub async fn run<S>(
         .store
         .set_presence(&user.workspace, &user.id, true, 60)
         .await;
-    gw.presence(&user, true).await;
-    gw.drain_waiting(&user.workspace).await;
+    // Every await below that is not on the per-frame path is boxed: an async
+    // fn's state is as large as its largest awaited future, and this one lives
+    // as long as the connection (an idle connection would otherwise carry
+    // every gateway operation's state inline, ~6 KB).
+    Box::pin(gw.presence(&user, true)).await;
+    Box::pin(gw.drain_waiting(&user.workspace)).await;
 
     let quota =
         Quota::per_second(NonZeroU32::new(limits.conn_rate_per_sec).unwrap_or(NonZeroU32::MIN))
@@ -127,7 +131,7 @@ pub async fn run<S>(
         code = s.send(Utf8Bytes::from(snapshot.to_string())).await.err();
     }
     if let (None, Some(positions)) = (code, options.resume) {
-        code = s.resume(None, positions).await.err();
+        code = Box::pin(s.resume(None, positions)).await.err();
     }
 
     let heartbeat = Duration::from_secs(limits.heartbeat_secs);
@@ -152,7 +156,7 @@ pub async fn run<S>(
             msg = s.ws.next() => {
                 last_heard = Instant::now();
                 code = match msg {
-                    Some(Ok(m)) => s.on_message(m).await.err(),
+                    Some(Ok(m)) => Box::pin(s.on_message(m)).await.err(),
                     Some(Err(WsError::Capacity(_))) => Some(close::TOO_BIG),
                     Some(Err(_)) | None => Some(close::NORMAL),
                 };
@@ -185,14 +189,14 @@ pub async fn run<S>(
     let last = workspace.lock().disconnect(&user.id, id);
     metrics::gauge!("switchboard_connections").decrement(1.0);
     if s.focused {
-        let _ = gw.focus(&user, connection_key, None).await;
+        let _ = Box::pin(gw.focus(&user, connection_key, None)).await;
     }
     if last {
         let _ = gw
             .store
             .set_presence(&user.workspace, &user.id, false, 60)
             .await;
-        gw.presence(&user, false).await;
+        Box::pin(gw.presence(&user, false)).await;
     }
     tracing::debug!(user = %user.id, connection = id, code, "session closed");
 }
