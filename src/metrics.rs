@@ -28,6 +28,20 @@ pub fn install() {
     });
 }
 
+/// Drains recorded histogram samples into their buckets every few seconds.
+/// Without it the exporter keeps every sample until the next scrape, so a
+/// node nobody scrapes would grow without bound (one sample per write batch).
+pub fn spawn_upkeep() -> Option<tokio::task::JoinHandle<()>> {
+    let handle = HANDLE.get()?.clone();
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            handle.run_upkeep();
+        }
+    }))
+}
+
 pub fn render() -> Option<String> {
     HANDLE.get().map(|h| h.render())
 }

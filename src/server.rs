@@ -117,6 +117,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("listen on {}: {e}", gw.config.listen))?;
     tracing::info!(listen = %gw.config.listen, node = %gw.config.node_id, redis = gw.config.redis_url.is_some(), "switchboard ready");
     let ticker = tokio::spawn(schedule_ticks(gw.clone()));
+    let upkeep = crate::metrics::spawn_upkeep();
     let app = crate::http::router(gw.clone());
     let drained = {
         let gw = gw.clone();
@@ -142,6 +143,9 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_graceful_shutdown(drained)
         .await?;
     ticker.abort();
+    if let Some(u) = upkeep {
+        u.abort();
+    }
     tracing::info!("stopped");
     Ok(())
 }

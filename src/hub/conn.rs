@@ -2,10 +2,11 @@
 
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 
+use futures_util::task::AtomicWaker;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tokio_util::sync::CancellationToken;
 
 /// Close codes of the protocol (docs/protocol.md).
 pub mod close {
@@ -49,10 +50,13 @@ pub struct Frame {
 pub type Outbound = Arc<Frame>;
 
 /// Asks a session to close; shared between the hub and the session task.
+///
+/// The session polls it on every wake-up, so it is one atomic and one
+/// waker slot rather than a cancellation token (whose poll takes a lock).
 #[derive(Debug, Default)]
 pub struct Control {
     code: AtomicU16,
-    cancel: CancellationToken,
+    waker: AtomicWaker,
 }
 
 impl Control {
@@ -61,7 +65,7 @@ impl Control {
         let _ = self
             .code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.cancel.cancel();
+        self.waker.wake();
     }
     pub fn code(&self) -> Option<u16> {
         match self.code.load(Ordering::Acquire) {
@@ -69,8 +73,19 @@ impl Control {
             c => Some(c),
         }
     }
-    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.cancel.cancelled()
+    /// Resolves to the close code once `close` was called.
+    pub fn closed(&self) -> impl std::future::Future<Output = u16> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(code) = self.code() {
+                return Poll::Ready(code);
+            }
+            self.waker.register(cx.waker());
+            // A close between the check and the registration woke nobody.
+            match self.code() {
+                Some(code) => Poll::Ready(code),
+                None => Poll::Pending,
+            }
+        })
     }
 }
 

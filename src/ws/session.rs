@@ -141,14 +141,13 @@ pub async fn run<S>(
     let expiry = tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now_unix)));
     tokio::pin!(expiry);
     let mut last_heard = Instant::now();
-    // Created once, not per loop turn: each new one registers a waiter.
-    let cancelled = control.cancelled();
-    tokio::pin!(cancelled);
+    let closed = control.closed();
+    tokio::pin!(closed);
 
     while code.is_none() {
         tokio::select! {
             biased;
-            _ = &mut cancelled => code = control.code(),
+            c = &mut closed => code = Some(c),
             frame = rx.recv() => match frame {
                 Some(f) => code = s.write_batch(f, &mut rx).await.err(),
                 None => code = Some(close::NORMAL),
