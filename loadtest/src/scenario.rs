@@ -172,7 +172,17 @@ pub async fn switchboard(c: &Common, s: &Secrets, nodes: usize, log_dir: &Path) 
     let bin = c.spawn_gateway.clone().or_else(default_gateway_bin).ok_or_else(|| {
         anyhow!("no gateway: pass --spawn-gateway target/release/switchboard (cargo build --release --bin switchboard) or --gateway URL")
     })?;
-    let env = extra_env(c)?;
+    let mut env = extra_env(c)?;
+    // Several nodes on one machine: each gets its share of the cores, as it
+    // would on its own machine, instead of every node running a worker per
+    // core and all of them time-slicing (measured: p99 57 ms -> 31 ms at
+    // 46,000 deliveries/s with 3 nodes on 2 cores).
+    if nodes > 1 && !env.iter().any(|(k, _)| k == "TOKIO_WORKER_THREADS") {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = (cpus / nodes).max(1);
+        eprintln!("[switchboard] {nodes} nodes on {cpus} cores: TOKIO_WORKER_THREADS={workers} per node (override with --gateway-env)");
+        env.push(("TOKIO_WORKER_THREADS".into(), workers.to_string()));
+    }
     let mut aux = Vec::new();
     let redis_url = if nodes > 1 {
         let (p, url) = procs::spawn_redis(log_dir).await?;
