@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::net::TcpSocket;
@@ -213,7 +213,8 @@ fn our_ref(r: &str) -> Option<u32> {
 /// Per-connection sequence state and counters.
 struct ConnState<'a> {
     rec: ConnRecord,
-    last_seq: HashMap<String, u64>,
+    /// Looked up per frame: the fast hasher.
+    last_seq: HashMap<String, u64, foldhash::fast::RandomState>,
     sh: &'a Shared,
 }
 
@@ -428,7 +429,7 @@ pub async fn run_conn(
             check_misses: spec.check_misses,
             ..ConnRecord::default()
         },
-        last_seq: HashMap::new(),
+        last_seq: HashMap::default(),
         sh: &sh,
     };
     // The gate bounds how many connections are opening at once (not how many are open).
@@ -488,44 +489,20 @@ pub async fn run_conn(
     tokio::pin!(stopped);
     loop {
         tokio::select! {
-            m = ws.next() => match m {
-                Some(Ok(Message::Text(t))) => {
-                    if sio {
-                        if t.as_str() == "2" {
-                            let _ = ws.send(Message::text("3")).await;
-                        } else if let Some(ev) = t.strip_prefix("42") {
-                            match serde_json::from_str::<Event>(ev) {
-                                Ok(Event(_, f)) => st.on_frame(f),
-                                Err(_) => st.count("unparsed"),
-                            }
-                        }
-                    } else {
-                        match serde_json::from_str::<Frame>(&t) {
-                            Ok(f) => st.on_frame(f),
-                            Err(_) => st.count("unparsed"),
-                        }
+            m = ws.next() => {
+                let mut m = m;
+                // Frames already read from the socket are handled here, not
+                // one select! turn (and its wake-up bookkeeping) each.
+                while on_ws_message(m, &mut ws, &mut st, &sh, sio).await {
+                    match ws.next().now_or_never() {
+                        Some(next) => m = next,
+                        None => break,
                     }
                 }
-                Some(Ok(Message::Close(c))) => {
-                    let (code, reason) = c
-                        .map(|c| (u16::from(c.code), c.reason.to_string()))
-                        .unwrap_or((1005, String::new()));
-                    st.rec.server_close = Some((code, reason));
-                    sh.server_closes.fetch_add(1, Ordering::Relaxed);
+                if st.rec.server_close.is_some() {
                     break;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    st.rec.server_close = Some((1006, format!("read error: {e}")));
-                    sh.server_closes.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-                None => {
-                    st.rec.server_close = Some((1006, "stream ended".into()));
-                    sh.server_closes.fetch_add(1, Ordering::Relaxed);
-                    break;
-                }
-            },
+            }
             _ = &mut stopped => {
                 let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
                 break;
@@ -546,6 +523,46 @@ pub async fn run_conn(
     }
     sh.conns_per_user[spec.user as usize].fetch_sub(1, Ordering::Relaxed);
     st.rec
+}
+
+/// Handles one read from the socket; false once the connection is over
+/// (`server_close` says why).
+async fn on_ws_message(
+    m: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ws: &mut Ws,
+    st: &mut ConnState<'_>,
+    sh: &Shared,
+    sio: bool,
+) -> bool {
+    let reason = match m {
+        Some(Ok(Message::Text(t))) => {
+            if sio {
+                if t.as_str() == "2" {
+                    let _ = ws.send(Message::text("3")).await;
+                } else if let Some(ev) = t.strip_prefix("42") {
+                    match serde_json::from_str::<Event>(ev) {
+                        Ok(Event(_, f)) => st.on_frame(f),
+                        Err(_) => st.count("unparsed"),
+                    }
+                }
+            } else {
+                match serde_json::from_str::<Frame>(&t) {
+                    Ok(f) => st.on_frame(f),
+                    Err(_) => st.count("unparsed"),
+                }
+            }
+            return true;
+        }
+        Some(Ok(Message::Close(c))) => c
+            .map(|c| (u16::from(c.code), c.reason.to_string()))
+            .unwrap_or((1005, String::new())),
+        Some(Ok(_)) => return true,
+        Some(Err(e)) => (1006, format!("read error: {e}")),
+        None => (1006, "stream ended".into()),
+    };
+    st.rec.server_close = Some(reason);
+    sh.server_closes.fetch_add(1, Ordering::Relaxed);
+    false
 }
 
 /// Next frame to send, or never when there is no outbox.
@@ -584,7 +601,7 @@ mod tests {
     fn state(sh: &Shared) -> ConnState<'_> {
         ConnState {
             rec: ConnRecord::default(),
-            last_seq: HashMap::new(),
+            last_seq: HashMap::default(),
             sh,
         }
     }
