@@ -1127,11 +1127,13 @@ pub struct FanoutArgs {
     /// Agent connections (spread round-robin over users and nodes).
     #[arg(long, default_value_t = 2000)]
     pub connections: usize,
-    /// Offered rates to sweep, messages per second.
+    /// Offered rates to sweep, messages per second. Steps of 1.25–1.5× around
+    /// where 2 cores saturate, so that "the highest rate within the objective"
+    /// (and the ratio to the peer) is not rounded to a power of two.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "50,100,200,400,800,1600,3200"
+        default_value = "50,100,150,200,250,300,400,500,600,800,1200,1600,3200"
     )]
     pub rates: Vec<f64>,
     /// Seconds of posting per rate step.
@@ -1410,7 +1412,11 @@ pub struct ClusterArgs {
     pub nodes: usize,
     #[arg(long, default_value_t = 3000)]
     pub connections: usize,
-    #[arg(long, value_delimiter = ',', default_value = "50,100,200,400,800,1600")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "50,100,150,200,250,300,400,600,800,1600"
+    )]
     pub rates: Vec<f64>,
     #[arg(long, default_value_t = 8.0)]
     pub step_secs: f64,
