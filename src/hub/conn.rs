@@ -112,3 +112,29 @@ impl ConnHandle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn closed_resolves_with_the_first_code_whenever_close_comes() {
+        let before = Control::default();
+        before.close(close::POLICY);
+        before.close(close::IDLE);
+        assert_eq!(before.closed().await, close::POLICY);
+
+        let control = Arc::new(Control::default());
+        let waiter = tokio::spawn({
+            let control = control.clone();
+            async move { control.closed().await }
+        });
+        tokio::task::yield_now().await;
+        control.close(close::SLOW_CONSUMER);
+        let code = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken by close")
+            .expect("waiter task");
+        assert_eq!(code, close::SLOW_CONSUMER);
+    }
+}
