@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{SinkExt, StreamExt};
 use hdrhistogram::Histogram;
 use serde::Deserialize;
 use tokio::net::TcpSocket;
@@ -213,8 +213,7 @@ fn our_ref(r: &str) -> Option<u32> {
 /// Per-connection sequence state and counters.
 struct ConnState<'a> {
     rec: ConnRecord,
-    /// Looked up per frame: the fast hasher.
-    last_seq: HashMap<String, u64, foldhash::fast::RandomState>,
+    last_seq: HashMap<String, u64>,
     sh: &'a Shared,
 }
 
@@ -429,7 +428,7 @@ pub async fn run_conn(
             check_misses: spec.check_misses,
             ..ConnRecord::default()
         },
-        last_seq: HashMap::default(),
+        last_seq: HashMap::new(),
         sh: &sh,
     };
     // The gate bounds how many connections are opening at once (not how many are open).
@@ -490,16 +489,7 @@ pub async fn run_conn(
     loop {
         tokio::select! {
             m = ws.next() => {
-                let mut m = m;
-                // Frames already read from the socket are handled here, not
-                // one select! turn (and its wake-up bookkeeping) each.
-                while on_ws_message(m, &mut ws, &mut st, &sh, sio).await {
-                    match ws.next().now_or_never() {
-                        Some(next) => m = next,
-                        None => break,
-                    }
-                }
-                if st.rec.server_close.is_some() {
+                if !on_ws_message(m, &mut ws, &mut st, &sh, sio).await {
                     break;
                 }
             }
@@ -601,7 +591,7 @@ mod tests {
     fn state(sh: &Shared) -> ConnState<'_> {
         ConnState {
             rec: ConnRecord::default(),
-            last_seq: HashMap::default(),
+            last_seq: HashMap::new(),
             sh,
         }
     }

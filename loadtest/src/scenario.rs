@@ -175,7 +175,7 @@ pub async fn switchboard(c: &Common, s: &Secrets, nodes: usize, log_dir: &Path) 
     let mut env = extra_env(c)?;
     // Several nodes on one machine: each gets its share of the cores, as it
     // would on its own machine, instead of every node running a worker per
-    // core and all of them time-slicing (measured: p99 57 ms -> 31 ms at
+    // core and all of them time-slicing (measured: p99 57 ms -> 31-50 ms at
     // 46,000 deliveries/s with 3 nodes on 2 cores).
     if nodes > 1 && !env.iter().any(|(k, _)| k == "TOKIO_WORKER_THREADS") {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -31,8 +31,9 @@ pub struct ConvEntry {
     pub seq: u64,
     pub audience: Audience,
     pub activity: Activity,
-    /// The id shared by every message frame of the conversation, so that a
-    /// session's last-sent map compares keys by pointer, not by bytes.
+    /// The id shared by every sequenced frame of the conversation, so that a
+    /// session's last-sent map finds an equal key by pointer before comparing
+    /// bytes. Made on the first frame.
     pub key: Option<Arc<str>>,
 }
 
@@ -274,7 +275,7 @@ impl WorkspaceState {
                 gained.push((s, now));
             }
         });
-        let position = Some((Arc::<str>::from(id), seq));
+        let position = Some(self.position(id, seq));
         if let Some(kept) = kept {
             let targets: Vec<Slot> = self
                 .audience_online(id)
@@ -553,7 +554,7 @@ impl WorkspaceState {
             _ => return,
         };
         let frame = Arc::new(Frame {
-            position: Some((Arc::from(conversation), c.seq)),
+            position: Some(self.position(conversation, c.seq)),
             text,
             born: Instant::now(),
         });
@@ -561,6 +562,16 @@ impl WorkspaceState {
         for s in targets {
             self.send(s, &frame);
         }
+    }
+
+    /// A frame's place in a conversation's sequence, with the conversation's
+    /// shared id (see [`ConvEntry::key`]).
+    fn position(&mut self, conversation: &str, seq: u64) -> (Arc<str>, u64) {
+        let key = match self.convs.get_mut(conversation) {
+            Some(e) => e.key.get_or_insert_with(|| Arc::from(conversation)).clone(),
+            None => Arc::from(conversation),
+        };
+        (key, seq)
     }
 
     /// Sends a sequenced frame to every online reader of a conversation.
@@ -574,12 +585,8 @@ impl WorkspaceState {
             return;
         };
         entry.seq = entry.seq.max(seq);
-        let key = entry
-            .key
-            .get_or_insert_with(|| Arc::from(conversation))
-            .clone();
         let frame = Arc::new(Frame {
-            position: Some((key, seq)),
+            position: Some(self.position(conversation, seq)),
             text,
             born: Instant::now(),
         });
@@ -892,11 +899,12 @@ impl WorkspaceState {
             });
             self.send(slot, &frame);
         } else if old == Access::None {
+            let position = self.position(id, seq);
             let Some(conv) = self.dir.conversations.get(id) else {
                 return;
             };
             let frame = Arc::new(Frame {
-                position: Some((Arc::from(id), seq)),
+                position: Some(position),
                 text: frames::access_granted(seq, now, conv),
                 born: Instant::now(),
             });
@@ -930,7 +938,7 @@ impl WorkspaceState {
         entry.seq = entry.seq.max(seq);
         let old = std::mem::replace(&mut entry.audience, new);
         let frame = Arc::new(Frame {
-            position: Some((Arc::from(conv.id.as_str()), seq)),
+            position: Some(self.position(&conv.id, seq)),
             text: frames::status(seq, status, conv),
             born: Instant::now(),
         });
