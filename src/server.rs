@@ -66,6 +66,8 @@ pub fn init_logging(format: &str) {
 /// Builds the gateway: storage, hub (subscribed to committed changes) and state loaded from storage.
 pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
     let verifier = verifier(&mut config)?;
+    crate::credentials::AdapterKey::parse_all(&config.adapter_keys)
+        .map_err(|e| anyhow::anyhow!("SWITCHBOARD_ADAPTER_KEY: {e}"))?;
     let store: Arc<dyn Store> = match &config.redis_url {
         Some(url) => crate::store::redis::connect(url, &config.node_id, config.history_len).await?,
         None => Arc::new(MemoryStore::new(config.history_len)),
