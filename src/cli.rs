@@ -71,3 +71,72 @@ pub fn explain(path: &Path, conversation: &str, user: &str) -> anyhow::Result<St
     })
     .to_string())
 }
+
+/// Parses a lifetime: seconds, or a number with `s`, `m`, `h` or `d`.
+pub fn parse_ttl(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?}: expected e.g. 3600, 90s, 30m, 1h or 1d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unknown unit (s, m, h or d)")),
+    };
+    n.checked_mul(unit)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?}: out of range"))
+}
+
+/// An HS256 agent token (`sub`, `ws`, `iat`, `exp`) for development and
+/// scripts: what a host application's backend would mint.
+pub fn mint_token(
+    secret: &str,
+    workspace: &str,
+    user: &str,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims =
+        serde_json::json!({"sub": user, "ws": workspace, "iat": now, "exp": now + ttl_secs});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_units() {
+        assert_eq!(parse_ttl("3600"), Ok(3600));
+        assert_eq!(parse_ttl("90s"), Ok(90));
+        assert_eq!(parse_ttl("30m"), Ok(1800));
+        assert_eq!(parse_ttl("1h"), Ok(3600));
+        assert_eq!(parse_ttl("2d"), Ok(172_800));
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("1w").is_err());
+        assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn minted_tokens_verify() {
+        let t = mint_token("s3cret", "w1", "a", 60).expect("token");
+        let claims = crate::auth::Verifier::hs256("s3cret")
+            .verify(&t)
+            .expect("a valid token");
+        assert_eq!((claims.sub.as_str(), claims.ws.as_str()), ("a", "w1"));
+    }
+}

@@ -25,6 +25,21 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Mint an HS256 agent token (development and scripts): prints the JWT.
+    Token {
+        /// Workspace id (`ws` claim).
+        #[arg(long)]
+        workspace: String,
+        /// User id (`sub` claim).
+        #[arg(long)]
+        user: String,
+        /// Lifetime: seconds, or with a unit (90s, 30m, 1h, 1d).
+        #[arg(long, default_value = "1h", value_parser = switchboard::cli::parse_ttl)]
+        ttl: u64,
+        /// HS256 secret [default: the development secret, accepted on loopback only].
+        #[arg(long, env = "SWITCHBOARD_JWT_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
     /// Explain the access of one user to one conversation of a world file.
     Explain {
         file: PathBuf,
@@ -42,6 +57,18 @@ fn main() -> ExitCode {
                 println!("{l}");
             }
         }),
+        Command::Token {
+            workspace,
+            user,
+            ttl,
+            secret,
+        } => {
+            let secret = secret.filter(|s| !s.is_empty()).unwrap_or_else(|| {
+                eprintln!("note: no SWITCHBOARD_JWT_SECRET: signed with the development secret");
+                switchboard::server::DEV_SECRET.to_owned()
+            });
+            switchboard::cli::mint_token(&secret, &workspace, &user, ttl).map(|t| println!("{t}"))
+        }
         Command::Explain {
             file,
             conversation,

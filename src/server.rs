@@ -14,7 +14,7 @@ use crate::hub::{close, Hub};
 use crate::store::{memory::MemoryStore, Sink, Store};
 
 /// Development defaults, accepted only on a loopback listener.
-const DEV_SECRET: &str = "dev-secret";
+pub const DEV_SECRET: &str = "dev-secret";
 const DEV_ADMIN_TOKEN: &str = "dev-admin";
 const DEV_ADAPTER_KEY: &str = "dev-adapter";
 

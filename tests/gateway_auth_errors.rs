@@ -926,3 +926,28 @@ fn off_loopback_credentials_are_required_with_rs256_too() {
         "HS256 without secret and admin token: {err}"
     );
 }
+
+/// `switchboard token` mints a token the gateway accepts (with the configured
+/// secret), and one signed with another secret is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_command_mints_accepted_tokens() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let mint = |secret: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["token", "--workspace", "w1", "--user", "s1", "--ttl", "10m"])
+            .env("SWITCHBOARD_JWT_SECRET", secret)
+            .output()
+            .expect("running switchboard token");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_owned()
+    };
+    let good = mint(JWT_SECRET);
+    let c = srv.connect_query("s1", &format!("?token={good}")).await;
+    c.close().await;
+    let bad = mint("another-secret");
+    assert_eq!(srv.refused_handshake(&format!("?token={bad}")).await, 401);
+}

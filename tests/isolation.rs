@@ -255,11 +255,31 @@ async fn frames_until(c: &mut Client, marker: &str) -> Vec<Value> {
     .await
 }
 
-/// The scenario, with agents and callers spread over the nodes.
-async fn isolation(nodes: &Nodes) {
-    nodes.load().await;
-    let admin_node = nodes.node(0);
+/// Agents of both workspaces, spread over the nodes: `a` of wa, `a` of wb
+/// (same user id, other tenant) and `ub` of wb.
+struct Scene<'n> {
+    nodes: &'n Nodes,
+    a: Client,
+    twin: Client,
+    ub: Client,
+}
 
+impl<'n> Scene<'n> {
+    async fn start(nodes: &'n Nodes) -> Scene<'n> {
+        nodes.load().await;
+        Scene {
+            nodes,
+            a: nodes.node(1).connect("a", "wa").await,
+            twin: nodes.node(2).connect("a", "wb").await,
+            ub: nodes.node(2).connect("ub", "wb").await,
+        }
+    }
+}
+
+/// Finding 2: the same ids in two workspaces are two objects; neither import
+/// takes the other's over.
+async fn same_ids_coexist(s: &mut Scene<'_>) {
+    let admin_node = s.nodes.node(0);
     // Same ids in two workspaces: both stored, each in its own workspace.
     let (st, v) = admin_node
         .admin(Method::GET, "/conversations/v1", None)
@@ -280,21 +300,20 @@ async fn isolation(nodes: &Nodes) {
             .await;
         assert_eq!(conv["workspace"], ws, "{conv}");
     }
+}
 
-    let mut a = nodes.node(1).connect("a", "wa").await;
-    let mut twin = nodes.node(2).connect("a", "wb").await; // same user id, other tenant
-    let mut ub = nodes.node(2).connect("ub", "wb").await;
-    let before = state_of_wb(admin_node).await;
-
+/// Finding 1: an agent acts in its own workspace only, whatever ids it names.
+async fn agents_act_in_their_workspace(s: &mut Scene<'_>) {
+    let (admin_node, a) = (s.nodes.node(0), &mut s.a);
     // ---- finding 1: an agent acts in its own workspace only -------------
     let ack = reply(
-        &mut a,
+        a,
         json!({"type": "send", "conversation": "v1", "body": "for wa"}),
     )
     .await;
     assert_eq!(ack["type"], "ack", "{ack}");
     let ok = reply(
-        &mut a,
+        a,
         json!({"type": "assign", "conversation": "v1", "assignee": null}),
     )
     .await;
@@ -313,12 +332,17 @@ async fn isolation(nodes: &Nodes) {
     );
     // Give v1 back to a (later steps rely on a being involved).
     let ok = reply(
-        &mut a,
+        a,
         json!({"type": "assign", "conversation": "v1", "assignee": "a"}),
     )
     .await;
     assert_eq!(ok["type"], "ok", "{ok}");
+}
 
+/// Finding 3: every WebSocket command answers another workspace's id exactly
+/// like a never-created one.
+async fn commands_answer_alike(s: &mut Scene<'_>) {
+    let a = &mut s.a;
     // ---- finding 3: every command answers alike for another tenant's id --
     let conv_cmds: Vec<Value> = vec![
         json!({"type": "send", "body": "x"}),
@@ -345,8 +369,8 @@ async fn isolation(nodes: &Nodes) {
             c
         };
         // `vb` exists only in wb; `dmb` is a direct conversation of wb.
-        same_reply(&mut a, make, "vb").await;
-        same_reply(&mut a, make, "dmb").await;
+        same_reply(a, make, "vb").await;
+        same_reply(a, make, "dmb").await;
     }
     // Users of the other workspace named inside the agent's own conversation.
     let user_cmds: Vec<(&str, Value)> = vec![
@@ -366,56 +390,59 @@ async fn isolation(nodes: &Nodes) {
             c[*field] = json!(id);
             c
         };
-        same_reply(&mut a, make, "ub").await;
+        same_reply(a, make, "ub").await;
     }
     same_reply(
-        &mut a,
+        a,
         |id| json!({"type": "send", "conversation": "v1", "body": "hi", "mentions": [id]}),
         "ub",
     )
     .await;
     for kind in ["direct", "group"] {
         same_reply(
-            &mut a,
+            a,
             |id| json!({"type": "create_conversation", "kind": kind, "participants": [id]}),
             "ub",
         )
         .await;
     }
     same_reply(
-        &mut a,
+        a,
         |id| json!({"type": "bulk", "action": "assign", "conversations": [id], "assignee": "a"}),
         "vb",
     )
     .await;
     same_reply(
-        &mut a,
+        a,
         |id| json!({"type": "bulk", "action": "assign", "conversations": ["v1"], "assignee": id}),
         "ub",
     )
     .await;
     same_reply(
-        &mut a,
+        a,
         |id| json!({"type": "bulk", "action": "mute", "conversations": [id]}),
         "vb",
     )
     .await;
     same_reply(
-        &mut a,
+        a,
         |id| json!({"type": "view", "view": "all", "filter": {"channel": id}}),
         "chb",
     )
     .await;
     // Resume of another tenant's conversation replays nothing.
     let r = reply(
-        &mut a,
+        a,
         json!({"type": "resume", "positions": {"vb": 0, "dmb": 0}}),
     )
     .await;
     assert_ne!(r["conversation"], "vb", "{r}");
+}
 
+/// Finding 5: scoped adapter keys see everything outside their scope as absent.
+async fn adapter_keys_are_scoped(s: &mut Scene<'_>) {
     // ---- finding 5: scoped adapter keys -----------------------------------
-    let srv = nodes.node(1);
+    let srv = s.nodes.node(1);
     let post = |id: &str| {
         (
             format!("/v1/conversations/{id}/messages"),
@@ -494,7 +521,11 @@ async fn isolation(nodes: &Nodes) {
         (StatusCode::CONFLICT, json!("ambiguous")),
         "{v}"
     );
+}
 
+/// Finding 4: references across workspaces are refused like unknown ids.
+async fn references_stay_inside(s: &mut Scene<'_>) {
+    let admin_node = s.nodes.node(0);
     // ---- finding 4: references across workspaces are refused ------------
     let admin = |path: &str| format!("/v1/admin{path}");
     let put_conv = |field: &str, value: Value| {
@@ -609,7 +640,25 @@ async fn isolation(nodes: &Nodes) {
         assert_eq!(v["error"]["field"], field, "{v}");
         assert_eq!(v["error"]["code"], "invalid_field", "{v}");
     }
+}
 
+/// The whole scenario: every step, then nothing changed in wb and wb's
+/// agents heard nothing.
+async fn isolation(nodes: &Nodes) {
+    let mut s = Scene::start(nodes).await;
+    let admin_node = nodes.node(0);
+    let before = state_of_wb(admin_node).await;
+    agents_act_in_their_workspace(&mut s).await;
+    commands_answer_alike(&mut s).await;
+    adapter_keys_are_scoped(&mut s).await;
+    references_stay_inside(&mut s).await;
+    same_ids_coexist(&mut s).await;
+    let Scene {
+        mut a,
+        mut twin,
+        mut ub,
+        ..
+    } = s;
     // ---- nothing changed in wb, and wb's agents heard nothing -----------
     assert_eq!(state_of_wb(admin_node).await, before, "wb changed");
     let marker = post_marker(admin_node, "wb", "vb").await;
@@ -631,6 +680,36 @@ async fn isolation(nodes: &Nodes) {
         "{frames:?}"
     );
     let _ = token; // (tokens are minted by the harness)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_ids_in_two_workspaces_coexist() {
+    let nodes = Nodes::single().await;
+    same_ids_coexist(&mut Scene::start(&nodes).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_acts_in_its_own_workspace_only() {
+    let nodes = Nodes::single().await;
+    agents_act_in_their_workspace(&mut Scene::start(&nodes).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_workspaces_ids_answer_like_missing_ones() {
+    let nodes = Nodes::single().await;
+    commands_answer_alike(&mut Scene::start(&nodes).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adapter_keys_can_be_scoped_to_a_workspace_and_channels() {
+    let nodes = Nodes::single().await;
+    adapter_keys_are_scoped(&mut Scene::start(&nodes).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn references_across_workspaces_are_refused() {
+    let nodes = Nodes::single().await;
+    references_stay_inside(&mut Scene::start(&nodes).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
