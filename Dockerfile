@@ -3,7 +3,14 @@
 # Switchboard container image.
 #
 #   docker build -t switchboard:dev .
-#   docker run --rm -p 8080:8080 -e SWITCHBOARD_JWT_SECRET=change-me switchboard:dev
+#   docker run --rm -p 8080:8080 \
+#     -e SWITCHBOARD_JWT_SECRET=change-me \
+#     -e SWITCHBOARD_ADMIN_TOKEN=change-me-too \
+#     -e SWITCHBOARD_ADAPTER_KEY=change-me-three \
+#     switchboard:dev
+#
+# Off loopback (0.0.0.0 below) all three credentials are required: without
+# them the node refuses to start (exit 2) instead of using development values.
 #
 # Build stage: the whole workspace manifest set is needed because Cargo.lock
 # covers both members ("." and "loadtest") and Cargo.toml declares a bench.
