@@ -32,6 +32,11 @@ pub struct Config {
     pub log_format: String,
     pub shutdown_grace_secs: u64,
     pub history_len: usize,
+    /// Seconds a new HTTP connection has to send a request's headers.
+    pub header_read_timeout_secs: u64,
+    /// Connections per client address (IPv6: per /64) still before the end
+    /// of their first request's headers; more are closed at accept.
+    pub max_pending_per_ip: u32,
     pub limits: Limits,
 }
 
@@ -68,6 +73,12 @@ pub struct ServeArgs {
     /// Seconds to drain connections on shutdown [default: 10].
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds a connection has to send its request headers [default: 10].
+    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Connections per client address still sending their request headers [default: 64].
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP")]
+    pub max_pending_per_ip: Option<u32>,
 }
 
 /// The TOML file: same names as the flags, snake_case.
@@ -80,6 +91,8 @@ struct FileConfig {
     node_id: Option<String>,
     log_format: Option<String>,
     shutdown_grace_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+    max_pending_per_ip: Option<u32>,
     history_len: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_body_bytes: Option<usize>,
@@ -196,7 +209,52 @@ impl Config {
                 1000,
             )?
             .max(1) as usize,
+            header_read_timeout_secs: args
+                .header_read_timeout_secs
+                .or(file.header_read_timeout_secs)
+                .unwrap_or(10)
+                .max(1),
+            max_pending_per_ip: args
+                .max_pending_per_ip
+                .or(file.max_pending_per_ip)
+                .unwrap_or(64)
+                .max(1),
             limits,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limits_come_from_the_file_and_flags() {
+        let path =
+            std::env::temp_dir().join(format!("switchboard-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "header_read_timeout_secs = 7\nmax_pending_per_ip = 5\n",
+        )
+        .expect("writing the file");
+        let from_file = Config::load(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        });
+        let from_flag = Config::load(ServeArgs {
+            config: Some(path.clone()),
+            max_pending_per_ip: Some(9),
+            ..ServeArgs::default()
+        });
+        let _ = std::fs::remove_file(&path);
+        let from_file = from_file.expect("config");
+        assert_eq!(from_file.header_read_timeout_secs, 7);
+        assert_eq!(from_file.max_pending_per_ip, 5);
+        assert_eq!(from_flag.expect("config").max_pending_per_ip, 9);
+        let default = Config::load(ServeArgs::default()).expect("default config");
+        assert_eq!(
+            (default.header_read_timeout_secs, default.max_pending_per_ip),
+            (10, 64)
+        );
     }
 }
