@@ -25,6 +25,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub jwt_secret: Option<String>,
     pub jwt_public_key_file: Option<PathBuf>,
+    pub max_token_lifetime_secs: u64,
     pub admin_token: Option<String>,
     pub adapter_keys: Vec<String>,
     pub redis_url: Option<String>,
@@ -40,7 +41,8 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// Flags of `switchboard serve`; each also reads its `SWITCHBOARD_*` variable.
+/// Flags of `switchboard serve`; each also reads its `SWITCHBOARD_*` variable
+/// and, but for `config`, the TOML key of the same name.
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
     /// TOML configuration file.
@@ -55,6 +57,9 @@ pub struct ServeArgs {
     /// PEM file with an RS256 public key for agent JWTs (instead of the secret).
     #[arg(long, env = "SWITCHBOARD_JWT_PUBLIC_KEY_FILE")]
     pub jwt_public_key_file: Option<PathBuf>,
+    /// Longest lifetime of an agent JWT in seconds (exp - iat, or exp - now) [default: 86400].
+    #[arg(long, env = "SWITCHBOARD_MAX_TOKEN_LIFETIME_SECS")]
+    pub max_token_lifetime_secs: Option<u64>,
     /// Bearer token of the admin API.
     #[arg(long, env = "SWITCHBOARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -73,6 +78,33 @@ pub struct ServeArgs {
     /// Seconds to drain connections on shutdown [default: 10].
     #[arg(long, env = "SWITCHBOARD_SHUTDOWN_GRACE_SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Events kept per conversation for history and resume [default: 1000].
+    #[arg(long, env = "SWITCHBOARD_HISTORY_LEN")]
+    pub history_len: Option<usize>,
+    /// Largest WebSocket frame from a client [default: 65536].
+    #[arg(long, env = "SWITCHBOARD_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// Largest HTTP body [default: 1048576].
+    #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Frames queued per connection before it is closed as a slow consumer [default: 1024].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE")]
+    pub outbound_queue: Option<usize>,
+    /// Client frames per second per connection [default: 50].
+    #[arg(long, env = "SWITCHBOARD_CONN_RATE_PER_SEC")]
+    pub conn_rate_per_sec: Option<u32>,
+    /// Burst of client frames per connection [default: 100].
+    #[arg(long, env = "SWITCHBOARD_CONN_BURST")]
+    pub conn_burst: Option<u32>,
+    /// Posts per second per adapter key [default: 100000].
+    #[arg(long, env = "SWITCHBOARD_ADAPTER_RATE_PER_SEC")]
+    pub adapter_rate_per_sec: Option<u32>,
+    /// Seconds between server pings [default: 25].
+    #[arg(long, env = "SWITCHBOARD_HEARTBEAT_SECS")]
+    pub heartbeat_secs: Option<u64>,
+    /// Seconds of silence before a connection is closed [default: 60].
+    #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
     /// Seconds a connection has to send its request headers [default: 10].
     #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
@@ -81,12 +113,17 @@ pub struct ServeArgs {
     pub max_pending_per_ip: Option<u32>,
 }
 
-/// The TOML file: same names as the flags, snake_case.
+/// The TOML file: the names of the flags (and of the variables without the
+/// `SWITCHBOARD_` prefix) in snake_case.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
+    jwt_secret: Option<String>,
     jwt_public_key_file: Option<PathBuf>,
+    max_token_lifetime_secs: Option<u64>,
+    admin_token: Option<String>,
+    adapter_key: Option<String>,
     redis_url: Option<String>,
     node_id: Option<String>,
     log_format: Option<String>,
@@ -104,17 +141,8 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
 }
 
-fn env_parse<T: std::str::FromStr>(name: &str) -> anyhow::Result<Option<T>> {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v
-            .parse()
-            .map(Some)
-            .map_err(|_| anyhow::anyhow!("{name}: cannot parse {v:?}")),
-        _ => Ok(None),
-    }
-}
-
 impl Config {
+    /// Flags and variables (both in `args`, parsed by clap) over the file over defaults.
     pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
         let file: FileConfig = match &args.config {
             Some(path) => {
@@ -124,51 +152,49 @@ impl Config {
             }
             None => FileConfig::default(),
         };
+        Self::merge(args, file)
+    }
+
+    fn merge(args: ServeArgs, file: FileConfig) -> anyhow::Result<Config> {
         let node_id = args
             .node_id
             .or(file.node_id)
             .or_else(|| std::env::var("HOSTNAME").ok())
             .unwrap_or_else(|| format!("node-{}", std::process::id()));
-        let pick = |name: &str, file: Option<u64>, default: u64| -> anyhow::Result<u64> {
-            Ok(env_parse(name)?.or(file).unwrap_or(default))
-        };
         let limits = Limits {
-            max_frame_bytes: pick(
-                "SWITCHBOARD_MAX_FRAME_BYTES",
-                file.max_frame_bytes.map(|v| v as u64),
-                64 * 1024,
-            )? as usize,
-            max_body_bytes: pick(
-                "SWITCHBOARD_MAX_BODY_BYTES",
-                file.max_body_bytes.map(|v| v as u64),
-                1024 * 1024,
-            )? as usize,
-            outbound_queue: pick(
-                "SWITCHBOARD_OUTBOUND_QUEUE",
-                file.outbound_queue.map(|v| v as u64),
-                1024,
-            )?
-            .max(1) as usize,
-            conn_rate_per_sec: pick(
-                "SWITCHBOARD_CONN_RATE_PER_SEC",
-                file.conn_rate_per_sec.map(u64::from),
-                50,
-            )?
-            .max(1) as u32,
-            conn_burst: pick(
-                "SWITCHBOARD_CONN_BURST",
-                file.conn_burst.map(u64::from),
-                100,
-            )?
-            .max(1) as u32,
-            adapter_rate_per_sec: pick(
-                "SWITCHBOARD_ADAPTER_RATE_PER_SEC",
-                file.adapter_rate_per_sec.map(u64::from),
-                100_000,
-            )?
-            .max(1) as u32,
-            heartbeat_secs: pick("SWITCHBOARD_HEARTBEAT_SECS", file.heartbeat_secs, 25)?.max(1),
-            idle_timeout_secs: pick("SWITCHBOARD_IDLE_TIMEOUT_SECS", file.idle_timeout_secs, 60)?
+            max_frame_bytes: args
+                .max_frame_bytes
+                .or(file.max_frame_bytes)
+                .unwrap_or(64 * 1024),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(1024 * 1024),
+            outbound_queue: args
+                .outbound_queue
+                .or(file.outbound_queue)
+                .unwrap_or(1024)
+                .max(1),
+            conn_rate_per_sec: args
+                .conn_rate_per_sec
+                .or(file.conn_rate_per_sec)
+                .unwrap_or(50)
+                .max(1),
+            conn_burst: args.conn_burst.or(file.conn_burst).unwrap_or(100).max(1),
+            adapter_rate_per_sec: args
+                .adapter_rate_per_sec
+                .or(file.adapter_rate_per_sec)
+                .unwrap_or(100_000)
+                .max(1),
+            heartbeat_secs: args
+                .heartbeat_secs
+                .or(file.heartbeat_secs)
+                .unwrap_or(25)
+                .max(1),
+            idle_timeout_secs: args
+                .idle_timeout_secs
+                .or(file.idle_timeout_secs)
+                .unwrap_or(60)
                 .max(2),
         };
         let log_format = args
@@ -178,16 +204,27 @@ impl Config {
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log_format: expected text or json, got {log_format:?}");
         }
+        // An empty value counts as unset (e.g. `SWITCHBOARD_ADMIN_TOKEN=`).
+        let non_empty = |s: &String| !s.is_empty();
         Ok(Config {
             listen: args
                 .listen
                 .or(file.listen)
                 .unwrap_or_else(|| ([127, 0, 0, 1], 8080).into()),
-            jwt_secret: args.jwt_secret.filter(|s| !s.is_empty()),
-            jwt_public_key_file: args.jwt_public_key_file.or(file.jwt_public_key_file),
-            admin_token: args.admin_token.filter(|s| !s.is_empty()),
+            jwt_secret: args.jwt_secret.or(file.jwt_secret).filter(non_empty),
+            jwt_public_key_file: args
+                .jwt_public_key_file
+                .or(file.jwt_public_key_file)
+                .filter(|p| !p.as_os_str().is_empty()),
+            max_token_lifetime_secs: args
+                .max_token_lifetime_secs
+                .or(file.max_token_lifetime_secs)
+                .unwrap_or(crate::auth::DEFAULT_MAX_LIFETIME_SECS)
+                .max(1),
+            admin_token: args.admin_token.or(file.admin_token).filter(non_empty),
             adapter_keys: args
                 .adapter_key
+                .or(file.adapter_key)
                 .map(|k| {
                     k.split(',')
                         .map(str::trim)
@@ -196,19 +233,14 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
-            redis_url: args.redis_url.or(file.redis_url).filter(|s| !s.is_empty()),
+            redis_url: args.redis_url.or(file.redis_url).filter(non_empty),
             node_id,
             log_format,
             shutdown_grace_secs: args
                 .shutdown_grace_secs
                 .or(file.shutdown_grace_secs)
                 .unwrap_or(10),
-            history_len: pick(
-                "SWITCHBOARD_HISTORY_LEN",
-                file.history_len.map(|v| v as u64),
-                1000,
-            )?
-            .max(1) as usize,
+            history_len: args.history_len.or(file.history_len).unwrap_or(1000).max(1),
             header_read_timeout_secs: args
                 .header_read_timeout_secs
                 .or(file.header_read_timeout_secs)
@@ -227,34 +259,142 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::{Args, FromArgMatches};
+    use std::collections::BTreeSet;
+
+    /// The `SWITCHBOARD_*` variables of the README configuration table.
+    fn readme_variables() -> BTreeSet<String> {
+        let readme = include_str!("../README.md");
+        let table = readme
+            .split("\n## Configuration")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("README has a Configuration section");
+        table
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .filter_map(|l| l.split('|').nth(1))
+            .flat_map(|cell| cell.split('`'))
+            .filter(|w| w.starts_with("SWITCHBOARD_"))
+            .map(String::from)
+            .collect()
+    }
+
+    fn key(variable: &str) -> String {
+        variable
+            .trim_start_matches("SWITCHBOARD_")
+            .to_ascii_lowercase()
+    }
+
+    fn serve_command() -> clap::Command {
+        ServeArgs::augment_args(clap::Command::new("serve"))
+    }
+
+    fn parse_flags(flags: &[&str]) -> ServeArgs {
+        let m = serve_command()
+            .try_get_matches_from(std::iter::once("serve").chain(flags.iter().copied()))
+            .expect("flags parse");
+        ServeArgs::from_arg_matches(&m).expect("flags")
+    }
+
+    /// The README table, the flags with their variables and the TOML keys name
+    /// the same settings.
+    #[test]
+    fn readme_table_flags_variables_and_toml_keys_agree() {
+        let documented = readme_variables();
+        assert!(documented.len() >= 18, "table not found: {documented:?}");
+        let cmd = serve_command();
+        let mut flags = BTreeSet::new();
+        for arg in cmd.get_arguments() {
+            let env = arg.get_env().and_then(|e| e.to_str()).map(String::from);
+            let env = env.unwrap_or_else(|| panic!("--{:?} reads no variable", arg.get_long()));
+            // `--name` reads `SWITCHBOARD_NAME`.
+            assert_eq!(
+                arg.get_long().map(|l| l.replace('-', "_")),
+                Some(key(&env)),
+                "{env}"
+            );
+            flags.insert(env);
+        }
+        // The file itself is named by flag or variable only (the README says so above the table).
+        flags.remove("SWITCHBOARD_CONFIG");
+        assert_eq!(flags, documented, "flags (left) vs README table (right)");
+
+        // A file with every documented key, each set, is accepted...
+        let strings = [
+            "jwt_secret",
+            "jwt_public_key_file",
+            "admin_token",
+            "adapter_key",
+            "redis_url",
+            "node_id",
+        ];
+        let text: String = documented
+            .iter()
+            .map(|v| {
+                let k = key(v);
+                let value = match k.as_str() {
+                    "listen" => "\"127.0.0.1:9\"".to_owned(),
+                    "log_format" => "\"json\"".to_owned(),
+                    k if strings.contains(&k) => format!("\"{k}-value\""),
+                    _ => "7".to_owned(),
+                };
+                format!("{k} = {value}\n")
+            })
+            .collect();
+        let file: FileConfig =
+            toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\nin the file:\n{text}"));
+        // ...and sets every field of the file's structure (no undocumented key).
+        let debug = format!("{file:?}");
+        assert!(
+            !debug.contains("None"),
+            "a file key the README lacks: {debug}"
+        );
+        let c = Config::merge(ServeArgs::default(), file).expect("config");
+        assert_eq!(c.jwt_secret.as_deref(), Some("jwt_secret-value"));
+        assert_eq!(c.admin_token.as_deref(), Some("admin_token-value"));
+        assert_eq!(c.adapter_keys, ["adapter_key-value"]);
+        assert_eq!(c.max_token_lifetime_secs, 7);
+        assert_eq!(c.listen, SocketAddr::from(([127, 0, 0, 1], 9)));
+        assert_eq!(c.limits.conn_burst, 7);
+    }
 
     #[test]
-    fn connection_limits_come_from_the_file_and_flags() {
-        let path =
-            std::env::temp_dir().join(format!("switchboard-config-{}.toml", std::process::id()));
-        std::fs::write(
-            &path,
-            "header_read_timeout_secs = 7\nmax_pending_per_ip = 5\n",
-        )
-        .expect("writing the file");
-        let from_file = Config::load(ServeArgs {
-            config: Some(path.clone()),
-            ..ServeArgs::default()
-        });
-        let from_flag = Config::load(ServeArgs {
-            config: Some(path.clone()),
-            max_pending_per_ip: Some(9),
-            ..ServeArgs::default()
-        });
-        let _ = std::fs::remove_file(&path);
-        let from_file = from_file.expect("config");
-        assert_eq!(from_file.header_read_timeout_secs, 7);
-        assert_eq!(from_file.max_pending_per_ip, 5);
-        assert_eq!(from_flag.expect("config").max_pending_per_ip, 9);
-        let default = Config::load(ServeArgs::default()).expect("default config");
-        assert_eq!(
-            (default.header_read_timeout_secs, default.max_pending_per_ip),
-            (10, 64)
-        );
+    fn flag_over_file_over_default() {
+        let file = || {
+            toml::from_str::<FileConfig>("max_token_lifetime_secs = 600\njwt_secret = \"f\"\n")
+                .expect("file")
+        };
+        let c = Config::merge(ServeArgs::default(), FileConfig::default()).expect("config");
+        assert_eq!(c.max_token_lifetime_secs, 24 * 3600);
+        assert_eq!(c.jwt_secret, None);
+        let c = Config::merge(ServeArgs::default(), file()).expect("config");
+        assert_eq!(c.max_token_lifetime_secs, 600);
+        assert_eq!(c.jwt_secret.as_deref(), Some("f"));
+        let args = parse_flags(&["--max-token-lifetime-secs", "60", "--jwt-secret", "a"]);
+        let c = Config::merge(args, file()).expect("config");
+        assert_eq!(c.max_token_lifetime_secs, 60);
+        assert_eq!(c.jwt_secret.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn connection_limits_flag_over_file_over_default() {
+        let c = Config::merge(ServeArgs::default(), FileConfig::default()).expect("config");
+        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (10, 64));
+        let file = || {
+            toml::from_str::<FileConfig>("header_read_timeout_secs = 7\nmax_pending_per_ip = 5\n")
+                .expect("file")
+        };
+        let c = Config::merge(ServeArgs::default(), file()).expect("config");
+        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (7, 5));
+        let args = parse_flags(&["--max-pending-per-ip", "9"]);
+        let c = Config::merge(args, file()).expect("config");
+        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (7, 9));
+    }
+
+    #[test]
+    fn unknown_file_key_is_refused() {
+        let e = toml::from_str::<FileConfig>("jwt_secrett = \"x\"\n").err();
+        assert!(e.is_some_and(|e| e.to_string().contains("jwt_secrett")));
     }
 }

@@ -43,6 +43,11 @@ impl ApiError {
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
+    /// An admin or unscoped-adapter request names an id that several
+    /// workspaces hold, without saying which.
+    pub fn ambiguous(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "ambiguous", message)
+    }
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
         let field = field.into();
         let reason = reason.into();

@@ -14,11 +14,12 @@ use serde::Serialize;
 use crate::assign;
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::credentials::AdapterKey;
 use crate::error::ApiError;
 use crate::hub::Hub;
 use crate::model::{
-    Channel, Contact, Conversation, ConversationKind, FieldError, Id, Lookup, Message, Sender,
-    Status, Subject, User, WorkspaceSettings, World,
+    validate_id, Channel, Contact, Conversation, ConversationKind, EntityKind, FieldError, Id,
+    Lookup, Message, Sender, Status, User, WorkspaceSettings, World,
 };
 use crate::policy::{self, actions, Access};
 use crate::store::{Change, History, Outcome, StatusEvent, StatusKind, Store, StoreError};
@@ -33,18 +34,64 @@ fn new_id(prefix: &str) -> Id {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-/// Who asks: the admin API / an adapter (trusted), or an agent (checked against the policy).
+/// Who asks, and in which workspace.
+///
+/// Ids are unique per workspace only, and every operation looks ids up in
+/// [`Actor::workspace`] alone: an id of another workspace is not found,
+/// exactly like one that never existed. An agent's workspace is the one of
+/// their verified token, so an agent cannot even name another workspace; the
+/// admin API and adapter keys resolve theirs at the edge
+/// ([`Gateway::resolve`]).
 #[derive(Clone, Debug)]
 pub enum Actor {
-    System,
-    User(Id),
+    /// The admin API or an adapter (trusted), acting in one workspace.
+    System { workspace: Id },
+    /// An agent, checked against the policy.
+    User { workspace: Id, id: Id },
 }
 
 impl Actor {
+    /// The agent behind a session.
+    pub fn agent(user: &User) -> Self {
+        Actor::User {
+            workspace: user.workspace.clone(),
+            id: user.id.clone(),
+        }
+    }
+    pub fn system(workspace: impl Into<Id>) -> Self {
+        Actor::System {
+            workspace: workspace.into(),
+        }
+    }
+    pub fn workspace(&self) -> &str {
+        match self {
+            Actor::System { workspace } | Actor::User { workspace, .. } => workspace,
+        }
+    }
     fn by(&self) -> Option<Id> {
         match self {
-            Actor::System => None,
-            Actor::User(id) => Some(id.clone()),
+            Actor::System { .. } => None,
+            Actor::User { id, .. } => Some(id.clone()),
+        }
+    }
+}
+
+/// What an admin or adapter request names by id, for [`Gateway::resolve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entity {
+    User,
+    Channel,
+    Contact,
+    Conversation,
+}
+
+impl Entity {
+    fn as_str(self) -> &'static str {
+        match self {
+            Entity::User => "user",
+            Entity::Channel => "channel",
+            Entity::Contact => "contact",
+            Entity::Conversation => "conversation",
         }
     }
 }
@@ -75,6 +122,9 @@ pub struct Gateway {
     pub verifier: Verifier,
     pub draining: AtomicBool,
     pub adapter_limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// Parsed `SWITCHBOARD_ADAPTER_KEY` entries (checked at start-up by
+    /// [`crate::server::build`]).
+    pub adapter_keys: Vec<AdapterKey>,
     next_connection: AtomicU64,
 }
 
@@ -83,8 +133,14 @@ impl Gateway {
         let per_sec = std::num::NonZeroU32::new(config.limits.adapter_rate_per_sec)
             .unwrap_or(std::num::NonZeroU32::MIN);
         let adapter_limiter = governor::RateLimiter::keyed(governor::Quota::per_second(per_sec));
+        let adapter_keys = config
+            .adapter_keys
+            .iter()
+            .filter_map(|e| AdapterKey::parse(e).ok())
+            .collect();
         Gateway {
             adapter_limiter,
+            adapter_keys,
             config,
             store,
             hub,
@@ -98,53 +154,79 @@ impl Gateway {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Finds the workspace holding a conversation.
-    fn locate_conversation(&self, id: &str) -> Result<(Id, Conversation), ApiError> {
-        let found = self.hub.workspace_of(id).and_then(|ws| {
-            let conv = self
+    /// The workspace an admin or unscoped-adapter request acts in: the one it
+    /// names, else the only workspace holding an entity of that id. Such
+    /// callers are trusted with every workspace; agents and workspace-scoped
+    /// adapter keys never come here (their workspace is fixed).
+    pub fn resolve(&self, entity: Entity, id: &str, named: Option<&str>) -> Result<Id, ApiError> {
+        if let Some(ws) = named {
+            return Ok(ws.to_owned());
+        }
+        let mut holders = match entity {
+            Entity::Conversation => self.hub.workspaces_of_conversation(id),
+            _ => self
                 .hub
-                .existing(&ws)?
-                .lock()
-                .dir
-                .conversations
-                .get(id)
-                .cloned()?;
-            Some((ws, conv))
-        });
-        found.ok_or_else(|| ApiError::not_found("conversation", id))
-    }
-
-    fn locate<T: Clone>(
-        &self,
-        what: &str,
-        id: &str,
-        get: impl Fn(&crate::model::Directory) -> Option<&T>,
-    ) -> Result<(Id, T), ApiError> {
-        for ws in self.hub.workspace_ids() {
-            if let Some(w) = self.hub.existing(&ws) {
-                if let Some(v) = get(&w.lock().dir) {
-                    return Ok((ws, v.clone()));
-                }
+                .workspace_ids()
+                .into_iter()
+                .filter(|ws| {
+                    self.hub.existing(ws).is_some_and(|w| {
+                        let state = w.lock();
+                        match entity {
+                            Entity::User => state.dir.users.contains_key(id),
+                            Entity::Channel => state.dir.channels.contains_key(id),
+                            _ => state.dir.contacts.contains_key(id),
+                        }
+                    })
+                })
+                .collect(),
+        };
+        match holders.len() {
+            0 => Err(ApiError::not_found(entity.as_str(), id)),
+            1 => Ok(holders.remove(0)),
+            _ => {
+                holders.sort();
+                Err(ApiError::ambiguous(format!(
+                    "{} {id:?} exists in several workspaces ({}); name one with ?workspace=",
+                    entity.as_str(),
+                    holders.join(", ")
+                )))
             }
         }
-        Err(ApiError::not_found(what, id))
     }
 
-    pub fn get_user(&self, id: &str) -> Result<User, ApiError> {
-        self.locate("user", id, |d| d.users.get(id)).map(|(_, u)| u)
+    /// Reads an entity of one workspace.
+    fn read<T>(
+        &self,
+        ws: &str,
+        what: &str,
+        id: &str,
+        get: impl FnOnce(&crate::hub::WorkspaceState) -> Option<T>,
+    ) -> Result<T, ApiError> {
+        self.hub
+            .existing(ws)
+            .and_then(|w| get(&w.lock()))
+            .ok_or_else(|| ApiError::not_found(what, id))
     }
-    pub fn get_channel(&self, id: &str) -> Result<Channel, ApiError> {
-        self.locate("channel", id, |d| d.channels.get(id))
-            .map(|(_, c)| c)
+
+    fn conversation_in(&self, ws: &str, id: &str) -> Result<Conversation, ApiError> {
+        self.read(ws, "conversation", id, |s| {
+            s.dir.conversations.get(id).cloned()
+        })
     }
-    pub fn get_contact(&self, id: &str) -> Result<Contact, ApiError> {
-        self.locate("contact", id, |d| d.contacts.get(id))
-            .map(|(_, c)| c)
+
+    pub fn get_user(&self, ws: &str, id: &str) -> Result<User, ApiError> {
+        self.read(ws, "user", id, |s| s.dir.users.get(id).cloned())
     }
-    pub fn get_conversation(&self, id: &str) -> Result<(Conversation, u64), ApiError> {
-        let (ws, c) = self.locate_conversation(id)?;
-        let seq = self.hub.workspace(&ws).lock().seq(id);
-        Ok((c, seq))
+    pub fn get_channel(&self, ws: &str, id: &str) -> Result<Channel, ApiError> {
+        self.read(ws, "channel", id, |s| s.dir.channels.get(id).cloned())
+    }
+    pub fn get_contact(&self, ws: &str, id: &str) -> Result<Contact, ApiError> {
+        self.read(ws, "contact", id, |s| s.dir.contacts.get(id).cloned())
+    }
+    pub fn get_conversation(&self, ws: &str, id: &str) -> Result<(Conversation, u64), ApiError> {
+        self.read(ws, "conversation", id, |s| {
+            s.dir.conversations.get(id).map(|c| (c.clone(), s.seq(id)))
+        })
     }
     pub fn get_settings(&self, ws: &str) -> WorkspaceSettings {
         self.hub.workspace(ws).lock().settings.clone()
@@ -156,9 +238,22 @@ impl Gateway {
 
     // ---- directory -------------------------------------------------------
 
-    /// Loads a world. Validated whole before anything is committed.
+    /// Loads a world. Validated whole before anything is committed: ids,
+    /// and every reference inside its own workspace (an upsert may refer to
+    /// objects already stored in that workspace). `replace` first clears the
+    /// workspaces the world names and answers what it removed.
     pub async fn import(&self, world: World, replace: bool) -> Result<serde_json::Value, ApiError> {
-        world.validate()?;
+        world.validate_import(|kind, ws, id| {
+            !replace
+                && self.hub.existing(ws).is_some_and(|w| {
+                    let state = w.lock();
+                    match kind {
+                        EntityKind::User => state.dir.users.contains_key(id),
+                        EntityKind::Channel => state.dir.channels.contains_key(id),
+                        EntityKind::Contact => state.dir.contacts.contains_key(id),
+                    }
+                })
+        })?;
         let workspaces: BTreeSet<Id> = world
             .users
             .iter()
@@ -167,35 +262,12 @@ impl Gateway {
             .chain(world.contacts.iter().map(|c| c.workspace.clone()))
             .chain(world.conversations.iter().map(|c| c.workspace.clone()))
             .collect();
+        let mut removed = serde_json::Map::new();
         for ws in &workspaces {
-            let part = World {
-                name: None,
-                users: world
-                    .users
-                    .iter()
-                    .filter(|u| &u.workspace == ws)
-                    .cloned()
-                    .collect(),
-                channels: world
-                    .channels
-                    .iter()
-                    .filter(|c| &c.workspace == ws)
-                    .cloned()
-                    .collect(),
-                contacts: world
-                    .contacts
-                    .iter()
-                    .filter(|c| &c.workspace == ws)
-                    .cloned()
-                    .collect(),
-                conversations: world
-                    .conversations
-                    .iter()
-                    .filter(|c| &c.workspace == ws)
-                    .cloned()
-                    .collect(),
-                expect: None,
-            };
+            let part = world.part_of(ws);
+            if replace {
+                removed.insert(ws.clone(), self.removed_by_replace(ws, &part));
+            }
             self.commit(
                 ws,
                 Change::Import {
@@ -205,11 +277,39 @@ impl Gateway {
             )
             .await?;
         }
-        Ok(serde_json::json!({
+        let mut answer = serde_json::json!({
             "workspaces": workspaces, "users": world.users.len(), "channels": world.channels.len(),
             "contacts": world.contacts.len(), "conversations": world.conversations.len(),
             "mode": if replace { "replace" } else { "upsert" },
-        }))
+        });
+        if replace {
+            answer["removed"] = serde_json::Value::Object(removed);
+        }
+        Ok(answer)
+    }
+
+    /// The ids a replace of `ws` by `part` removes, per kind.
+    fn removed_by_replace(&self, ws: &str, part: &World) -> serde_json::Value {
+        let Some(w) = self.hub.existing(ws) else {
+            return serde_json::json!({"users": [], "channels": [], "contacts": [], "conversations": []});
+        };
+        let state = w.lock();
+        fn gone<'a, T>(
+            current: impl Iterator<Item = &'a Id>,
+            kept: &[T],
+            id: impl Fn(&T) -> &Id,
+        ) -> Vec<Id> {
+            let kept: std::collections::HashSet<&Id> = kept.iter().map(id).collect();
+            let mut out: Vec<Id> = current.filter(|i| !kept.contains(i)).cloned().collect();
+            out.sort();
+            out
+        }
+        serde_json::json!({
+            "users": gone(state.dir.users.keys(), &part.users, |u| &u.id),
+            "channels": gone(state.dir.channels.keys(), &part.channels, |c| &c.id),
+            "contacts": gone(state.dir.contacts.keys(), &part.contacts, |c| &c.id),
+            "conversations": gone(state.dir.conversations.keys(), &part.conversations, |c| &c.id),
+        })
     }
 
     /// Checks an entity's references against its workspace's directory.
@@ -224,9 +324,7 @@ impl Gateway {
     }
 
     pub async fn put_user(&self, user: User) -> Result<User, ApiError> {
-        if user.id.is_empty() {
-            return Err(ApiError::invalid("id", "empty id"));
-        }
+        check_key(&user.workspace, &user.id)?;
         if let Some(s) = &user.schedule {
             crate::model::validate_schedule("schedule", s)?;
         }
@@ -236,14 +334,6 @@ impl Gateway {
             }
             _ => Ok(()),
         })?;
-        let leaving = self
-            .get_user(&user.id)
-            .ok()
-            .filter(|old| old.workspace != user.workspace);
-        if let Some(old) = leaving {
-            self.commit(&old.workspace, Change::DeleteUser { id: old.id.clone() })
-                .await?;
-        }
         let ws = user.workspace.clone();
         self.commit(&ws, Change::UpsertUser { user: user.clone() })
             .await?;
@@ -254,10 +344,10 @@ impl Gateway {
         Ok(user)
     }
 
-    pub async fn delete_user(&self, id: &str) -> Result<(), ApiError> {
-        let user = self.get_user(id)?;
-        self.unassign_all(&user.workspace, id).await?;
-        self.commit(&user.workspace, Change::DeleteUser { id: id.to_owned() })
+    pub async fn delete_user(&self, ws: &str, id: &str) -> Result<(), ApiError> {
+        self.get_user(ws, id)?;
+        self.unassign_all(ws, id).await?;
+        self.commit(ws, Change::DeleteUser { id: id.to_owned() })
             .await?;
         Ok(())
     }
@@ -297,18 +387,11 @@ impl Gateway {
     }
 
     pub async fn put_channel(&self, channel: Channel) -> Result<Channel, ApiError> {
-        if channel.id.is_empty() {
-            return Err(ApiError::invalid("id", "empty id"));
-        }
+        check_key(&channel.workspace, &channel.id)?;
         self.check_refs(&channel.workspace, |d| {
-            for (i, g) in channel.grants.iter().enumerate() {
-                if let Subject::User(u) = &g.subject {
-                    if d.user(u).is_none() {
-                        return Err(FieldError::new(
-                            format!("grants[{i}].subject"),
-                            format!("unknown user {u:?}"),
-                        ));
-                    }
+            for (field, u) in channel.user_subjects() {
+                if d.user(u).is_none() {
+                    return Err(FieldError::new(field, format!("unknown user {u:?}")));
                 }
             }
             Ok(())
@@ -325,11 +408,11 @@ impl Gateway {
         Ok(channel)
     }
 
-    pub async fn delete_channel(&self, id: &str) -> Result<(), ApiError> {
-        let (ws, _) = self.locate("channel", id, |d| d.channels.get(id))?;
+    pub async fn delete_channel(&self, ws: &str, id: &str) -> Result<(), ApiError> {
+        self.get_channel(ws, id)?;
         let change = Change::DeleteChannel { id: id.to_owned() };
         self.delete_unused(
-            &ws,
+            ws,
             "channel",
             id,
             |c| c.channel.as_deref() == Some(id),
@@ -365,9 +448,7 @@ impl Gateway {
     }
 
     pub async fn put_contact(&self, contact: Contact) -> Result<Contact, ApiError> {
-        if contact.id.is_empty() {
-            return Err(ApiError::invalid("id", "empty id"));
-        }
+        check_key(&contact.workspace, &contact.id)?;
         self.check_refs(&contact.workspace, |d| match &contact.owner {
             Some(o) if d.user(o).is_none() => {
                 Err(FieldError::new("owner", format!("unknown user {o:?}")))
@@ -385,11 +466,11 @@ impl Gateway {
         Ok(contact)
     }
 
-    pub async fn delete_contact(&self, id: &str) -> Result<(), ApiError> {
-        let (ws, _) = self.locate("contact", id, |d| d.contacts.get(id))?;
+    pub async fn delete_contact(&self, ws: &str, id: &str) -> Result<(), ApiError> {
+        self.get_contact(ws, id)?;
         let change = Change::DeleteContact { id: id.to_owned() };
         self.delete_unused(
-            &ws,
+            ws,
             "contact",
             id,
             |c| c.contact.as_deref() == Some(id),
@@ -402,6 +483,7 @@ impl Gateway {
         &self,
         settings: WorkspaceSettings,
     ) -> Result<WorkspaceSettings, ApiError> {
+        validate_id("id", &settings.id, true)?;
         let ws = settings.id.clone();
         self.commit(
             &ws,
@@ -415,21 +497,20 @@ impl Gateway {
 
     /// Validates a conversation's references in its workspace.
     fn check_conversation(&self, conv: &Conversation) -> Result<(), ApiError> {
-        if conv.id.is_empty() {
-            return Err(ApiError::invalid("id", "empty id"));
-        }
+        check_key(&conv.workspace, &conv.id)?;
         self.check_refs(&conv.workspace, |d| {
-            let user = |field: &str, id: &str| match d.user(id) {
-                Some(_) => Ok(()),
-                None => Err(FieldError::new(field, format!("unknown user {id:?}"))),
-            };
-            if let Some(ch) = &conv.channel {
-                d.channel(ch)
-                    .ok_or_else(|| FieldError::new("channel", format!("unknown channel {ch:?}")))?;
-            }
-            if let Some(k) = &conv.contact {
-                d.contact(k)
-                    .ok_or_else(|| FieldError::new("contact", format!("unknown contact {k:?}")))?;
+            for (field, kind, id) in conv.references() {
+                let found = match kind {
+                    EntityKind::User => d.user(id).is_some(),
+                    EntityKind::Channel => d.channel(id).is_some(),
+                    EntityKind::Contact => d.contact(id).is_some(),
+                };
+                if !found {
+                    return Err(FieldError::new(
+                        field,
+                        format!("unknown {} {id:?}", kind.as_str()),
+                    ));
+                }
             }
             if conv.kind == ConversationKind::Customer
                 && (conv.channel.is_none() || conv.contact.is_none())
@@ -443,21 +524,6 @@ impl Gateway {
                     "required for a customer conversation",
                 ));
             }
-            if let Some(a) = &conv.author {
-                user("author", a)?;
-            }
-            if let Some(a) = &conv.assignee {
-                user("assignee", a)?;
-            }
-            for (i, p) in conv.participants.iter().enumerate() {
-                user(&format!("participants[{i}]"), p)?;
-            }
-            for (i, p) in conv.collaborators.iter().enumerate() {
-                user(&format!("collaborators[{i}]"), p)?;
-            }
-            for p in conv.item_acl.keys() {
-                user(&format!("item_acl.{p}"), p)?;
-            }
             Ok(())
         })
     }
@@ -466,15 +532,7 @@ impl Gateway {
     /// derived from what changed.
     pub async fn put_conversation(&self, conv: Conversation) -> Result<u64, ApiError> {
         self.check_conversation(&conv)?;
-        let before = self.get_conversation(&conv.id).ok().map(|(c, _)| c);
-        if let Some(b) = &before {
-            if b.workspace != conv.workspace {
-                return Err(ApiError::invalid(
-                    "workspace",
-                    "a conversation cannot move between workspaces",
-                ));
-            }
-        }
+        let before = self.conversation_in(&conv.workspace, &conv.id).ok();
         let event = match &before {
             None => StatusKind::Created,
             Some(b) => status_of_change(b, &conv),
@@ -500,13 +558,13 @@ impl Gateway {
         Ok(seq)
     }
 
-    pub async fn delete_conversation(&self, id: &str) -> Result<(), ApiError> {
-        let (ws, conv) = self.locate_conversation(id)?;
-        self.commit(&ws, Change::DeleteConversation { id: id.to_owned() })
+    pub async fn delete_conversation(&self, ws: &str, id: &str) -> Result<(), ApiError> {
+        let conv = self.conversation_in(ws, id)?;
+        self.commit(ws, Change::DeleteConversation { id: id.to_owned() })
             .await?;
         if let Some(channel) = &conv.channel {
             // Drains skip conversations they do not know: nobody else removes it.
-            let _ = self.store.take_waiting(channel, id).await;
+            let _ = self.store.take_waiting(ws, channel, id).await;
         }
         Ok(())
     }
@@ -549,7 +607,8 @@ impl Gateway {
     }
 
     async fn command_once(&self, actor: Actor, id: &str, cmd: Command) -> Result<u64, ApiError> {
-        let (ws, conv) = self.locate_conversation(id)?;
+        let ws = actor.workspace().to_owned();
+        let conv = self.conversation_in(&ws, id)?;
         let mut next = conv.clone();
         let mut status = StatusEvent {
             event: StatusKind::Updated,
@@ -598,7 +657,7 @@ impl Gateway {
                 dir.user(u)
                     .ok_or_else(|| ApiError::invalid("user", format!("unknown user {u:?}")))
             };
-            if let Actor::User(uid) = &actor {
+            if let Actor::User { id: uid, .. } = &actor {
                 let me = dir
                     .user(uid)
                     .ok_or_else(|| ApiError::forbidden("unknown user"))?;
@@ -656,9 +715,10 @@ impl Gateway {
         idempotency_key: Option<String>,
         meta: Option<serde_json::Value>,
     ) -> Result<Posted, ApiError> {
-        let (ws, conv) = self.locate_conversation(conversation)?;
+        let ws = actor.workspace().to_owned();
+        let conv = self.conversation_in(&ws, conversation)?;
         let sender = match &actor {
-            Actor::User(uid) => {
+            Actor::User { id: uid, .. } => {
                 let w = self.hub.workspace(&ws);
                 let state = w.lock();
                 let me = state
@@ -669,11 +729,16 @@ impl Gateway {
                     .map_err(ApiError::forbidden)?;
                 Sender::User(uid.clone())
             }
-            Actor::System => {
+            Actor::System { .. } => {
                 if conv.kind != ConversationKind::Customer {
                     return Err(ApiError::forbidden(
                         "adapters post to customer conversations only",
                     ));
+                }
+                if let Some(k) = &sender_contact {
+                    self.get_contact(&ws, k).map_err(|_| {
+                        ApiError::invalid("sender", format!("unknown contact {k:?}"))
+                    })?;
                 }
                 Sender::Contact(sender_contact.or_else(|| conv.contact.clone()))
             }
@@ -705,14 +770,14 @@ impl Gateway {
             body,
             ts: now_ms(),
             client_id: match &actor {
-                Actor::User(_) => idempotency_key.clone(),
-                Actor::System => None,
+                Actor::User { .. } => idempotency_key.clone(),
+                Actor::System { .. } => None,
             },
             meta,
         };
         let key = idempotency_key.map(|k| match &actor {
-            Actor::User(u) => format!("user:{u}:{k}"),
-            Actor::System => format!("adapter:{k}"),
+            Actor::User { id, .. } => format!("user:{id}:{k}"),
+            Actor::System { .. } => format!("adapter:{k}"),
         });
         match self
             .commit(
@@ -751,15 +816,20 @@ impl Gateway {
     /// closed conversation releases its thread: the next message opens a new one.
     pub async fn inbound(
         &self,
-        channel_id: &str,
-        thread: &str,
+        ws: &str,
+        at: ThreadKey<'_>,
         contact: InboundContact,
         body: String,
         idempotency_key: Option<String>,
         meta: Option<serde_json::Value>,
     ) -> Result<(Posted, bool), ApiError> {
-        let (ws, channel) = self
-            .locate("channel", channel_id, |d| d.channels.get(channel_id))
+        let ThreadKey {
+            channel: channel_id,
+            thread,
+        } = at;
+        let ws = ws.to_owned();
+        let channel = self
+            .get_channel(&ws, channel_id)
             .map_err(|_| ApiError::invalid("channel", format!("unknown channel {channel_id:?}")))?;
         let contact_id = match contact {
             InboundContact::Id(id) => {
@@ -822,7 +892,7 @@ impl Gateway {
         };
         let posted = self
             .post_message(
-                Actor::System,
+                Actor::system(&ws),
                 &conversation,
                 body,
                 Some(contact_id),
@@ -839,21 +909,27 @@ impl Gateway {
 
     pub async fn history(
         &self,
+        ws: &str,
         conversation: &str,
         after_seq: u64,
         limit: usize,
     ) -> Result<History, ApiError> {
-        let (ws, _) = self.locate_conversation(conversation)?;
+        self.conversation_in(ws, conversation)?;
         Ok(self
             .store
-            .history(&ws, conversation, after_seq, limit)
+            .history(ws, conversation, after_seq, limit)
             .await?)
     }
 
-    pub fn explain(&self, conversation: &str, user: &str) -> Result<serde_json::Value, ApiError> {
-        let (ws, conv) = self.locate_conversation(conversation)?;
-        let target = self.get_user(user)?;
-        let w = self.hub.workspace(&ws);
+    pub fn explain(
+        &self,
+        ws: &str,
+        conversation: &str,
+        user: &str,
+    ) -> Result<serde_json::Value, ApiError> {
+        let conv = self.conversation_in(ws, conversation)?;
+        let target = self.get_user(ws, user)?;
+        let w = self.hub.workspace(ws);
         let state = w.lock();
         let d = policy::decide(&state.dir, &target, &conv);
         Ok(serde_json::json!({
@@ -880,7 +956,7 @@ impl Gateway {
             }
             ch.id.clone()
         };
-        self.store.push_waiting(&channel, conversation).await?;
+        self.store.push_waiting(ws, &channel, conversation).await?;
         Ok(())
     }
 
@@ -905,7 +981,7 @@ impl Gateway {
                 .collect()
         };
         for channel in channels {
-            for conv_id in self.store.waiting(&channel).await? {
+            for conv_id in self.store.waiting(ws, &channel).await? {
                 let online: Vec<Id> = if self.config.redis_url.is_some() {
                     self.store.online_users(ws).await?
                 } else {
@@ -950,17 +1026,17 @@ impl Gateway {
                     Some(conv).filter(|c| c.status == Status::Open && c.assignee.is_none())
                 else {
                     // Closed, assigned by hand or deleted meanwhile: leave the queue.
-                    self.store.take_waiting(&channel, &conv_id).await?;
+                    self.store.take_waiting(ws, &channel, &conv_id).await?;
                     continue;
                 };
                 if eligible.is_empty() {
                     break;
                 }
-                if !self.store.take_waiting(&channel, &conv_id).await? {
+                if !self.store.take_waiting(ws, &channel, &conv_id).await? {
                     continue; // another node took it
                 }
-                let Some(agent) = self.store.rotate(&channel, &pool, &eligible).await? else {
-                    self.store.push_waiting(&channel, &conv_id).await?;
+                let Some(agent) = self.store.rotate(ws, &channel, &pool, &eligible).await? else {
+                    self.store.push_waiting(ws, &channel, &conv_id).await?;
                     break;
                 };
                 let base = conv.clone();
@@ -990,6 +1066,13 @@ impl Gateway {
     pub fn access_now(&self, ws: &str, user: &str, conversation: &str) -> Access {
         self.hub.workspace(ws).lock().access(user, conversation)
     }
+}
+
+/// Where an inbound message goes: a channel and the adapter's thread key on it.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadKey<'a> {
+    pub channel: &'a str,
+    pub thread: &'a str,
 }
 
 /// `contact` of `POST /v1/inbound`: an id, or a contact to create if missing.
@@ -1029,4 +1112,10 @@ fn status_of_change(before: &Conversation, after: &Conversation) -> StatusKind {
         [one] => *one,
         _ => StatusKind::Updated,
     }
+}
+
+/// An entity's workspace and id, checked as keys.
+fn check_key(ws: &str, id: &str) -> Result<(), FieldError> {
+    validate_id("workspace", ws, true)?;
+    validate_id("id", id, false)
 }

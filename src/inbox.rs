@@ -23,7 +23,7 @@ pub struct ItemResult {
 
 impl ItemResult {
     /// `http`: the code of an HTTP error body (admin API) rather than of an `error` frame.
-    fn of(conversation: &str, r: Result<(), ApiError>, http: bool) -> Self {
+    pub fn of(conversation: &str, r: Result<(), ApiError>, http: bool) -> Self {
         match r {
             Ok(()) => ItemResult {
                 conversation: conversation.to_owned(),
@@ -284,7 +284,7 @@ impl Gateway {
                 .command(actor.clone(), c, Command::Assign(assignee.clone()))
                 .await
                 .map(|_| ());
-            out.push(ItemResult::of(c, r, matches!(actor, Actor::System)));
+            out.push(ItemResult::of(c, r, matches!(actor, Actor::System { .. })));
         }
         out
     }

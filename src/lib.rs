@@ -11,12 +11,14 @@
 //! - [`http`]: admin, adapter and operations endpoints;
 //! - [`gateway`]: the operations both APIs share (validate, check, commit);
 //! - [`inbox`]: the agent's inbox operations (marks, edits, views, bulk);
-//! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML.
+//! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML;
+//!   [`credentials`]: adapter keys and their workspace scopes.
 
 pub mod assign;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod error;
 pub mod gateway;
 pub mod http;

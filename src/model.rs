@@ -252,6 +252,26 @@ impl Channel {
     pub fn is_restricted(&self) -> bool {
         !self.grants.is_empty()
     }
+    /// Every `user:<id>` this channel names, with the field naming it.
+    pub fn user_subjects(&self) -> Vec<(String, &str)> {
+        let grants = self
+            .grants
+            .iter()
+            .enumerate()
+            .filter_map(|(j, g)| match &g.subject {
+                Subject::User(id) => Some((format!("grants[{j}].subject"), id.as_str())),
+                Subject::Role(_) => None,
+            });
+        let pool = self
+            .auto_assign
+            .iter()
+            .flat_map(|a| a.pool.iter().enumerate())
+            .filter_map(|(j, s)| match s {
+                Subject::User(id) => Some((format!("auto_assign.pool[{j}]"), id.as_str())),
+                Subject::Role(_) => None,
+            });
+        grants.chain(pool).collect()
+    }
     /// Highest grant the user holds on this channel (ignores the admin rule).
     pub fn granted_level(&self, user: &User) -> Option<GrantLevel> {
         self.grants
@@ -368,6 +388,32 @@ impl Conversation {
             Some(_) => None,
         }
     }
+    /// Every reference this conversation makes, with the field naming it.
+    pub fn references(&self) -> Vec<(String, EntityKind, &str)> {
+        let mut out = Vec::new();
+        if let Some(ch) = &self.channel {
+            out.push(("channel".to_owned(), EntityKind::Channel, ch.as_str()));
+        }
+        if let Some(k) = &self.contact {
+            out.push(("contact".to_owned(), EntityKind::Contact, k.as_str()));
+        }
+        if let Some(a) = &self.author {
+            out.push(("author".to_owned(), EntityKind::User, a.as_str()));
+        }
+        if let Some(a) = &self.assignee {
+            out.push(("assignee".to_owned(), EntityKind::User, a.as_str()));
+        }
+        for (j, p) in self.participants.iter().enumerate() {
+            out.push((format!("participants[{j}]"), EntityKind::User, p.as_str()));
+        }
+        for (j, p) in self.collaborators.iter().enumerate() {
+            out.push((format!("collaborators[{j}]"), EntityKind::User, p.as_str()));
+        }
+        for p in self.item_acl.keys() {
+            out.push((format!("item_acl.{p}"), EntityKind::User, p.as_str()));
+        }
+        out
+    }
     /// Every user this conversation names (author, participants, assignee,
     /// collaborators, item ACL entries).
     pub fn named_users(&self) -> impl Iterator<Item = &Id> {
@@ -476,6 +522,45 @@ pub struct World {
     pub expect: Option<serde_json::Value>,
 }
 
+impl World {
+    /// The workspace of an object that names none (the world format's default).
+    pub fn default_workspace() -> Id {
+        default_workspace()
+    }
+
+    /// The objects of one workspace.
+    pub fn part_of(&self, ws: &str) -> World {
+        World {
+            name: None,
+            users: self
+                .users
+                .iter()
+                .filter(|u| u.workspace == ws)
+                .cloned()
+                .collect(),
+            channels: self
+                .channels
+                .iter()
+                .filter(|c| c.workspace == ws)
+                .cloned()
+                .collect(),
+            contacts: self
+                .contacts
+                .iter()
+                .filter(|c| c.workspace == ws)
+                .cloned()
+                .collect(),
+            conversations: self
+                .conversations
+                .iter()
+                .filter(|c| c.workspace == ws)
+                .cloned()
+                .collect(),
+            expect: None,
+        }
+    }
+}
+
 /// A malformed world or entity: names the offending field, e.g.
 /// `conversations[3].assignee: unknown user "u9"`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -508,8 +593,26 @@ pub fn validate_schedule(field: &str, s: &Schedule) -> Result<(), FieldError> {
 }
 
 impl World {
-    /// Checks that every id refers to something and ids are unique.
+    /// Checks that every id refers to something and ids are unique: what an
+    /// evaluator needs of a world file (a reference may cross workspaces in a
+    /// snapshot; the policy never follows it). Imports check more:
+    /// [`World::validate_import`].
     pub fn validate(&self) -> Result<(), FieldError> {
+        self.check(true)
+    }
+
+    /// The checks of an import: unique ids and valid schedules here, and
+    /// references through [`World::validate_tenancy`] (they may name stored
+    /// objects of the same workspace, never another workspace's).
+    pub fn validate_import(
+        &self,
+        existing: impl Fn(EntityKind, &str, &str) -> bool,
+    ) -> Result<(), FieldError> {
+        self.check(false)?;
+        self.validate_tenancy(existing)
+    }
+
+    fn check(&self, refs: bool) -> Result<(), FieldError> {
         let mut users = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
             if u.id.is_empty() {
@@ -523,7 +626,7 @@ impl World {
             }
         }
         let user_ref = |field: String, id: &str| -> Result<(), FieldError> {
-            if users.contains(id) {
+            if !refs || users.contains(id) {
                 Ok(())
             } else {
                 Err(FieldError::new(field, format!("unknown user {id:?}")))
@@ -579,7 +682,7 @@ impl World {
                     format!("empty or duplicate conversation {:?}", c.id),
                 ));
             }
-            if let Some(ch) = &c.channel {
+            if let Some(ch) = c.channel.as_ref().filter(|_| refs) {
                 if !channels.contains(ch.as_str()) {
                     return Err(FieldError::new(
                         f("channel"),
@@ -587,7 +690,7 @@ impl World {
                     ));
                 }
             }
-            if let Some(k) = &c.contact {
+            if let Some(k) = c.contact.as_ref().filter(|_| refs) {
                 if !contacts.contains(k.as_str()) {
                     return Err(FieldError::new(
                         f("contact"),
@@ -609,6 +712,137 @@ impl World {
             }
             for p in c.item_acl.keys() {
                 user_ref(format!("conversations[{i}].item_acl.{p}"), p)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kinds of entity a reference can name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntityKind {
+    User,
+    Channel,
+    Contact,
+}
+
+impl EntityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntityKind::User => "user",
+            EntityKind::Channel => "channel",
+            EntityKind::Contact => "contact",
+        }
+    }
+}
+
+/// Checks an id as a key: non-empty, at most [`MAX_ID_BYTES`], no control
+/// characters; a workspace id also without `{` `}` (they delimit the Redis hash
+/// tag that keeps a workspace's keys together).
+pub fn validate_id(field: &str, id: &str, workspace: bool) -> Result<(), FieldError> {
+    if id.is_empty() {
+        return Err(FieldError::new(field, "empty id"));
+    }
+    if id.len() > MAX_ID_BYTES {
+        return Err(FieldError::new(
+            field,
+            format!("longer than {MAX_ID_BYTES} bytes"),
+        ));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "control characters are not allowed"));
+    }
+    if workspace && id.contains(['{', '}']) {
+        return Err(FieldError::new(field, "`{` and `}` are not allowed"));
+    }
+    Ok(())
+}
+
+/// Longest id accepted (users, channels, contacts, conversations, workspaces).
+pub const MAX_ID_BYTES: usize = 256;
+
+impl World {
+    /// The checks of an import on top of [`World::validate`]: ids are valid
+    /// keys, and every reference stays inside the referring object's workspace
+    /// (docs/access-policy.md, Entities). A reference may name an object of this
+    /// document or, for `upsert`, one that `existing(kind, workspace, id)` says
+    /// is already stored. A reference across workspaces is refused exactly like
+    /// a reference to nothing, naming the field.
+    pub fn validate_tenancy(
+        &self,
+        existing: impl Fn(EntityKind, &str, &str) -> bool,
+    ) -> Result<(), FieldError> {
+        let mut defined: HashSet<(EntityKind, &str, &str)> = HashSet::new();
+        let ids = self
+            .users
+            .iter()
+            .map(|u| (EntityKind::User, "users", &u.workspace, &u.id))
+            .chain(
+                self.channels
+                    .iter()
+                    .map(|c| (EntityKind::Channel, "channels", &c.workspace, &c.id)),
+            )
+            .chain(
+                self.contacts
+                    .iter()
+                    .map(|c| (EntityKind::Contact, "contacts", &c.workspace, &c.id)),
+            );
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (kind, list, ws, id) in ids {
+            let i = index.entry(list).or_insert(0);
+            validate_id(&format!("{list}[{i}].workspace"), ws, true)?;
+            validate_id(&format!("{list}[{i}].id"), id, false)?;
+            defined.insert((kind, ws.as_str(), id.as_str()));
+            *i += 1;
+        }
+        for (i, c) in self.conversations.iter().enumerate() {
+            validate_id(&format!("conversations[{i}].workspace"), &c.workspace, true)?;
+            validate_id(&format!("conversations[{i}].id"), &c.id, false)?;
+        }
+        let check = |field: String, kind: EntityKind, ws: &str, id: &str| {
+            if defined.contains(&(kind, ws, id)) || existing(kind, ws, id) {
+                Ok(())
+            } else {
+                Err(FieldError::new(
+                    field,
+                    format!("unknown {} {id:?} in workspace {ws:?}", kind.as_str()),
+                ))
+            }
+        };
+        for (i, u) in self.users.iter().enumerate() {
+            if let Some(m) = &u.manager {
+                check(
+                    format!("users[{i}].manager"),
+                    EntityKind::User,
+                    &u.workspace,
+                    m,
+                )?;
+            }
+        }
+        for (i, c) in self.channels.iter().enumerate() {
+            for (field, subject) in c.user_subjects() {
+                check(
+                    format!("channels[{i}].{field}"),
+                    EntityKind::User,
+                    &c.workspace,
+                    subject,
+                )?;
+            }
+        }
+        for (i, k) in self.contacts.iter().enumerate() {
+            if let Some(o) = &k.owner {
+                check(
+                    format!("contacts[{i}].owner"),
+                    EntityKind::User,
+                    &k.workspace,
+                    o,
+                )?;
+            }
+        }
+        for (i, c) in self.conversations.iter().enumerate() {
+            let ws = c.workspace.as_str();
+            for (field, kind, id) in c.references() {
+                check(format!("conversations[{i}].{field}"), kind, ws, id)?;
             }
         }
         Ok(())

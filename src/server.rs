@@ -23,36 +23,57 @@ const DEV_SECRET: &str = "dev-secret";
 const DEV_ADMIN_TOKEN: &str = "dev-admin";
 const DEV_ADAPTER_KEY: &str = "dev-adapter";
 
+/// The token verifier; fills in the development credentials on loopback.
+/// HS256 and RS256 follow one rule: whatever is unset is required off
+/// loopback and takes its development value on loopback, with a warning.
 fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
-    if let Some(path) = &config.jwt_public_key_file {
-        let pem = std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        return Verifier::rs256_pem(&pem);
+    let rs256 = config.jwt_public_key_file.is_some();
+    let mut missing = Vec::new();
+    let mut dev = Vec::new();
+    if !rs256 && config.jwt_secret.is_none() {
+        missing.push("SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY_FILE)");
+        dev.push(format!("JWT secret {DEV_SECRET:?}"));
     }
-    let loopback = config.listen.ip().is_loopback();
-    if config.jwt_secret.is_none() || config.admin_token.is_none() || config.adapter_keys.is_empty()
-    {
-        if !loopback {
+    if config.admin_token.is_none() {
+        missing.push("SWITCHBOARD_ADMIN_TOKEN");
+        dev.push(format!("admin token {DEV_ADMIN_TOKEN:?}"));
+    }
+    if config.adapter_keys.is_empty() {
+        missing.push("SWITCHBOARD_ADAPTER_KEY");
+        dev.push(format!("adapter key {DEV_ADAPTER_KEY:?}"));
+    }
+    if !missing.is_empty() {
+        if !config.listen.ip().is_loopback() {
             anyhow::bail!(
-                "SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY_FILE), SWITCHBOARD_ADMIN_TOKEN and \
-                 SWITCHBOARD_ADAPTER_KEY are required when listening on {}",
+                "{} required when listening on {} (development values are for loopback only)",
+                if missing.len() == 1 {
+                    format!("{} is", missing[0])
+                } else {
+                    format!("{} are", missing.join(", "))
+                },
                 config.listen
             );
         }
         tracing::warn!(
-            "development credentials in use (JWT secret {DEV_SECRET:?}, admin token {DEV_ADMIN_TOKEN:?}, adapter key {DEV_ADAPTER_KEY:?}) for whatever is unset; loopback only"
+            "development credentials in use ({}) for what is unset; loopback only",
+            dev.join(", ")
         );
     }
-    let secret = config
-        .jwt_secret
-        .get_or_insert_with(|| DEV_SECRET.into())
-        .clone();
     config
         .admin_token
         .get_or_insert_with(|| DEV_ADMIN_TOKEN.into());
     if config.adapter_keys.is_empty() {
         config.adapter_keys.push(DEV_ADAPTER_KEY.into());
     }
-    Ok(Verifier::hs256(&secret))
+    let verifier = match &config.jwt_public_key_file {
+        Some(path) => {
+            let pem =
+                std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            Verifier::rs256_pem(&pem).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Verifier::hs256(config.jwt_secret.get_or_insert_with(|| DEV_SECRET.into())),
+    };
+    Ok(verifier.with_max_lifetime(config.max_token_lifetime_secs))
 }
 
 pub fn init_logging(format: &str) {
@@ -71,6 +92,8 @@ pub fn init_logging(format: &str) {
 /// Builds the gateway: storage, hub (subscribed to committed changes) and state loaded from storage.
 pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
     let verifier = verifier(&mut config)?;
+    crate::credentials::AdapterKey::parse_all(&config.adapter_keys)
+        .map_err(|e| anyhow::anyhow!("SWITCHBOARD_ADAPTER_KEY: {e}"))?;
     let store: Arc<dyn Store> = match &config.redis_url {
         Some(url) => crate::store::redis::connect(url, &config.node_id, config.history_len).await?,
         None => Arc::new(MemoryStore::new(config.history_len)),
@@ -317,6 +340,62 @@ async fn schedule_ticks(gw: Arc<Gateway>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ServeArgs;
+
+    const KEY: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rs256-test-only.pub.pem"
+    );
+
+    fn config(listen: &str, rs256: bool, admin: bool, adapter: bool) -> Config {
+        let args = ServeArgs {
+            listen: listen.parse().ok(),
+            jwt_public_key_file: rs256.then(|| KEY.into()),
+            admin_token: admin.then(|| "a".into()),
+            adapter_key: adapter.then(|| "k".into()),
+            ..ServeArgs::default()
+        };
+        Config::load(args).expect("config")
+    }
+
+    #[test]
+    fn rs256_off_loopback_needs_admin_token_and_adapter_key() {
+        let e = verifier(&mut config("0.0.0.0:8080", true, false, false)).err();
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.contains("SWITCHBOARD_ADMIN_TOKEN, SWITCHBOARD_ADAPTER_KEY are required")
+                && !e.contains("JWT_SECRET"),
+            "{e}"
+        );
+        let e = verifier(&mut config("10.0.0.5:8080", true, true, false)).err();
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("SWITCHBOARD_ADAPTER_KEY is required"), "{e}");
+        let mut c = config("0.0.0.0:8080", true, true, true);
+        assert!(verifier(&mut c).is_ok());
+        assert_eq!(
+            (c.admin_token.as_deref(), c.adapter_keys.as_slice()),
+            (Some("a"), ["k".to_owned()].as_slice())
+        );
+    }
+
+    #[test]
+    fn rs256_on_loopback_takes_the_development_values() {
+        let mut c = config("127.0.0.1:8080", true, false, false);
+        assert!(verifier(&mut c).is_ok());
+        assert_eq!(c.admin_token.as_deref(), Some(DEV_ADMIN_TOKEN));
+        assert_eq!(c.adapter_keys, [DEV_ADAPTER_KEY]);
+        assert_eq!(c.jwt_secret, None, "RS256 needs no secret");
+    }
+
+    #[test]
+    fn hs256_rule_is_unchanged() {
+        let e = verifier(&mut config("0.0.0.0:8080", false, true, true)).err();
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.contains("SWITCHBOARD_JWT_SECRET"), "{e}");
+        let mut c = config("[::1]:8080", false, false, false);
+        assert!(verifier(&mut c).is_ok());
+        assert_eq!(c.jwt_secret.as_deref(), Some(DEV_SECRET));
+    }
 
     #[test]
     fn pending_slots_are_capped_per_client_and_given_back() {

@@ -834,7 +834,9 @@ async fn redis_store_scripts_match_the_reference() {
         });
         let s = if step % 2 == 0 { &store } else { &other };
         assert_eq!(
-            s.rotate("ch1", &pool, &eligible).await.expect("rotate"),
+            s.rotate("w1", "ch1", &pool, &eligible)
+                .await
+                .expect("rotate"),
             want,
             "step {step}"
         );
@@ -842,15 +844,25 @@ async fn redis_store_scripts_match_the_reference() {
 
     // Waiting queue: FIFO, no duplicates, one taker.
     for c in ["q1", "q2", "q1", "q3"] {
-        store.push_waiting("ch1", c).await.expect("push");
+        store.push_waiting("w1", "ch1", c).await.expect("push");
     }
     assert_eq!(
-        other.waiting("ch1").await.expect("waiting"),
+        other.waiting("w1", "ch1").await.expect("waiting"),
         ["q1", "q2", "q3"]
     );
-    assert!(store.take_waiting("ch1", "q2").await.expect("take"));
-    assert!(!other.take_waiting("ch1", "q2").await.expect("take"));
-    assert_eq!(store.waiting("ch1").await.expect("waiting"), ["q1", "q3"]);
+    assert!(store.take_waiting("w1", "ch1", "q2").await.expect("take"));
+    assert!(!other.take_waiting("w1", "ch1", "q2").await.expect("take"));
+    assert_eq!(
+        store.waiting("w1", "ch1").await.expect("waiting"),
+        ["q1", "q3"]
+    );
+    // Channel ids are per workspace: another workspace's "ch1" has its own queue.
+    assert!(store
+        .waiting("w2", "ch1")
+        .await
+        .expect("waiting")
+        .is_empty());
+    assert!(!store.take_waiting("w2", "ch1", "q1").await.expect("take"));
 
     // Presence: per node, with expiry; a user online on one node is online.
     store

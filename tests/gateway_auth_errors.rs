@@ -688,3 +688,241 @@ async fn adapter_over_its_rate_gets_429_with_retry_after() {
         resp.headers()
     );
 }
+
+/// `GET /v1/ws?token=` refused with 401 `unauthorized` (as JSON and as a real
+/// handshake) and a message containing `want`.
+async fn assert_token_refused(srv: &Server, what: &str, token: &str, want: &str) {
+    let query = format!("?token={token}");
+    let (st, body) = ws_http(srv, &query, None).await;
+    assert_error(what, st, &body, 401, "unauthorized");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(want),
+        "{what}: message {message:?} should contain {want:?}"
+    );
+    assert_eq!(
+        srv.refused_handshake(&query).await,
+        401,
+        "{what}: handshake"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nbf_iat_and_lifetime_are_checked() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let now = now_secs();
+    let claims = |extra: Value| {
+        let mut c = json!({"sub": "s1", "ws": "w1"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        token_with(c, JWT_SECRET)
+    };
+    let refused = [
+        (
+            "exp in milliseconds",
+            claims(json!({"exp": (now + 3600) * 1000})),
+            "lifetime",
+        ),
+        (
+            "exp in milliseconds, with iat",
+            claims(json!({"iat": now, "exp": (now + 3600) * 1000})),
+            "lifetime",
+        ),
+        (
+            "lifetime of 25 h (exp - iat)",
+            claims(json!({"iat": now, "exp": now + 25 * 3600})),
+            "lifetime",
+        ),
+        (
+            "lifetime of 25 h (exp - now, no iat)",
+            claims(json!({"exp": now + 25 * 3600})),
+            "lifetime",
+        ),
+        (
+            "nbf an hour ahead",
+            claims(json!({"nbf": now + 3600, "exp": now + 7200})),
+            "not yet valid",
+        ),
+        (
+            "iat an hour ahead",
+            claims(json!({"iat": now + 3600, "exp": now + 7200})),
+            "issued in the future",
+        ),
+    ];
+    for (what, token, want) in &refused {
+        assert_token_refused(&srv, what, token, want).await;
+    }
+    // Within the rules: all three claims, a lifetime of exactly 24 h, and an
+    // old iat whose exp - iat is under 24 h.
+    let accepted = [
+        claims(json!({"nbf": now - 10, "iat": now - 10, "exp": now + 3600})),
+        claims(json!({"iat": now, "exp": now + 24 * 3600})),
+        claims(json!({"iat": now - 20 * 3600, "exp": now + 3600})),
+    ];
+    for token in accepted {
+        let c = srv.connect_query("s1", &format!("?token={token}")).await;
+        assert_eq!(c.hello["user"], "s1");
+        c.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_token_lifetime_is_configurable() {
+    let srv = Server::start_with(&[("SWITCHBOARD_MAX_TOKEN_LIFETIME_SECS", "600")]).await;
+    srv.import(&world()).await;
+    let now = now_secs();
+    let long = token_with(
+        json!({"sub": "s1", "ws": "w1", "exp": now + 3600}),
+        JWT_SECRET,
+    );
+    assert_token_refused(&srv, "an hour, over a 600 s maximum", &long, "600").await;
+    let short = token_with(
+        json!({"sub": "s1", "ws": "w1", "exp": now + 300}),
+        JWT_SECRET,
+    );
+    let c = srv.connect_query("s1", &format!("?token={short}")).await;
+    assert_eq!(c.hello["user"], "s1");
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// An RS256 token signed with the test-only private key of tests/fixtures.
+fn rs256_token(claims: Value) -> String {
+    let pem = std::fs::read(fixture("rs256-test-only.key.pem")).expect("test key");
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_rsa_pem(&pem).expect("test key is RSA PEM"),
+    )
+    .expect("encoding an RS256 JWT")
+}
+
+/// RS256 on loopback with no admin token and no adapter key: the development
+/// values, with a warning, exactly as with HS256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_on_loopback_takes_dev_credentials_with_a_warning() {
+    let key = fixture("rs256-test-only.pub.pem");
+    let srv = Server::start_with(&[
+        (
+            "SWITCHBOARD_JWT_PUBLIC_KEY_FILE",
+            key.to_str().expect("UTF-8 path"),
+        ),
+        ("SWITCHBOARD_JWT_SECRET", ""),
+        ("SWITCHBOARD_ADMIN_TOKEN", ""),
+        ("SWITCHBOARD_ADAPTER_KEY", ""),
+    ])
+    .await;
+    let log = srv.log_text();
+    assert!(
+        log.contains("development credentials") && log.contains("dev-admin"),
+        "no warning about development credentials in the log:\n{log}"
+    );
+    assert!(
+        !log.contains("dev-secret"),
+        "RS256 uses no development JWT secret:\n{log}"
+    );
+    let body = serde_json::to_vec(&world()).unwrap();
+    let (st, v) = srv
+        .request(
+            Method::POST,
+            "/v1/admin/import",
+            Some("dev-admin"),
+            &[],
+            Some(body),
+        )
+        .await;
+    assert!(st.is_success(), "import with the dev admin token: {st} {v}");
+    let (st, v) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/v1/messages",
+            Some("dev-adapter"),
+            &[],
+            Some(serde_json::to_vec(&json!({"body": "hi"})).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        st,
+        StatusCode::CREATED,
+        "post with the dev adapter key: {v}"
+    );
+    // RS256 tokens are accepted, HS256 ones (even with the dev secret) are not.
+    let exp = now_secs() + 3600;
+    let rs = rs256_token(json!({"sub": "s1", "ws": "w1", "exp": exp}));
+    let c = srv.connect_query("s1", &format!("?token={rs}")).await;
+    assert_eq!(c.hello["user"], "s1");
+    let hs = token_with(json!({"sub": "s1", "ws": "w1", "exp": exp}), "dev-secret");
+    assert_eq!(srv.refused_handshake(&format!("?token={hs}")).await, 401);
+}
+
+/// Runs `switchboard serve` with only `env` (no SWITCHBOARD_* of the caller);
+/// it must exit with an error: its stderr.
+fn serve_must_fail(env: &[(&str, &str)]) -> String {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchboard"));
+    cmd.arg("serve");
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("SWITCHBOARD_") {
+            cmd.env_remove(k);
+        }
+    }
+    let mut child = cmd
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawning the binary");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut err = String::new();
+            if let Some(mut s) = child.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut s, &mut err);
+            }
+            assert!(!status.success(), "exited successfully: {err}");
+            return err;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve with {env:?} did not exit within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Off loopback, RS256 like HS256 needs the admin token and the adapter key.
+/// The address (TEST-NET-1) is never bound: the check comes first.
+#[test]
+fn off_loopback_credentials_are_required_with_rs256_too() {
+    let key = fixture("rs256-test-only.pub.pem");
+    let key = key.to_str().expect("UTF-8 path");
+    let listen = ("SWITCHBOARD_LISTEN", "192.0.2.1:18080");
+    let err = serve_must_fail(&[listen, ("SWITCHBOARD_JWT_PUBLIC_KEY_FILE", key)]);
+    assert!(
+        err.contains("SWITCHBOARD_ADMIN_TOKEN") && err.contains("SWITCHBOARD_ADAPTER_KEY"),
+        "RS256 without admin token and adapter key: {err}"
+    );
+    assert!(!err.contains("JWT_SECRET"), "the key file is enough: {err}");
+    let err = serve_must_fail(&[
+        listen,
+        ("SWITCHBOARD_JWT_PUBLIC_KEY_FILE", key),
+        ("SWITCHBOARD_ADMIN_TOKEN", "t"),
+    ]);
+    assert!(
+        err.contains("SWITCHBOARD_ADAPTER_KEY") && !err.contains("SWITCHBOARD_ADMIN_TOKEN"),
+        "RS256 without adapter key: {err}"
+    );
+    // HS256 as before: each missing one is named.
+    let err = serve_must_fail(&[listen, ("SWITCHBOARD_ADAPTER_KEY", "k")]);
+    assert!(
+        err.contains("SWITCHBOARD_JWT_SECRET") && err.contains("SWITCHBOARD_ADMIN_TOKEN"),
+        "HS256 without secret and admin token: {err}"
+    );
+}

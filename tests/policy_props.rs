@@ -101,18 +101,24 @@ mod oracle {
         }
     }
 
-    /// Whether `boss` is somewhere above `report` in the manager chain.
-    fn manages(w: &World, boss: &str, report: &str) -> bool {
+    /// Whether `boss` is somewhere above `report` in the manager chain of
+    /// workspace `ws`: "the manager chain, and every rule below, never leaves
+    /// the workspace" (a world file may still hold such a reference).
+    fn manages(w: &World, ws: &str, boss: &str, report: &str) -> bool {
+        let in_ws = |id: &str| user(w, id).filter(|u| u.workspace == ws);
         let mut seen = HashSet::new();
-        let mut at = user(w, report).and_then(|u| u.manager.clone());
+        let mut at = in_ws(report).and_then(|u| u.manager.clone());
         while let Some(m) = at {
+            let Some(manager) = in_ws(&m) else {
+                return false;
+            };
             if m == boss {
                 return true;
             }
             if !seen.insert(m.clone()) {
                 return false;
             }
-            at = user(w, &m).and_then(|u| u.manager.clone());
+            at = manager.manager.clone();
         }
         false
     }
@@ -141,8 +147,9 @@ mod oracle {
             }
             ConversationKind::Customer => {}
         }
-        let contact = contact(w, &c.contact);
-        let channel = channel(w, &c.channel);
+        // References resolve inside the conversation's workspace only.
+        let contact = contact(w, &c.contact).filter(|k| k.workspace == c.workspace);
+        let channel = channel(w, &c.channel).filter(|ch| ch.workspace == c.workspace);
 
         // 4.1 visibility group binds everyone.
         if let Some(group) = contact.and_then(|k| k.visibility_group.as_deref()) {
@@ -216,13 +223,18 @@ mod oracle {
             let unassigned = c.assignee.is_none() && c.team.is_none();
             let mine = administered(u);
             let in_my_team = |id: &str| {
-                user(w, id).is_some_and(|m| m.teams.iter().any(|t| mine.contains(&t.as_str())))
+                user(w, id).is_some_and(|m| {
+                    m.workspace == c.workspace && m.teams.iter().any(|t| mine.contains(&t.as_str()))
+                })
             };
             let team_hit = c.assignee.as_deref().is_some_and(in_my_team)
                 || c.collaborators.iter().any(|x| in_my_team(x))
                 || (is_waitlist && mine.contains(&c.team.as_deref().unwrap()));
-            let managed = c.assignee.as_deref().is_some_and(|a| manages(w, &u.id, a))
-                || owner.is_some_and(|o| manages(w, &u.id, o));
+            let managed = c
+                .assignee
+                .as_deref()
+                .is_some_and(|a| manages(w, &c.workspace, &u.id, a))
+                || owner.is_some_and(|o| manages(w, &c.workspace, &u.id, o));
             let unknown_contact = contact.is_some_and(|k| !k.known);
             let ok = involved
                 || owner == Some(u.id.as_str())
@@ -641,14 +653,22 @@ fn is_customer(c: &Conversation) -> bool {
     c.kind == ConversationKind::Customer
 }
 
+/// The conversation's channel, in its own workspace (a reference never leaves it).
 fn channel_of<'w>(world: &'w World, c: &Conversation) -> Option<&'w Channel> {
     let id = c.channel.as_deref()?;
-    world.channels.iter().find(|ch| ch.id == id)
+    world
+        .channels
+        .iter()
+        .find(|ch| ch.id == id && ch.workspace == c.workspace)
 }
 
+/// The conversation's contact, in its own workspace.
 fn contact_of<'w>(world: &'w World, c: &Conversation) -> Option<&'w Contact> {
     let id = c.contact.as_deref()?;
-    world.contacts.iter().find(|k| k.id == id)
+    world
+        .contacts
+        .iter()
+        .find(|k| k.id == id && k.workspace == c.workspace)
 }
 
 /// The highest grant naming the user or their role.

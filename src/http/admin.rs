@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_bearer, parse, Body, Json};
 use crate::error::ApiError;
-use crate::gateway::{Actor, Command, Gateway};
+use crate::gateway::{Actor, Command, Entity, Gateway};
+use crate::inbox::ItemResult;
 use crate::model::{Channel, Contact, Conversation, User, WorkspaceSettings, World};
 use crate::store::Change;
 
@@ -80,19 +81,40 @@ fn json(status: StatusCode, v: impl Serialize) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
+/// `?workspace=W`: the workspace an admin request acts in. Ids are unique per
+/// workspace only; without it, the only workspace holding the id is used
+/// (409 `ambiguous` when several do).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InWorkspace {
+    workspace: Option<String>,
+}
+
+type Ws = Query<InWorkspace>;
+
+impl InWorkspace {
+    fn resolve(&self, gw: &Gateway, entity: Entity, id: &str) -> Result<String, ApiError> {
+        gw.resolve(entity, id, self.workspace.as_deref())
+    }
+}
+
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ImportQuery {
     mode: Option<String>,
 }
 
+/// Loads a world. `upsert` (the default) replaces objects by id and keeps
+/// the others; `replace` must be asked for, clears the workspaces the world
+/// names first, and answers what it removed.
 async fn import(
     State(gw): Gw,
     Query(q): Query<ImportQuery>,
     Json(world): Json<World>,
 ) -> ApiResult {
     let replace = match q.mode.as_deref() {
-        None | Some("replace") => true,
-        Some("upsert") => false,
+        Some("replace") => true,
+        None | Some("upsert") => false,
         Some(other) => {
             return Err(ApiError::invalid(
                 "mode",
@@ -103,8 +125,13 @@ async fn import(
     Ok(json(StatusCode::OK, gw.import(world, replace).await?))
 }
 
-/// Takes the body's object, forcing `id` from the path.
-fn with_id<T: DeserializeOwned>(id: &str, body: &[u8]) -> Result<T, ApiError> {
+/// Takes the body's object, forcing `id` from the path and, with
+/// `?workspace=`, the workspace (a body naming another one is refused).
+fn with_id<T: DeserializeOwned>(
+    id: &str,
+    workspace: Option<&str>,
+    body: &[u8],
+) -> Result<T, ApiError> {
     let mut v: serde_json::Value = parse(body)?;
     let obj = v
         .as_object_mut()
@@ -116,13 +143,29 @@ fn with_id<T: DeserializeOwned>(id: &str, body: &[u8]) -> Result<T, ApiError> {
         _ => {}
     }
     obj.insert("id".into(), serde_json::Value::String(id.to_owned()));
+    if let Some(ws) = workspace {
+        match obj.get("workspace") {
+            None | Some(serde_json::Value::Null) => {
+                obj.insert("workspace".into(), ws.into());
+            }
+            Some(serde_json::Value::String(s)) if s == ws => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "workspace",
+                    "does not match ?workspace= (nothing moves between workspaces)",
+                ))
+            }
+        }
+    }
     parse(&serde_json::to_vec(&v).unwrap_or_default())
 }
 
-/// JSON merge of `patch` into `current` (top-level fields).
+/// JSON merge of `patch` into `current` (top-level fields), which stays in
+/// its workspace `ws`.
 fn merged<T: Serialize + DeserializeOwned>(
     current: &T,
     id: &str,
+    ws: &str,
     patch: &[u8],
 ) -> Result<T, ApiError> {
     let mut base = serde_json::to_value(current).map_err(|e| ApiError::bad_json(e.to_string()))?;
@@ -135,54 +178,93 @@ fn merged<T: Serialize + DeserializeOwned>(
             obj.insert(k.clone(), v.clone());
         }
     }
-    with_id(id, &serde_json::to_vec(&base).unwrap_or_default())
+    with_id(id, Some(ws), &serde_json::to_vec(&base).unwrap_or_default())
 }
 
-async fn get_user(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    Ok(json(StatusCode::OK, gw.get_user(&id)?))
+async fn get_user(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::User, &id)?;
+    Ok(json(StatusCode::OK, gw.get_user(&ws, &id)?))
 }
-async fn put_user(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let user: User = with_id(&id, &body)?;
+async fn put_user(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let user: User = with_id(&id, q.workspace.as_deref(), &body)?;
     Ok(json(StatusCode::OK, gw.put_user(user).await?))
 }
-async fn patch_user(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let user = merged(&gw.get_user(&id)?, &id, &body)?;
+async fn patch_user(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::User, &id)?;
+    let user = merged(&gw.get_user(&ws, &id)?, &id, &ws, &body)?;
     Ok(json(StatusCode::OK, gw.put_user(user).await?))
 }
-async fn delete_user(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    gw.delete_user(&id).await?;
+async fn delete_user(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::User, &id)?;
+    gw.delete_user(&ws, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_channel(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    Ok(json(StatusCode::OK, gw.get_channel(&id)?))
+async fn get_channel(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    Ok(json(StatusCode::OK, gw.get_channel(&ws, &id)?))
 }
-async fn put_channel(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let ch: Channel = with_id(&id, &body)?;
+async fn put_channel(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let ch: Channel = with_id(&id, q.workspace.as_deref(), &body)?;
     Ok(json(StatusCode::OK, gw.put_channel(ch).await?))
 }
-async fn patch_channel(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let ch = merged(&gw.get_channel(&id)?, &id, &body)?;
+async fn patch_channel(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    let ch = merged(&gw.get_channel(&ws, &id)?, &id, &ws, &body)?;
     Ok(json(StatusCode::OK, gw.put_channel(ch).await?))
 }
-async fn delete_channel(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    gw.delete_channel(&id).await?;
+async fn delete_channel(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    gw.delete_channel(&ws, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn get_contact(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    Ok(json(StatusCode::OK, gw.get_contact(&id)?))
+async fn get_contact(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Contact, &id)?;
+    Ok(json(StatusCode::OK, gw.get_contact(&ws, &id)?))
 }
-async fn put_contact(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let k: Contact = with_id(&id, &body)?;
+async fn put_contact(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let k: Contact = with_id(&id, q.workspace.as_deref(), &body)?;
     Ok(json(StatusCode::OK, gw.put_contact(k).await?))
 }
-async fn patch_contact(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let k = merged(&gw.get_contact(&id)?, &id, &body)?;
+async fn patch_contact(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Contact, &id)?;
+    let k = merged(&gw.get_contact(&ws, &id)?, &id, &ws, &body)?;
     Ok(json(StatusCode::OK, gw.put_contact(k).await?))
 }
-async fn delete_contact(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    gw.delete_contact(&id).await?;
+async fn delete_contact(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Contact, &id)?;
+    gw.delete_contact(&ws, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -194,28 +276,42 @@ fn conversation_json(conv: &Conversation, seq: u64) -> serde_json::Value {
     v
 }
 
-async fn get_conversation(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    let (conv, seq) = gw.get_conversation(&id)?;
+async fn get_conversation(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    let (conv, seq) = gw.get_conversation(&ws, &id)?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
-async fn put_conversation(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let conv: Conversation = with_id(&id, &body)?;
+async fn put_conversation(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let conv: Conversation = with_id(&id, q.workspace.as_deref(), &body)?;
     let seq = gw.put_conversation(conv.clone()).await?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
-async fn patch_conversation(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let conv = merged(&gw.get_conversation(&id)?.0, &id, &body)?;
+async fn patch_conversation(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    let conv = merged(&gw.get_conversation(&ws, &id)?.0, &id, &ws, &body)?;
     let seq = gw.put_conversation(conv.clone()).await?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
-async fn delete_conversation(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    gw.delete_conversation(&id).await?;
+async fn delete_conversation(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    gw.delete_conversation(&ws, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn run(gw: &Gateway, id: &str, cmd: Command) -> ApiResult {
-    let seq = gw.command(Actor::System, id, cmd).await?;
-    let (conv, _) = gw.get_conversation(id)?;
+async fn run(gw: &Gateway, q: &InWorkspace, id: &str, cmd: Command) -> ApiResult {
+    let ws = q.resolve(gw, Entity::Conversation, id)?;
+    let seq = gw.command(Actor::system(&ws), id, cmd).await?;
+    let (conv, _) = gw.get_conversation(&ws, id)?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
 
@@ -224,8 +320,13 @@ async fn run(gw: &Gateway, id: &str, cmd: Command) -> ApiResult {
 struct AssignBody {
     assignee: Option<String>,
 }
-async fn assign(State(gw): Gw, Path(id): Path<String>, Json(b): Json<AssignBody>) -> ApiResult {
-    run(&gw, &id, Command::Assign(b.assignee)).await
+async fn assign(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Json(b): Json<AssignBody>,
+) -> ApiResult {
+    run(&gw, &q, &id, Command::Assign(b.assignee)).await
 }
 
 #[derive(Deserialize)]
@@ -236,18 +337,23 @@ struct UserBody {
 async fn add_collaborator(
     State(gw): Gw,
     Path(id): Path<String>,
+    Query(q): Ws,
     Json(b): Json<UserBody>,
 ) -> ApiResult {
-    run(&gw, &id, Command::AddCollaborator(b.user)).await
+    run(&gw, &q, &id, Command::AddCollaborator(b.user)).await
 }
-async fn remove_collaborator(State(gw): Gw, Path((id, user)): Path<(String, String)>) -> ApiResult {
-    run(&gw, &id, Command::RemoveCollaborator(user)).await
+async fn remove_collaborator(
+    State(gw): Gw,
+    Path((id, user)): Path<(String, String)>,
+    Query(q): Ws,
+) -> ApiResult {
+    run(&gw, &q, &id, Command::RemoveCollaborator(user)).await
 }
-async fn close(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    run(&gw, &id, Command::Close).await
+async fn close(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    run(&gw, &q, &id, Command::Close).await
 }
-async fn reopen(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    run(&gw, &id, Command::Reopen).await
+async fn reopen(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    run(&gw, &q, &id, Command::Reopen).await
 }
 
 #[derive(Deserialize)]
@@ -258,23 +364,28 @@ struct PrivateBody {
 async fn set_private(
     State(gw): Gw,
     Path(id): Path<String>,
+    Query(q): Ws,
     Json(b): Json<PrivateBody>,
 ) -> ApiResult {
-    run(&gw, &id, Command::SetPrivate(b.private)).await
+    run(&gw, &q, &id, Command::SetPrivate(b.private)).await
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HistoryQuery {
     after_seq: Option<u64>,
     limit: Option<usize>,
+    workspace: Option<String>,
 }
 async fn history(
     State(gw): Gw,
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult {
+    let ws = gw.resolve(Entity::Conversation, &id, q.workspace.as_deref())?;
     let h = gw
         .history(
+            &ws,
             &id,
             q.after_seq.unwrap_or(0),
             q.limit.unwrap_or(100).min(1000),
@@ -303,8 +414,13 @@ async fn history(
     ))
 }
 
-async fn explain(State(gw): Gw, Path((id, user)): Path<(String, String)>) -> ApiResult {
-    Ok(json(StatusCode::OK, gw.explain(&id, &user)?))
+async fn explain(
+    State(gw): Gw,
+    Path((id, user)): Path<(String, String)>,
+    Query(q): Ws,
+) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    Ok(json(StatusCode::OK, gw.explain(&ws, &id, &user)?))
 }
 
 #[derive(Deserialize)]
@@ -313,37 +429,87 @@ struct TeamBody {
     members: Vec<String>,
 }
 
-fn team_members(gw: &Gateway, team: &str) -> Vec<User> {
-    let mut out = Vec::new();
-    for ws in gw.hub.workspace_ids() {
-        if let Some(w) = gw.hub.existing(&ws) {
-            out.extend(
-                w.lock()
-                    .dir
-                    .users
-                    .values()
-                    .filter(|u| u.in_team(team))
-                    .cloned(),
-            );
-        }
-    }
+fn team_members(gw: &Gateway, ws: &str, team: &str) -> Vec<User> {
+    let mut out: Vec<User> = gw
+        .hub
+        .existing(ws)
+        .map(|w| {
+            w.lock()
+                .dir
+                .users
+                .values()
+                .filter(|u| u.in_team(team))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
 }
 
-async fn get_team(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
-    let members: Vec<String> = team_members(&gw, &id).into_iter().map(|u| u.id).collect();
+/// The workspace of a team request: the one named, else the only workspace
+/// where the team has members (or, for a new team, where the listed members
+/// are); teams are per workspace, like every id.
+fn team_workspace(
+    gw: &Gateway,
+    q: &InWorkspace,
+    team: &str,
+    members: &[String],
+) -> Result<String, ApiError> {
+    if let Some(ws) = &q.workspace {
+        return Ok(ws.clone());
+    }
+    let mut holders: Vec<String> = gw
+        .hub
+        .workspace_ids()
+        .into_iter()
+        .filter(|ws| {
+            gw.hub.existing(ws).is_some_and(|w| {
+                let state = w.lock();
+                state.dir.users.values().any(|u| u.in_team(team))
+                    || members.iter().any(|m| state.dir.users.contains_key(m))
+            })
+        })
+        .collect();
+    holders.sort();
+    match holders.len() {
+        0 if members.is_empty() => Ok(crate::model::World::default_workspace()),
+        0 => Err(ApiError::invalid(
+            "members[0]",
+            format!("unknown user {:?}", members[0]),
+        )),
+        1 => Ok(holders.remove(0)),
+        _ => Err(ApiError::ambiguous(format!(
+            "team {team:?} is in several workspaces ({}); name one with ?workspace=",
+            holders.join(", ")
+        ))),
+    }
+}
+
+async fn get_team(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = team_workspace(&gw, &q, &id, &[])?;
+    team_answer(&gw, &ws, &id)
+}
+
+fn team_answer(gw: &Gateway, ws: &str, id: &str) -> ApiResult {
+    let members: Vec<String> = team_members(gw, ws, id).into_iter().map(|u| u.id).collect();
     Ok(json(
         StatusCode::OK,
-        serde_json::json!({"id": id, "members": members}),
+        serde_json::json!({"id": id, "workspace": ws, "members": members}),
     ))
 }
 
 /// Sets a team's members: adds the team to listed users, removes it from others.
-async fn put_team(State(gw): Gw, Path(id): Path<String>, Json(b): Json<TeamBody>) -> ApiResult {
+async fn put_team(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Json(b): Json<TeamBody>,
+) -> ApiResult {
+    let ws = team_workspace(&gw, &q, &id, &b.members)?;
     let mut changes = Vec::new();
     for (i, m) in b.members.iter().enumerate() {
-        let mut u = gw.get_user(m).map_err(|_| {
+        let mut u = gw.get_user(&ws, m).map_err(|_| {
             ApiError::invalid(format!("members[{i}]"), format!("unknown user {m:?}"))
         })?;
         if !u.in_team(&id) {
@@ -351,7 +517,7 @@ async fn put_team(State(gw): Gw, Path(id): Path<String>, Json(b): Json<TeamBody>
             changes.push(u);
         }
     }
-    for mut u in team_members(&gw, &id) {
+    for mut u in team_members(&gw, &ws, &id) {
         if !b.members.contains(&u.id) {
             u.teams.retain(|t| t != &id);
             changes.push(u);
@@ -360,14 +526,14 @@ async fn put_team(State(gw): Gw, Path(id): Path<String>, Json(b): Json<TeamBody>
     for u in changes {
         gw.put_user(u).await?;
     }
-    get_team(State(gw), Path(id)).await
+    team_answer(&gw, &ws, &id)
 }
 
 async fn get_workspace(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     Ok(json(StatusCode::OK, gw.get_settings(&id)))
 }
 async fn put_workspace(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
-    let s: WorkspaceSettings = with_id(&id, &body)?;
+    let s: WorkspaceSettings = with_id(&id, None, &body)?;
     Ok(json(StatusCode::OK, gw.put_settings(s).await?))
 }
 
@@ -378,10 +544,22 @@ struct BulkAssignBody {
     assignee: Option<String>,
 }
 
-async fn bulk_assign(State(gw): Gw, Json(b): Json<BulkAssignBody>) -> ApiResult {
-    let results = gw
-        .bulk_assign(Actor::System, &b.conversations, b.assignee)
-        .await;
+/// Each item is resolved, checked and committed on its own.
+async fn bulk_assign(State(gw): Gw, Query(q): Ws, Json(b): Json<BulkAssignBody>) -> ApiResult {
+    let mut results = Vec::with_capacity(b.conversations.len());
+    for c in &b.conversations {
+        match q.resolve(&gw, Entity::Conversation, c) {
+            Ok(ws) => results.extend(
+                gw.bulk_assign(
+                    Actor::system(ws),
+                    std::slice::from_ref(c),
+                    b.assignee.clone(),
+                )
+                .await,
+            ),
+            Err(e) => results.push(ItemResult::of(c, Err(e), true)),
+        }
+    }
     Ok(json(
         StatusCode::OK,
         serde_json::json!({ "results": results }),

@@ -28,8 +28,11 @@ pub type Workspace = Arc<Mutex<WorkspaceState>>;
 #[derive(Default)]
 pub struct Hub {
     workspaces: DashMap<String, Workspace>,
-    /// Conversation id → workspace id, so an API call finds its workspace in O(1).
-    conversation_workspace: DashMap<String, String>,
+    /// Conversation id → the workspaces holding a conversation of that id
+    /// (ids are unique per workspace only). Only callers trusted with every
+    /// workspace (the admin API, unscoped adapter keys) resolve through it;
+    /// everyone else names their workspace.
+    conversation_workspaces: DashMap<String, Vec<String>>,
 }
 
 impl Hub {
@@ -52,30 +55,46 @@ impl Hub {
         self.workspaces.get(id).map(|w| w.clone())
     }
 
-    /// The workspace holding a conversation.
-    pub fn workspace_of(&self, conversation: &str) -> Option<String> {
-        self.conversation_workspace
+    /// Every workspace holding a conversation of this id.
+    pub fn workspaces_of_conversation(&self, conversation: &str) -> Vec<String> {
+        self.conversation_workspaces
             .get(conversation)
             .map(|w| w.clone())
+            .unwrap_or_default()
+    }
+
+    fn index_add(&self, conversation: &str, ws: &str) {
+        let mut entry = self
+            .conversation_workspaces
+            .entry(conversation.to_owned())
+            .or_default();
+        if !entry.iter().any(|w| w == ws) {
+            entry.push(ws.to_owned());
+        }
+    }
+
+    fn index_remove(&self, conversation: &str, ws: &str) {
+        self.conversation_workspaces
+            .remove_if_mut(conversation, |_, holders| {
+                holders.retain(|w| w != ws);
+                holders.is_empty()
+            });
     }
 
     fn index(&self, c: &Committed) {
         let ws = &c.workspace;
         match &c.change {
-            Change::Conversation { conversation, .. } => {
-                self.conversation_workspace
-                    .insert(conversation.id.clone(), ws.clone());
-            }
-            Change::DeleteConversation { id } => {
-                self.conversation_workspace.remove(id);
-            }
+            Change::Conversation { conversation, .. } => self.index_add(&conversation.id, ws),
+            Change::DeleteConversation { id } => self.index_remove(id, ws),
             Change::Import { world, replace } => {
                 if *replace {
-                    self.conversation_workspace.retain(|_, w| w != ws);
+                    self.conversation_workspaces.retain(|_, holders| {
+                        holders.retain(|w| w != ws);
+                        !holders.is_empty()
+                    });
                 }
                 for conv in world.conversations.iter().filter(|c| &c.workspace == ws) {
-                    self.conversation_workspace
-                        .insert(conv.id.clone(), ws.clone());
+                    self.index_add(&conv.id, ws);
                 }
             }
             _ => {}

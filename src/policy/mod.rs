@@ -152,23 +152,34 @@ pub fn is_involved(user: &User, conv: &Conversation) -> bool {
         || conv.waitlist_team().is_some_and(|t| user.in_team(t))
 }
 
-/// Whether `manager` is above `report` in the manager chain (cycle-safe).
-pub fn manages(dir: &impl Lookup, manager: &str, report: &str) -> bool {
+/// Whether `manager` is above `report` in the manager chain of workspace
+/// `ws` (cycle-safe).
+pub fn manages(dir: &impl Lookup, ws: &str, manager: &str, report: &str) -> bool {
     let mut above = Vec::new();
-    chain(dir, report, &mut above);
+    chain(dir, ws, report, &mut above);
     above.contains(&manager)
 }
 
-/// Everyone above `report` in the manager chain, nearest first (cycle-safe).
-fn chain<'a>(dir: &'a impl Lookup, report: &str, out: &mut Vec<&'a str>) {
-    let mut current = dir.user(report).and_then(|u| u.manager.as_deref());
+/// A user of workspace `ws`: a reference never resolves across workspaces
+/// (a world file may hold one; the live API refuses to create it).
+fn user_in<'a>(dir: &'a impl Lookup, ws: &str, id: &str) -> Option<&'a User> {
+    dir.user(id).filter(|u| u.workspace == ws)
+}
+
+/// Everyone above `report` in the manager chain of workspace `ws`, nearest
+/// first (cycle-safe). The chain ends where it would leave the workspace.
+fn chain<'a>(dir: &'a impl Lookup, ws: &str, report: &str, out: &mut Vec<&'a str>) {
+    let mut current = user_in(dir, ws, report).and_then(|u| u.manager.as_deref());
     while let Some(m) = current {
         // Stops at the top, or where a cyclic chain comes round again.
         if m == report || out.contains(&m) {
             break;
         }
-        out.push(m);
-        current = dir.user(m).and_then(|u| u.manager.as_deref());
+        let Some(manager) = user_in(dir, ws, m) else {
+            break;
+        };
+        out.push(manager.id.as_str());
+        current = manager.manager.as_deref();
     }
 }
 
@@ -192,8 +203,16 @@ impl<'a, L: Lookup> Prepared<'a, L> {
         Prepared {
             dir,
             conv,
-            contact: conv.contact.as_deref().and_then(|k| dir.contact(k)),
-            channel: conv.channel.as_deref().and_then(|c| dir.channel(c)),
+            contact: conv
+                .contact
+                .as_deref()
+                .and_then(|k| dir.contact(k))
+                .filter(|k| k.workspace == conv.workspace),
+            channel: conv
+                .channel
+                .as_deref()
+                .and_then(|c| dir.channel(c))
+                .filter(|c| c.workspace == conv.workspace),
             member_teams: OnceCell::new(),
             managers: OnceCell::new(),
         }
@@ -205,7 +224,7 @@ impl<'a, L: Lookup> Prepared<'a, L> {
             conv.assignee
                 .iter()
                 .chain(conv.collaborators.iter())
-                .filter_map(|id| self.dir.user(id))
+                .filter_map(|id| user_in(self.dir, &conv.workspace, id))
                 .flat_map(|m| m.teams.iter().map(String::as_str))
                 .collect()
         })
@@ -214,11 +233,12 @@ impl<'a, L: Lookup> Prepared<'a, L> {
     fn managers(&self) -> &[&'a str] {
         self.managers.get_or_init(|| {
             let mut out = Vec::new();
+            let ws = self.conv.workspace.as_str();
             if let Some(a) = self.conv.assignee.as_deref() {
-                chain(self.dir, a, &mut out);
+                chain(self.dir, ws, a, &mut out);
             }
             if let Some(o) = self.contact.and_then(|k| k.owner.as_deref()) {
-                chain(self.dir, o, &mut out);
+                chain(self.dir, ws, o, &mut out);
             }
             out
         })
@@ -336,4 +356,56 @@ fn cap(mut d: Decision, level: Option<GrantLevel>) -> Decision {
 /// Shorthand for [`decide`] when the rule is not needed.
 pub fn access(dir: &impl Lookup, user: &User, conv: &Conversation) -> Access {
     decide(dir, user, conv).access
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Directory, World};
+
+    fn world(v: serde_json::Value) -> World {
+        serde_json::from_value(v).expect("a world")
+    }
+
+    /// A world file may hold references across workspaces (a snapshot); the
+    /// policy never follows them, so the evaluator agrees with the per-workspace
+    /// view of a live node.
+    #[test]
+    fn rules_never_follow_a_reference_out_of_the_workspace() {
+        let w = world(serde_json::json!({
+            "users": [
+                {"id": "s1", "manager": "m2"},
+                {"id": "m2", "workspace": "w2", "manager": "boss"},
+                {"id": "boss", "scope": "own"},
+                {"id": "ta", "role": "team_admin", "teams": ["t"], "visibility_groups": ["sales"]},
+                {"id": "x2", "workspace": "w2", "teams": ["t"]}
+            ],
+            "channels": [{"id": "ch"}, {"id": "ch2", "workspace": "w2",
+                          "grants": [{"subject": "role:admin", "level": "full"}]}],
+            "contacts": [{"id": "k"}, {"id": "k2", "workspace": "w2", "visibility_group": "vip"}],
+            "conversations": [
+                {"id": "v", "channel": "ch", "contact": "k", "assignee": "s1"},
+                {"id": "vx", "channel": "ch", "contact": "k", "assignee": "s1", "collaborators": ["x2"]},
+                {"id": "vk", "channel": "ch2", "contact": "k2", "assignee": "ta"}
+            ]
+        }));
+        w.validate().expect("a valid snapshot");
+        let dir = Directory::from_world(&w);
+        let (users, convs) = (&dir.users, &dir.conversations);
+        // boss manages s1 only through m2 of w2: not a manager here.
+        assert_eq!(
+            decide(&dir, &users["boss"], &convs["v"]).access,
+            Access::None
+        );
+        // x2 of w2 is "in team t": that does not make ta's team hold vx.
+        assert_eq!(
+            decide(&dir, &users["ta"], &convs["vx"]).access,
+            Access::None
+        );
+        // w2's channel and contact do not bind a w1 conversation.
+        assert_eq!(
+            decide(&dir, &users["ta"], &convs["vk"]).access,
+            Access::Write
+        );
+    }
 }

@@ -27,8 +27,9 @@ pub struct MemoryStore {
     history_len: usize,
     sink: Mutex<Option<Arc<dyn Sink>>>,
     logs: Mutex<HashMap<Id, Arc<Mutex<Log>>>>,
-    rotations: Mutex<HashMap<Id, Vec<Id>>>,
-    waiting: Mutex<HashMap<Id, VecDeque<Id>>>,
+    /// Keyed by (workspace, channel): channel ids are only unique per workspace.
+    rotations: Mutex<HashMap<(Id, Id), Vec<Id>>>,
+    waiting: Mutex<HashMap<(Id, Id), VecDeque<Id>>>,
     online: Mutex<HashMap<Id, HashSet<Id>>>,
 }
 
@@ -229,38 +230,53 @@ impl Store for MemoryStore {
 
     async fn rotate(
         &self,
+        workspace: &str,
         channel: &str,
         pool: &[Id],
         eligible: &[Id],
     ) -> Result<Option<Id>, StoreError> {
         let mut rotations = self.rotations.lock();
-        let rotation = rotations.entry(channel.to_owned()).or_default();
+        let rotation = rotations
+            .entry((workspace.to_owned(), channel.to_owned()))
+            .or_default();
         Ok(crate::assign::rotate(rotation, pool, |id| {
             eligible.iter().any(|e| e == id)
         }))
     }
 
-    async fn push_waiting(&self, channel: &str, conversation: &str) -> Result<(), StoreError> {
+    async fn push_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<(), StoreError> {
         let mut w = self.waiting.lock();
-        let q = w.entry(channel.to_owned()).or_default();
+        let q = w
+            .entry((workspace.to_owned(), channel.to_owned()))
+            .or_default();
         if !q.iter().any(|c| c == conversation) {
             q.push_back(conversation.to_owned());
         }
         Ok(())
     }
 
-    async fn waiting(&self, channel: &str) -> Result<Vec<Id>, StoreError> {
+    async fn waiting(&self, workspace: &str, channel: &str) -> Result<Vec<Id>, StoreError> {
         Ok(self
             .waiting
             .lock()
-            .get(channel)
+            .get(&(workspace.to_owned(), channel.to_owned()))
             .map(|q| q.iter().cloned().collect())
             .unwrap_or_default())
     }
 
-    async fn take_waiting(&self, channel: &str, conversation: &str) -> Result<bool, StoreError> {
+    async fn take_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<bool, StoreError> {
         let mut w = self.waiting.lock();
-        let Some(q) = w.get_mut(channel) else {
+        let Some(q) = w.get_mut(&(workspace.to_owned(), channel.to_owned())) else {
             return Ok(false);
         };
         let before = q.len();

@@ -302,19 +302,30 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> Result<History, StoreError>;
-    /// One round-robin step for a channel (see [`crate::assign::rotate`]),
-    /// atomic across nodes.
+    /// One round-robin step for a channel of a workspace (see
+    /// [`crate::assign::rotate`]), atomic across nodes.
     async fn rotate(
         &self,
+        workspace: &str,
         channel: &str,
         pool: &[Id],
         eligible: &[Id],
     ) -> Result<Option<Id>, StoreError>;
-    /// FIFO of conversations waiting for an eligible agent, per channel.
-    async fn push_waiting(&self, channel: &str, conversation: &str) -> Result<(), StoreError>;
-    async fn waiting(&self, channel: &str) -> Result<Vec<Id>, StoreError>;
+    /// FIFO of conversations waiting for an eligible agent, per channel of a workspace.
+    async fn push_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<(), StoreError>;
+    async fn waiting(&self, workspace: &str, channel: &str) -> Result<Vec<Id>, StoreError>;
     /// Removes a conversation from the queue; false if another node took it first.
-    async fn take_waiting(&self, channel: &str, conversation: &str) -> Result<bool, StoreError>;
+    async fn take_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<bool, StoreError>;
     /// Marks a user online on this node for `ttl_secs` (refreshed by the node).
     async fn set_presence(
         &self,

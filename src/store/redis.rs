@@ -20,8 +20,8 @@
 //! | `sb:{ws}:h:{conv}` | sorted set | history: score = seq, member = `{"seq":N,"change":…}`, trimmed to exactly `history_len` |
 //! | `sb:{ws}:idem:{len}:{conv}{key}` | string, TTL 24 h | `{"seq":N,"message":…}` of an idempotent post |
 //! | `sb:{ws}:online` | sorted set | presence: member `user@node`, score = expiry (ms, Redis clock) |
-//! | `sb:rr:{channel}` | list | round-robin rotation, least recently assigned first |
-//! | `sb:wait:{channel}` | list | FIFO of conversations waiting for an agent |
+//! | `sb:{ws}:rr:{channel}` | list | round-robin rotation of a channel, least recently assigned first |
+//! | `sb:{ws}:wait:{channel}` | list | FIFO of a channel's conversations waiting for an agent |
 //! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
@@ -329,12 +329,12 @@ fn history_key(ws: &str, conv: &str) -> String {
     format!("sb:{{{ws}}}:h:{conv}")
 }
 
-fn rotation_key(channel: &str) -> String {
-    format!("sb:rr:{{{channel}}}")
+fn rotation_key(ws: &str, channel: &str) -> String {
+    format!("sb:{{{ws}}}:rr:{channel}")
 }
 
-fn waiting_key(channel: &str) -> String {
-    format!("sb:wait:{{{channel}}}")
+fn waiting_key(ws: &str, channel: &str) -> String {
+    format!("sb:{{{ws}}}:wait:{channel}")
 }
 
 fn online_key(ws: &str) -> String {
@@ -1133,28 +1133,42 @@ impl Store for RedisStore {
 
     async fn rotate(
         &self,
+        workspace: &str,
         channel: &str,
         pool: &[Id],
         eligible: &[Id],
     ) -> Result<Option<Id>, StoreError> {
-        let mut inv = self.inner.scripts.rotate.key(rotation_key(channel));
+        let mut inv = self
+            .inner
+            .scripts
+            .rotate
+            .key(rotation_key(workspace, channel));
         inv.arg(pool.len()).arg(pool).arg(eligible);
         let mut conn = self.inner.conn();
         bounded(inv.invoke_async(&mut conn)).await
     }
 
-    async fn push_waiting(&self, channel: &str, conversation: &str) -> Result<(), StoreError> {
-        let mut inv = self.inner.scripts.push_once.key(waiting_key(channel));
+    async fn push_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<(), StoreError> {
+        let mut inv = self
+            .inner
+            .scripts
+            .push_once
+            .key(waiting_key(workspace, channel));
         inv.arg(conversation);
         let mut conn = self.inner.conn();
         bounded(inv.invoke_async::<()>(&mut conn)).await
     }
 
-    async fn waiting(&self, channel: &str) -> Result<Vec<Id>, StoreError> {
+    async fn waiting(&self, workspace: &str, channel: &str) -> Result<Vec<Id>, StoreError> {
         let mut conn = self.inner.conn();
         bounded(
             redis::cmd("LRANGE")
-                .arg(waiting_key(channel))
+                .arg(waiting_key(workspace, channel))
                 .arg(0)
                 .arg(-1)
                 .query_async(&mut conn),
@@ -1162,11 +1176,16 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn take_waiting(&self, channel: &str, conversation: &str) -> Result<bool, StoreError> {
+    async fn take_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.inner.conn();
         let removed: u64 = bounded(
             redis::cmd("LREM")
-                .arg(waiting_key(channel))
+                .arg(waiting_key(workspace, channel))
                 .arg(0)
                 .arg(conversation)
                 .query_async(&mut conn),

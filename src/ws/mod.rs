@@ -48,7 +48,10 @@ fn authenticate(gw: &Gateway, token: Option<&str>) -> Result<(User, u64), ApiErr
     let token = token.ok_or_else(|| {
         ApiError::unauthorized("missing token (?token= or Authorization: Bearer)")
     })?;
-    let claims = gw.verifier.verify(token).map_err(ApiError::unauthorized)?;
+    let claims = gw
+        .verifier
+        .verify(token)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let user = gw
         .hub
         .existing(&claims.ws)

@@ -362,7 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     .await;
             }
         };
-        let actor = Actor::User(self.user.id.clone());
+        let actor = Actor::agent(&self.user);
         let gw = self.gw.clone();
         let (reference, result) = match frame {
             ClientFrame::Ping { reference } => {
@@ -494,9 +494,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 if recent {
                     return Ok(()); // throttled: typing is best-effort
                 }
-                self.typing.insert(conversation.clone(), now);
                 match gw.typing(&self.user, &conversation).await {
-                    Ok(()) => return Ok(()),
+                    Ok(()) => {
+                        // Only readable conversations are remembered: the map
+                        // cannot grow with ids a client makes up.
+                        self.typing.insert(conversation, now);
+                        return Ok(());
+                    }
                     Err(e) => (reference, Err(e)),
                 }
             }

@@ -350,7 +350,7 @@ impl Server {
 
     /// Loads a world (replace mode).
     pub async fn import(&self, world: &Value) -> Value {
-        self.admin_ok(Method::POST, "/import", Some(world.clone()))
+        self.admin_ok(Method::POST, "/import?mode=replace", Some(world.clone()))
             .await
     }
 
