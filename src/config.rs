@@ -33,6 +33,11 @@ pub struct Config {
     pub log_format: String,
     pub shutdown_grace_secs: u64,
     pub history_len: usize,
+    /// Seconds a new HTTP connection has to send a request's headers.
+    pub header_read_timeout_secs: u64,
+    /// Connections per client address (IPv6: per /64) still before the end
+    /// of their first request's headers; more are closed at accept.
+    pub max_pending_per_ip: u32,
     pub limits: Limits,
 }
 
@@ -100,6 +105,12 @@ pub struct ServeArgs {
     /// Seconds of silence before a connection is closed [default: 60].
     #[arg(long, env = "SWITCHBOARD_IDLE_TIMEOUT_SECS")]
     pub idle_timeout_secs: Option<u64>,
+    /// Seconds a connection has to send its request headers [default: 10].
+    #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT_SECS")]
+    pub header_read_timeout_secs: Option<u64>,
+    /// Connections per client address still sending their request headers [default: 64].
+    #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP")]
+    pub max_pending_per_ip: Option<u32>,
 }
 
 /// The TOML file: the names of the flags (and of the variables without the
@@ -117,6 +128,8 @@ struct FileConfig {
     node_id: Option<String>,
     log_format: Option<String>,
     shutdown_grace_secs: Option<u64>,
+    header_read_timeout_secs: Option<u64>,
+    max_pending_per_ip: Option<u32>,
     history_len: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_body_bytes: Option<usize>,
@@ -228,6 +241,16 @@ impl Config {
                 .or(file.shutdown_grace_secs)
                 .unwrap_or(10),
             history_len: args.history_len.or(file.history_len).unwrap_or(1000).max(1),
+            header_read_timeout_secs: args
+                .header_read_timeout_secs
+                .or(file.header_read_timeout_secs)
+                .unwrap_or(10)
+                .max(1),
+            max_pending_per_ip: args
+                .max_pending_per_ip
+                .or(file.max_pending_per_ip)
+                .unwrap_or(64)
+                .max(1),
             limits,
         })
     }
@@ -352,6 +375,21 @@ mod tests {
         let c = Config::merge(args, file()).expect("config");
         assert_eq!(c.max_token_lifetime_secs, 60);
         assert_eq!(c.jwt_secret.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn connection_limits_flag_over_file_over_default() {
+        let c = Config::merge(ServeArgs::default(), FileConfig::default()).expect("config");
+        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (10, 64));
+        let file = || {
+            toml::from_str::<FileConfig>("header_read_timeout_secs = 7\nmax_pending_per_ip = 5\n")
+                .expect("file")
+        };
+        let c = Config::merge(ServeArgs::default(), file()).expect("config");
+        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (7, 5));
+        let args = parse_flags(&["--max-pending-per-ip", "9"]);
+        let c = Config::merge(args, file()).expect("config");
+        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (7, 9));
     }
 
     #[test]

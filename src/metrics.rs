@@ -4,7 +4,11 @@
 //! - `switchboard_deliveries_total`: frames queued to connections;
 //! - `switchboard_delivery_latency_seconds` (histogram): event applied → written to the socket;
 //! - `switchboard_slow_consumer_closes_total`, `switchboard_rate_limited_total{kind}`,
-//!   `switchboard_ws_rejected_total{reason}`, `switchboard_round_robin_assignments_total`.
+//!   `switchboard_ws_rejected_total{reason}`, `switchboard_round_robin_assignments_total`;
+//! - `switchboard_pending_refused_total`: connections closed at accept, over the
+//!   per-client cap of connections without request headers yet;
+//! - `switchboard_header_read_timeouts_total`: connections closed for not sending
+//!   request headers in time.
 
 use std::sync::OnceLock;
 

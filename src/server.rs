@@ -1,11 +1,16 @@
 //! `switchboard serve`: wires storage, hub, gateway and HTTP together, and
 //! shuts down gracefully (stop accepting, going-away to every session, drain).
 
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tower::ServiceExt;
 
 use crate::auth::Verifier;
 use crate::config::Config;
@@ -156,21 +161,169 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    // Frames are small and latency-bound: without TCP_NODELAY, Nagle holds a
-    // frame until the previous one is acknowledged, and a client's delayed
-    // ACK turns that into ~40 ms per frame.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(drained)
-        .await?;
+    accept_loop(listener, app, &gw.config, drained).await;
     ticker.abort();
     if let Some(u) = upkeep {
         u.abort();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Connections per client that have not yet sent their first request's
+/// headers (slowloris); bounded: an entry exists only while its count is > 0.
+#[derive(Default)]
+struct Pending {
+    by_client: parking_lot::Mutex<HashMap<IpAddr, u32>>,
+}
+
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64
+/// (one client commonly holds a whole /64).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        },
+    }
+}
+
+impl Pending {
+    /// A slot for a new connection from `ip`, or `None` if `max` are pending already.
+    fn admit(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<PendingSlot> {
+        let key = client_key(ip);
+        let mut map = self.by_client.lock();
+        let n = map.entry(key).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot {
+            pending: self.clone(),
+            key,
+            held: AtomicBool::new(true),
+        })
+    }
+}
+
+/// A pending connection's place in [`Pending`]: given back when its first
+/// request's headers are complete, or when it ends without any.
+struct PendingSlot {
+    pending: Arc<Pending>,
+    key: IpAddr,
+    held: AtomicBool,
+}
+
+impl PendingSlot {
+    fn release(&self) {
+        if self.held.swap(false, Ordering::Relaxed) {
+            let mut map = self.pending.by_client.lock();
+            if let Some(n) = map.get_mut(&self.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    map.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// Accepts connections and serves HTTP/1.1 on them until `stop` resolves,
+/// then lets every connection finish its request and waits for them.
+///
+/// Instead of `axum::serve`, to bound what a client can hold without
+/// finishing a request: a header read timeout (hyper's, with a timer) and a
+/// per-client cap on connections still before their first request's headers.
+/// Upgraded WebSockets leave hyper at the upgrade, so they count in neither.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    config: &Config,
+    stop: impl Future<Output = ()>,
+) {
+    let pending = Arc::new(Pending::default());
+    let max_pending = config.max_pending_per_ip;
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(config.header_read_timeout_secs));
+    // `true` asks connections to finish; the sender's `closed()` tells when
+    // every connection task (each holds a receiver) has ended.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::pin!(stop);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    accept_error(e).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => break,
+        };
+        let Some(slot) = pending.admit(peer.ip(), max_pending) else {
+            metrics::counter!("switchboard_pending_refused_total").increment(1);
+            continue; // dropped: closed at once
+        };
+        // Frames are small and latency-bound: without TCP_NODELAY, Nagle holds a
+        // frame until the previous one is acknowledged, and a client's delayed
+        // ACK turns that into ~40 ms per frame.
+        let _ = tcp.set_nodelay(true);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            slot.release();
+            app.clone().oneshot(req.map(axum::body::Body::new))
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(tcp), service)
+            .with_upgrades();
+        let mut stopping = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let mut asked = false;
+            let result = loop {
+                tokio::select! {
+                    r = conn.as_mut() => break r,
+                    _ = stopping.wait_for(|s| *s), if !asked => {
+                        asked = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            };
+            if let Err(e) = result {
+                if e.is_timeout() {
+                    metrics::counter!("switchboard_header_read_timeouts_total").increment(1);
+                }
+                tracing::trace!(error = %e, "connection ended");
+            }
+            drop(stopping);
+        });
+    }
+    drop(listener);
+    drop(stop_rx);
+    let _ = stop_tx.send(true);
+    stop_tx.closed().await;
+}
+
+/// Like `axum::serve`: per-connection errors are the client's business; others
+/// (out of file descriptors) are logged and accepting pauses for a second.
+async fn accept_error(e: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(
+        e.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!("accept error: {e}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Working schedules start and end with the clock: retry waiting queues regularly.
@@ -242,5 +395,40 @@ mod tests {
         let mut c = config("[::1]:8080", false, false, false);
         assert!(verifier(&mut c).is_ok());
         assert_eq!(c.jwt_secret.as_deref(), Some(DEV_SECRET));
+    }
+
+    #[test]
+    fn pending_slots_are_capped_per_client_and_given_back() {
+        let pending = Arc::new(Pending::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let first = pending.admit(a, 2).expect("first");
+        let second = pending.admit(a, 2).expect("second");
+        assert!(pending.admit(a, 2).is_none(), "third over a cap of 2");
+        assert!(
+            pending.admit(b, 2).is_some(),
+            "another client is not affected"
+        );
+        // Headers complete: the slot is free, and dropping it later frees nothing more.
+        first.release();
+        let third = pending.admit(a, 2).expect("after a release");
+        drop(first);
+        assert!(pending.admit(a, 2).is_none(), "a released slot counts once");
+        drop((second, third));
+        assert!(pending.by_client.lock().is_empty(), "no entry left behind");
+    }
+
+    #[test]
+    fn ipv6_clients_count_per_64() {
+        let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("ip");
+        let two: IpAddr = "2001:db8:1:2:bbbb::2".parse().expect("ip");
+        let other: IpAddr = "2001:db8:1:3::1".parse().expect("ip");
+        assert_eq!(client_key(one), client_key(two));
+        assert_ne!(client_key(one), client_key(other));
+        let mapped: IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
+        assert_eq!(
+            client_key(mapped),
+            "10.0.0.1".parse::<IpAddr>().expect("ip")
+        );
     }
 }

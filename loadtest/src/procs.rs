@@ -147,6 +147,10 @@ pub async fn spawn_gateway(
         .env("SWITCHBOARD_ADMIN_TOKEN", &secrets.admin_token)
         .env("SWITCHBOARD_ADAPTER_KEY", &secrets.adapter_key)
         .env("SWITCHBOARD_NODE_ID", name)
+        // Thousands of simulated clients share a few loopback addresses and
+        // connect hundreds at once: the per-address cap on connections still
+        // sending their headers (default 64) would refuse most of them.
+        .env("SWITCHBOARD_MAX_PENDING_PER_IP", "1000000")
         .env(
             "RUST_LOG",
             std::env::var("LOADTEST_GATEWAY_LOG").unwrap_or_else(|_| "warn".into()),

@@ -173,11 +173,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let limits = &self.gw.config.limits;
         let heartbeat = Duration::from_secs(limits.heartbeat_secs);
         let idle = Duration::from_secs(limits.idle_timeout_secs);
-        let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         let now_unix = crate::gateway::now_ms() / 1000;
         let expiry = tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now_unix)));
         tokio::pin!(expiry);
-        let mut last_heard = Instant::now();
+        let mut last_heard = tokio::time::Instant::now();
+        let mut next_ping = last_heard + heartbeat;
+        // One timer for both the next ping and the idle deadline, whichever
+        // comes first. A frame only records when it was heard; the timer is
+        // moved when it fires early (lazily), not once per frame. Boxed, so
+        // the timer entry does not sit inline in the session future.
+        let mut timer = Box::pin(tokio::time::sleep_until(next_ping.min(last_heard + idle)));
         let control = self.control.clone();
         let closed = control.closed();
         tokio::pin!(closed);
@@ -190,7 +195,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     None => Some(close::NORMAL),
                 },
                 msg = self.ws.next() => {
-                    last_heard = Instant::now();
+                    last_heard = tokio::time::Instant::now();
                     match msg {
                         // Boxed: client commands run gateway operations whose
                         // state must not live in every idle connection.
@@ -199,11 +204,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         Some(Err(_)) | None => Some(close::NORMAL),
                     }
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= idle {
+                _ = timer.as_mut() => {
+                    let now = tokio::time::Instant::now();
+                    if now >= last_heard + idle {
                         Some(close::IDLE)
                     } else {
-                        self.ws.send(WsMessage::Ping(Default::default())).await.err().map(|_| close::NORMAL)
+                        let mut code = None;
+                        if now >= next_ping {
+                            next_ping = now + heartbeat;
+                            code = self.ws.send(WsMessage::Ping(Default::default())).await.err().map(|_| close::NORMAL);
+                        }
+                        timer.as_mut().reset(next_ping.min(last_heard + idle));
+                        code
                     }
                 }
                 _ = &mut expiry => Some(close::TOKEN_EXPIRED),
@@ -297,6 +309,34 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn on_message(&mut self, msg: WsMessage) -> Result<(), u16> {
+        if let WsMessage::Close(_) = msg {
+            return Err(close::NORMAL);
+        }
+        // Every other frame counts against the rate, control frames too: a
+        // ping costs a pong write, and any frame costs a read and a wake-up.
+        if self.limiter.check().is_err() {
+            self.strikes += 1;
+            metrics::counter!("switchboard_rate_limited_total", "kind" => "connection")
+                .increment(1);
+            if self.strikes >= RATE_STRIKES {
+                return Err(close::RATE_LIMITED);
+            }
+            let reference = match &msg {
+                WsMessage::Text(t) => reference_of(t),
+                WsMessage::Binary(_) => None,
+                // No error frame for a control frame: it would answer a
+                // flood with more traffic than the flood itself.
+                _ => return Ok(()),
+            };
+            return self
+                .send(frames::error(
+                    reference.as_deref(),
+                    "rate_limited",
+                    "too many frames; slow down",
+                ))
+                .await;
+        }
+        self.strikes = 0;
         let text = match msg {
             WsMessage::Text(t) => t,
             WsMessage::Binary(_) => {
@@ -308,25 +348,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     ))
                     .await
             }
-            WsMessage::Close(_) => return Err(close::NORMAL),
             _ => return Ok(()),
         };
-        if self.limiter.check().is_err() {
-            self.strikes += 1;
-            metrics::counter!("switchboard_rate_limited_total", "kind" => "connection")
-                .increment(1);
-            if self.strikes >= RATE_STRIKES {
-                return Err(close::RATE_LIMITED);
-            }
-            return self
-                .send(frames::error(
-                    reference_of(&text).as_deref(),
-                    "rate_limited",
-                    "too many frames; slow down",
-                ))
-                .await;
-        }
-        self.strikes = 0;
         let frame: ClientFrame = match serde_json::from_str(&text) {
             Ok(f) => f,
             Err(e) => {

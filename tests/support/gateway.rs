@@ -708,6 +708,14 @@ impl Client {
         self.ws.send(WsMessage::Text(text.into())).await
     }
 
+    /// Sends any WebSocket message (binary, ping, …) as is.
+    pub async fn send_raw(
+        &mut self,
+        msg: WsMessage,
+    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
     pub async fn send_json(&mut self, v: &Value) {
         let user = self.user.clone();
         self.send_text(v.to_string())
