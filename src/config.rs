@@ -108,7 +108,7 @@ pub struct ServeArgs {
     /// Seconds a connection has to send its request headers [default: 10].
     #[arg(long, env = "SWITCHBOARD_HEADER_READ_TIMEOUT_SECS")]
     pub header_read_timeout_secs: Option<u64>,
-    /// Connections per client address still sending their request headers [default: 64].
+    /// Connections per client address still sending their request headers [default: 1024].
     #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP")]
     pub max_pending_per_ip: Option<u32>,
 }
@@ -249,7 +249,7 @@ impl Config {
             max_pending_per_ip: args
                 .max_pending_per_ip
                 .or(file.max_pending_per_ip)
-                .unwrap_or(64)
+                .unwrap_or(1024)
                 .max(1),
             limits,
         })
@@ -380,7 +380,7 @@ mod tests {
     #[test]
     fn connection_limits_flag_over_file_over_default() {
         let c = Config::merge(ServeArgs::default(), FileConfig::default()).expect("config");
-        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (10, 64));
+        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (10, 1024));
         let file = || {
             toml::from_str::<FileConfig>("header_read_timeout_secs = 7\nmax_pending_per_ip = 5\n")
                 .expect("file")
