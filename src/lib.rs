@@ -2,7 +2,7 @@
 //!
 //! Where each part lives:
 //! - [`model`]: plain data of the directory, in the policy-case world format;
-//! - [`policy`]: the access contract (`shared/POLICY.md`), pure functions;
+//! - [`policy`]: the access contract (`docs/access-policy.md`), pure functions;
 //! - [`assign`]: round-robin eligibility and rotation, pure;
 //! - [`store`]: durable state behind one trait (memory, Redis) and the ordered
 //!   stream of committed changes;

@@ -1,6 +1,6 @@
 //! Plain data of the directory: users, channels, contacts, conversations,
 //! messages — with the field names and defaults of the policy-case world format
-//! (`shared/policy-cases/README.md`), so a world file, the admin API and the
+//! (`tests/worlds/README.md`), so a world file, the admin API and the
 //! policy engine all speak the same language.
 
 use std::collections::{BTreeMap, HashMap, HashSet};

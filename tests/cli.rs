@@ -1,6 +1,10 @@
 //! The `switchboard` binary's offline commands, run as a user would:
-//! `policy-check` over the shared policy cases and over malformed worlds, and
-//! `explain`.
+//! `policy-check` over the policy worlds (the project's own `tests/worlds/`,
+//! and the shared conformance cases when present) and over malformed worlds,
+//! and `explain`.
+
+#[path = "support/worlds.rs"]
+mod worlds;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -8,25 +12,6 @@ use std::process::{Command, Output};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
-
-fn cases_dir() -> PathBuf {
-    match std::env::var_os("SWITCHBOARD_POLICY_CASES") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/policy-cases"),
-    }
-}
-
-fn case_files() -> Vec<PathBuf> {
-    let dir = cases_dir();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("policy cases folder {} is unreadable: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no *.json in {}", dir.display());
-    files
-}
 
 fn run(args: &[&std::ffi::OsStr]) -> Output {
     Command::new(BIN)
@@ -50,8 +35,19 @@ fn scratch_dir(name: &str) -> PathBuf {
 }
 
 #[test]
-fn policy_check_prints_one_matching_line_per_case() {
-    let files = case_files();
+fn policy_check_prints_one_matching_line_per_own_world() {
+    policy_check_matches_expect(&worlds::own_files());
+}
+
+#[test]
+fn policy_check_prints_one_matching_line_per_shared_case() {
+    let files = worlds::shared_files("cli::policy_check_prints_one_matching_line_per_shared_case");
+    if !files.is_empty() {
+        policy_check_matches_expect(&files);
+    }
+}
+
+fn policy_check_matches_expect(files: &[PathBuf]) {
     let args: Vec<&std::ffi::OsStr> = std::iter::once("policy-check".as_ref())
         .chain(files.iter().map(|f| f.as_os_str()))
         .collect();
@@ -67,7 +63,7 @@ fn policy_check_prints_one_matching_line_per_case() {
     assert_eq!(lines.len(), files.len(), "one line per file:\n{stdout}");
 
     let mut mismatches = Vec::new();
-    for (line, file) in lines.iter().zip(&files) {
+    for (line, file) in lines.iter().zip(files) {
         let v: Value =
             serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
         let obj = v.as_object().expect("each line is a JSON object");
@@ -123,7 +119,7 @@ const GHOST_ASSIGNEE: &str = r#"{"users":[{"id":"s1"}],"channels":[{"id":"ch1"}]
 fn policy_check_rejects_a_dangling_reference_naming_file_and_field() {
     let dir = scratch_dir("dangling");
     let bad = write_world(&dir, "ghost_assignee.json", GHOST_ASSIGNEE);
-    let good = case_files().remove(0);
+    let good = worlds::own_files().remove(0);
     for args in [
         vec![bad.as_os_str()],
         vec![good.as_os_str(), bad.as_os_str()],
@@ -153,7 +149,7 @@ fn policy_check_rejects_an_unknown_enum_value_naming_the_file() {
     assert!(stderr.contains("boss"), "{stderr}");
 }
 
-/// shared/policy-cases/README.md: an evaluator "may reject only a world that is
+/// The world format (tests/worlds/README.md): an evaluator "may reject only a world that is
 /// malformed (an id that refers to nothing, an unknown enum value), with an
 /// error that names the field". For an unknown enum value the field is the
 /// path of the value, here `users[1].role`.
@@ -204,44 +200,44 @@ fn explain(file: &Path, conv: &str, user: &str) -> (Output, Option<Value>) {
 
 #[test]
 fn explain_prints_the_rule() {
-    let dir = cases_dir();
+    let dir = worlds::own_dir();
     let cases = [
         (
-            "14_channel_access_levels.json",
-            "v1",
+            "11_channel_grant_levels.json",
+            "vip",
             "ro",
             "read",
             "scope_all",
             "read_only",
         ),
         (
-            "14_channel_access_levels.json",
-            "v1",
-            "no",
+            "11_channel_grant_levels.json",
+            "vip",
+            "nogrant",
             "none",
             "no_channel_grant",
             "no grant",
         ),
         (
-            "21_direct_messages_are_private.json",
+            "16_direct_group_item.json",
             "dm",
-            "ad",
+            "adm",
             "none",
             "not_participant",
             "not a participant",
         ),
         (
-            "11_managers_see_reports.json",
-            "v1",
-            "g",
+            "08_managers.json",
+            "agents",
+            "ceo",
             "write",
             "manager",
             "manages",
         ),
         (
-            "09_visibility_group_binds_everyone.json",
-            "v1",
-            "ad",
+            "06_visibility_groups.json",
+            "star_chat",
+            "adm",
             "none",
             "visibility_group",
             "visibility group",
@@ -263,11 +259,11 @@ fn explain_prints_the_rule() {
 
 #[test]
 fn explain_rejects_unknown_ids_and_malformed_worlds() {
-    let case = cases_dir().join("14_channel_access_levels.json");
+    let case = worlds::own_dir().join("11_channel_grant_levels.json");
     let (out, _) = explain(&case, "nope", "ro");
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("nope"));
-    let (out, _) = explain(&case, "v1", "nobody");
+    let (out, _) = explain(&case, "vip", "nobody");
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("nobody"));
 

@@ -1,19 +1,23 @@
-//! The shared policy cases, delivered live through the real binary.
+//! The policy worlds, delivered live through the real binary: the project's
+//! own worked worlds (`tests/worlds/`, always) and the shared conformance
+//! cases (`../shared/policy-cases` or `SWITCHBOARD_POLICY_CASES`, when that
+//! folder exists; otherwise the pass says it was skipped).
 //!
-//! For every `*.json` of the policy-cases folder (`$CARGO_MANIFEST_DIR/../shared/policy-cases`,
-//! or `SWITCHBOARD_POLICY_CASES`; a missing or empty folder fails): import the
-//! world, connect every user who may connect, post one message to every
-//! conversation (customer conversations through the adapter API, the others
-//! with a `send` frame from a user the case gives `write`), and check that each
-//! connected user received exactly the messages of the conversations the case
-//! gives them `read` or `write` on — and no frame at all of any other.
+//! For every world: import it, connect every user who may connect, post one
+//! message to every conversation (customer conversations through the adapter
+//! API, the others with a `send` frame from a user the world gives `write`),
+//! and check that each connected user received exactly the messages of the
+//! conversations the world gives them `read` or `write` on — and no frame at
+//! all of any other.
 //!
 //! To know when everything has arrived, the test adds to each workspace one
 //! direct conversation whose participants are all of that workspace's users
-//! (it changes nobody's access to the case's conversations) and waits for a
+//! (it changes nobody's access to the world's conversations) and waits for a
 //! marker message in it.
 
 mod support;
+#[path = "support/worlds.rs"]
+mod worlds;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -22,27 +26,6 @@ use serde_json::{json, Value};
 use support::gateway::*;
 
 const MARKER_PREFIX: &str = "__marker_";
-
-fn case_files() -> Vec<PathBuf> {
-    let dir = cases_dir();
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "policy cases folder {} is unreadable ({e}); set SWITCHBOARD_POLICY_CASES",
-            dir.display()
-        )
-    });
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("reading the cases folder").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "policy cases folder {} holds no *.json case",
-        dir.display()
-    );
-    files
-}
 
 fn workspace_of(v: &Value) -> String {
     v["workspace"].as_str().unwrap_or("w1").to_owned()
@@ -218,8 +201,19 @@ async fn run_case(path: PathBuf) -> Result<(), String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_policy_case_is_delivered_live() {
-    let files = case_files();
+async fn every_own_world_is_delivered_live() {
+    deliver_all(worlds::own_files()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_shared_case_is_delivered_live() {
+    let files = worlds::shared_files("gateway_policy_worlds::every_shared_case_is_delivered_live");
+    if !files.is_empty() {
+        deliver_all(files).await;
+    }
+}
+
+async fn deliver_all(files: Vec<PathBuf>) {
     // A few worlds at a time, each on its own server.
     let mut failures: Vec<String> = Vec::new();
     for chunk in files.chunks(4) {
@@ -237,7 +231,7 @@ async fn every_policy_case_is_delivered_live() {
     }
     assert!(
         failures.is_empty(),
-        "{} of {} policy cases not delivered as the case says:\n{}",
+        "{} of {} policy worlds not delivered as the world says:\n{}",
         failures.len(),
         files.len(),
         failures.join("\n")

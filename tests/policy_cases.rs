@@ -1,47 +1,20 @@
-//! The shared policy cases (`shared/policy-cases/*.json`) against the policy
-//! engine, pair by pair, plus world-validation errors and a few hand-written
-//! worlds that pin down corners the shared cases do not cover.
-//!
-//! The cases folder is `$CARGO_MANIFEST_DIR/../shared/policy-cases`, or the
-//! folder named by `SWITCHBOARD_POLICY_CASES`. A missing or empty folder is a
-//! failure, never a skip.
+//! The policy worlds against the policy engine, pair by pair: the project's
+//! own worked worlds (`tests/worlds/`, always) and the shared conformance
+//! cases (`../shared/policy-cases` or `SWITCHBOARD_POLICY_CASES`, when that
+//! folder exists; otherwise the pass says it was skipped). Plus
+//! world-validation errors and a few hand-written worlds that pin down
+//! corners the worlds do not cover.
 
-use std::collections::BTreeMap;
+#[path = "support/worlds.rs"]
+mod worlds;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use switchboard::cli::{access_matrix, load_world};
 use switchboard::model::{Directory, World};
 use switchboard::policy::{self, Access, Rule};
-
-fn cases_dir() -> PathBuf {
-    match std::env::var_os("SWITCHBOARD_POLICY_CASES") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/policy-cases"),
-    }
-}
-
-/// Every `*.json` of the cases folder, sorted; panics if there is none.
-fn case_files() -> Vec<PathBuf> {
-    let dir = cases_dir();
-    let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| {
-        panic!(
-            "policy cases folder {} is unreadable ({e}); set SWITCHBOARD_POLICY_CASES",
-            dir.display()
-        )
-    });
-    let mut files: Vec<PathBuf> = entries
-        .map(|e| e.expect("reading the cases folder").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    assert!(
-        !files.is_empty(),
-        "policy cases folder {} holds no *.json case",
-        dir.display()
-    );
-    files
-}
 
 /// `expect` of a case file as conversation → user → level.
 fn expectations(path: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
@@ -63,11 +36,23 @@ fn explain(world: &World, conv: &str, user: &str) -> String {
 }
 
 #[test]
+fn own_worlds_match_expect() {
+    check_worlds(&worlds::own_files());
+}
+
+#[test]
 fn shared_cases_match_expect() {
-    let files = case_files();
+    let files = worlds::shared_files("policy_cases::shared_cases_match_expect");
+    if !files.is_empty() {
+        check_worlds(&files);
+    }
+}
+
+/// Every pair of every world equals its `expect`, and `expect` is complete.
+fn check_worlds(files: &[PathBuf]) {
     let mut failures = String::new();
     let mut pairs = 0usize;
-    for path in &files {
+    for path in files {
         let file = path.display();
         let world = match load_world(path) {
             Ok(w) => w,
@@ -109,10 +94,87 @@ fn shared_cases_match_expect() {
     }
     assert!(
         failures.is_empty(),
-        "policy cases disagree with the engine:\n{failures}"
+        "policy worlds disagree with the engine:\n{failures}"
     );
-    assert!(pairs > 0, "the policy cases expect nothing");
+    assert!(pairs > 0, "the policy worlds expect nothing");
     eprintln!("{} case files, {pairs} pairs checked", files.len());
+}
+
+/// The own worlds exercise every rule of the contract: each rule decides at
+/// least one of their pairs, and a `read_only` grant caps at least one. The
+/// match is exhaustive so that a new rule cannot be added without a world.
+#[test]
+fn own_worlds_cover_every_rule() {
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut capped = false;
+    for path in worlds::own_files() {
+        let world = load_world(&path).unwrap_or_else(|e| panic!("{e:#}"));
+        let dir = Directory::from_world(&world);
+        for conv in dir.conversations.values() {
+            for user in dir.users.values() {
+                let d = policy::decide(&dir, user, conv);
+                capped |= d.capped_by_read_only;
+                seen.insert(format!("{:?}", d.rule));
+            }
+        }
+    }
+    let every = |r: Rule| match r {
+        Rule::OtherWorkspace
+        | Rule::Disabled
+        | Rule::NoChatsPermission
+        | Rule::Participant
+        | Rule::NotParticipant
+        | Rule::ItemAcl
+        | Rule::NotInItemAcl
+        | Rule::VisibilityGroup
+        | Rule::NoChannelGrant
+        | Rule::PrivateInvolved
+        | Rule::PrivateViewAll
+        | Rule::PrivateNotInvolved
+        | Rule::Involved
+        | Rule::ContactOwner
+        | Rule::ScopeUnassigned
+        | Rule::TeamAdministration
+        | Rule::ScopeAll
+        | Rule::Manager
+        | Rule::NewPermission
+        | Rule::OutOfScope => format!("{r:?}"),
+    };
+    let all = [
+        Rule::OtherWorkspace,
+        Rule::Disabled,
+        Rule::NoChatsPermission,
+        Rule::Participant,
+        Rule::NotParticipant,
+        Rule::ItemAcl,
+        Rule::NotInItemAcl,
+        Rule::VisibilityGroup,
+        Rule::NoChannelGrant,
+        Rule::PrivateInvolved,
+        Rule::PrivateViewAll,
+        Rule::PrivateNotInvolved,
+        Rule::Involved,
+        Rule::ContactOwner,
+        Rule::ScopeUnassigned,
+        Rule::TeamAdministration,
+        Rule::ScopeAll,
+        Rule::Manager,
+        Rule::NewPermission,
+        Rule::OutOfScope,
+    ];
+    let missing: Vec<String> = all
+        .into_iter()
+        .map(every)
+        .filter(|r| !seen.contains(r))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "no world of tests/worlds/ is decided by {missing:?}"
+    );
+    assert!(
+        capped,
+        "no world of tests/worlds/ is capped by a read_only grant"
+    );
 }
 
 // ---------------------------------------------------------------- validation
@@ -270,7 +332,7 @@ fn access_of(world_json: &str, conv: &str, user: &str) -> (Access, Rule, String)
     (d.access, d.rule, d.explain())
 }
 
-/// POLICY.md 4.6 caps customer access at `read` under a `read_only` grant. The
+/// docs/access-policy.md 4.6 caps customer access at `read` under a `read_only` grant. The
 /// cap must hold for private conversations as well: otherwise making a
 /// conversation private would *widen* an involved read-only holder's access
 /// (public: read; private: write).
@@ -285,7 +347,7 @@ fn read_only_grant_caps_private_involvement() {
     assert_eq!(rule, Rule::PrivateInvolved, "{why}");
 }
 
-/// POLICY.md 4.2: admins hold `full` on every channel, whatever their own grant.
+/// docs/access-policy.md 4.2: admins hold `full` on every channel, whatever their own grant.
 #[test]
 fn admin_is_full_despite_a_read_only_grant() {
     let w = r#"{"users":[{"id":"ad","role":"admin"},{"id":"s"}],
@@ -296,7 +358,7 @@ fn admin_is_full_despite_a_read_only_grant() {
     assert_eq!(access, Access::Write, "{why}");
 }
 
-/// Management is transitive with no depth limit (POLICY.md, User.manager), and
+/// Management is transitive with no depth limit (docs/access-policy.md, User `manager`), and
 /// a cyclic chain must neither loop nor grant anything to outsiders.
 #[test]
 fn manager_chains_are_transitive_and_cycle_safe() {

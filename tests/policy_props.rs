@@ -1,11 +1,11 @@
 //! Properties of the access policy over random worlds, and a differential test
-//! against an independent reference oracle written from the text of
-//! `shared/POLICY.md` (module [`oracle`] below: it reads only the plain data of
-//! `switchboard::model`, none of its helper methods and nothing of
-//! `switchboard::policy`).
+//! against an independent reference oracle written from the text of the access
+//! contract, `docs/access-policy.md` (module [`oracle`] below: it reads only
+//! the plain data of `switchboard::model`, none of its helper methods and
+//! nothing of `switchboard::policy`).
 //!
 //! On failure every property prints the world as policy-case JSON, ready to be
-//! dropped into `shared/policy-cases/` or fed to `switchboard explain`.
+//! dropped into `tests/worlds/` or fed to `switchboard explain`.
 
 use std::collections::BTreeMap;
 

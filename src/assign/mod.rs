@@ -1,4 +1,4 @@
-//! Round-robin assignment (POLICY.md "Assignment"): who is eligible, and the
+//! Round-robin assignment (docs/access-policy.md "Assignment"): who is eligible, and the
 //! rotation itself. Pure: the shell supplies the clock, presence and open
 //! counts; the rotation is stored by the [`crate::store::Store`] so that every
 //! node shares one per channel.

@@ -1,4 +1,4 @@
-//! Action rules of POLICY.md ("who may send, assign, close, change privacy,
+//! Action rules of docs/access-policy.md ("who may send, assign, close, change privacy,
 //! edit"), pure like the access rules. Each returns `Err` with a reason the
 //! gateway hands to the client verbatim.
 

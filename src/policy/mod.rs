@@ -1,4 +1,4 @@
-//! The access contract of `shared/POLICY.md`, as pure functions over plain
+//! The access contract of `docs/access-policy.md`, as pure functions over plain
 //! data: no I/O, no clock, no locks. Every decision carries the rule that made
 //! it, so the same code answers "may they?" and "why?".
 
@@ -38,7 +38,7 @@ impl Access {
     }
 }
 
-/// The rule of POLICY.md that decided an access level.
+/// The rule of docs/access-policy.md that decided an access level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
@@ -129,7 +129,7 @@ impl Decision {
     }
 }
 
-/// Channel level `L` of POLICY.md 4.2: `None` on an unrestricted channel
+/// Channel level `L` of docs/access-policy.md 4.2: `None` on an unrestricted channel
 /// (no constraint), `Some(None)`-like "no grant" is reported as `Err(())`.
 fn channel_level(user: &User, channel: Option<&Channel>) -> Result<Option<GrantLevel>, ()> {
     let Some(channel) = channel.filter(|c| c.is_restricted()) else {
@@ -244,7 +244,7 @@ impl<'a, L: Lookup> Prepared<'a, L> {
         })
     }
 
-    /// `access(user, conversation)` of POLICY.md, with the deciding rule.
+    /// `access(user, conversation)` of docs/access-policy.md, with the deciding rule.
     pub fn decide(&self, user: &User) -> Decision {
         use Access::*;
         let conv = self.conv;
@@ -340,7 +340,7 @@ impl<'a, L: Lookup> Prepared<'a, L> {
     }
 }
 
-/// `access(user, conversation)` of POLICY.md, with the deciding rule.
+/// `access(user, conversation)` of docs/access-policy.md, with the deciding rule.
 pub fn decide(dir: &impl Lookup, user: &User, conv: &Conversation) -> Decision {
     Prepared::new(dir, conv).decide(user)
 }

@@ -50,15 +50,6 @@ pub fn now_secs() -> u64 {
         .as_secs()
 }
 
-/// The folder of shared policy cases (`$CARGO_MANIFEST_DIR/../shared/policy-cases`,
-/// or `SWITCHBOARD_POLICY_CASES`).
-pub fn cases_dir() -> PathBuf {
-    match std::env::var_os("SWITCHBOARD_POLICY_CASES") {
-        Some(dir) => PathBuf::from(dir),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/policy-cases"),
-    }
-}
-
 // ------------------------------------------------------------------ tokens
 
 /// An HS256 agent token for `user` of workspace `ws`, valid for an hour.
