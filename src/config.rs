@@ -380,7 +380,10 @@ mod tests {
     #[test]
     fn connection_limits_flag_over_file_over_default() {
         let c = Config::merge(ServeArgs::default(), FileConfig::default()).expect("config");
-        assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (10, 1024));
+        assert_eq!(
+            (c.header_read_timeout_secs, c.max_pending_per_ip),
+            (10, 1024)
+        );
         let file = || {
             toml::from_str::<FileConfig>("header_read_timeout_secs = 7\nmax_pending_per_ip = 5\n")
                 .expect("file")
