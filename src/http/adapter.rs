@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::{check_bearer, Json};
+use super::{check_bearer, Json, Path};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Gateway, InboundContact};
 use crate::model::Contact;

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{check_bearer, parse, Body, Json};
+use super::{check_bearer, parse, Body, Json, Path, Query};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Command, Gateway};
 use crate::model::{Channel, Contact, Conversation, User, WorkspaceSettings, World};
@@ -81,6 +81,7 @@ fn json(status: StatusCode, v: impl Serialize) -> Response {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ImportQuery {
     mode: Option<String>,
 }
@@ -264,6 +265,7 @@ async fn set_private(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct HistoryQuery {
     after_seq: Option<u64>,
     limit: Option<usize>,
