@@ -415,23 +415,37 @@ async fn bad_frames_get_error_frames_and_the_connection_stays() {
     let srv = Server::start().await;
     srv.import(&world()).await;
     let mut c = srv.connect("s1", "w1").await;
-    let bad: Vec<(&str, String)> = vec![
-        ("not JSON", "this is not json".into()),
+    // (what, text, the field named)
+    let bad: Vec<(&str, String, Option<&str>)> = vec![
+        ("not JSON", "this is not json".into(), None),
         (
             "unknown type",
             json!({"type": "teleport", "ref": "r2"}).to_string(),
+            Some("type"),
         ),
         (
             "missing field",
             json!({"type": "send", "ref": "r3", "body": "no conversation"}).to_string(),
+            Some("conversation"),
         ),
-        ("not an object", "[1, 2, 3]".into()),
+        (
+            "wrong type",
+            json!({"type": "read", "conversation": "v1", "seq": "latest"}).to_string(),
+            Some("seq"),
+        ),
+        (
+            "unknown field",
+            json!({"type": "ping", "rfe": "x"}).to_string(),
+            Some("rfe"),
+        ),
+        ("not an object", "[1, 2, 3]".into(), None),
     ];
-    for (what, text) in bad {
+    for (what, text, field) in bad {
         c.send_text(text).await.unwrap();
         let f = c.recv().await;
         assert_eq!(f["type"], "error", "{what}: {f}");
         assert_eq!(f["code"], "bad_frame", "{what}: {f}");
+        assert_eq!(f["field"].as_str(), field, "{what}: {f}");
     }
     // The ref of a parseable but invalid frame is echoed.
     c.send_json(&json!({"type": "send", "ref": "r-missing"}))
