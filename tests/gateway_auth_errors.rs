@@ -829,6 +829,16 @@ async fn edge_refusals_are_json_errors() {
             None,
         ),
     ];
+    // A long `?resume=` is not refused for its length (under the parser's 64 KiB).
+    let positions: serde_json::Map<String, Value> =
+        (0..400).map(|i| (format!("v-{i:032}"), json!(i))).collect();
+    let long = format!(
+        "?token={tok}&resume={}",
+        urlencode(&Value::Object(positions).to_string())
+    );
+    assert!(long.len() > 16 * 1024, "{}", long.len());
+    let c = srv.connect_query("s1", &long).await;
+    assert_eq!(c.hello["type"], "hello", "a long resume");
     let http = reqwest::Client::new();
     for (what, method, path, status, code, field) in cases {
         let resp = http

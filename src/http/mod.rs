@@ -42,7 +42,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
-/// Longest request target (path and query) served; longer is `414`. (The
+/// Longest request target (path and query) served; longer is `414`. Not
+/// for `/v1/ws`, whose `?resume=` grows with the conversations resumed. (The
 /// HTTP parser itself refuses targets over 64 KiB before any of this runs.)
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
@@ -52,7 +53,7 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// keeping their status and headers (`Allow`).
 async fn json_errors(req: Request, next: Next) -> Response {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if target > MAX_URI_BYTES {
+    if target > MAX_URI_BYTES && req.uri().path() != "/v1/ws" {
         return ApiError::new(
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
