@@ -95,6 +95,12 @@ impl From<StoreError> for ApiError {
             StoreError::ThreadTaken(c) => ApiError::conflict(format!(
                 "the thread already has an open conversation ({c}); retry"
             )),
+            StoreError::IdempotencyKeyReused => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "this idempotency key (client_id) was already used for another request \
+                 (other body, sender or meta); nothing was stored: use a new key",
+            ),
             StoreError::Corrupt(m) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
             }

@@ -229,7 +229,10 @@ impl Gateway {
         })
     }
     pub fn get_settings(&self, ws: &str) -> WorkspaceSettings {
-        self.hub.workspace(ws).lock().settings.clone()
+        self.hub
+            .existing(ws)
+            .map(|w| w.lock().settings.clone())
+            .unwrap_or_else(|| WorkspaceSettings::new(ws.to_owned()))
     }
 
     async fn commit(&self, ws: &str, change: Change) -> Result<Outcome, ApiError> {
@@ -318,9 +321,12 @@ impl Gateway {
         ws: &str,
         check: impl FnOnce(&crate::model::Directory) -> Result<(), FieldError>,
     ) -> Result<(), ApiError> {
-        let w = self.hub.workspace(ws);
-        let state = w.lock();
-        Ok(check(&state.dir)?)
+        // A workspace not seen yet has an empty directory: a refused request
+        // must not leave one behind.
+        match self.hub.existing(ws) {
+            Some(w) => Ok(check(&w.lock().dir)?),
+            None => Ok(check(&crate::model::Directory::default())?),
+        }
     }
 
     pub async fn put_user(&self, user: User) -> Result<User, ApiError> {

@@ -80,6 +80,7 @@ pub enum Weekday {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Schedule {
     pub tz: String,
     pub days: Vec<Weekday>,
@@ -88,6 +89,7 @@ pub struct Schedule {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct User {
     pub id: Id,
     #[serde(default = "default_workspace")]
@@ -196,6 +198,7 @@ impl<'de> Deserialize<'de> for Subject {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Grant {
     pub subject: Subject,
     pub level: GrantLevel,
@@ -221,6 +224,7 @@ impl ChannelVisibility {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct AutoAssign {
     #[serde(default)]
     pub enabled: bool,
@@ -233,6 +237,7 @@ pub struct AutoAssign {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Channel {
     pub id: Id,
     #[serde(default = "default_workspace")]
@@ -283,6 +288,7 @@ impl Channel {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Contact {
     pub id: Id,
     #[serde(default = "default_workspace")]
@@ -322,6 +328,7 @@ pub enum ItemLevel {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Conversation {
     pub id: Id,
     #[serde(default = "default_workspace")]
@@ -435,6 +442,7 @@ pub enum Assignment {
 
 /// Workspace-wide settings (not part of policy worlds).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct WorkspaceSettings {
     #[serde(default = "default_workspace")]
     pub id: Id,
@@ -505,7 +513,9 @@ pub struct Message {
 }
 
 /// A whole world in the policy-case format. `expect`, `name` and `why` are
-/// accepted and ignored by the gateway.
+/// accepted and ignored by the gateway (so is any other top-level key); the
+/// entities refuse unknown fields (`deny_unknown_fields`): a misspelt field
+/// is an error naming it, not a silently ignored change.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct World {
     #[serde(default, skip_serializing_if = "Option::is_none")]

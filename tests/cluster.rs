@@ -745,11 +745,13 @@ async fn redis_restart_is_survived() {
 }
 
 /// The store itself against a private Redis: history trimming is exact,
-/// idempotency holds, the rotation script is `assign::rotate`, the waiting
+/// idempotency holds (a key reused for another request is refused), the rotation script is `assign::rotate`, the waiting
 /// queue hands a conversation to one taker, presence counts every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_scripts_match_the_reference() {
-    use switchboard::store::{redis::RedisStore, Change, Committed, Outcome, Sink, Store};
+    use switchboard::store::{
+        redis::RedisStore, Change, Committed, Outcome, Sink, Store, StoreError,
+    };
 
     struct Recorder(parking_lot::Mutex<Vec<Arc<Committed>>>);
     impl Sink for Recorder {
@@ -785,10 +787,21 @@ async fn redis_store_scripts_match_the_reference() {
     // Applied through the bus before commit returned, in order.
     let applied: Vec<u64> = seen.0.lock().iter().map(|c| c.seq).collect();
     assert_eq!(applied, (1..=8).collect::<Vec<u64>>());
-    match other.commit("w1", message(10)).await.expect("commit") {
+    // The same request (body, sender, meta) again with key2: m2's answer.
+    let mut retry = message(2);
+    if let Change::Message { message, .. } = &mut retry {
+        message.id = "m10".into();
+    }
+    match other.commit("w1", retry).await.expect("commit") {
         Outcome::Duplicate { message, seq } => assert_eq!((message.id.as_str(), seq), ("m2", 3)),
         Outcome::Stored(_) => panic!("idempotency key reused"),
     }
+    // Another request with key2: refused, nothing stored.
+    let reused = other.commit("w1", message(10)).await;
+    assert!(
+        matches!(reused, Err(StoreError::IdempotencyKeyReused)),
+        "{reused:?}"
+    );
     let h = store
         .history("w1", "v1", 0, usize::MAX)
         .await
@@ -1375,4 +1388,90 @@ async fn redis_store_keeps_inbox_state_and_the_thread_map() {
         threads().await,
         HashMap::from([("3:ch1t".into(), "x3".into())])
     );
+}
+
+/// On Redis, across nodes: deleting a message removes every version of its
+/// content (the original and each edit) from history and from a resume; an
+/// idempotency key reused for another request is refused
+/// (`idempotency_key_reused`), the same request answers the first message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_content_and_reused_keys_on_redis() {
+    let cluster = Cluster::start(2, false).await;
+    cluster
+        .import(&json!({
+            "users": [{"id": "s1"}, {"id": "s2"}],
+            "channels": [{"id": "ch1"}],
+            "contacts": [{"id": "k1"}],
+            "conversations": [{"id": "e1", "channel": "ch1", "contact": "k1"}]
+        }))
+        .await;
+    let (a, b) = (cluster.node(0), cluster.node(1));
+    let mut s1 = a.connect("s1", "w1").await;
+    let got = s1.send_message("e1", "first version", Some("c-1")).await;
+    let ack = got.last().cloned().unwrap_or_default();
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let m = ack["message_id"].as_str().unwrap_or_default().to_owned();
+    for body in ["second version", "third version"] {
+        request(
+            &mut s1,
+            json!({"type": "edit_message", "conversation": "e1", "message_id": m, "body": body}),
+        )
+        .await;
+    }
+    request(
+        &mut s1,
+        json!({"type": "delete_message", "conversation": "e1", "message_id": m}),
+    )
+    .await;
+    until(LONG, "node 1 has the deletion", || async {
+        b.admin_ok(Method::GET, "/conversations/e1/messages", None)
+            .await["latest_seq"]
+            == 4
+    })
+    .await;
+    let h = b
+        .admin_ok(Method::GET, "/conversations/e1/messages", None)
+        .await;
+    assert!(!h.to_string().contains("version"), "content kept: {h}");
+
+    let q = format!(
+        "?token={}&resume={}",
+        token("s2", "w1"),
+        urlencode(&json!({"e1": 0}).to_string())
+    );
+    let mut reader = b.connect_query("s2", &q).await;
+    let f = collect_until(&mut reader, "the deletion replayed", |f| {
+        f.iter().any(|x| x["type"] == "message_deleted")
+    })
+    .await;
+    assert!(
+        !f.iter().any(|x| x.to_string().contains("version")),
+        "content replayed: {f:?}"
+    );
+
+    // Agents: the client_id is the key, on any node.
+    let mut s1b = b.connect("s1", "w1").await;
+    let dup = s1b.send_message("e1", "first version", Some("c-1")).await;
+    let dup = dup.last().cloned().unwrap_or_default();
+    assert_eq!(
+        (&dup["message_id"], &dup["duplicate"]),
+        (&json!(m), &json!(true)),
+        "{dup}"
+    );
+    let err = s1b.send_message("e1", "other", Some("c-1")).await;
+    let err = err.last().cloned().unwrap_or_default();
+    assert_eq!(err["code"], "idempotency_key_reused", "{err}");
+
+    // Adapters.
+    let (status, first) = a.adapter_post("e1", "hello", Some("k-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = b.adapter_post("e1", "hello", Some("k-1")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (&again["id"], &again["duplicate"]),
+        (&first["id"], &json!(true))
+    );
+    let (status, other) = b.adapter_post("e1", "goodbye", Some("k-1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{other}");
+    assert_eq!(other["error"]["code"], "idempotency_key_reused", "{other}");
 }

@@ -415,23 +415,37 @@ async fn bad_frames_get_error_frames_and_the_connection_stays() {
     let srv = Server::start().await;
     srv.import(&world()).await;
     let mut c = srv.connect("s1", "w1").await;
-    let bad: Vec<(&str, String)> = vec![
-        ("not JSON", "this is not json".into()),
+    // (what, text, the field named)
+    let bad: Vec<(&str, String, Option<&str>)> = vec![
+        ("not JSON", "this is not json".into(), None),
         (
             "unknown type",
             json!({"type": "teleport", "ref": "r2"}).to_string(),
+            Some("type"),
         ),
         (
             "missing field",
             json!({"type": "send", "ref": "r3", "body": "no conversation"}).to_string(),
+            Some("conversation"),
         ),
-        ("not an object", "[1, 2, 3]".into()),
+        (
+            "wrong type",
+            json!({"type": "read", "conversation": "v1", "seq": "latest"}).to_string(),
+            Some("seq"),
+        ),
+        (
+            "unknown field",
+            json!({"type": "ping", "rfe": "x"}).to_string(),
+            Some("rfe"),
+        ),
+        ("not an object", "[1, 2, 3]".into(), None),
     ];
-    for (what, text) in bad {
+    for (what, text, field) in bad {
         c.send_text(text).await.unwrap();
         let f = c.recv().await;
         assert_eq!(f["type"], "error", "{what}: {f}");
         assert_eq!(f["code"], "bad_frame", "{what}: {f}");
+        assert_eq!(f["field"].as_str(), field, "{what}: {f}");
     }
     // The ref of a parseable but invalid frame is echoed.
     c.send_json(&json!({"type": "send", "ref": "r-missing"}))
@@ -950,4 +964,274 @@ async fn the_token_command_mints_accepted_tokens() {
     c.close().await;
     let bad = mint("another-secret");
     assert_eq!(srv.refused_handshake(&format!("?token={bad}")).await, 401);
+}
+
+/// Framework-level refusals answer the documented JSON body too: an
+/// undecodable path or query (400 `bad_request`), a query value of the wrong
+/// type or an unknown query parameter (422 `invalid_field` naming it), a
+/// method the path does not take (405 with `Allow`), a URI over the limit (414).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_refusals_are_json_errors() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let tok = token("s1", "w1");
+    let admin = |path: &str| format!("/v1/admin{path}");
+    /// (what, method, path, status, code, field)
+    type Case<'a> = (&'a str, Method, String, u16, &'a str, Option<&'a str>);
+    let cases: Vec<Case> = vec![
+        (
+            "invalid UTF-8 in a path id",
+            Method::GET,
+            admin("/users/%FF%FE"),
+            400,
+            "bad_request",
+            Some("id"),
+        ),
+        (
+            "invalid UTF-8 in a second path id",
+            Method::GET,
+            admin("/conversations/v1/access/%C3%28"),
+            400,
+            "bad_request",
+            Some("user"),
+        ),
+        (
+            "after_seq not a number",
+            Method::GET,
+            admin("/conversations/v1/messages?after_seq=abc"),
+            422,
+            "invalid_field",
+            Some("after_seq"),
+        ),
+        (
+            "limit negative",
+            Method::GET,
+            admin("/conversations/v1/messages?limit=-1"),
+            422,
+            "invalid_field",
+            Some("limit"),
+        ),
+        (
+            "unknown history parameter",
+            Method::GET,
+            admin("/conversations/v1/messages?aftr_seq=1"),
+            422,
+            "invalid_field",
+            Some("aftr_seq"),
+        ),
+        (
+            "invalid UTF-8 in a query value",
+            Method::GET,
+            admin("/conversations/v1/messages?after_seq=%FF"),
+            400,
+            "bad_request",
+            Some("after_seq"),
+        ),
+        (
+            "snapshot not a boolean",
+            Method::GET,
+            format!("/v1/ws?token={tok}&snapshot=maybe"),
+            422,
+            "invalid_field",
+            Some("snapshot"),
+        ),
+        (
+            "presence not a boolean",
+            Method::GET,
+            format!("/v1/ws?token={tok}&presence=1"),
+            422,
+            "invalid_field",
+            Some("presence"),
+        ),
+        (
+            "unknown ws parameter",
+            Method::GET,
+            format!("/v1/ws?token={tok}&snapshto=true"),
+            422,
+            "invalid_field",
+            Some("snapshto"),
+        ),
+        (
+            "resume of the wrong shape",
+            Method::GET,
+            format!("/v1/ws?token={tok}&resume={}", urlencode(r#"{"v1": "x"}"#)),
+            422,
+            "invalid_field",
+            Some("resume.v1"),
+        ),
+        (
+            "method not allowed (adapter)",
+            Method::DELETE,
+            "/v1/inbound".into(),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "method not allowed (admin)",
+            Method::POST,
+            admin("/users/s1"),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "method not allowed (ops)",
+            Method::POST,
+            "/healthz".into(),
+            405,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "URI too long",
+            Method::GET,
+            admin(&format!("/users/{}", "u".repeat(20_000))),
+            414,
+            "uri_too_long",
+            None,
+        ),
+    ];
+    // A long `?resume=` is not refused for its length (under the parser's 64 KiB).
+    let positions: serde_json::Map<String, Value> =
+        (0..400).map(|i| (format!("v-{i:032}"), json!(i))).collect();
+    let long = format!(
+        "?token={tok}&resume={}",
+        urlencode(&Value::Object(positions).to_string())
+    );
+    assert!(long.len() > 16 * 1024, "{}", long.len());
+    let c = srv.connect_query("s1", &long).await;
+    assert_eq!(c.hello["type"], "hello", "a long resume");
+    let http = reqwest::Client::new();
+    for (what, method, path, status, code, field) in cases {
+        let resp = http
+            .request(method.clone(), srv.url(&path))
+            .bearer_auth(if path.starts_with("/v1/admin") {
+                ADMIN_TOKEN
+            } else {
+                ADAPTER_KEY
+            })
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let st = resp.status();
+        let allow = resp
+            .headers()
+            .get("allow")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let ctype = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or("").to_owned());
+        let text = resp.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or_else(|_| json!({"__text": text}));
+        assert_error(what, st, &body, status, code);
+        assert_eq!(
+            ctype.as_deref(),
+            Some("application/json"),
+            "{what}: content type"
+        );
+        assert_eq!(
+            body["error"]["field"].as_str(),
+            field,
+            "{what}: field; body {body}"
+        );
+        if status == 405 {
+            assert!(
+                allow.is_some_and(|a| !a.is_empty()),
+                "{what}: no Allow header"
+            );
+        }
+    }
+}
+
+/// A misspelt field in an admin body or an imported world is refused
+/// (422 `invalid_field` naming the unknown key) and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_are_refused_and_change_nothing() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let before = srv.admin_ok(Method::GET, "/users/s1", None).await;
+    let cases: Vec<(&str, Method, &str, Value, &str)> = vec![
+        (
+            "patch user",
+            Method::PATCH,
+            "/users/s1",
+            json!({"disabeld": true}),
+            "disabeld",
+        ),
+        (
+            "put user",
+            Method::PUT,
+            "/users/s1",
+            json!({"id": "s1", "disabeld": true}),
+            "disabeld",
+        ),
+        (
+            "patch channel",
+            Method::PATCH,
+            "/channels/ch1",
+            json!({"auto_assign": {"enabeld": true}}),
+            "auto_assign.enabeld",
+        ),
+        (
+            "patch channel grant",
+            Method::PATCH,
+            "/channels/ch1",
+            json!({"grants": [{"subject": "role:admin", "level": "full", "x": 1}]}),
+            "grants[0].x",
+        ),
+        (
+            "patch contact",
+            Method::PATCH,
+            "/contacts/k1",
+            json!({"ownr": "s1"}),
+            "ownr",
+        ),
+        (
+            "patch conversation",
+            Method::PATCH,
+            "/conversations/v1",
+            json!({"asignee": "s1"}),
+            "asignee",
+        ),
+        (
+            "put workspace",
+            Method::PUT,
+            "/workspaces/w1",
+            json!({"edit_window": 5}),
+            "edit_window",
+        ),
+        (
+            "patch user schedule",
+            Method::PATCH,
+            "/users/s1",
+            json!({"schedule": {"tz": "UTC", "days": [], "hours": "09:00-17:00", "hour": 1}}),
+            "schedule.hour",
+        ),
+        (
+            "import",
+            Method::POST,
+            "/import?mode=upsert",
+            json!({"users": [{"id": "s1", "disabeld": true}]}),
+            "users[0].disabeld",
+        ),
+    ];
+    for (what, method, path, body, field) in cases {
+        let (st, got) = srv.admin(method, path, Some(body)).await;
+        assert_error(what, st, &got, 422, "invalid_field");
+        assert_eq!(got["error"]["field"], field, "{what}: {got}");
+    }
+    assert_eq!(srv.admin_ok(Method::GET, "/users/s1", None).await, before);
+    let (st, got) = srv
+        .admin(Method::POST, "/import?mod=upsert", Some(world()))
+        .await;
+    assert_error("unknown import parameter", st, &got, 422, "invalid_field");
+    assert_eq!(got["error"]["field"], "mod", "{got}");
+    // A world's own top-level extras are still accepted.
+    let mut w = world();
+    w["name"] = json!("a world");
+    w["why"] = json!("because");
+    w["expect"] = json!({"s1": ["v1"]});
+    srv.import(&w).await;
 }

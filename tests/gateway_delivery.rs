@@ -149,11 +149,15 @@ async fn adapter_idempotency_key_stores_and_delivers_once() {
     assert_eq!(second["duplicate"], true);
     assert_eq!(first["id"], second["id"]);
     assert_eq!(first["seq"], second["seq"]);
-    // A different body with the same key is still the first message.
-    let (_, third) = srv.adapter_post("v1", "other body", Some(&key)).await;
+    // A different body with the same key is refused, and stores nothing.
+    let (st3, third) = srv.adapter_post("v1", "other body", Some(&key)).await;
     assert_eq!(
-        (third["id"].clone(), third["duplicate"].clone()),
-        (first["id"].clone(), json!(true))
+        (st3, third["error"]["code"].clone()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            json!("idempotency_key_reused")
+        ),
+        "{third}"
     );
     // Another key is another message.
     let (st, other) = srv.adapter_post("v1", "twice", Some(&unique("idem"))).await;

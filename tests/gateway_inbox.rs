@@ -951,7 +951,7 @@ fn edit_world() -> Value {
     json!({
         "users": [{"id": "s1"}, {"id": "s2"}, {"id": "out", "scope": "own"}],
         "channels": [{"id": "ch1"}],
-        "contacts": [{"id": "k1"}],
+        "contacts": [{"id": "k1"}, {"id": "k2"}],
         "conversations": [
             {"id": "e1", "channel": "ch1", "contact": "k1"},
             {"id": "eo", "channel": "ch1", "contact": "k1", "assignee": "out"}
@@ -1114,6 +1114,107 @@ async fn message_edits_and_deletes() {
         "after resume the edited message reads: {}",
         brief_all(&f)
     );
+}
+
+/// Deleting a message removes every version of its content: the original
+/// and each `message_updated` of it, in history and in a resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_message_leaves_no_edited_version() {
+    let srv = Server::start().await;
+    srv.import(&edit_world()).await;
+    let mut s1 = srv.connect("s1", "w1").await;
+    let (m, _) = send(&mut s1, "e1", "first version").await;
+    ok(&mut s1, edit("e1", &m, "second version")).await;
+    ok(&mut s1, edit("e1", &m, "third version")).await;
+    ok(&mut s1, delete("e1", &m)).await;
+
+    let h = srv
+        .admin_ok(Method::GET, "/conversations/e1/messages?limit=1000", None)
+        .await;
+    assert!(!h.to_string().contains("version"), "content kept: {h}");
+    let updates = h["events"]
+        .as_array()
+        .map(|e| e.iter().filter(|e| e["type"] == "message_updated").count());
+    assert_eq!(updates, Some(2), "edits keep their place: {h}");
+
+    let q = format!(
+        "?token={}&resume={}",
+        token("s2", "w1"),
+        urlencode(&json!({"e1": 0}).to_string())
+    );
+    let mut reader = vec![srv.connect_query("s2", &q).await];
+    let f = sync(&srv, "e1", &mut reader).await.remove(0);
+    assert!(
+        !f.iter().any(|x| x.to_string().contains("version")),
+        "content replayed: {}",
+        brief_all(&f)
+    );
+    assert_eq!(of_type(&f, "message_deleted").len(), 1, "{}", brief_all(&f));
+}
+
+/// The same idempotency key with another request is refused
+/// (`idempotency_key_reused`); the same request answers the first message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_reused_for_another_request_is_refused() {
+    let srv = Server::start().await;
+    srv.import(&edit_world()).await;
+    let (status, first) = srv.adapter_post("e1", "hello", Some("k-1")).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, again) = srv.adapter_post("e1", "hello", Some("k-1")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        (&again["id"], &again["duplicate"]),
+        (&first["id"], &json!(true))
+    );
+    let (status, other) = srv.adapter_post("e1", "goodbye", Some("k-1")).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{other}");
+    assert_eq!(other["error"]["code"], "idempotency_key_reused", "{other}");
+    // Other sender, same body and key: another request too.
+    let (status, v) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/e1/messages",
+            Some(ADAPTER_KEY),
+            &[("Idempotency-Key", "k-1")],
+            Some(serde_json::to_vec(&json!({"body": "hello", "sender": "k2"})).unwrap()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+
+    // Agents: the client_id is the key.
+    let mut s1 = srv.connect("s1", "w1").await;
+    let got = s1.send_message("e1", "from s1", Some("c-1")).await;
+    let ack = got.last().unwrap();
+    assert_eq!(
+        (&ack["type"], &ack["duplicate"]),
+        (&json!("ack"), &json!(false)),
+        "{ack}"
+    );
+    let got = s1.send_message("e1", "from s1", Some("c-1")).await;
+    let dup = got.last().unwrap();
+    assert_eq!(
+        (&dup["message_id"], &dup["duplicate"]),
+        (&ack["message_id"], &json!(true)),
+        "{dup}"
+    );
+    let got = s1.send_message("e1", "something else", Some("c-1")).await;
+    let err = got.last().unwrap();
+    assert_eq!(
+        (&err["type"], &err["code"]),
+        (&json!("error"), &json!("idempotency_key_reused")),
+        "{err}"
+    );
+    // Nothing was stored for the refused requests.
+    let h = srv
+        .admin_ok(Method::GET, "/conversations/e1/messages", None)
+        .await;
+    let bodies: Vec<&str> = h["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["message"]["body"].as_str())
+        .collect();
+    assert_eq!(bodies, ["hello", "from s1"], "{h}");
 }
 
 // ------------------------------------------------------ direct and group

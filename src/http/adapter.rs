@@ -2,34 +2,56 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
 use serde::Deserialize;
 
-use super::{check_bearer, parse, Body};
+use super::{check_bearer, parse, Body, Path, Query};
 use crate::credentials::AdapterKey;
 use crate::error::ApiError;
 use crate::gateway::{Actor, Entity, Gateway, InboundContact, ThreadKey};
 use crate::model::Contact;
 
-/// An authenticated adapter request: its key and its `Idempotency-Key`.
-struct Caller<'a> {
-    key: &'a AdapterKey,
+/// The channel-adapter routes. The key is checked (and rate-limited) before
+/// anything of the request is parsed: a bad key is a 401 whatever the rest.
+pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
+    Router::new()
+        .route("/v1/conversations/{id}/messages", post(post_message))
+        .route("/v1/inbound", post(inbound))
+        .route_layer(middleware::from_fn_with_state(gw, authenticate))
+}
+
+/// An authenticated adapter request: which key, and its `Idempotency-Key`.
+#[derive(Clone)]
+struct Caller {
+    /// Index into [`Gateway::adapter_keys`].
+    key: usize,
     idempotency: Option<String>,
 }
 
-/// Authenticates the adapter key and applies its rate limit, before the body
-/// is even parsed: a bad key is a 401 whatever the body.
-fn adapter<'a>(gw: &'a Gateway, headers: &HeaderMap) -> Result<Caller<'a>, ApiError> {
+async fn authenticate(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+    match caller(&gw, req.headers()) {
+        Ok(c) => {
+            req.extensions_mut().insert(c);
+            next.run(req).await
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiError> {
     let accepted: Vec<String> = gw.adapter_keys.iter().map(|k| k.key.clone()).collect();
     let presented = check_bearer(headers, &accepted)?;
     let key = gw
         .adapter_keys
         .iter()
-        .find(|k| k.key == presented)
+        .position(|k| k.key == presented)
         .ok_or_else(|| ApiError::unauthorized("wrong credentials"))?;
-    if gw.adapter_limiter.check_key(&key.key).is_err() {
+    if gw.adapter_limiter.check_key(&presented).is_err() {
         metrics::counter!("switchboard_rate_limited_total", "kind" => "adapter").increment(1);
         return Err(ApiError::rate_limited());
     }
@@ -61,7 +83,13 @@ pub struct InWorkspace {
     workspace: Option<String>,
 }
 
-impl Caller<'_> {
+impl Caller {
+    fn key<'g>(&self, gw: &'g Gateway) -> Result<&'g AdapterKey, ApiError> {
+        gw.adapter_keys
+            .get(self.key)
+            .ok_or_else(|| ApiError::unauthorized("wrong credentials"))
+    }
+
     /// The workspace the request acts in, for an id of `entity`. Anything
     /// outside a scoped key's reach is not found, like an id never created.
     fn workspace(
@@ -72,7 +100,7 @@ impl Caller<'_> {
         named: Option<&str>,
     ) -> Result<String, ApiError> {
         let missing = || ApiError::not_found(entity_name(entity), id);
-        match self.key.workspace() {
+        match self.key(gw)?.workspace() {
             None => gw.resolve(entity, id, named),
             Some(own) if named.is_none_or(|n| n == own) => Ok(own.to_owned()),
             Some(_) => Err(missing()),
@@ -97,17 +125,16 @@ pub struct PostBody {
     meta: Option<serde_json::Value>,
 }
 
-pub async fn post_message(
+async fn post_message(
     State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<Caller>,
     Path(id): Path<String>,
     Query(q): Query<InWorkspace>,
-    headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let caller = adapter(&gw, &headers)?;
     let ws = caller.workspace(&gw, Entity::Conversation, &id, q.workspace.as_deref())?;
     let channel = gw.get_conversation(&ws, &id)?.0.channel;
-    if !caller.key.reaches(&ws, channel.as_deref()) {
+    if !caller.key(&gw)?.reaches(&ws, channel.as_deref()) {
         return Err(ApiError::not_found("conversation", &id));
     }
     let b: PostBody = parse(&body)?;
@@ -146,20 +173,19 @@ pub struct InboundBody {
     meta: Option<serde_json::Value>,
 }
 
-pub async fn inbound(
+async fn inbound(
     State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<Caller>,
     Query(q): Query<InWorkspace>,
-    headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let caller = adapter(&gw, &headers)?;
     let b: InboundBody = parse(&body)?;
     // An unknown channel, or one out of the key's reach, is a bad field.
     let unknown = || ApiError::invalid("channel", format!("unknown channel {:?}", b.channel));
     let ws = caller
         .workspace(&gw, Entity::Channel, &b.channel, q.workspace.as_deref())
         .map_err(|e| if e.code == "not_found" { unknown() } else { e })?;
-    if !caller.key.reaches(&ws, Some(&b.channel)) {
+    if !caller.key(&gw)?.reaches(&ws, Some(&b.channel)) {
         return Err(unknown());
     }
     if b.thread.is_empty() {

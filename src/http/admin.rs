@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +11,7 @@ use axum::Router;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{check_bearer, parse, Body, Json};
+use super::{check_bearer, parse, Body, Json, Path, Query};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Command, Entity, Gateway};
 use crate::inbox::ItemResult;

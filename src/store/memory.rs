@@ -7,7 +7,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{Change, Committed, Ephemeral, History, Outcome, Sink, Snapshot, Store, StoreError};
+use super::{
+    fingerprint, redact, without_content, Change, Committed, Ephemeral, History, Outcome, Sink,
+    Snapshot, Store, StoreError,
+};
 use crate::model::{Conversation, Id, Message, Status};
 
 /// Events kept per conversation for `resume` and history.
@@ -19,7 +22,9 @@ const IDEMPOTENCY_KEYS: usize = 100_000;
 struct Log {
     seqs: HashMap<Id, u64>,
     history: HashMap<Id, VecDeque<Committed>>,
-    idempotency: HashMap<(Id, String), (Message, u64)>,
+    /// (conversation, key) → the first message (without content), its seq,
+    /// and the request's [`fingerprint`].
+    idempotency: HashMap<(Id, String), (Message, u64, String)>,
     idempotency_order: VecDeque<(Id, String)>,
 }
 
@@ -96,9 +101,12 @@ impl MemoryStore {
         } = &change
         {
             let k = (message.conversation.clone(), key.clone());
-            if let Some((message, seq)) = log.idempotency.get(&k) {
+            if let Some((first, seq, fp)) = log.idempotency.get(&k) {
+                if *fp != fingerprint(message) {
+                    return Err(StoreError::IdempotencyKeyReused);
+                }
                 return Ok(Outcome::Duplicate {
-                    message: message.clone(),
+                    message: first.clone(),
                     seq: *seq,
                 });
             }
@@ -128,7 +136,8 @@ impl MemoryStore {
         } = &committed.change
         {
             let k = (message.conversation.clone(), key.clone());
-            log.idempotency.insert(k.clone(), (message.clone(), seq));
+            let record = (without_content(message), seq, fingerprint(message));
+            log.idempotency.insert(k.clone(), record);
             log.idempotency_order.push_back(k);
             if log.idempotency_order.len() > IDEMPOTENCY_KEYS {
                 if let Some(old) = log.idempotency_order.pop_front() {
@@ -138,18 +147,17 @@ impl MemoryStore {
         }
         if let Change::EditMessage {
             conversation,
+            message_id,
             message_seq,
             body: None,
             ..
         } = &committed.change
         {
-            // A deleted message's content is gone from history for everyone.
+            // A deleted message's content is gone from history for everyone:
+            // the original and every edit of it.
             if let Some(h) = log.history.get_mut(conversation) {
-                for c in h.iter_mut().filter(|c| c.seq == *message_seq) {
-                    if let Change::Message { message, .. } = &mut c.change {
-                        message.body.clear();
-                        message.meta = None;
-                    }
+                for c in h.iter_mut().filter(|c| c.seq >= *message_seq) {
+                    redact(&mut c.change, message_id, *message_seq, c.seq);
                 }
             }
         }

@@ -79,14 +79,19 @@ pub enum Change {
     DeleteConversation {
         id: Id,
     },
-    /// A stored message; numbered, and a `message` frame.
+    /// A stored message; numbered, and a `message` frame. With an
+    /// idempotency key, a retry of the same request (see [`fingerprint`])
+    /// is a [`Outcome::Duplicate`]; another request with the key is
+    /// [`StoreError::IdempotencyKeyReused`].
     Message {
         message: Message,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         idempotency_key: Option<String>,
     },
     /// An edit (`body: Some`) or deletion (`body: None`) of a message;
-    /// numbered. A deletion also redacts the original in history.
+    /// numbered. A deletion also redacts every version of the content in
+    /// history: the original's body and meta, and each earlier edit's body
+    /// (each becomes `""`; the events keep their place in the sequence).
     EditMessage {
         conversation: Id,
         message_id: Id,
@@ -172,11 +177,59 @@ pub struct Committed {
 #[derive(Clone, Debug)]
 pub enum Outcome {
     Stored(Arc<Committed>),
-    /// The idempotency key was already used: nothing new was stored.
+    /// The idempotency key was already used for the same request: nothing
+    /// new was stored. `message` is the first one without its content
+    /// (`body` empty, no `meta`): the record keeps only a fingerprint.
     Duplicate {
         message: Message,
         seq: u64,
     },
+}
+
+/// What makes two posts with one idempotency key "the same request": body,
+/// sender and meta (not the id, time or conversation, which the key's scope
+/// already fixes). Hex SHA-256, so the record keeps no content and is the
+/// same on every node and version.
+pub fn fingerprint(message: &Message) -> String {
+    // serde_json maps keep their keys sorted: equal meta, equal bytes.
+    let bytes =
+        serde_json::to_vec(&(&message.body, &message.sender, &message.meta)).unwrap_or_default();
+    ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Removes the content of message `id` (stored at `message_seq`) from a
+/// history event at `seq`, if the event carries some: the message itself or
+/// an edit of it.
+pub fn redact(change: &mut Change, id: &str, message_seq: u64, seq: u64) -> bool {
+    match change {
+        Change::Message { message, .. } if seq == message_seq && message.id == id => {
+            message.body.clear();
+            message.meta = None;
+            true
+        }
+        Change::EditMessage {
+            message_id,
+            body: Some(body),
+            ..
+        } if message_id == id => {
+            body.clear();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The copy of a message an idempotency record keeps: no content.
+pub fn without_content(message: &Message) -> Message {
+    Message {
+        body: String::new(),
+        meta: None,
+        ..message.clone()
+    }
 }
 
 /// Receives committed changes in commit order (the hub).
@@ -226,6 +279,10 @@ pub enum StoreError {
     /// [`Store::commit_thread`]: another open conversation holds the thread.
     #[error("the thread is held by conversation {0:?}")]
     ThreadTaken(Id),
+    /// The idempotency key was used for another request (other body, sender
+    /// or meta); nothing was stored.
+    #[error("idempotency key already used for another request")]
+    IdempotencyKeyReused,
 }
 
 /// What the hub tracks of a conversation's messages (restored from storage).

@@ -18,7 +18,7 @@
 //! | `sb:{ws}:seqs` | hash | conversation → latest seq |
 //! | `sb:{ws}:commits` | string | commit counter of the workspace (orders the bus, see below) |
 //! | `sb:{ws}:h:{conv}` | sorted set | history: score = seq, member = `{"seq":N,"change":…}`, trimmed to exactly `history_len` |
-//! | `sb:{ws}:idem:{len}:{conv}{key}` | string, TTL 24 h | `{"seq":N,"message":…}` of an idempotent post |
+//! | `sb:{ws}:idem:{len}:{conv}{key}` | string, TTL 24 h | `{"seq":N,"message":…,"fp":…}` of an idempotent post: the message without its content, and the request's fingerprint ([`super::fingerprint`]; records without one are compared by their message) |
 //! | `sb:{ws}:online` | sorted set | presence: member `user@node`, score = expiry (ms, Redis clock) |
 //! | `sb:{ws}:rr:{channel}` | list | round-robin rotation of a channel, least recently assigned first |
 //! | `sb:{ws}:wait:{channel}` | list | FIFO of a channel's conversations waiting for an agent |
@@ -31,7 +31,10 @@
 //! does not take it over while the first is open.
 //!
 //! History is a sorted set rather than a stream because a deleted message must
-//! be redacted *in place* (a stream entry cannot be rewritten); the score is
+//! be redacted *in place* (a stream entry cannot be rewritten): the message
+//! and every edit of it. The members to redact are read before the commit
+//! script runs; the script refuses (and the store retries) if the
+//! conversation's seq moved meanwhile, so no edit slips past. The score is
 //! the seq, so `history` is one `ZRANGEBYSCORE (after +inf`, and trimming is
 //! exact, so the oldest kept seq is always `latest - history_len + 1`.
 //!
@@ -133,8 +136,8 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{
-    Activity, Change, Committed, Ephemeral, History, Mark, Outcome, Sink, Snapshot, Store,
-    StoreError, StoredMarks,
+    fingerprint, redact, without_content, Activity, Change, Committed, Ephemeral, History, Mark,
+    Outcome, Sink, Snapshot, Store, StoreError, StoredMarks,
 };
 use crate::model::{Conversation, Id, Message, Sender, Status, WorkspaceSettings, World};
 
@@ -142,6 +145,8 @@ use crate::model::{Conversation, Id, Message, Sender, Status, WorkspaceSettings,
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `commit` waits for the local hub to apply its change.
 pub const APPLY_WAIT: Duration = Duration::from_secs(3);
+/// Tries of a message deletion whose conversation keeps moving.
+const DELETE_ATTEMPTS: u32 = 5;
 /// Idempotency keys are remembered this long.
 pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 /// Health ping of the bus connection.
@@ -155,11 +160,11 @@ const WORKSPACES: &str = "sb:workspaces";
 
 /// The commit script (see the module doc). ARGV:
 /// 1 key prefix `sb:{ws}:`, 2 workspace, 3 change JSON, 4 sequenced
-/// conversation or "", 5 idempotency key or "", 6 its TTL, 7 message JSON for
-/// the idempotency record, 8 history length, 9 "1" to clear the directory
-/// (replace import), 10 conversation whose history to drop or "", 11/12/13
-/// history member to redact / its replacement / its score, then quadruples
-/// (op, kind, id, value), `kind` naming the hash `sb:{ws}:{kind}`:
+/// conversation or "", 5 idempotency key or "", 6 its TTL, 7 the idempotency
+/// record's fields after `seq` (`"message":…,"fp":…`), 8 history length, 9 "1"
+/// to clear the directory (replace import), 10 conversation whose history to
+/// drop or "", then quadruples (op, kind, id, value), `kind` naming the hash
+/// `sb:{ws}:{kind}`:
 /// - `hset` / `hdel` field `id`; `set` the string `kind` to `value`;
 /// - `expect`: precondition, the field must equal `value`;
 /// - `claim` (threads): precondition, the thread field `id` is free, already
@@ -170,7 +175,9 @@ const WORKSPACES: &str = "sb:workspaces";
 ///   conversation `id` if it names `id` (run before the conversation is rewritten);
 /// - `hmax`: sets the field to `value` (`""` = this commit's seq) if higher;
 /// - `hseq`: sets the field to this commit's seq followed by `value`;
-/// - `hlatest`: sets the field to conversation `value`'s latest seq (0 if none).
+/// - `hlatest`: sets the field to conversation `value`'s latest seq (0 if none);
+/// - `redact`: in the sequenced conversation's history, replaces the member
+///   `id` (score `kind`) by `value` if it is still there.
 ///
 /// Returns `{0, commit, seq}`, `{1, idempotency record}` for a duplicate,
 /// `{2}` when an `expect` failed, or `{3, holder, commit counter}` when a
@@ -194,7 +201,7 @@ local function holds(id, field)
   local f, open = thread_of(redis.call('HGET', p .. 'conversations', id))
   return open and f == field
 end
-for i = 14, #ARGV, 4 do
+for i = 11, #ARGV, 4 do
   local op = ARGV[i]
   if op == 'expect' and redis.call('HGET', p .. ARGV[i + 1], ARGV[i + 2]) ~= ARGV[i + 3] then
     return {2}
@@ -216,7 +223,7 @@ if ARGV[9] == '1' then
   for _, c in ipairs(redis.call('HKEYS', p .. 'seqs')) do redis.call('DEL', p .. 'h:' .. c) end
   redis.call('DEL', p .. 'users', p .. 'channels', p .. 'contacts', p .. 'conversations', p .. 'threads')
   local keep = {}
-  for i = 14, #ARGV, 4 do
+  for i = 11, #ARGV, 4 do
     if ARGV[i] == 'hset' and ARGV[i + 1] == 'conversations' then keep[ARGV[i + 2]] = true end
   end
   for _, c in ipairs(redis.call('HKEYS', p .. 'activity')) do
@@ -224,12 +231,7 @@ if ARGV[9] == '1' then
   end
 end
 if ARGV[10] ~= '' then redis.call('DEL', p .. 'h:' .. ARGV[10]) end
-if ARGV[11] ~= '' and conv ~= '' then
-  if redis.call('ZREM', p .. 'h:' .. conv, ARGV[11]) == 1 then
-    redis.call('ZADD', p .. 'h:' .. conv, ARGV[13], ARGV[12])
-  end
-end
-for i = 14, #ARGV, 4 do
+for i = 11, #ARGV, 4 do
   local op, kind = ARGV[i], p .. ARGV[i + 1]
   if op == 'hset' then redis.call('HSET', kind, ARGV[i + 2], ARGV[i + 3])
   elseif op == 'hdel' then redis.call('HDEL', kind, ARGV[i + 2])
@@ -253,6 +255,10 @@ for i = 14, #ARGV, 4 do
   elseif op == 'hseq' then redis.call('HSET', kind, ARGV[i + 2], seqs .. ARGV[i + 3])
   elseif op == 'hlatest' then
     redis.call('HSET', kind, ARGV[i + 2], redis.call('HGET', p .. 'seqs', ARGV[i + 3]) or '0')
+  elseif op == 'redact' and conv ~= '' then
+    if redis.call('ZREM', p .. 'h:' .. conv, ARGV[i + 2]) == 1 then
+      redis.call('ZADD', p .. 'h:' .. conv, ARGV[i + 1], ARGV[i + 3])
+    end
   end
 end
 if conv ~= '' then
@@ -262,7 +268,7 @@ if conv ~= '' then
   if excess > 0 then redis.call('ZREMRANGEBYRANK', h, 0, excess - 1) end
 end
 if idem ~= '' then
-  redis.call('SET', idem, '{"seq":' .. seqs .. ',"message":' .. ARGV[7] .. '}', 'EX', ARGV[6])
+  redis.call('SET', idem, '{"seq":' .. seqs .. ',' .. ARGV[7] .. '}', 'EX', ARGV[6])
 end
 redis.call('SADD', KEYS[1], ARGV[2])
 local n = redis.call('INCR', p .. 'commits')
@@ -389,6 +395,10 @@ struct HistoryEntry {
 struct IdempotencyRecord {
     seq: u64,
     message: Message,
+    /// Absent in records written before fingerprints: then `message` still
+    /// has its content and is fingerprinted itself.
+    #[serde(default)]
+    fp: Option<String>,
 }
 
 /// The directory mutation of a change, as the commit script takes it.
@@ -398,7 +408,6 @@ struct Plan {
     idempotency: Option<(String, String)>,
     replace: bool,
     drop_history: Option<Id>,
-    redact: Option<(String, String, u64)>,
     ops: Vec<[String; 4]>,
 }
 
@@ -742,6 +751,31 @@ impl Inner {
         base: Option<&Conversation>,
         thread: bool,
     ) -> Result<Outcome, StoreError> {
+        // A deletion is refused when its conversation moved between reading
+        // what to redact and committing: read again (a few times).
+        if !matches!(change, Change::EditMessage { body: None, .. }) {
+            return self.commit_once(workspace, change, base, thread).await;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .commit_once(workspace, change.clone(), base, thread)
+                .await
+            {
+                Err(StoreError::Conflict(_)) if attempt < DELETE_ATTEMPTS => {}
+                other => return other,
+            }
+        }
+    }
+
+    async fn commit_once(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+        thread: bool,
+    ) -> Result<Outcome, StoreError> {
         let mut plan = self.plan(workspace, &change).await?;
         if thread {
             for op in plan.ops.iter_mut().filter(|op| op[0] == "bind") {
@@ -758,7 +792,6 @@ impl Inner {
         }
         let change_json = to_json(&change)?;
         let (idem_key, idem_message) = plan.idempotency.clone().unwrap_or_default();
-        let (redact_from, redact_to, redact_seq) = plan.redact.clone().unwrap_or_default();
         let mut inv = self.scripts.commit.key(WORKSPACES);
         inv.arg(prefix(workspace))
             .arg(workspace)
@@ -769,10 +802,7 @@ impl Inner {
             .arg(&idem_message)
             .arg(self.history_len)
             .arg(if plan.replace { "1" } else { "0" })
-            .arg(plan.drop_history.as_deref().unwrap_or(""))
-            .arg(&redact_from)
-            .arg(&redact_to)
-            .arg(redact_seq);
+            .arg(plan.drop_history.as_deref().unwrap_or(""));
         for op in &plan.ops {
             inv.arg(&op[..]);
         }
@@ -782,8 +812,15 @@ impl Inner {
             [Value::Int(1), Value::BulkString(record)] => {
                 let r: IdempotencyRecord =
                     serde_json::from_slice(record).map_err(|e| corrupt("idempotency record", e))?;
+                let Change::Message { message, .. } = &change else {
+                    return Err(corrupt("commit reply", "a duplicate of no message"));
+                };
+                let first = r.fp.unwrap_or_else(|| fingerprint(&r.message));
+                if first != fingerprint(message) {
+                    return Err(StoreError::IdempotencyKeyReused);
+                }
                 Ok(Outcome::Duplicate {
-                    message: r.message,
+                    message: without_content(&r.message),
                     seq: r.seq,
                 })
             }
@@ -875,7 +912,12 @@ impl Inner {
                 let conv = &message.conversation;
                 if let Some(key) = idempotency_key {
                     let k = format!("{}idem:{}:{conv}{key}", prefix(ws), conv.len());
-                    plan.idempotency = Some((k, to_json(message)?));
+                    let record = format!(
+                        r#""message":{},"fp":{}"#,
+                        to_json(&without_content(message))?,
+                        to_json(&fingerprint(message))?
+                    );
+                    plan.idempotency = Some((k, record));
                 }
                 let from_customer = matches!(message.sender, Sender::Contact(_));
                 let activity = format!(" {} {}", message.ts, u8::from(from_customer));
@@ -887,11 +929,23 @@ impl Inner {
             }
             Change::EditMessage {
                 conversation,
+                message_id,
                 message_seq,
                 body: None,
                 ..
             } => {
-                plan.redact = self.redaction(ws, conversation, *message_seq).await?;
+                let (latest, redactions) = self
+                    .redaction(ws, conversation, message_id, *message_seq)
+                    .await?;
+                // Refused if anything was committed to the conversation
+                // since: an edit could have slipped past the redaction.
+                if let Some(latest) = latest {
+                    plan.op("expect", "seqs", conversation, latest.to_string());
+                }
+                for (member, redacted, seq) in redactions {
+                    plan.ops
+                        .push(["redact".into(), seq.to_string(), member, redacted]);
+                }
             }
             Change::EditMessage { .. } => {}
             Change::Mark {
@@ -919,33 +973,39 @@ impl Inner {
         Ok(plan)
     }
 
-    /// The history member of a message to delete and its redacted replacement.
+    /// The conversation's latest seq, and the history members carrying the
+    /// content of message `id` (stored at `seq`: the message and its edits),
+    /// each with its redacted replacement and score.
     async fn redaction(
         &self,
         ws: &str,
         conv: &str,
+        id: &str,
         seq: u64,
-    ) -> Result<Option<(String, String, u64)>, StoreError> {
+    ) -> Result<(Option<u64>, Vec<(String, String, u64)>), StoreError> {
         let mut conn = self.conn();
-        let found: Vec<String> = bounded(
-            redis::cmd("ZRANGEBYSCORE")
+        let (latest, found): (Option<u64>, Vec<String>) = bounded(
+            redis::pipe()
+                .atomic()
+                .hget(format!("{}seqs", prefix(ws)), conv)
+                .cmd("ZRANGEBYSCORE")
                 .arg(history_key(ws, conv))
                 .arg(seq)
-                .arg(seq)
+                .arg("+inf")
                 .query_async(&mut conn),
         )
         .await?;
+        let mut out = Vec::new();
         for member in found {
             let Ok(mut entry) = serde_json::from_str::<HistoryEntry>(&member) else {
                 continue;
             };
-            if let Change::Message { message, .. } = &mut entry.change {
-                message.body.clear();
-                message.meta = None;
-                return Ok(Some((member, to_json(&entry)?, seq)));
+            if redact(&mut entry.change, id, seq, entry.seq) {
+                let redacted = to_json(&entry)?;
+                out.push((member, redacted, entry.seq));
             }
         }
-        Ok(None)
+        Ok((latest, out))
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap, Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use hyper_util::rt::TokioIo;
@@ -21,9 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::http::Query;
 use crate::model::{Permission, User};
 
 #[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct WsQuery {
     token: Option<String>,
     /// JSON object `{conversation: last seq seen}` to replay missed events.
@@ -71,6 +73,20 @@ fn authenticate(gw: &Gateway, token: Option<&str>) -> Result<(User, u64), ApiErr
     Ok((user, claims.exp))
 }
 
+/// The `resume` parameter: not JSON is `400 bad_json`, JSON of another
+/// shape `422 invalid_field`; either names the field under `resume`.
+fn resume_positions(text: &str) -> Result<HashMap<String, u64>, ApiError> {
+    crate::http::parse(text.as_bytes()).map_err(|mut e| {
+        let field = match e.field.as_deref() {
+            None | Some(".") => "resume".to_owned(),
+            Some(f) => format!("resume.{f}"),
+        };
+        e.message = format!("resume: {}", e.message);
+        e.field = Some(field);
+        e
+    })
+}
+
 pub async fn upgrade(
     State(gw): State<Arc<Gateway>>,
     Query(q): Query<WsQuery>,
@@ -96,10 +112,10 @@ pub async fn upgrade(
             return e.into_response();
         }
     };
-    let resume: Option<HashMap<String, u64>> = match q.resume.as_deref().map(serde_json::from_str) {
+    let resume: Option<HashMap<String, u64>> = match q.resume.as_deref().map(resume_positions) {
         None => None,
         Some(Ok(r)) => Some(r),
-        Some(Err(e)) => return ApiError::bad_json(format!("resume: {e}")).into_response(),
+        Some(Err(e)) => return e.into_response(),
     };
     let snapshot = q.snapshot.unwrap_or(false);
     let presence = q.presence.unwrap_or(false);

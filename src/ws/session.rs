@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::protocol::{reference_of, BulkAction, ClientFrame};
+use super::protocol::{self, reference_of, BulkAction, ClientFrame};
 use crate::gateway::{Actor, Command, Gateway};
 use crate::hub::{close, frames, ConnHandle, Control, Outbound};
 use crate::model::User;
@@ -350,15 +350,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             _ => return Ok(()),
         };
-        let frame: ClientFrame = match serde_json::from_str(&text) {
+        let frame: ClientFrame = match protocol::parse(&text) {
             Ok(f) => f,
             Err(e) => {
                 return self
-                    .send(frames::error(
-                        reference_of(&text).as_deref(),
-                        "bad_frame",
-                        &format!("bad frame: {e}"),
-                    ))
+                    .send(protocol::bad_frame(reference_of(&text).as_deref(), &e))
                     .await;
             }
         };
