@@ -572,6 +572,10 @@ async fn admin_changes_are_audited_per_workspace() {
     assert_eq!(import["detail"]["mode"], "replace");
     assert_eq!(import["detail"]["users"], 5);
     assert_eq!(import["detail"]["conversations"], 4);
+    assert_eq!(
+        import["detail"]["removed"],
+        json!({"users": 0, "channels": 0, "contacts": 0, "conversations": 0})
+    );
 
     // Pages follow the cursor, newest first, without overlap.
     let mut seen = Vec::new();

@@ -218,8 +218,17 @@ async fn import(
             "users": users, "channels": channels, "contacts": contacts,
             "conversations": conversations, "settings": settings > 0,
         });
-        if let Some(removed) = answer.get("removed").and_then(|r| r.get(&ws)) {
-            detail["removed"] = removed.clone();
+        // How many were removed, not which: an entry stays small.
+        if let Some(removed) = answer
+            .get("removed")
+            .and_then(|r| r.get(&ws))
+            .and_then(|r| r.as_object())
+        {
+            let counts: serde_json::Map<String, serde_json::Value> = removed
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_array().map_or(0, Vec::len).into()))
+                .collect();
+            detail["removed"] = counts.into();
         }
         record(&gw, &ws, &who, "import", Vec::new(), Some(detail)).await;
     }
