@@ -892,13 +892,30 @@ impl ListQuery {
     }
 
     /// The workspace listed: the one named, else the only one this node
-    /// knows; with none or several, `workspace` is required (422).
+    /// holds anything of (objects or settings; a lookup of an unknown
+    /// workspace leaves an empty one behind, which does not count); with
+    /// none or several, `workspace` is required (422).
     fn workspace(&self, gw: &Gateway) -> Result<Id, ApiError> {
         if let Some(ws) = &self.workspace {
             validate_id("workspace", ws, true)?;
             return Ok(ws.clone());
         }
-        let mut all = gw.hub.workspace_ids();
+        let mut all: Vec<Id> = gw
+            .hub
+            .workspace_ids()
+            .into_iter()
+            .filter(|ws| {
+                gw.hub.existing(ws).is_some_and(|w| {
+                    let s = w.lock();
+                    let d = &s.dir;
+                    !(d.users.is_empty()
+                        && d.channels.is_empty()
+                        && d.contacts.is_empty()
+                        && d.conversations.is_empty())
+                        || s.settings != WorkspaceSettings::new(ws.clone())
+                })
+            })
+            .collect();
         match all.len() {
             1 => Ok(all.remove(0)),
             0 => Err(ApiError::invalid(
