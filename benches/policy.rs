@@ -350,6 +350,7 @@ pub fn generate_world(spec: &WorldSpec) -> World {
         channels,
         contacts,
         conversations,
+        settings: Vec::new(),
         expect: None,
     }
 }

@@ -264,6 +264,7 @@ impl Gateway {
             .chain(world.channels.iter().map(|c| c.workspace.clone()))
             .chain(world.contacts.iter().map(|c| c.workspace.clone()))
             .chain(world.conversations.iter().map(|c| c.workspace.clone()))
+            .chain(world.settings.iter().map(|s| s.id.clone()))
             .collect();
         let mut removed = serde_json::Map::new();
         for ws in &workspaces {

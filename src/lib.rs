@@ -12,7 +12,8 @@
 //! - [`gateway`]: the operations both APIs share (validate, check, commit);
 //! - [`inbox`]: the agent's inbox operations (marks, edits, views, bulk);
 //! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML;
-//!   [`credentials`]: adapter keys and their workspace scopes.
+//!   [`credentials`]: adapter keys and their workspace scopes;
+//! - [`listing`]: the admin API's lists and export of one workspace.
 
 pub mod assign;
 pub mod auth;
@@ -24,6 +25,7 @@ pub mod gateway;
 pub mod http;
 pub mod hub;
 pub mod inbox;
+pub mod listing;
 pub mod metrics;
 pub mod model;
 pub mod policy;

@@ -528,6 +528,10 @@ pub struct World {
     pub contacts: Vec<Contact>,
     #[serde(default)]
     pub conversations: Vec<Conversation>,
+    /// Workspace settings, one per workspace (`id` names it); not in policy
+    /// worlds. An import sets them; a workspace without an entry keeps its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<WorkspaceSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expect: Option<serde_json::Value>,
 }
@@ -564,6 +568,12 @@ impl World {
                 .conversations
                 .iter()
                 .filter(|c| c.workspace == ws)
+                .cloned()
+                .collect(),
+            settings: self
+                .settings
+                .iter()
+                .filter(|s| s.id == ws)
                 .cloned()
                 .collect(),
             expect: None,
@@ -808,6 +818,16 @@ impl World {
         for (i, c) in self.conversations.iter().enumerate() {
             validate_id(&format!("conversations[{i}].workspace"), &c.workspace, true)?;
             validate_id(&format!("conversations[{i}].id"), &c.id, false)?;
+        }
+        let mut with_settings = HashSet::new();
+        for (i, s) in self.settings.iter().enumerate() {
+            validate_id(&format!("settings[{i}].id"), &s.id, true)?;
+            if !with_settings.insert(s.id.as_str()) {
+                return Err(FieldError::new(
+                    format!("settings[{i}].id"),
+                    format!("duplicate settings of workspace {:?}", s.id),
+                ));
+            }
         }
         let check = |field: String, kind: EntityKind, ws: &str, id: &str| {
             if defined.contains(&(kind, ws, id)) || existing(kind, ws, id) {

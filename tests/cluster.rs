@@ -1475,3 +1475,179 @@ async fn deleted_content_and_reused_keys_on_redis() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{other}");
     assert_eq!(other["error"]["code"], "idempotency_key_reused", "{other}");
 }
+
+/// The Redis store's audit log: a capped stream per workspace under the
+/// workspace's hash tag, newest first, paged by entry id, left alone by a
+/// replace import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_keeps_a_capped_audit_log_per_workspace() {
+    use switchboard::store::{
+        redis::RedisStore, AuditEntry, AuditId, AuditWho, Change, Committed, Sink, Store, AUDIT_LEN,
+    };
+
+    struct Nothing;
+    impl Sink for Nothing {
+        fn apply(&self, _: Arc<Committed>) {}
+    }
+
+    let redis = Redis::start(false);
+    let url = redis.url();
+    let store = RedisStore::connect(&url, "node-a", 100)
+        .await
+        .expect("connect");
+    store.subscribe(Arc::new(Nothing)).await.expect("subscribe");
+    let entry = |action: String| AuditEntry {
+        id: String::new(),
+        ts: 7,
+        action,
+        targets: vec!["u1".into()],
+        who: AuditWho {
+            actor: "admin".into(),
+            request_id: Some("r".into()),
+            user_agent: None,
+        },
+        detail: Some(json!({"n": 1})),
+    };
+    for i in 0..AUDIT_LEN + 5 {
+        store
+            .audit("w1", entry(format!("a{i}")))
+            .await
+            .expect("audit");
+    }
+    store
+        .audit("w2", entry("other".into()))
+        .await
+        .expect("audit");
+    let all = store
+        .audit_log("w1", None, AUDIT_LEN + 100)
+        .await
+        .expect("log");
+    assert_eq!(all.len(), AUDIT_LEN, "capped exactly, oldest dropped");
+    assert_eq!(all[0].action, format!("a{}", AUDIT_LEN + 4));
+    assert_eq!(all[AUDIT_LEN - 1].action, "a5");
+    assert_eq!(all[0].who.request_id.as_deref(), Some("r"));
+    assert_eq!(all[0].detail, Some(json!({"n": 1})));
+    let ids: Vec<AuditId> = all.iter().filter_map(|e| AuditId::parse(&e.id)).collect();
+    assert_eq!(ids.len(), AUDIT_LEN, "every id is <ms>-<n>");
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let page = store.audit_log("w1", Some(ids[2]), 2).await.expect("page");
+    assert_eq!(
+        page,
+        all[3..5].to_vec(),
+        "a page starts right below the cursor"
+    );
+    let w2 = store.audit_log("w2", None, 10).await.expect("w2");
+    assert_eq!(w2.len(), 1);
+    assert_eq!(w2[0].action, "other");
+    assert!(store
+        .audit_log("w3", None, 10)
+        .await
+        .expect("w3")
+        .is_empty());
+
+    // Stored under the workspace's hash tag, and a replace import keeps it.
+    let world = serde_json::from_value(json!({"users": [{"id": "u1"}]})).expect("world");
+    store
+        .commit(
+            "w1",
+            Change::Import {
+                world,
+                replace: true,
+            },
+        )
+        .await
+        .expect("import");
+    let client = ::redis::Client::open(url.as_str()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let len: usize = ::redis::cmd("XLEN")
+        .arg("sb:{w1}:audit")
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(len, AUDIT_LEN);
+}
+
+/// On a cluster: the audit log, lists and export are the same on every
+/// node, and an export taken on one node round-trips through a replace
+/// import on another (settings included, kept in Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_lists_export_and_audit_across_nodes() {
+    let cl = Cluster::start(2, false).await;
+    cl.import(&json!({
+        "users": [{"id": "a", "teams": ["t1"]}, {"id": "b"}],
+        "channels": [{"id": "sms"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": [{"id": "v1", "channel": "sms", "contact": "k1", "assignee": "a"}],
+        "settings": [{"id": "w1", "edit_window_secs": 5, "direct_messages": "off"}]
+    }))
+    .await;
+    let (a, b) = (cl.node(0), cl.node(1));
+    let (status, _) = a
+        .request(
+            Method::POST,
+            "/v1/admin/conversations/v1/close?workspace=w1",
+            Some(support::gateway::ADMIN_TOKEN),
+            &[("x-request-id", "close-1")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let log = b.admin_ok(Method::GET, "/audit?workspace=w1", None).await;
+    assert_eq!(log["items"][0]["action"], "conversation.close", "{log}");
+    assert_eq!(log["items"][0]["who"]["request_id"], "close-1");
+    assert_eq!(log["items"][1]["action"], "import");
+    until(LONG, "node 1 sees the close", || async {
+        b.admin_ok(
+            Method::GET,
+            "/conversations?workspace=w1&status=closed",
+            None,
+        )
+        .await["items"][0]["id"]
+            == "v1"
+    })
+    .await;
+
+    let first = b.admin_ok(Method::GET, "/export?workspace=w1", None).await;
+    assert_eq!(first["settings"][0]["edit_window_secs"], 5, "{first}");
+    a.admin_ok(
+        Method::POST,
+        "/import?mode=replace",
+        Some(json!({"users": [{"id": "z"}], "settings": [{"id": "w1"}]})),
+    )
+    .await;
+    a.admin_ok(Method::POST, "/import?mode=replace", Some(first.clone()))
+        .await;
+    until(LONG, "node 1 has the restored workspace", || async {
+        b.admin_ok(Method::GET, "/export?workspace=w1", None).await == first
+    })
+    .await;
+    assert_eq!(
+        a.admin_ok(Method::GET, "/export?workspace=w1", None).await,
+        first
+    );
+    // A node started now reads the same from Redis.
+    let late = Server::start_with(&[
+        ("SWITCHBOARD_REDIS_URL", cl.redis.url().as_str()),
+        ("SWITCHBOARD_NODE_ID", "node-late"),
+    ])
+    .await;
+    assert_eq!(
+        late.admin_ok(Method::GET, "/export?workspace=w1", None)
+            .await,
+        first
+    );
+    let log = late
+        .admin_ok(Method::GET, "/audit?workspace=w1&limit=2", None)
+        .await;
+    let actions: Vec<&str> = log["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert_eq!(actions, ["import", "import"]);
+    assert!(log["next_cursor"].is_string(), "{log}");
+}

@@ -587,6 +587,7 @@ fn arb_world_with(p: Profile) -> impl Strategy<Value = World> {
                     channels,
                     contacts,
                     conversations,
+                    settings: Vec::new(),
                     expect: None,
                 }
             },

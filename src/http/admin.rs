@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use std::collections::BTreeMap;
+
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -15,8 +17,12 @@ use super::{check_bearer, parse, Body, Json, Path, Query};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Command, Entity, Gateway};
 use crate::inbox::ItemResult;
-use crate::model::{Channel, Contact, Conversation, User, WorkspaceSettings, World};
-use crate::store::Change;
+use crate::listing::{self, ConversationFilter, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::model::{
+    validate_id, Channel, Contact, Conversation, ConversationKind, Id, Status, User,
+    WorkspaceSettings, World,
+};
+use crate::store::{AuditEntry, AuditId, AuditWho, Change};
 
 type Gw = State<Arc<Gateway>>;
 type ApiResult = Result<Response, ApiError>;
@@ -24,6 +30,13 @@ type ApiResult = Result<Response, ApiError>;
 pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     Router::new()
         .route("/import", post(import))
+        .route("/export", get(export))
+        .route("/audit", get(audit_log))
+        .route("/users", get(list_users))
+        .route("/teams", get(list_teams))
+        .route("/channels", get(list_channels))
+        .route("/contacts", get(list_contacts))
+        .route("/conversations", get(list_conversations))
         .route(
             "/users/{id}",
             get(get_user)
@@ -81,6 +94,67 @@ fn json(status: StatusCode, v: impl Serialize) -> Response {
     (status, axum::Json(v)).into_response()
 }
 
+/// Who sent an admin request, for the audit log: the admin token is one
+/// shared credential, so all there is besides `admin` is what the caller
+/// says in `X-Request-Id` and `User-Agent` (kept short, control characters
+/// dropped).
+struct Who(AuditWho);
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let header = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
+                .map(|v| {
+                    v.chars()
+                        .filter(|c| !c.is_control())
+                        .take(MAX_WHO_CHARS)
+                        .collect::<String>()
+                })
+                .filter(|v| !v.is_empty())
+        };
+        Ok(Who(AuditWho {
+            actor: "admin".into(),
+            request_id: header("x-request-id"),
+            user_agent: header("user-agent"),
+        }))
+    }
+}
+
+/// Longest `X-Request-Id` / `User-Agent` kept in the audit log, in characters.
+const MAX_WHO_CHARS: usize = 200;
+
+/// Appends to the workspace's audit log, after the change was stored. The
+/// change stands even if this fails (storage lost between the two): that is
+/// logged, the request still succeeds.
+async fn record(
+    gw: &Gateway,
+    ws: &str,
+    who: &Who,
+    action: &str,
+    targets: Vec<Id>,
+    detail: Option<serde_json::Value>,
+) {
+    let entry = AuditEntry {
+        id: String::new(),
+        ts: crate::gateway::now_ms(),
+        action: action.to_owned(),
+        targets,
+        who: who.0.clone(),
+        detail,
+    };
+    if let Err(e) = gw.store.audit(ws, entry).await {
+        tracing::error!(workspace = ws, action, error = %e, "audit entry not stored");
+    }
+}
+
 /// `?workspace=W`: the workspace an admin request acts in. Ids are unique per
 /// workspace only; without it, the only workspace holding the id is used
 /// (409 `ambiguous` when several do).
@@ -109,6 +183,7 @@ struct ImportQuery {
 /// names first, and answers what it removed.
 async fn import(
     State(gw): Gw,
+    who: Who,
     Query(q): Query<ImportQuery>,
     Json(world): Json<World>,
 ) -> ApiResult {
@@ -122,7 +197,42 @@ async fn import(
             ))
         }
     };
-    Ok(json(StatusCode::OK, gw.import(world, replace).await?))
+    // What each workspace got, for its audit entry.
+    let mut counts: BTreeMap<Id, [usize; 5]> = BTreeMap::new();
+    let kinds = [
+        world.users.iter().map(|u| &u.workspace).collect::<Vec<_>>(),
+        world.channels.iter().map(|c| &c.workspace).collect(),
+        world.contacts.iter().map(|c| &c.workspace).collect(),
+        world.conversations.iter().map(|c| &c.workspace).collect(),
+        world.settings.iter().map(|s| &s.id).collect(),
+    ];
+    for (k, list) in kinds.iter().enumerate() {
+        for ws in list {
+            counts.entry((*ws).clone()).or_default()[k] += 1;
+        }
+    }
+    let answer = gw.import(world, replace).await?;
+    for (ws, [users, channels, contacts, conversations, settings]) in counts {
+        let mut detail = serde_json::json!({
+            "mode": if replace { "replace" } else { "upsert" },
+            "users": users, "channels": channels, "contacts": contacts,
+            "conversations": conversations, "settings": settings > 0,
+        });
+        // How many were removed, not which: an entry stays small.
+        if let Some(removed) = answer
+            .get("removed")
+            .and_then(|r| r.get(&ws))
+            .and_then(|r| r.as_object())
+        {
+            let counts: serde_json::Map<String, serde_json::Value> = removed
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_array().map_or(0, Vec::len).into()))
+                .collect();
+            detail["removed"] = counts.into();
+        }
+        record(&gw, &ws, &who, "import", Vec::new(), Some(detail)).await;
+    }
+    Ok(json(StatusCode::OK, answer))
 }
 
 /// Takes the body's object, forcing `id` from the path and, with
@@ -187,26 +297,33 @@ async fn get_user(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiRes
 }
 async fn put_user(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
     let user: User = with_id(&id, q.workspace.as_deref(), &body)?;
-    Ok(json(StatusCode::OK, gw.put_user(user).await?))
+    let stored = gw.put_user(user).await?;
+    record(&gw, &stored.workspace, &who, "user.put", vec![id], None).await;
+    Ok(json(StatusCode::OK, stored))
 }
 async fn patch_user(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
     let ws = q.resolve(&gw, Entity::User, &id)?;
     let user = merged(&gw.get_user(&ws, &id)?, &id, &ws, &body)?;
-    Ok(json(StatusCode::OK, gw.put_user(user).await?))
+    let stored = gw.put_user(user).await?;
+    record(&gw, &stored.workspace, &who, "user.patch", vec![id], None).await;
+    Ok(json(StatusCode::OK, stored))
 }
-async fn delete_user(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+async fn delete_user(State(gw): Gw, who: Who, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
     let ws = q.resolve(&gw, Entity::User, &id)?;
     gw.delete_user(&ws, &id).await?;
+    record(&gw, &ws, &who, "user.delete", vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -216,26 +333,46 @@ async fn get_channel(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> Api
 }
 async fn put_channel(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
     let ch: Channel = with_id(&id, q.workspace.as_deref(), &body)?;
-    Ok(json(StatusCode::OK, gw.put_channel(ch).await?))
+    let stored = gw.put_channel(ch).await?;
+    record(&gw, &stored.workspace, &who, "channel.put", vec![id], None).await;
+    Ok(json(StatusCode::OK, stored))
 }
 async fn patch_channel(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Channel, &id)?;
     let ch = merged(&gw.get_channel(&ws, &id)?, &id, &ws, &body)?;
-    Ok(json(StatusCode::OK, gw.put_channel(ch).await?))
+    let stored = gw.put_channel(ch).await?;
+    record(
+        &gw,
+        &stored.workspace,
+        &who,
+        "channel.patch",
+        vec![id],
+        None,
+    )
+    .await;
+    Ok(json(StatusCode::OK, stored))
 }
-async fn delete_channel(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+async fn delete_channel(
+    State(gw): Gw,
+    who: Who,
+    Path(id): Path<String>,
+    Query(q): Ws,
+) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Channel, &id)?;
     gw.delete_channel(&ws, &id).await?;
+    record(&gw, &ws, &who, "channel.delete", vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -245,26 +382,46 @@ async fn get_contact(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> Api
 }
 async fn put_contact(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
     let k: Contact = with_id(&id, q.workspace.as_deref(), &body)?;
-    Ok(json(StatusCode::OK, gw.put_contact(k).await?))
+    let stored = gw.put_contact(k).await?;
+    record(&gw, &stored.workspace, &who, "contact.put", vec![id], None).await;
+    Ok(json(StatusCode::OK, stored))
 }
 async fn patch_contact(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Contact, &id)?;
     let k = merged(&gw.get_contact(&ws, &id)?, &id, &ws, &body)?;
-    Ok(json(StatusCode::OK, gw.put_contact(k).await?))
+    let stored = gw.put_contact(k).await?;
+    record(
+        &gw,
+        &stored.workspace,
+        &who,
+        "contact.patch",
+        vec![id],
+        None,
+    )
+    .await;
+    Ok(json(StatusCode::OK, stored))
 }
-async fn delete_contact(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+async fn delete_contact(
+    State(gw): Gw,
+    who: Who,
+    Path(id): Path<String>,
+    Query(q): Ws,
+) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Contact, &id)?;
     gw.delete_contact(&ws, &id).await?;
+    record(&gw, &ws, &who, "contact.delete", vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -283,16 +440,27 @@ async fn get_conversation(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -
 }
 async fn put_conversation(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
     let conv: Conversation = with_id(&id, q.workspace.as_deref(), &body)?;
     let seq = gw.put_conversation(conv.clone()).await?;
+    record(
+        &gw,
+        &conv.workspace,
+        &who,
+        "conversation.put",
+        vec![id],
+        None,
+    )
+    .await;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
 async fn patch_conversation(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
@@ -300,17 +468,34 @@ async fn patch_conversation(
     let ws = q.resolve(&gw, Entity::Conversation, &id)?;
     let conv = merged(&gw.get_conversation(&ws, &id)?.0, &id, &ws, &body)?;
     let seq = gw.put_conversation(conv.clone()).await?;
+    record(&gw, &ws, &who, "conversation.patch", vec![id], None).await;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
-async fn delete_conversation(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+async fn delete_conversation(
+    State(gw): Gw,
+    who: Who,
+    Path(id): Path<String>,
+    Query(q): Ws,
+) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Conversation, &id)?;
     gw.delete_conversation(&ws, &id).await?;
+    record(&gw, &ws, &who, "conversation.delete", vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn run(gw: &Gateway, q: &InWorkspace, id: &str, cmd: Command) -> ApiResult {
+/// Runs a conversation command and records it as `action` (with `detail`).
+async fn run(
+    gw: &Gateway,
+    who: &Who,
+    q: &InWorkspace,
+    id: &str,
+    cmd: Command,
+    action: &str,
+    detail: Option<serde_json::Value>,
+) -> ApiResult {
     let ws = q.resolve(gw, Entity::Conversation, id)?;
     let seq = gw.command(Actor::system(&ws), id, cmd).await?;
+    record(gw, &ws, who, action, vec![id.to_owned()], detail).await;
     let (conv, _) = gw.get_conversation(&ws, id)?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
@@ -322,11 +507,14 @@ struct AssignBody {
 }
 async fn assign(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Json(b): Json<AssignBody>,
 ) -> ApiResult {
-    run(&gw, &q, &id, Command::Assign(b.assignee)).await
+    let detail = serde_json::json!({ "assignee": b.assignee });
+    let cmd = Command::Assign(b.assignee);
+    run(&gw, &who, &q, &id, cmd, "conversation.assign", Some(detail)).await
 }
 
 #[derive(Deserialize)]
@@ -336,24 +524,66 @@ struct UserBody {
 }
 async fn add_collaborator(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Json(b): Json<UserBody>,
 ) -> ApiResult {
-    run(&gw, &q, &id, Command::AddCollaborator(b.user)).await
+    let detail = serde_json::json!({ "user": b.user });
+    let cmd = Command::AddCollaborator(b.user);
+    run(
+        &gw,
+        &who,
+        &q,
+        &id,
+        cmd,
+        "conversation.collaborator_add",
+        Some(detail),
+    )
+    .await
 }
 async fn remove_collaborator(
     State(gw): Gw,
+    who: Who,
     Path((id, user)): Path<(String, String)>,
     Query(q): Ws,
 ) -> ApiResult {
-    run(&gw, &q, &id, Command::RemoveCollaborator(user)).await
+    let detail = serde_json::json!({ "user": user });
+    let cmd = Command::RemoveCollaborator(user);
+    run(
+        &gw,
+        &who,
+        &q,
+        &id,
+        cmd,
+        "conversation.collaborator_remove",
+        Some(detail),
+    )
+    .await
 }
-async fn close(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    run(&gw, &q, &id, Command::Close).await
+async fn close(State(gw): Gw, who: Who, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    run(
+        &gw,
+        &who,
+        &q,
+        &id,
+        Command::Close,
+        "conversation.close",
+        None,
+    )
+    .await
 }
-async fn reopen(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    run(&gw, &q, &id, Command::Reopen).await
+async fn reopen(State(gw): Gw, who: Who, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    run(
+        &gw,
+        &who,
+        &q,
+        &id,
+        Command::Reopen,
+        "conversation.reopen",
+        None,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -363,11 +593,23 @@ struct PrivateBody {
 }
 async fn set_private(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Json(b): Json<PrivateBody>,
 ) -> ApiResult {
-    run(&gw, &q, &id, Command::SetPrivate(b.private)).await
+    let detail = serde_json::json!({ "private": b.private });
+    let cmd = Command::SetPrivate(b.private);
+    run(
+        &gw,
+        &who,
+        &q,
+        &id,
+        cmd,
+        "conversation.private",
+        Some(detail),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -502,6 +744,7 @@ fn team_answer(gw: &Gateway, ws: &str, id: &str) -> ApiResult {
 /// Sets a team's members: adds the team to listed users, removes it from others.
 async fn put_team(
     State(gw): Gw,
+    who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Json(b): Json<TeamBody>,
@@ -526,15 +769,25 @@ async fn put_team(
     for u in changes {
         gw.put_user(u).await?;
     }
+    let detail = serde_json::json!({ "members": b.members });
+    record(&gw, &ws, &who, "team.put", vec![id.clone()], Some(detail)).await;
     team_answer(&gw, &ws, &id)
 }
 
 async fn get_workspace(State(gw): Gw, Path(id): Path<String>) -> ApiResult {
     Ok(json(StatusCode::OK, gw.get_settings(&id)))
 }
-async fn put_workspace(State(gw): Gw, Path(id): Path<String>, Body(body): Body) -> ApiResult {
+async fn put_workspace(
+    State(gw): Gw,
+    who: Who,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> ApiResult {
     let s: WorkspaceSettings = with_id(&id, None, &body)?;
-    Ok(json(StatusCode::OK, gw.put_settings(s).await?))
+    let stored = gw.put_settings(s).await?;
+    let detail = serde_json::to_value(&stored).ok();
+    record(&gw, &id, &who, "workspace.put", vec![id.clone()], detail).await;
+    Ok(json(StatusCode::OK, stored))
 }
 
 #[derive(Deserialize)]
@@ -545,23 +798,266 @@ struct BulkAssignBody {
 }
 
 /// Each item is resolved, checked and committed on its own.
-async fn bulk_assign(State(gw): Gw, Query(q): Ws, Json(b): Json<BulkAssignBody>) -> ApiResult {
+async fn bulk_assign(
+    State(gw): Gw,
+    who: Who,
+    Query(q): Ws,
+    Json(b): Json<BulkAssignBody>,
+) -> ApiResult {
     let mut results = Vec::with_capacity(b.conversations.len());
+    // The conversations assigned, per workspace: one audit entry each.
+    let mut done: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
     for c in &b.conversations {
         match q.resolve(&gw, Entity::Conversation, c) {
-            Ok(ws) => results.extend(
-                gw.bulk_assign(
-                    Actor::system(ws),
-                    std::slice::from_ref(c),
-                    b.assignee.clone(),
-                )
-                .await,
-            ),
+            Ok(ws) => {
+                let items = gw
+                    .bulk_assign(
+                        Actor::system(&ws),
+                        std::slice::from_ref(c),
+                        b.assignee.clone(),
+                    )
+                    .await;
+                if items.iter().any(|r| r.ok) {
+                    done.entry(ws).or_default().push(c.clone());
+                }
+                results.extend(items);
+            }
             Err(e) => results.push(ItemResult::of(c, Err(e), true)),
         }
+    }
+    for (ws, targets) in done {
+        let detail = serde_json::json!({ "assignee": b.assignee });
+        record(&gw, &ws, &who, "bulk.assign", targets, Some(detail)).await;
     }
     Ok(json(
         StatusCode::OK,
         serde_json::json!({ "results": results }),
+    ))
+}
+
+// ---- lists, export, audit ---------------------------------------------------
+
+/// The query of a list: `workspace`, `cursor`, `limit` and the list's own
+/// filters. An unknown or repeated parameter is refused, naming it.
+struct ListQuery {
+    workspace: Option<String>,
+    cursor: Option<String>,
+    limit: usize,
+    filters: BTreeMap<String, String>,
+}
+
+impl ListQuery {
+    fn parse(pairs: Vec<(String, String)>, filters: &[&str]) -> Result<Self, ApiError> {
+        let mut q = ListQuery {
+            workspace: None,
+            cursor: None,
+            limit: DEFAULT_LIMIT,
+            filters: BTreeMap::new(),
+        };
+        let mut seen = std::collections::HashSet::new();
+        for (k, v) in pairs {
+            if !seen.insert(k.clone()) {
+                return Err(ApiError::invalid(k, "given more than once"));
+            }
+            match k.as_str() {
+                "workspace" => q.workspace = Some(v),
+                // An empty cursor is the first page.
+                "cursor" => q.cursor = Some(v).filter(|c| !c.is_empty()),
+                "limit" => {
+                    q.limit = v
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::invalid(
+                                "limit",
+                                format!("expected an integer from 1 to {MAX_LIMIT}, got {v:?}"),
+                            )
+                        })?;
+                }
+                f if filters.contains(&f) => {
+                    q.filters.insert(k, v);
+                }
+                _ => {
+                    let mut known = vec!["workspace", "cursor", "limit"];
+                    known.extend(filters);
+                    return Err(ApiError::invalid(
+                        k,
+                        format!("unknown query parameter (expected {})", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        Ok(q)
+    }
+
+    /// The workspace listed: the one named, else the only one this node
+    /// holds anything of (objects or settings; a lookup of an unknown
+    /// workspace leaves an empty one behind, which does not count); with
+    /// none or several, `workspace` is required (422).
+    fn workspace(&self, gw: &Gateway) -> Result<Id, ApiError> {
+        if let Some(ws) = &self.workspace {
+            validate_id("workspace", ws, true)?;
+            return Ok(ws.clone());
+        }
+        let mut all: Vec<Id> = gw
+            .hub
+            .workspace_ids()
+            .into_iter()
+            .filter(|ws| {
+                gw.hub.existing(ws).is_some_and(|w| {
+                    let s = w.lock();
+                    let d = &s.dir;
+                    !(d.users.is_empty()
+                        && d.channels.is_empty()
+                        && d.contacts.is_empty()
+                        && d.conversations.is_empty())
+                        || s.settings != WorkspaceSettings::new(ws.clone())
+                })
+            })
+            .collect();
+        match all.len() {
+            1 => Ok(all.remove(0)),
+            0 => Err(ApiError::invalid(
+                "workspace",
+                "required: no workspace is loaded",
+            )),
+            n => {
+                all.sort();
+                Err(ApiError::invalid(
+                    "workspace",
+                    format!("required: {n} workspaces are loaded ({})", all.join(", ")),
+                ))
+            }
+        }
+    }
+}
+
+type Pairs = Query<Vec<(String, String)>>;
+
+async fn list_users(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
+    let q = ListQuery::parse(pairs, &[])?;
+    let ws = q.workspace(&gw)?;
+    let page = listing::users(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
+    Ok(json(StatusCode::OK, page))
+}
+
+async fn list_channels(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
+    let q = ListQuery::parse(pairs, &[])?;
+    let ws = q.workspace(&gw)?;
+    let page = listing::channels(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
+    Ok(json(StatusCode::OK, page))
+}
+
+async fn list_contacts(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
+    let q = ListQuery::parse(pairs, &[])?;
+    let ws = q.workspace(&gw)?;
+    let page = listing::contacts(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
+    Ok(json(StatusCode::OK, page))
+}
+
+async fn list_teams(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
+    let q = ListQuery::parse(pairs, &[])?;
+    let ws = q.workspace(&gw)?;
+    let page = listing::teams(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
+    Ok(json(StatusCode::OK, page))
+}
+
+/// A filter value of the conversation list, parsed as its JSON string form
+/// (`open`, `customer`, …); anything else is 422 naming the filter.
+fn filter_enum<T: DeserializeOwned>(
+    filters: &BTreeMap<String, String>,
+    name: &str,
+    expected: &str,
+) -> Result<Option<T>, ApiError> {
+    filters
+        .get(name)
+        .map(|v| {
+            serde_json::from_value(serde_json::Value::String(v.clone()))
+                .map_err(|_| ApiError::invalid(name, format!("expected {expected}, got {v:?}")))
+        })
+        .transpose()
+}
+
+fn filter_bool(filters: &BTreeMap<String, String>, name: &str) -> Result<Option<bool>, ApiError> {
+    filters
+        .get(name)
+        .map(|v| match v.as_str() {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(ApiError::invalid(
+                name,
+                format!("expected true or false, got {v:?}"),
+            )),
+        })
+        .transpose()
+}
+
+async fn list_conversations(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
+    let q = ListQuery::parse(
+        pairs,
+        &[
+            "status", "assignee", "assigned", "channel", "contact", "team", "private", "kind",
+        ],
+    )?;
+    let f = &q.filters;
+    let filter = ConversationFilter {
+        status: filter_enum::<Status>(f, "status", "open or closed")?,
+        assignee: f.get("assignee").cloned(),
+        assigned: filter_bool(f, "assigned")?,
+        channel: f.get("channel").cloned(),
+        contact: f.get("contact").cloned(),
+        team: f.get("team").cloned(),
+        private: filter_bool(f, "private")?,
+        kind: filter_enum::<ConversationKind>(f, "kind", "customer, direct, group or item")?,
+    };
+    let ws = q.workspace(&gw)?;
+    let page = listing::conversations(&gw.hub, &ws, &filter, q.cursor.as_deref(), q.limit)?;
+    Ok(json(StatusCode::OK, page))
+}
+
+/// The workspace in the import format, settings included.
+async fn export(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
+    let q = ListQuery::parse(pairs, &[])?;
+    if q.cursor.is_some() || q.limit != DEFAULT_LIMIT {
+        return Err(ApiError::invalid(
+            if q.cursor.is_some() {
+                "cursor"
+            } else {
+                "limit"
+            },
+            "export is not paginated",
+        ));
+    }
+    let ws = q.workspace(&gw)?;
+    let world =
+        listing::export(&gw.hub, &ws).ok_or_else(|| ApiError::not_found("workspace", &ws))?;
+    Ok(json(StatusCode::OK, world))
+}
+
+/// The workspace's audit log, newest first; `cursor` is the id of the last
+/// entry of the previous page.
+async fn audit_log(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
+    let q = ListQuery::parse(pairs, &[])?;
+    let ws = q.workspace(&gw)?;
+    let before = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            AuditId::parse(c)
+                .ok_or_else(|| ApiError::invalid("cursor", format!("not an audit entry id: {c:?}")))
+        })
+        .transpose()?;
+    let mut items = gw.store.audit_log(&ws, before, q.limit + 1).await?;
+    let more = items.len() > q.limit;
+    items.truncate(q.limit);
+    let next_cursor = if more {
+        items.last().map(|e| e.id.clone())
+    } else {
+        None
+    };
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "items": items, "next_cursor": next_cursor }),
     ))
 }

@@ -732,6 +732,9 @@ impl WorkspaceState {
             self.designated.clear();
         }
         let ws = &self.id.clone();
+        if let Some(settings) = world.settings.iter().find(|s| &s.id == ws) {
+            self.settings = settings.clone();
+        }
         for u in world.users.iter().filter(|u| &u.workspace == ws) {
             self.dir.users.insert(u.id.clone(), u.clone());
         }

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    fingerprint, redact, without_content, Change, Committed, Ephemeral, History, Outcome, Sink,
-    Snapshot, Store, StoreError,
+    fingerprint, redact, without_content, AuditEntry, AuditId, Change, Committed, Ephemeral,
+    History, Outcome, Sink, Snapshot, Store, StoreError, AUDIT_LEN,
 };
 use crate::model::{Conversation, Id, Message, Status};
 
@@ -36,6 +36,15 @@ pub struct MemoryStore {
     rotations: Mutex<HashMap<(Id, Id), Vec<Id>>>,
     waiting: Mutex<HashMap<(Id, Id), VecDeque<Id>>>,
     online: Mutex<HashMap<Id, HashSet<Id>>>,
+    audit: Mutex<HashMap<Id, AuditLog>>,
+}
+
+/// A workspace's audit log: ids like a Redis stream's (`<ms>-<n>`, never
+/// going back even if the clock does), oldest dropped past [`AUDIT_LEN`].
+#[derive(Default)]
+struct AuditLog {
+    last: Option<AuditId>,
+    entries: VecDeque<AuditEntry>,
 }
 
 impl MemoryStore {
@@ -47,6 +56,7 @@ impl MemoryStore {
             rotations: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
+            audit: Mutex::new(HashMap::new()),
         }
     }
 
@@ -322,6 +332,46 @@ impl Store for MemoryStore {
         true
     }
 
+    async fn audit(&self, workspace: &str, mut entry: AuditEntry) -> Result<String, StoreError> {
+        let mut logs = self.audit.lock();
+        let log = logs.entry(workspace.to_owned()).or_default();
+        let now = crate::gateway::now_ms();
+        let id = match log.last {
+            Some(AuditId(ms, n)) if ms >= now => AuditId(ms, n + 1),
+            _ => AuditId(now, 0),
+        };
+        log.last = Some(id);
+        entry.id = id.to_string();
+        log.entries.push_back(entry);
+        while log.entries.len() > AUDIT_LEN {
+            log.entries.pop_front();
+        }
+        Ok(id.to_string())
+    }
+
+    async fn audit_log(
+        &self,
+        workspace: &str,
+        before: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let logs = self.audit.lock();
+        let Some(log) = logs.get(workspace) else {
+            return Ok(Vec::new());
+        };
+        Ok(log
+            .entries
+            .iter()
+            .rev()
+            .filter(|e| match (before, AuditId::parse(&e.id)) {
+                (Some(b), Some(id)) => id < b,
+                _ => true,
+            })
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
         let sink = self.sink.lock().clone();
         if let Some(sink) = sink {
@@ -411,5 +461,43 @@ mod tests {
             store.history("w1", "v2", 0, 10).await.unwrap().latest_seq,
             1
         );
+    }
+
+    fn entry(action: &str) -> crate::store::AuditEntry {
+        crate::store::AuditEntry {
+            id: String::new(),
+            ts: 1,
+            action: action.into(),
+            targets: vec!["x".into()],
+            who: crate::store::AuditWho {
+                actor: "admin".into(),
+                ..Default::default()
+            },
+            detail: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn audit_log_is_per_workspace_newest_first_and_capped() {
+        use crate::store::{AuditId, AUDIT_LEN};
+        let store = MemoryStore::default();
+        for i in 0..AUDIT_LEN + 5 {
+            store.audit("w1", entry(&format!("a{i}"))).await.unwrap();
+        }
+        store.audit("w2", entry("other")).await.unwrap();
+        let all = store.audit_log("w1", None, usize::MAX).await.unwrap();
+        assert_eq!(all.len(), AUDIT_LEN, "capped, oldest dropped");
+        assert_eq!(all[0].action, format!("a{}", AUDIT_LEN + 4));
+        assert_eq!(all[AUDIT_LEN - 1].action, "a5");
+        let ids: Vec<AuditId> = all.iter().filter_map(|e| AuditId::parse(&e.id)).collect();
+        assert_eq!(ids.len(), AUDIT_LEN);
+        assert!(ids.windows(2).all(|w| w[0] > w[1]), "ids decrease");
+        // A page after a cursor starts right below it.
+        let page = store.audit_log("w1", Some(ids[2]), 2).await.unwrap();
+        assert_eq!(page, all[3..5].to_vec());
+        let w2 = store.audit_log("w2", None, 10).await.unwrap();
+        assert_eq!(w2.len(), 1);
+        assert_eq!(w2[0].action, "other");
+        assert!(store.audit_log("w3", None, 10).await.unwrap().is_empty());
     }
 }

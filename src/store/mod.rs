@@ -323,6 +323,58 @@ pub struct Snapshot {
     pub marks: Vec<StoredMarks>,
 }
 
+/// Entries kept in a workspace's audit log; older ones are dropped.
+pub const AUDIT_LEN: usize = 10_000;
+
+/// Who made an admin change. The admin credential is one shared token, so
+/// `actor` is `admin`; the request's `X-Request-Id` and `User-Agent` (as the
+/// caller sent them, shortened) are all there is to tell callers apart.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditWho {
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<String>,
+}
+
+/// One admin change of a workspace, as kept in its audit log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Assigned by the store when appended: `<ms>-<n>`, increasing (the
+    /// cursor of [`Store::audit_log`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    /// Milliseconds since the epoch (gateway clock).
+    pub ts: u64,
+    /// What was done, e.g. `user.put`, `conversation.assign`, `import`.
+    pub action: String,
+    /// The ids acted on.
+    pub targets: Vec<Id>,
+    pub who: AuditWho,
+    /// A few action-specific facts (e.g. the new assignee, import counts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// A position in an audit log: the id `<ms>-<n>` of an entry (the same
+/// shape as a Redis stream id, which it is in the Redis store).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AuditId(pub u64, pub u64);
+
+impl AuditId {
+    pub fn parse(s: &str) -> Option<AuditId> {
+        let (ms, n) = s.split_once('-')?;
+        Some(AuditId(ms.parse().ok()?, n.parse().ok()?))
+    }
+}
+
+impl std::fmt::Display for AuditId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.0, self.1)
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Registers the node's sink; every later commit (from any node) reaches it in order.
@@ -397,4 +449,15 @@ pub trait Store: Send + Sync + 'static {
     async fn ping(&self) -> bool;
     /// Relays a [`Change::Ephemeral`] to every node's sink without storing it.
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError>;
+    /// Appends an entry to the workspace's audit log (capped at
+    /// [`AUDIT_LEN`], oldest dropped) and returns the id it was given.
+    async fn audit(&self, workspace: &str, entry: AuditEntry) -> Result<String, StoreError>;
+    /// Audit entries of a workspace, newest first, older than `before` if
+    /// given, at most `limit`.
+    async fn audit_log(
+        &self,
+        workspace: &str,
+        before: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
 }

@@ -22,6 +22,7 @@
 //! | `sb:{ws}:online` | sorted set | presence: member `user@node`, score = expiry (ms, Redis clock) |
 //! | `sb:{ws}:rr:{channel}` | list | round-robin rotation of a channel, least recently assigned first |
 //! | `sb:{ws}:wait:{channel}` | list | FIFO of a channel's conversations waiting for an agent |
+//! | `sb:{ws}:audit` | stream | audit log of admin changes: field `e` = entry JSON, the stream id is the entry's id; `XADD … MAXLEN` keeps exactly the newest [`AUDIT_LEN`](super::AUDIT_LEN); a replace import leaves it alone |
 //! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
@@ -136,8 +137,8 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{
-    fingerprint, redact, without_content, Activity, Change, Committed, Ephemeral, History, Mark,
-    Outcome, Sink, Snapshot, Store, StoreError, StoredMarks,
+    fingerprint, redact, without_content, Activity, AuditEntry, AuditId, Change, Committed,
+    Ephemeral, History, Mark, Outcome, Sink, Snapshot, Store, StoreError, StoredMarks,
 };
 use crate::model::{Conversation, Id, Message, Sender, Status, WorkspaceSettings, World};
 
@@ -341,6 +342,10 @@ fn rotation_key(ws: &str, channel: &str) -> String {
 
 fn waiting_key(ws: &str, channel: &str) -> String {
     format!("sb:{{{ws}}}:wait:{channel}")
+}
+
+fn audit_key(ws: &str) -> String {
+    format!("sb:{{{ws}}}:audit")
 }
 
 fn online_key(ws: &str) -> String {
@@ -879,6 +884,9 @@ impl Inner {
                     // A replace clears the thread map first: nothing to release.
                     plan.conversation(c, !*replace)?;
                 }
+                if let Some(settings) = world.settings.iter().find(|s| s.id == ws) {
+                    plan.op("set", "settings", "", to_json(settings)?);
+                }
             }
             Change::UpsertUser { user } => plan.hset("users", &user.id, to_json(user)?),
             Change::DeleteUser { id } => plan.hdel("users", id),
@@ -1331,6 +1339,57 @@ impl Store for RedisStore {
         bounded(redis::cmd("PING").query_async::<String>(&mut conn))
             .await
             .is_ok()
+    }
+
+    /// One `XADD` with an exact `MAXLEN`: the stream id (Redis clock, never
+    /// going back) is the entry's id.
+    async fn audit(&self, workspace: &str, entry: AuditEntry) -> Result<String, StoreError> {
+        let json = to_json(&entry)?;
+        let mut conn = self.inner.conn();
+        bounded(
+            redis::cmd("XADD")
+                .arg(audit_key(workspace))
+                .arg("MAXLEN")
+                .arg(super::AUDIT_LEN)
+                .arg("*")
+                .arg("e")
+                .arg(json)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn audit_log(
+        &self,
+        workspace: &str,
+        before: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut conn = self.inner.conn();
+        let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+        let raw: Vec<(String, Vec<String>)> = bounded(
+            redis::cmd("XREVRANGE")
+                .arg(audit_key(workspace))
+                .arg(end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await?;
+        raw.into_iter()
+            .map(|(id, fields)| {
+                let json = fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == "e")
+                    .and_then(|kv| kv.get(1))
+                    .ok_or_else(|| corrupt(&audit_key(workspace), "entry without field e"))?;
+                let mut e: AuditEntry =
+                    serde_json::from_str(json).map_err(|e| corrupt(&audit_key(workspace), e))?;
+                e.id = id;
+                Ok(e)
+            })
+            .collect()
     }
 
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
