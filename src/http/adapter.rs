@@ -89,6 +89,7 @@ fn entity_name(entity: Entity) -> &'static str {
     }
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostBody {
@@ -129,6 +130,7 @@ pub async fn post_message(
     Ok((status, axum::Json(posted)).into_response())
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub enum ContactRef {
@@ -136,6 +138,7 @@ pub enum ContactRef {
     New(Contact),
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundBody {

@@ -315,9 +315,10 @@ async fn run(gw: &Gateway, q: &InWorkspace, id: &str, cmd: Command) -> ApiResult
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AssignBody {
+pub(crate) struct AssignBody {
     assignee: Option<String>,
 }
 async fn assign(
@@ -329,9 +330,10 @@ async fn assign(
     run(&gw, &q, &id, Command::Assign(b.assignee)).await
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserBody {
+pub(crate) struct UserBody {
     user: String,
 }
 async fn add_collaborator(
@@ -356,9 +358,10 @@ async fn reopen(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResul
     run(&gw, &q, &id, Command::Reopen).await
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PrivateBody {
+pub(crate) struct PrivateBody {
     private: bool,
 }
 async fn set_private(
@@ -423,9 +426,10 @@ async fn explain(
     Ok(json(StatusCode::OK, gw.explain(&ws, &id, &user)?))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TeamBody {
+pub(crate) struct TeamBody {
     members: Vec<String>,
 }
 
@@ -537,9 +541,10 @@ async fn put_workspace(State(gw): Gw, Path(id): Path<String>, Body(body): Body) 
     Ok(json(StatusCode::OK, gw.put_settings(s).await?))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BulkAssignBody {
+pub(crate) struct BulkAssignBody {
     conversations: Vec<String>,
     assignee: Option<String>,
 }

@@ -23,8 +23,11 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::model::{Permission, User};
 
+#[derive(utoipa::IntoParams)] // API schemas: src/api_docs.rs
 #[derive(serde::Deserialize, Default)]
+#[into_params(parameter_in = Query)]
 pub struct WsQuery {
+    /// The agent JWT (or `Authorization: Bearer`).
     token: Option<String>,
     /// JSON object `{conversation: last seq seen}` to replay missed events.
     resume: Option<String>,

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use crate::hub::inbox::{Filter, View};
 use crate::model::ConversationKind;
 
+#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
@@ -140,6 +141,7 @@ pub enum ClientFrame {
     },
 }
 
+#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize, Debug, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkAction {

@@ -1,0 +1,99 @@
+//! The committed machine-readable API files equal what the code generates:
+//! `docs/openapi.json` and `docs/schemas/*.json` cannot go stale.
+//! After a change of the API types, regenerate them with
+//! `SWITCHBOARD_WRITE_API_DOCS=1 cargo test --test api_docs` and commit the result.
+
+use std::path::PathBuf;
+
+fn docs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs")
+}
+
+/// Compares (or, with `SWITCHBOARD_WRITE_API_DOCS=1`, writes) one generated file.
+fn check(path: PathBuf, generated: &str) {
+    if std::env::var_os("SWITCHBOARD_WRITE_API_DOCS").is_some() {
+        std::fs::write(&path, generated).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "{} differs from what the code generates; run \
+         `SWITCHBOARD_WRITE_API_DOCS=1 cargo test --test api_docs` and commit the result",
+        path.display()
+    );
+}
+
+#[test]
+fn openapi_json_is_current() {
+    check(
+        docs().join("openapi.json"),
+        &switchboard::api_docs::openapi_json(),
+    );
+}
+
+#[test]
+fn frame_schemas_are_current() {
+    let dir = docs().join("schemas");
+    let schemas = switchboard::api_docs::frame_schemas();
+    for (name, text) in &schemas {
+        check(dir.join(name), text);
+    }
+    // No stale schema file of a frame type that is gone.
+    let mut committed: Vec<String> = std::fs::read_dir(&dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    committed.sort();
+    let mut generated: Vec<String> = schemas.iter().map(|(n, _)| n.to_string()).collect();
+    generated.sort();
+    assert_eq!(committed, generated, "files in docs/schemas/");
+}
+
+/// The document is OpenAPI 3.1, names the security schemes and the error body,
+/// and lists every route of the router.
+#[test]
+fn openapi_covers_the_api() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&switchboard::api_docs::openapi_json()).expect("JSON");
+    assert!(doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.1")));
+    for scheme in ["admin_token", "adapter_key", "agent_jwt", "agent_jwt_query"] {
+        assert!(
+            doc["components"]["securitySchemes"][scheme].is_object(),
+            "{scheme}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object());
+    let routes = [
+        ("post", "/v1/conversations/{id}/messages"),
+        ("post", "/v1/inbound"),
+        ("get", "/v1/ws"),
+        ("post", "/v1/admin/import"),
+        ("patch", "/v1/admin/users/{id}"),
+        ("delete", "/v1/admin/channels/{id}"),
+        ("put", "/v1/admin/contacts/{id}"),
+        ("get", "/v1/admin/conversations/{id}"),
+        ("post", "/v1/admin/conversations/{id}/assign"),
+        (
+            "delete",
+            "/v1/admin/conversations/{id}/collaborators/{user}",
+        ),
+        ("get", "/v1/admin/conversations/{id}/messages"),
+        ("get", "/v1/admin/conversations/{id}/access/{user}"),
+        ("post", "/v1/admin/bulk/assign"),
+        ("put", "/v1/admin/teams/{id}"),
+        ("put", "/v1/admin/workspaces/{id}"),
+        ("get", "/healthz"),
+        ("get", "/readyz"),
+        ("get", "/metrics"),
+        ("get", "/v1/openapi.json"),
+    ];
+    for (method, path) in routes {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path}");
+    }
+}
