@@ -71,11 +71,32 @@ pub struct InboundAnswer {
 }
 
 /// A conversation as the admin API answers it: the world-format object and its latest seq.
-#[derive(Serialize, ToSchema)]
-pub struct ConversationAnswer {
-    #[serde(flatten)]
-    pub conversation: Conversation,
-    pub seq: u64,
+/// Its schema is `Conversation`'s with `seq` added (not an `allOf`: `Conversation`
+/// may be closed to unknown fields, which would refuse `seq`).
+pub struct ConversationAnswer;
+
+impl utoipa::PartialSchema for ConversationAnswer {
+    fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::Schema;
+        let mut schema = <Conversation as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(obj)) = &mut schema {
+            obj.properties
+                .insert("seq".to_owned(), <u64 as utoipa::PartialSchema>::schema());
+            obj.required.push("seq".to_owned());
+            obj.description = Some(
+                "A conversation as the admin API answers it: the world-format object and its \
+                 latest seq."
+                    .to_owned(),
+            );
+        }
+        schema
+    }
+}
+
+impl ToSchema for ConversationAnswer {
+    fn schemas(schemas: &mut Vec<(String, RefOr<utoipa::openapi::schema::Schema>)>) {
+        <Conversation as ToSchema>::schemas(schemas);
+    }
 }
 
 /// Answer of `POST /v1/admin/import`.

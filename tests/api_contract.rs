@@ -598,15 +598,21 @@ async fn real_answers_and_frames_match_the_published_schemas() {
         )
         .await;
         assert_eq!(s, StatusCode::OK, "{got}");
-        admin(
+        // What GET answers can be PUT back (but a conversation's `seq`, which is not stored).
+        let mut body = got;
+        if let Some(o) = body.as_object_mut() {
+            o.remove("seq");
+        }
+        let (s, put) = admin(
             c,
             &srv,
             Method::PUT,
             &route,
             &format!("/{kind}/{id}?workspace=w1"),
-            Some(got),
+            Some(body),
         )
         .await;
+        assert_eq!(s, StatusCode::OK, "{put}");
     }
     admin(
         c,

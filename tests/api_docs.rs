@@ -97,3 +97,39 @@ fn openapi_covers_the_api() {
         assert!(doc["paths"][path][method].is_object(), "{method} {path}");
     }
 }
+
+/// Every path the router serves is in the document: a route added to
+/// `src/http/mod.rs` or `src/http/admin.rs` without its `#[utoipa::path]` in
+/// `src/api_docs.rs` fails here.
+#[test]
+fn every_routed_path_is_documented() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&switchboard::api_docs::openapi_json()).expect("JSON");
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/http");
+    let mut routed = Vec::new();
+    for (file, prefix) in [("mod.rs", ""), ("admin.rs", "/v1/admin")] {
+        let text = std::fs::read_to_string(src.join(file)).expect("router source");
+        for part in text.split(".route(").skip(1) {
+            // The first string literal after `.route(` (possibly on the next line).
+            let path = part
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|rest| rest.split('"').next());
+            if let Some(path) = path {
+                routed.push(format!("{prefix}{path}"));
+            }
+        }
+    }
+    assert!(
+        routed.len() > 20,
+        "routes not found in the sources: {routed:?}"
+    );
+    let missing: Vec<&String> = routed
+        .iter()
+        .filter(|p| !doc["paths"][p.as_str()].is_object())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "routed but not in openapi.json: {missing:?}"
+    );
+}
