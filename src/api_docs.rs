@@ -46,6 +46,7 @@ pub struct ErrorDetail {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadJson,
+    BadRequest,
     Unauthorized,
     Forbidden,
     NotFound,
@@ -253,6 +254,8 @@ mod paths {
     #[utoipa::path(get, path = "/v1/ws", tag = "agent",
         params(crate::ws::WsQuery),
         responses((status = 101, description = "upgraded to a WebSocket"),
+                  (status = 400, description = "`resume` is not a JSON object of seqs", body = ErrorBody),
+                  (status = 426, description = "not a WebSocket upgrade request", body = ErrorBody),
                   (status = 401, description = "missing, invalid or expired token; unknown user", body = ErrorBody),
                   (status = 403, description = "disabled user, or without the `chats` permission", body = ErrorBody)),
         security(("agent_jwt" = []), ("agent_jwt_query" = [])))]

@@ -933,6 +933,10 @@ async fn real_answers_and_frames_match_the_published_schemas() {
     )
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // A valid token without the upgrade headers.
+    let path = format!("/v1/ws?token={}", token("a1", "w1"));
+    let (s, _) = call(c, &srv, Method::GET, "/v1/ws", &path, None, &[], None).await;
+    assert_eq!(s, StatusCode::UPGRADE_REQUIRED);
 
     // ---- operations, and the served document is the committed one.
     for route in ["/healthz", "/readyz", "/metrics"] {

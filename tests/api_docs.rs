@@ -133,3 +133,62 @@ fn every_routed_path_is_documented() {
         "routed but not in openapi.json: {missing:?}"
     );
 }
+
+/// Every error code the sources give an `ApiError` is in the document's
+/// `ErrorCode`: a new code without its enum variant in `src/api_docs.rs` fails here.
+#[test]
+fn every_error_code_is_documented() {
+    let doc: serde_json::Value =
+        serde_json::from_str(&switchboard::api_docs::openapi_json()).expect("JSON");
+    let documented: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
+        .as_array()
+        .expect("ErrorCode enum")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("src").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(
+        &PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut files,
+    );
+    let mut codes = std::collections::BTreeSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        let is_error_rs = f.ends_with("error.rs");
+        let calls = text.split("ApiError::new(").skip(1);
+        let own = text.split("Self::new(").skip(1).filter(|_| is_error_rs);
+        // The code is the first string literal of the call (after the status).
+        for part in calls.chain(own) {
+            if let Some(code) = part.split('"').nth(1) {
+                codes.insert(code.to_owned());
+            }
+        }
+        for part in text.split("code: \"").skip(1).filter(|_| is_error_rs) {
+            if let Some(code) = part.split('"').next() {
+                codes.insert(code.to_owned());
+            }
+        }
+    }
+    assert!(
+        codes.len() >= 8,
+        "codes not found in the sources: {codes:?}"
+    );
+    let missing: Vec<&String> = codes
+        .iter()
+        .filter(|c| !documented.contains(&c.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "error codes not in openapi.json ErrorCode: {missing:?}"
+    );
+}
