@@ -500,9 +500,10 @@ async fn run(
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AssignBody {
+pub(crate) struct AssignBody {
     assignee: Option<String>,
 }
 async fn assign(
@@ -517,9 +518,10 @@ async fn assign(
     run(&gw, &who, &q, &id, cmd, "conversation.assign", Some(detail)).await
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserBody {
+pub(crate) struct UserBody {
     user: String,
 }
 async fn add_collaborator(
@@ -586,9 +588,10 @@ async fn reopen(State(gw): Gw, who: Who, Path(id): Path<String>, Query(q): Ws) -
     .await
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PrivateBody {
+pub(crate) struct PrivateBody {
     private: bool,
 }
 async fn set_private(
@@ -665,9 +668,10 @@ async fn explain(
     Ok(json(StatusCode::OK, gw.explain(&ws, &id, &user)?))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TeamBody {
+pub(crate) struct TeamBody {
     members: Vec<String>,
 }
 
@@ -790,9 +794,10 @@ async fn put_workspace(
     Ok(json(StatusCode::OK, stored))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BulkAssignBody {
+pub(crate) struct BulkAssignBody {
     conversations: Vec<String>,
     assignee: Option<String>,
 }

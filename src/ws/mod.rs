@@ -24,9 +24,12 @@ use crate::gateway::Gateway;
 use crate::http::Query;
 use crate::model::{Permission, User};
 
+#[derive(utoipa::IntoParams)] // API schemas: src/api_docs.rs
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WsQuery {
+    /// The agent JWT (or `Authorization: Bearer`).
     token: Option<String>,
     /// JSON object `{conversation: last seq seen}` to replay missed events.
     resume: Option<String>,
