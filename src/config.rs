@@ -356,6 +356,8 @@ impl Explained {
             adapter_rate_per_sec,
             heartbeat_secs,
             idle_timeout_secs,
+            header_read_timeout_secs,
+            max_pending_per_ip,
         );
         let hostname = std::env::var("HOSTNAME").ok();
         let config_row = Setting {
@@ -463,6 +465,11 @@ impl Explained {
             ("adapter_rate_per_sec", l.adapter_rate_per_sec.to_string()),
             ("heartbeat_secs", l.heartbeat_secs.to_string()),
             ("idle_timeout_secs", l.idle_timeout_secs.to_string()),
+            (
+                "header_read_timeout_secs",
+                c.header_read_timeout_secs.to_string(),
+            ),
+            ("max_pending_per_ip", c.max_pending_per_ip.to_string()),
         ];
         let mut settings: Vec<Setting> = rows
             .into_iter()
