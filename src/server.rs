@@ -74,8 +74,11 @@ fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
 pub fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = if format == "json" {
         builder.json().try_init()
@@ -146,14 +149,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let gw = gw.clone();
         async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: draining connections");
+            let grace = gw.config.shutdown_grace_secs;
+            tracing::info!(
+                grace_secs = grace,
+                connections = gw.hub.connection_count(),
+                "shutting down: /readyz answers 503 draining, closing sessions with 1001"
+            );
             gw.draining.store(true, Ordering::Relaxed);
             gw.hub.close_all(close::GOING_AWAY);
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_secs(gw.config.shutdown_grace_secs);
+            // The listener stays up for the whole grace period, answering
+            // /readyz (503 draining), /healthz and refusing upgrades (503):
+            // a load balancer's health check sees the node leave before it
+            // is gone, instead of connection errors.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
             while gw.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let left = gw.hub.connection_count();
+            if left > 0 {
+                tracing::warn!(
+                    connections = left,
+                    "grace period over with sessions still open"
+                );
+            } else {
+                tracing::info!("every session closed; waiting out the grace period");
+            }
+            tokio::time::sleep_until(deadline).await;
         }
     };
     // Frames are small and latency-bound: without TCP_NODELAY, Nagle holds a

@@ -2,6 +2,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod observe;
 pub mod ops;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(gw)
 }
 
