@@ -1,5 +1,6 @@
 //! `switchboard serve`: wires storage, hub, gateway and HTTP together, and
-//! shuts down gracefully (stop accepting, going-away to every session, drain).
+//! shuts down gracefully (not ready, going-away to every session, listener kept
+//! up for the grace period).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
