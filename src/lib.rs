@@ -26,6 +26,8 @@ pub mod hub;
 pub mod inbox;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -73,19 +73,23 @@ fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
 }
 
 pub fn init_logging(format: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
+    let fmt = if format == "json" {
+        fmt.json().boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
+    let subscriber = tracing_subscriber::registry().with(fmt).with(filter);
+    #[cfg(feature = "otel")]
+    let subscriber = subscriber.with(crate::otel::layer());
+    let _ = subscriber.try_init();
 }
 
 /// Builds the gateway: storage, hub (subscribed to committed changes) and state loaded from storage.
@@ -191,6 +195,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(u) = upkeep {
         u.abort();
     }
+    #[cfg(feature = "otel")]
+    crate::otel::shutdown();
     tracing::info!("stopped");
     Ok(())
 }

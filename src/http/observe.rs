@@ -39,7 +39,25 @@ pub async fn observe(req: Request, next: Next) -> Response {
     let method = req.method().clone();
     // Owned only when present (an admin call naming its workspace).
     let workspace = workspace_param(req.uri().query()).map(str::to_owned);
+    #[cfg(not(feature = "otel"))]
     let response = next.run(req).await;
+    // With OpenTelemetry a span per request (continuing a caller's
+    // `traceparent`); the plain build pays for no span.
+    #[cfg(feature = "otel")]
+    let response = {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "request",
+            otel.name = %format_args!("{} {}", method, route.as_ref().map_or("unmatched", MatchedPath::as_str)),
+            http.request.method = %method,
+            http.route = route.as_ref().map(MatchedPath::as_str),
+            http.response.status_code = tracing::field::Empty,
+        );
+        crate::otel::set_parent(&span, req.headers());
+        let response = next.run(req).instrument(span.clone()).await;
+        span.record("http.response.status_code", response.status().as_u16());
+        response
+    };
     let elapsed = start.elapsed();
     let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     let status = response.status().as_u16();
