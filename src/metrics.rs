@@ -263,24 +263,24 @@ pub fn http_request(route: &str, method: &http::Method, status: u16, elapsed: Du
     let seen = |v: &[(http::Method, u16, Counter)]| {
         v.iter()
             .find(|(m, s, _)| *s == status && m == method)
-            .map(|(_, _, c)| c.clone())
+            .map(|(_, _, c)| c.increment(1))
+            .is_some()
     };
-    let counter = seen(&handles.by_status.read());
-    let counter = counter.unwrap_or_else(|| {
-        let mut by_status = handles.by_status.write();
-        if let Some(c) = seen(&by_status) {
-            return c;
-        }
-        let c = counter!(
-            "switchboard_http_requests_total",
-            "route" => route.to_owned(),
-            "method" => method.as_str().to_owned(),
-            "status" => status.to_string()
-        );
-        by_status.push((method.clone(), status, c.clone()));
-        c
-    });
-    counter.increment(1);
+    if seen(&handles.by_status.read()) {
+        return;
+    }
+    let mut by_status = handles.by_status.write();
+    if seen(&by_status) {
+        return;
+    }
+    let c = counter!(
+        "switchboard_http_requests_total",
+        "route" => route.to_owned(),
+        "method" => method.as_str().to_owned(),
+        "status" => status.to_string()
+    );
+    c.increment(1);
+    by_status.push((method.clone(), status, c));
 }
 
 /// Drains recorded histogram samples into their buckets every few seconds,
