@@ -69,7 +69,7 @@ pub struct ServeArgs {
     /// Redis URL; unset = one node with embedded state.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Name of this node [default: host name].
+    /// Name of this node [default: $HOSTNAME, then the host name].
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
     /// `text` or `json` [default: text].
@@ -163,8 +163,7 @@ impl Config {
         let node_id = args
             .node_id
             .or(file.node_id)
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| format!("node-{}", std::process::id()));
+            .unwrap_or_else(|| default_node_id(std::env::var("HOSTNAME").ok(), host_name()));
         let limits = Limits {
             max_frame_bytes: args
                 .max_frame_bytes
@@ -513,11 +512,43 @@ impl Explained {
     }
 }
 
+/// The node id when none is set: `$HOSTNAME` (a pod's name on Kubernetes),
+/// then the machine's host name, then `node-<pid>`.
+fn default_node_id(env_hostname: Option<String>, host_name: Option<String>) -> String {
+    env_hostname
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            host_name
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("node-{}", std::process::id()))
+}
+
+/// The kernel's host name (`$HOSTNAME` is a shell variable, often not exported).
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::{Args, FromArgMatches};
     use std::collections::BTreeSet;
+
+    #[test]
+    fn node_id_defaults_to_hostname_then_host_name_then_pid() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(default_node_id(some("pod-1"), some("box")), "pod-1");
+        assert_eq!(default_node_id(some(""), some("box\n")), "box");
+        assert_eq!(default_node_id(None, some(" box ")), "box");
+        let pid = format!("node-{}", std::process::id());
+        assert_eq!(default_node_id(None, some("\n")), pid);
+        assert_eq!(default_node_id(some(" "), None), pid);
+    }
 
     /// The `SWITCHBOARD_*` variables of the README configuration table.
     fn readme_variables() -> BTreeSet<String> {

@@ -30,6 +30,8 @@ pub mod inbox;
 pub mod listing;
 pub mod metrics;
 pub mod model;
+#[cfg(feature = "otel")]
+pub mod otel;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -2,6 +2,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod observe;
 pub mod ops;
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(gw)
 }
 

@@ -141,6 +141,10 @@ pub async fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = gw.config.limits.clone();
+    let log = crate::http::observe::LogContext {
+        workspace: user.workspace.to_string(),
+        user: user.id.to_string(),
+    };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -173,6 +177,7 @@ pub async fn upgrade(
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .extension(log)
         .body(Body::empty())
         .unwrap_or_default()
 }
