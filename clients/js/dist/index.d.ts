@@ -268,6 +268,8 @@ export interface ConnectOptions {
     refreshBeforeExpSecs?: number | false;
     /** Failed connection attempts in a row after which the state is "offline" (default 3). */
     offlineAfterAttempts?: number;
+    /** A connection without `hello` after this long is abandoned and retried (default 10000). */
+    connectTimeoutMs?: number;
 }
 export interface SendOptions {
     /** Idempotency key; generated when absent (a send is retried with it after a reconnect). */
@@ -288,6 +290,8 @@ export interface Client {
     readonly state: ConnectionState;
     /** The last `hello` (null before the first). */
     readonly hello: HelloFrame | null;
+    /** Whether each connection asks for the `inbox` snapshot (`?snapshot=true`). */
+    readonly snapshot: boolean;
     on<K extends keyof Events>(event: K, handler: (e: Events[K]) => void): () => void;
     send(conversation: string, body: string, opts?: SendOptions): Promise<Ack>;
     assign(conversation: string, assignee: string | null): Promise<void>;
@@ -329,3 +333,86 @@ export declare function decodeJwtPayload(token: string): Record<string, unknown>
 export declare function backoffDelay(attempt: number, initialMs: number, maxMs: number, random?: () => number): number;
 /** Opens a client; it connects at once and keeps reconnecting until `disconnect()` or 1008. */
 export declare function connect(opts: ConnectOptions): Client;
+/** One readable conversation as the inbox model knows it. */
+export interface ConversationItem {
+    id: string;
+    /** World-format state (from the snapshot, `view`, `status` and `access_granted`). */
+    state: ConversationState;
+    access: string;
+    /** Latest `seq` seen. */
+    seq: number;
+    lastMessage: Message | null;
+    lastMessageSeq: number;
+    /** Time of the last activity (ms), the views' order. */
+    lastTs: number;
+    /** The last message is the customer's. */
+    awaitingReply: boolean;
+    /** A message after my read mark. */
+    unread: boolean;
+    marks: Marks;
+    /** The views it is in. */
+    views: Set<ViewName>;
+    /** Users typing now (a `typing` frame in the last 4 s). */
+    typing: string[];
+}
+/**
+ * The inbox model: views, unread figures and live messages kept current from the frames.
+ *
+ * The server's `inbox` snapshot (or, without `snapshot`, one `view` page per view after each
+ * `hello`) is the truth; between two, membership follows `status` / `access_granted`
+ * (`conversation_state`), `marks` and `message` frames with the rules of docs/protocol.md
+ * ("Inbox"). Views that depend on facts a client does not see (`my_unassigned`: the
+ * contact's owner; `new`: whether the contact is known; `waitlist` of a team not seen yet)
+ * are asked again with `view` (debounced) when a change may have put a conversation in
+ * them.
+ */
+export declare class Inbox {
+    conversations: Map<string, ConversationItem>;
+    views: Record<string, string[]>;
+    /** Conversations per view: the server's `total`, adjusted by the changes seen since. */
+    counts: Record<string, number>;
+    unread: number;
+    myUnread: number;
+    /** Users online (with `presence: true`). */
+    online: Set<string>;
+    private client;
+    private me;
+    private teams;
+    private msgs;
+    private typingUntil;
+    private handlers;
+    private changed;
+    private resyncViews;
+    private resyncTimer;
+    private off;
+    constructor(client: Client);
+    /** Subscribes to changes (coalesced: at most once per task). */
+    on(event: "change", handler: () => void): () => void;
+    /** Stops listening to the client. */
+    dispose(): void;
+    /** Live messages seen in a conversation, oldest first (edits and deletions applied). */
+    messages(conversation: string): Message[];
+    /** The items of a view, newest activity first. */
+    list(view: ViewName | string): ConversationItem[];
+    private onSnapshot;
+    private fromView;
+    private item;
+    private onMessage;
+    private onState;
+    private onMarks;
+    private editMessage;
+    private onTyping;
+    private refreshTyping;
+    private remove;
+    private learnTeam;
+    /** Recomputes the views of one conversation (docs/protocol.md, Inbox) and moves it into
+     * place (newest activity first) in each. */
+    private place;
+    private leave;
+    private enter;
+    private rebuildViews;
+    /** Asks the server for the first page of `views` (debounced). */
+    private resync;
+    private applyPage;
+    private touch;
+}

@@ -85,6 +85,7 @@ class Conn {
         this.lastRx = Date.now();
         this.lastTx = Date.now();
         this.idleTimer = null;
+        this.helloTimer = null;
         this.closed = false;
         this.ws = ws;
     }
@@ -131,6 +132,9 @@ class ClientImpl {
     }
     get hello() {
         return this._hello;
+    }
+    get snapshot() {
+        return !!this.opts.snapshot;
     }
     on(event, handler) {
         let set = this.handlers.get(event);
@@ -222,6 +226,13 @@ class ClientImpl {
             this.drop(this.conn, 1000, "replaced");
         }
         this.conn = conn;
+        conn.helloTimer = setTimeout(() => {
+            conn.helloTimer = null;
+            if (conn.closed || conn.hello)
+                return;
+            this.drop(conn, 1000, "no hello in time");
+            this.onClose(conn, 1006, "no hello in time");
+        }, this.opts.connectTimeoutMs ?? 10000);
         ws.onmessage = (ev) => {
             if (conn.closed)
                 return;
@@ -236,6 +247,9 @@ class ClientImpl {
                 return;
             }
             if (frame.type === "hello") {
+                if (conn.helloTimer)
+                    clearTimeout(conn.helloTimer);
+                conn.helloTimer = null;
                 this.connecting = false;
                 conn.hello = frame;
                 this._hello = frame;
@@ -342,7 +356,9 @@ class ClientImpl {
         conn.closed = true;
         if (conn.idleTimer)
             clearInterval(conn.idleTimer);
-        conn.idleTimer = null;
+        if (conn.helloTimer)
+            clearTimeout(conn.helloTimer);
+        conn.idleTimer = conn.helloTimer = null;
         conn.ws.onmessage = null;
         conn.ws.onclose = null;
         try {
@@ -379,7 +395,9 @@ class ClientImpl {
             conn.closed = true;
             if (conn.idleTimer)
                 clearInterval(conn.idleTimer);
-            conn.idleTimer = null;
+            if (conn.helloTimer)
+                clearTimeout(conn.helloTimer);
+            conn.idleTimer = conn.helloTimer = null;
             this.orphan(conn);
         }
         if (conn === this.old) {
@@ -699,4 +717,415 @@ class ClientImpl {
 /** Opens a client; it connects at once and keeps reconnecting until `disconnect()` or 1008. */
 export function connect(opts) {
     return new ClientImpl(opts);
+}
+const MESSAGES_KEPT = 1000;
+const TYPING_MS = 4000;
+/**
+ * The inbox model: views, unread figures and live messages kept current from the frames.
+ *
+ * The server's `inbox` snapshot (or, without `snapshot`, one `view` page per view after each
+ * `hello`) is the truth; between two, membership follows `status` / `access_granted`
+ * (`conversation_state`), `marks` and `message` frames with the rules of docs/protocol.md
+ * ("Inbox"). Views that depend on facts a client does not see (`my_unassigned`: the
+ * contact's owner; `new`: whether the contact is known; `waitlist` of a team not seen yet)
+ * are asked again with `view` (debounced) when a change may have put a conversation in
+ * them.
+ */
+export class Inbox {
+    constructor(client) {
+        this.conversations = new Map();
+        this.views = Object.fromEntries(VIEW_NAMES.map((v) => [v, []]));
+        /** Conversations per view: the server's `total`, adjusted by the changes seen since. */
+        this.counts = Object.fromEntries(VIEW_NAMES.map((v) => [v, 0]));
+        this.unread = 0;
+        this.myUnread = 0;
+        /** Users online (with `presence: true`). */
+        this.online = new Set();
+        this.me = null;
+        this.teams = new Set();
+        this.msgs = new Map();
+        this.typingUntil = new Map();
+        this.handlers = new Set();
+        this.changed = false;
+        this.resyncViews = new Set();
+        this.resyncTimer = null;
+        this.off = [];
+        this.client = client;
+        const on = (k, f) => this.off.push(client.on(k, f));
+        on("hello", (h) => {
+            this.me = h.user;
+            // Without the snapshot, ask each view after every (re)connection.
+            if (!client.snapshot)
+                this.resync(VIEW_NAMES, 0);
+        });
+        on("inbox", (f) => this.onSnapshot(f));
+        on("message", (f) => this.onMessage(f));
+        on("status", (f) => this.onState(f.conversation, f.seq, f.conversation_state, undefined));
+        on("access_granted", (f) => this.onState(f.conversation, f.seq, f.conversation_state, f.access));
+        on("access_revoked", (f) => this.remove(f.conversation));
+        on("marks", (f) => this.onMarks(f));
+        on("notification", (f) => {
+            this.unread = f.unread;
+            this.myUnread = f.my_unread;
+            this.touch();
+        });
+        on("message_updated", (f) => this.editMessage(f.conversation, f.seq, f.message_id, f.body));
+        on("message_deleted", (f) => this.editMessage(f.conversation, f.seq, f.message_id, ""));
+        on("typing", (f) => this.onTyping(f));
+        on("presence", (f) => {
+            if (f.online)
+                this.online.add(f.user);
+            else
+                this.online.delete(f.user);
+            this.touch();
+        });
+        on("replay_gap", () => this.resync(VIEW_NAMES, 0));
+        if (client.hello) {
+            this.me = client.hello.user;
+            this.resync(VIEW_NAMES, 0);
+        }
+    }
+    /** Subscribes to changes (coalesced: at most once per task). */
+    on(event, handler) {
+        if (event !== "change")
+            throw new Error(`unknown event ${event}`);
+        this.handlers.add(handler);
+        return () => {
+            this.handlers.delete(handler);
+        };
+    }
+    /** Stops listening to the client. */
+    dispose() {
+        for (const f of this.off)
+            f();
+        this.off = [];
+        if (this.resyncTimer)
+            clearTimeout(this.resyncTimer);
+    }
+    /** Live messages seen in a conversation, oldest first (edits and deletions applied). */
+    messages(conversation) {
+        return this.msgs.get(conversation) ?? [];
+    }
+    /** The items of a view, newest activity first. */
+    list(view) {
+        return (this.views[view] ?? []).map((id) => this.conversations.get(id)).filter(Boolean);
+    }
+    // -------------------------------------------------------------- frames
+    onSnapshot(f) {
+        this.unread = f.unread;
+        this.myUnread = f.my_unread;
+        const fresh = new Map();
+        for (const v of VIEW_NAMES) {
+            for (const item of f.views[v]?.items ?? []) {
+                const prev = fresh.get(item.conversation.id) ?? this.conversations.get(item.conversation.id);
+                const it = this.fromView(item, prev);
+                it.views = fresh.has(it.id) ? it.views : new Set();
+                fresh.set(it.id, it);
+            }
+        }
+        for (const id of this.conversations.keys())
+            if (!fresh.has(id))
+                this.msgs.delete(id);
+        this.conversations = fresh;
+        for (const v of VIEW_NAMES) {
+            const page = f.views[v];
+            const ids = (page?.items ?? []).map((i) => i.conversation.id);
+            for (const id of ids)
+                fresh.get(id).views.add(v);
+            if (v === "waitlist")
+                for (const id of ids)
+                    this.learnTeam(fresh.get(id));
+            this.counts[v] = page?.total ?? ids.length;
+        }
+        this.rebuildViews();
+        this.touch();
+    }
+    fromView(item, prev) {
+        const id = item.conversation.id;
+        const last = prev?.lastMessage && prev.lastMessageSeq === item.last_message_seq ? prev.lastMessage : null;
+        return {
+            id,
+            state: item.conversation,
+            access: String(item.access),
+            seq: Math.max(item.seq, prev?.seq ?? 0),
+            lastMessage: last,
+            lastMessageSeq: item.last_message_seq,
+            lastTs: item.last_ts,
+            awaitingReply: item.awaiting_reply,
+            unread: item.unread,
+            marks: { ...item.marks },
+            views: prev ? new Set(prev.views) : new Set(),
+            typing: prev?.typing ?? [],
+        };
+    }
+    item(id) {
+        let it = this.conversations.get(id);
+        if (!it) {
+            it = {
+                id,
+                state: { id },
+                access: "read",
+                seq: 0,
+                lastMessage: null,
+                lastMessageSeq: 0,
+                lastTs: 0,
+                awaitingReply: false,
+                unread: false,
+                marks: { read_seq: 0, muted: false, hidden: false, archived: false },
+                views: new Set(),
+                typing: [],
+            };
+            this.conversations.set(id, it);
+        }
+        return it;
+    }
+    onMessage(f) {
+        const known = this.conversations.has(f.conversation);
+        const it = this.item(f.conversation);
+        const m = f.message;
+        it.seq = Math.max(it.seq, f.seq);
+        it.lastMessage = m;
+        it.lastMessageSeq = f.seq;
+        it.lastTs = m.ts || Date.now();
+        it.awaitingReply = m.sender.kind === "contact";
+        it.unread = f.seq > it.marks.read_seq;
+        it.marks.hidden = false; // a new message un-hides a conversation
+        let list = this.msgs.get(f.conversation);
+        if (!list)
+            this.msgs.set(f.conversation, (list = []));
+        list.push(m);
+        if (list.length > MESSAGES_KEPT)
+            list.splice(0, list.length - MESSAGES_KEPT);
+        this.place(it);
+        // A conversation the model did not know (beyond the first page, or before any sync):
+        // its state is unknown, so ask the views.
+        if (!known)
+            this.resync(VIEW_NAMES);
+        this.touch();
+    }
+    onState(id, seq, state, access) {
+        const known = this.conversations.has(id);
+        const it = this.item(id);
+        it.state = state;
+        it.seq = Math.max(it.seq, seq);
+        if (access)
+            it.access = access;
+        this.place(it);
+        if (!known)
+            this.resync(["all"]);
+        this.touch();
+    }
+    onMarks(f) {
+        this.unread = f.unread;
+        this.myUnread = f.my_unread;
+        const it = this.conversations.get(f.conversation);
+        if (it) {
+            it.marks = { read_seq: f.read_seq, muted: f.muted, hidden: f.hidden, archived: f.archived };
+            it.unread = it.lastMessageSeq > f.read_seq;
+            this.place(it);
+        }
+        this.touch();
+    }
+    editMessage(conversation, seq, id, body) {
+        const it = this.conversations.get(conversation);
+        if (it)
+            it.seq = Math.max(it.seq, seq);
+        const list = this.msgs.get(conversation);
+        const i = list ? list.findIndex((m) => m.id === id) : -1;
+        if (list && i >= 0) {
+            const m = { ...list[i], body };
+            if (body === "")
+                delete m.meta;
+            list[i] = m;
+            if (it && it.lastMessage && it.lastMessage.id === id)
+                it.lastMessage = m;
+            this.touch();
+        }
+    }
+    onTyping(f) {
+        let users = this.typingUntil.get(f.conversation);
+        if (!users)
+            this.typingUntil.set(f.conversation, (users = new Map()));
+        users.set(f.user, Date.now() + TYPING_MS);
+        this.refreshTyping(f.conversation);
+        setTimeout(() => this.refreshTyping(f.conversation), TYPING_MS + 10);
+    }
+    refreshTyping(conversation) {
+        const users = this.typingUntil.get(conversation);
+        const now = Date.now();
+        const list = [];
+        if (users)
+            for (const [u, until] of users)
+                if (until > now)
+                    list.push(u);
+                else
+                    users.delete(u);
+        const it = this.conversations.get(conversation);
+        if (it && it.typing.join() !== list.join()) {
+            it.typing = list;
+            this.touch();
+        }
+    }
+    remove(id) {
+        const it = this.conversations.get(id);
+        if (it)
+            for (const v of it.views)
+                this.leave(it, v);
+        this.conversations.delete(id);
+        this.msgs.delete(id);
+        this.typingUntil.delete(id);
+        this.touch();
+    }
+    // -------------------------------------------------------------- views
+    learnTeam(it) {
+        if (typeof it.state.team === "string")
+            this.teams.add(it.state.team);
+    }
+    /** Recomputes the views of one conversation (docs/protocol.md, Inbox) and moves it into
+     * place (newest activity first) in each. */
+    place(it) {
+        const s = it.state;
+        const open = (s.status ?? "open") === "open";
+        const customer = (s.kind ?? "customer") === "customer";
+        const unassigned = customer && !s.assignee && !s.team;
+        const shelved = it.marks.archived || it.marks.hidden;
+        const want = new Set();
+        const ask = [];
+        if (it.marks.archived)
+            want.add("archived");
+        if (!shelved) {
+            want.add("all");
+            if (!open)
+                want.add("closed");
+            if (open && this.me !== null && s.assignee === this.me)
+                want.add("assigned_to_me");
+            if (open && unassigned)
+                want.add("unassigned");
+            // Views on facts the client does not see: keep a conversation that still may belong,
+            // ask the server about one that may have just come in.
+            const opaque = [
+                ["my_unassigned", open && unassigned],
+                ["new", open && unassigned],
+                ["waitlist", open && !s.assignee && typeof s.team === "string"],
+            ];
+            for (const [v, may] of opaque) {
+                if (!may)
+                    continue;
+                if (v === "waitlist" && this.teams.has(s.team))
+                    want.add(v);
+                else if (it.views.has(v))
+                    want.add(v);
+                else
+                    ask.push(v);
+            }
+        }
+        for (const v of it.views)
+            if (!want.has(v))
+                this.leave(it, v);
+        for (const v of want)
+            this.enter(it, v);
+        if (ask.length)
+            this.resync(ask);
+    }
+    leave(it, v) {
+        const list = this.views[v];
+        const i = list.indexOf(it.id);
+        if (i >= 0)
+            list.splice(i, 1);
+        if (it.views.delete(v))
+            this.counts[v] = Math.max(0, this.counts[v] - 1);
+    }
+    enter(it, v) {
+        const list = this.views[v];
+        const i = list.indexOf(it.id);
+        if (i >= 0)
+            list.splice(i, 1);
+        else if (!it.views.has(v))
+            this.counts[v] += 1;
+        it.views.add(v);
+        // Binary search: newest activity first, then id (the server's order).
+        let lo = 0;
+        let hi = list.length;
+        while (lo < hi) {
+            const mid = (lo + hi) >> 1;
+            const o = this.conversations.get(list[mid]);
+            const before = o && (o.lastTs > it.lastTs || (o.lastTs === it.lastTs && o.id < it.id));
+            if (before)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        list.splice(lo, 0, it.id);
+    }
+    rebuildViews() {
+        for (const v of VIEW_NAMES)
+            this.views[v] = [];
+        const all = [...this.conversations.values()].sort((a, b) => b.lastTs - a.lastTs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+        for (const it of all)
+            for (const v of it.views)
+                this.views[v].push(it.id);
+    }
+    /** Asks the server for the first page of `views` (debounced). */
+    resync(views, delayMs = 150) {
+        for (const v of views)
+            this.resyncViews.add(v);
+        if (this.resyncTimer) {
+            if (delayMs > 0)
+                return;
+            clearTimeout(this.resyncTimer);
+        }
+        this.resyncTimer = setTimeout(() => {
+            this.resyncTimer = null;
+            const todo = [...this.resyncViews];
+            this.resyncViews.clear();
+            for (const v of todo) {
+                this.client.view(v).then((page) => this.applyPage(v, page), () => {
+                    /* retried after the next hello */
+                });
+            }
+        }, delayMs);
+    }
+    applyPage(v, page) {
+        const ids = new Set(page.items.map((i) => i.conversation.id));
+        for (const item of page.items) {
+            const prev = this.conversations.get(item.conversation.id);
+            // A newer frame than the page may already have arrived: keep the newer state.
+            if (prev && prev.seq > item.seq)
+                continue;
+            const it = this.fromView(item, prev);
+            this.conversations.set(it.id, it);
+            if (v === "waitlist")
+                this.learnTeam(it);
+        }
+        for (const id of this.views[v].slice()) {
+            if (!ids.has(id)) {
+                const it = this.conversations.get(id);
+                if (it)
+                    it.views.delete(v);
+            }
+        }
+        for (const id of ids)
+            this.conversations.get(id)?.views.add(v);
+        this.counts[v] = page.total;
+        this.rebuildViews();
+        this.touch();
+    }
+    touch() {
+        if (this.changed)
+            return;
+        this.changed = true;
+        queueMicrotask(() => {
+            this.changed = false;
+            for (const h of [...this.handlers]) {
+                try {
+                    h();
+                }
+                catch (e) {
+                    setTimeout(() => {
+                        throw e;
+                    });
+                }
+            }
+        });
+    }
 }

@@ -21,6 +21,16 @@ export const ADAPTER_KEY = "js-test-adapter";
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/** `promise`, or undefined after `ms` (the timer does not keep the process alive). */
+export function within(promise, ms) {
+  let t;
+  const timeout = new Promise((r) => {
+    t = setTimeout(r, ms);
+    t.unref?.();
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(t));
+}
+
 /** Waits until `pred()` is truthy (polling every 10 ms), at most `ms`. */
 export async function until(pred, ms = 5000, what = "condition") {
   const deadline = Date.now() + ms;
@@ -147,7 +157,7 @@ export class Gateway {
     if (!c || c.exitCode !== null || c.signalCode !== null) return;
     const done = new Promise((r) => c.once("exit", r));
     c.kill(signal);
-    await Promise.race([done, sleep(10000)]);
+    await within(done, 10000);
   }
 
   async restart() {
@@ -240,7 +250,7 @@ export class Redis {
     if (c && c.exitCode === null && c.signalCode === null) {
       const done = new Promise((r) => c.once("exit", r));
       c.kill("SIGKILL");
-      await Promise.race([done, sleep(5000)]);
+      await within(done, 5000);
     }
     rmSync(this.dir, { recursive: true, force: true });
   }
