@@ -13,6 +13,8 @@ let client = null;
 let current = "all";        // selected view
 let open = null;            // open conversation id
 let active = 0;             // index of the keyboard-active row
+let activeId = null;        // …and its conversation, which it follows when the list reorders
+let keyboardMoved = false;  // scroll the active row into view on the next render
 let viewGen = 0;
 const BANNER = { idle: "Not connected", connecting: "Connecting…", open: "Connected",
                  reconnecting: "Reconnecting…", offline: "Offline", closed: "Disconnected" };
@@ -132,11 +134,14 @@ function banner(state) {
 }
 
 // View counts and the selected view's list come from the gateway: asked for
-// again (at most every 400 ms) after frames that may change them.
+// again (at most every 400 ms, more seldom for large views) after frames that
+// may change them.
 let refreshTimer = null, lastRefresh = 0, refreshing = false, again = false;
 function refreshSoon() {
   if (refreshTimer) return;
-  const wait = Math.max(0, 400 - (performance.now() - lastRefresh));
+  // Large views are asked for less often (a 1,000-item view is ~0.5 MB of JSON).
+  const every = 400 + (model.lists[current]?.length ?? 0);
+  const wait = Math.max(0, every - (performance.now() - lastRefresh));
   refreshTimer = setTimeout(() => { refreshTimer = null; refresh(); }, wait);
 }
 async function refresh() {
@@ -176,6 +181,7 @@ async function loadView(view, gen) {
 function select(view) {
   current = view;
   active = 0;
+  activeId = null;
   schedule();
   refresh();
 }
@@ -239,7 +245,12 @@ function wireActions() {
     model.pending(conv, clientId, body);
     schedule();
     client.send(conv, body, { clientId })
-      .then((ack) => model.acked(conv, clientId, ack))
+      .then((ack) => {
+        model.acked(conv, clientId, ack);
+        // Replying reads everything before it; the `marks` answer also brings
+        // the current unread figures (a reply changes "awaiting my reply").
+        return client.read(conv, ack.seq);
+      })
       .catch((e) => { model.failed(conv, clientId); showError(e); })
       .finally(schedule);
   });
@@ -249,8 +260,11 @@ function wireActions() {
     const li = e.target.closest("li[data-conv]");
     if (!li) return;
     active = Number(li.dataset.index);
+    activeId = li.dataset.conv;
     openThread(li.dataset.conv);
   });
+  list.addEventListener("scroll", schedule, { passive: true });
+  addEventListener("resize", schedule);
   list.addEventListener("keydown", (e) => {
     const ids = model.lists[current] ?? [];
     if (!ids.length) return;
@@ -259,6 +273,8 @@ function wireActions() {
     if (e.key in moves) {
       e.preventDefault();
       active = Math.max(0, Math.min(ids.length - 1, moves[e.key]));
+      activeId = ids[active];
+      keyboardMoved = true;
       schedule();
     } else if (e.key === "Enter" || e.key === " ") {
       e.preventDefault();
@@ -288,6 +304,7 @@ function render() {
   renderThread();
   const presence = [...model.online].sort();
   $("presence").replaceChildren(...presence.map((u) => el("li", null, u)));
+  $("presence-title").hidden = presence.length === 0;
   $("totals").textContent = `${model.unread} unread · ${model.myUnread} awaiting my reply`;
 }
 
@@ -322,6 +339,14 @@ function title(r) {
   return s.contact ? `${r.id} · ${s.contact}` : r.id;
 }
 
+function lockIcon() {
+  const lock = el("span", "lock");
+  lock.setAttribute("role", "img");
+  lock.setAttribute("aria-label", "private");
+  lock.title = "Private conversation";
+  return lock;
+}
+
 // Rows are kept per conversation and rebuilt only when what they show changed.
 const rows = new Map();
 function rowKey(r) {
@@ -341,11 +366,7 @@ function row(id) {
   const name = el("span", "name", title(r));
   const side = el("span", "side");
   if (s.private) {
-    const lock = el("span", "lock", "🔒");
-    lock.setAttribute("role", "img");
-    lock.setAttribute("aria-label", "private");
-    lock.title = "Private conversation";
-    side.append(lock);
+    side.append(lockIcon());
   }
   if (r.muted) side.append(el("span", "muted", "muted"));
   if (s.status === "closed") side.append(el("span", "closed", "closed"));
@@ -360,28 +381,57 @@ function row(id) {
   return li;
 }
 
+// The list is windowed: only the rows in view (and a few around) are in the
+// DOM, positioned in a spacer as tall as the whole list, so a 1,000-conversation
+// view costs what ~20 rows cost. Options carry aria-setsize/aria-posinset.
+const ROW = 56, OVERSCAN = 6;
 function renderList() {
   const ids = model.lists[current] ?? [];
   const list = $("conversations");
+  const spacer = $("spacer");
+  if (activeId != null && ids[active] !== activeId) {
+    const i = ids.indexOf(activeId);
+    if (i >= 0) active = i;
+  }
   if (active >= ids.length) active = Math.max(0, ids.length - 1);
-  const wanted = ids.map((id, i) => {
+  activeId = ids[active] ?? null;
+  if (keyboardMoved) {
+    keyboardMoved = false;
+    const top = active * ROW;
+    if (top < list.scrollTop) list.scrollTop = top;
+    else if (top + ROW > list.scrollTop + list.clientHeight) list.scrollTop = top + ROW - list.clientHeight;
+  }
+  spacer.style.height = `${ids.length * ROW}px`;
+  const first = Math.max(0, Math.floor(list.scrollTop / ROW) - OVERSCAN);
+  const last = Math.min(ids.length, Math.ceil((list.scrollTop + (list.clientHeight || 800)) / ROW) + OVERSCAN);
+  const wanted = [];
+  for (let i = first; i < last; i++) {
+    const id = ids[i];
     const li = row(id);
     li.dataset.index = String(i);
+    li.style.top = `${i * ROW}px`;
+    li.setAttribute("aria-posinset", String(i + 1));
+    li.setAttribute("aria-setsize", String(ids.length));
     li.setAttribute("aria-selected", i === active ? "true" : "false");
     li.classList.toggle("active", id === open);
-    return li;
-  });
-  // Replace children only where they differ (cheap when little changed).
-  const kids = list.children;
+    wanted.push(li);
+  }
+  // The active row stays in the DOM (aria-activedescendant points at it).
+  if (ids.length && (active < first || active >= last)) {
+    const li = row(ids[active]);
+    li.dataset.index = String(active);
+    li.style.top = `${active * ROW}px`;
+    li.setAttribute("aria-selected", "true");
+    wanted.push(li);
+  }
+  const kids = spacer.children;
   let same = kids.length === wanted.length;
   for (let i = 0; same && i < wanted.length; i++) same = kids[i] === wanted[i];
-  if (!same) list.replaceChildren(...wanted);
-  for (const id of rows.keys()) if (!model.convs.has(id)) rows.delete(id);
+  if (!same) spacer.replaceChildren(...wanted);
+  if (rows.size > 4 * (ids.length + 50)) for (const id of rows.keys()) if (!model.convs.has(id)) rows.delete(id);
   $("empty").hidden = ids.length > 0;
-  if (ids.length) {
-    list.setAttribute("aria-activedescendant", wanted[active].id);
-    if (document.activeElement === list) wanted[active].scrollIntoView({ block: "nearest" });
-  } else list.removeAttribute("aria-activedescendant");
+  if (ids.length) list.setAttribute("aria-activedescendant", row(ids[active]).id);
+  else list.removeAttribute("aria-activedescendant");
 }
 
 function renderThread() {
@@ -396,7 +446,7 @@ function renderThread() {
     return;
   }
   const s = r.state ?? {};
-  $("thread-title").textContent = `${s.private ? "🔒 " : ""}${title(r)}`;
+  $("thread-title").replaceChildren(...(s.private ? [lockIcon(), " "] : []), title(r));
   $("thread-meta").textContent = [
     s.status === "closed" ? "closed" : "open",
     s.assignee ? `assigned to ${s.assignee}` : "unassigned",

@@ -55,8 +55,14 @@ pub fn dev_signin(gw: &Gateway) -> bool {
 
 pub fn router(gw: &Gateway) -> Router<Arc<Gateway>> {
     let r = Router::new()
-        .route("/console", get(|| file("text/html; charset=utf-8", INDEX_HTML)))
-        .route("/console/", get(|| file("text/html; charset=utf-8", INDEX_HTML)))
+        .route(
+            "/console",
+            get(|| file("text/html; charset=utf-8", INDEX_HTML)),
+        )
+        .route(
+            "/console/",
+            get(|| file("text/html; charset=utf-8", INDEX_HTML)),
+        )
         .route(
             "/console/console.css",
             get(|| file("text/css; charset=utf-8", CONSOLE_CSS)),
@@ -91,7 +97,10 @@ fn secure(h: &mut axum::http::HeaderMap) {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
@@ -109,11 +118,7 @@ async fn dev_users(State(gw): Gw, Query(q): Query<UsersQuery>) -> Response {
         .hub
         .workspace_ids()
         .into_iter()
-        .filter(|w| {
-            !crate::listing::users(&gw.hub, w, None, 1)
-                .items
-                .is_empty()
-        })
+        .filter(|w| !crate::listing::users(&gw.hub, w, None, 1).items.is_empty())
         .collect();
     workspaces.sort();
     let ws = q.workspace.or_else(|| workspaces.first().cloned());
@@ -151,10 +156,13 @@ struct TokenRequest {
 
 /// `{"token": "<jwt>", "exp": <secs>}` for an enabled user of the workspace.
 async fn dev_token(State(gw): Gw, Json(req): Json<TokenRequest>) -> Result<Response, ApiError> {
-    let known = gw
-        .hub
-        .existing(&req.workspace)
-        .is_some_and(|w| w.lock().dir.users.get(&req.user).is_some_and(|u| !u.disabled));
+    let known = gw.hub.existing(&req.workspace).is_some_and(|w| {
+        w.lock()
+            .dir
+            .users
+            .get(&req.user)
+            .is_some_and(|u| !u.disabled)
+    });
     if !known {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -166,7 +174,9 @@ async fn dev_token(State(gw): Gw, Json(req): Json<TokenRequest>) -> Result<Respo
         ));
     }
     let token = crate::cli::mint_token(DEV_SECRET, &req.workspace, &req.user, DEV_TOKEN_TTL_SECS)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+    })?;
     let mut resp = axum::Json(serde_json::json!({"token": token, "ttl_secs": DEV_TOKEN_TTL_SECS}))
         .into_response();
     secure(resp.headers_mut());
