@@ -110,15 +110,15 @@ test("a node killed (SIGKILL) and restarted: the client resumes with no gap and 
 test("token expiry: 4003, a new token from getToken, nothing missed", async () => {
   let calls = 0;
   const c = client("ana", {
-    // The first token lives 2 s; renewal before exp is off, so the server closes with 4003.
-    getToken: () => token("ana", "w1", ++calls === 1 ? 2 : 3600),
+    // The first token lives 3 s; renewal before exp is off, so the server closes with 4003.
+    getToken: () => token("ana", "w1", ++calls === 1 ? 3 : 3600),
     refreshBeforeExpSecs: false,
   });
   const got = deliveries(c, "fresh");
   const closes = record(c, ["disconnect"]).disconnect;
   await until(() => c.state === "open", 5000, "open");
   const bodies = [];
-  const deadline = Date.now() + 3000;
+  const deadline = Date.now() + 4000;
   for (let i = 0; Date.now() < deadline; i++) {
     bodies.push(`t-${i}`);
     await b.post("fresh", `t-${i}`);
