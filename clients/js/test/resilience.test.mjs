@@ -4,7 +4,7 @@
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { connect, Inbox } from "../dist/index.js";
-import { Gateway, Redis, record, sleep, token, until, world } from "./support.mjs";
+import { Gateway, proxy, Redis, record, sleep, token, until, world } from "./support.mjs";
 
 let redis;
 let a; // the node the client talks to (killed and restarted)
@@ -105,6 +105,32 @@ test("a node killed (SIGKILL) and restarted: the client resumes with no gap and 
   assert.equal(c.positions().anas, got.at(-1).seq);
   inbox.dispose();
   c.disconnect();
+});
+
+test("a node killed: the client reconnects to another node and resumes there", async () => {
+  // The client reaches the nodes through a switchable proxy (a load balancer).
+  const lb = await proxy(a.port);
+  const c = client("ana", { url: `ws://127.0.0.1:${lb.port}/v1/ws` });
+  const got = deliveries(c, "anas");
+  try {
+    await until(() => c.state === "open", 5000, "open");
+    assert.equal(c.hello.node, `js-${a.port}`);
+    const bodies = [];
+    for (let i = 0; i < 5; i++) bodies.push((await b.post("anas", `x-before-${i}`), `x-before-${i}`));
+    await until(() => got.length >= 5, 5000, "live messages");
+    lb.target = b.port;
+    await a.kill("SIGKILL");
+    for (let i = 0; i < 15; i++) bodies.push((await b.post("anas", `x-down-${i}`), `x-down-${i}`));
+    await until(() => c.state === "open" && c.hello.node === `js-${b.port}`, 10000, "open on node B");
+    for (let i = 0; i < 5; i++) bodies.push((await b.post("anas", `x-after-${i}`), `x-after-${i}`));
+    await until(() => got.filter((m) => bodies.includes(m.body)).length >= bodies.length, 10000, "every message");
+    await sleep(100);
+    assertExact(got, bodies);
+  } finally {
+    c.disconnect();
+    await lb.close();
+    await a.restart();
+  }
 });
 
 test("token expiry: 4003, a new token from getToken, nothing missed", async () => {
