@@ -110,6 +110,7 @@ class ClientImpl {
         this.stopped = false;
         this.connecting = false;
         this.onlineListener = null;
+        this.typingSent = new Map();
         this.opts = opts;
         const WS = opts.WebSocket ?? globalThis.WebSocket;
         if (!WS)
@@ -690,9 +691,16 @@ class ClientImpl {
         return this.ok({ type: "archive", conversation, on }, true);
     }
     typing(conversation) {
+        // The gateway relays at most one per 2 s and conversation: send no more than that.
+        const now = Date.now();
+        if (now - (this.typingSent.get(conversation) ?? -Infinity) < 2000)
+            return;
         const conn = this.conn;
-        if (conn && conn.hello)
-            this.raw(conn, { type: "typing", conversation });
+        if (conn && conn.hello && this.raw(conn, { type: "typing", conversation })) {
+            this.typingSent.set(conversation, now);
+            if (this.typingSent.size > 1000)
+                this.typingSent.clear();
+        }
     }
     focus(conversation) {
         return this.ok({ type: "focus", conversation }, true);

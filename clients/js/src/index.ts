@@ -462,6 +462,7 @@ class ClientImpl implements Client {
   private stopped = false;
   private connecting = false;
   private onlineListener: (() => void) | null = null;
+  private typingSent = new Map<string, number>();
 
   constructor(opts: ConnectOptions) {
     this.opts = opts;
@@ -996,8 +997,14 @@ class ClientImpl implements Client {
     return this.ok({ type: "archive", conversation, on }, true);
   }
   typing(conversation: string): void {
+    // The gateway relays at most one per 2 s and conversation: send no more than that.
+    const now = Date.now();
+    if (now - (this.typingSent.get(conversation) ?? -Infinity) < 2000) return;
     const conn = this.conn;
-    if (conn && conn.hello) this.raw(conn, { type: "typing", conversation });
+    if (conn && conn.hello && this.raw(conn, { type: "typing", conversation })) {
+      this.typingSent.set(conversation, now);
+      if (this.typingSent.size > 1000) this.typingSent.clear();
+    }
   }
   focus(conversation: string | null): Promise<void> {
     return this.ok({ type: "focus", conversation }, true);
