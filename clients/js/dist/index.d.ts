@@ -392,6 +392,9 @@ export declare class Inbox {
     dispose(): void;
     /** Live messages seen in a conversation, oldest first (edits and deletions applied). */
     messages(conversation: string): Message[];
+    /** Loads the next page of a view (the snapshot and the re-syncs hold the first page);
+     * resolves to whether more remain. */
+    more(view: ViewName, limit?: number): Promise<boolean>;
     /** The items of a view, newest activity first. */
     list(view: ViewName | string): ConversationItem[];
     private onSnapshot;

@@ -110,6 +110,7 @@ class ClientImpl {
         this.stopped = false;
         this.connecting = false;
         this.onlineListener = null;
+        this.typingSent = new Map();
         this.opts = opts;
         const WS = opts.WebSocket ?? globalThis.WebSocket;
         if (!WS)
@@ -187,7 +188,10 @@ class ClientImpl {
             this.connecting = false;
             if (this.stopped)
                 return;
-            this.failed();
+            if (replacing && this.conn && this.conn.hello && !this.conn.closed)
+                this.retryRenewal();
+            else
+                this.failed();
             return;
         }
         if (this.stopped) {
@@ -215,7 +219,10 @@ class ClientImpl {
         }
         catch (e) {
             this.connecting = false;
-            this.failed();
+            if (replacing && this.conn && this.conn.hello && !this.conn.closed)
+                this.retryRenewal();
+            else
+                this.failed();
             return;
         }
         const conn = new Conn(ws);
@@ -336,6 +343,18 @@ class ClientImpl {
             void this.open(true);
         }, delay);
     }
+    /** The renewal failed (getToken threw, or the new connection did not reach `hello`): the
+     * current connection stays; try again after a backoff delay. */
+    retryRenewal() {
+        this.tokenStale = true;
+        if (this.refreshTimer)
+            clearTimeout(this.refreshTimer);
+        this.refreshTimer = setTimeout(() => {
+            this.refreshTimer = null;
+            if (!this.stopped && this._state === "open")
+                void this.open(true);
+        }, this.delay());
+    }
     /** Closes a replaced connection once its commands are answered (at most 2 s). */
     retire(conn) {
         const started = Date.now();
@@ -402,6 +421,10 @@ class ClientImpl {
         }
         if (conn === this.old) {
             this.old = null;
+            if (code === 1008 && !this.stopped) {
+                this.emit("disconnect", { code, reason, willReconnect: false });
+                this.stop("closed", `closed by the server: 1008 ${reason}`);
+            }
             return;
         }
         if (conn !== this.conn)
@@ -419,14 +442,7 @@ class ClientImpl {
             // A token renewal whose new connection failed: keep the old one, try again later.
             this.conn = this.old;
             this.old = null;
-            this.tokenStale = true;
-            if (this.refreshTimer)
-                clearTimeout(this.refreshTimer);
-            this.refreshTimer = setTimeout(() => {
-                this.refreshTimer = null;
-                if (!this.stopped && this._state === "open")
-                    void this.open(true);
-            }, this.delay());
+            this.retryRenewal();
             return;
         }
         this.emit("disconnect", { code, reason, willReconnect: true });
@@ -675,9 +691,16 @@ class ClientImpl {
         return this.ok({ type: "archive", conversation, on }, true);
     }
     typing(conversation) {
+        // The gateway relays at most one per 2 s and conversation: send no more than that.
+        const now = Date.now();
+        if (now - (this.typingSent.get(conversation) ?? -Infinity) < 2000)
+            return;
         const conn = this.conn;
-        if (conn && conn.hello)
-            this.raw(conn, { type: "typing", conversation });
+        if (conn && conn.hello && this.raw(conn, { type: "typing", conversation })) {
+            this.typingSent.set(conversation, now);
+            if (this.typingSent.size > 1000)
+                this.typingSent.clear();
+        }
     }
     focus(conversation) {
         return this.ok({ type: "focus", conversation }, true);
@@ -806,6 +829,25 @@ export class Inbox {
     messages(conversation) {
         return this.msgs.get(conversation) ?? [];
     }
+    /** Loads the next page of a view (the snapshot and the re-syncs hold the first page);
+     * resolves to whether more remain. */
+    async more(view, limit = 50) {
+        const page = await this.client.view(view, { cursor: this.views[view].length, limit });
+        for (const item of page.items) {
+            const prev = this.conversations.get(item.conversation.id);
+            if (prev && prev.seq > item.seq)
+                continue;
+            const it = this.fromView(item, prev);
+            it.views.add(view);
+            this.conversations.set(it.id, it);
+            if (view === "waitlist")
+                this.learnTeam(it);
+        }
+        this.counts[view] = page.total;
+        this.rebuildViews();
+        this.touch();
+        return page.next_cursor !== null;
+    }
     /** The items of a view, newest activity first. */
     list(view) {
         return (this.views[view] ?? []).map((id) => this.conversations.get(id)).filter(Boolean);
@@ -888,6 +930,9 @@ export class Inbox {
         it.lastMessageSeq = f.seq;
         it.lastTs = m.ts || Date.now();
         it.awaitingReply = m.sender.kind === "contact";
+        // The sender's own message marks the conversation read for them (as the gateway does).
+        if (m.sender.kind === "user" && m.sender.id === this.me)
+            it.marks.read_seq = Math.max(it.marks.read_seq, f.seq);
         it.unread = f.seq > it.marks.read_seq;
         it.marks.hidden = false; // a new message un-hides a conversation
         let list = this.msgs.get(f.conversation);

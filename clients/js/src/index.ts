@@ -462,6 +462,7 @@ class ClientImpl implements Client {
   private stopped = false;
   private connecting = false;
   private onlineListener: (() => void) | null = null;
+  private typingSent = new Map<string, number>();
 
   constructor(opts: ConnectOptions) {
     this.opts = opts;
@@ -540,7 +541,8 @@ class ClientImpl implements Client {
     } catch (e) {
       this.connecting = false;
       if (this.stopped) return;
-      this.failed();
+      if (replacing && this.conn && this.conn.hello && !this.conn.closed) this.retryRenewal();
+      else this.failed();
       return;
     }
     if (this.stopped) {
@@ -563,7 +565,8 @@ class ClientImpl implements Client {
       ws = new this.WS(`${this.opts.url}${sep}${params.toString()}`);
     } catch (e) {
       this.connecting = false;
-      this.failed();
+      if (replacing && this.conn && this.conn.hello && !this.conn.closed) this.retryRenewal();
+      else this.failed();
       return;
     }
     const conn = new Conn(ws);
@@ -677,6 +680,17 @@ class ClientImpl implements Client {
     }, delay);
   }
 
+  /** The renewal failed (getToken threw, or the new connection did not reach `hello`): the
+   * current connection stays; try again after a backoff delay. */
+  private retryRenewal(): void {
+    this.tokenStale = true;
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = setTimeout(() => {
+      this.refreshTimer = null;
+      if (!this.stopped && this._state === "open") void this.open(true);
+    }, this.delay());
+  }
+
   /** Closes a replaced connection once its commands are answered (at most 2 s). */
   private retire(conn: Conn): void {
     const started = Date.now();
@@ -734,6 +748,10 @@ class ClientImpl implements Client {
     }
     if (conn === this.old) {
       this.old = null;
+      if (code === 1008 && !this.stopped) {
+        this.emit("disconnect", { code, reason, willReconnect: false });
+        this.stop("closed", `closed by the server: 1008 ${reason}`);
+      }
       return;
     }
     if (conn !== this.conn) return;
@@ -749,12 +767,7 @@ class ClientImpl implements Client {
       // A token renewal whose new connection failed: keep the old one, try again later.
       this.conn = this.old;
       this.old = null;
-      this.tokenStale = true;
-      if (this.refreshTimer) clearTimeout(this.refreshTimer);
-      this.refreshTimer = setTimeout(() => {
-        this.refreshTimer = null;
-        if (!this.stopped && this._state === "open") void this.open(true);
-      }, this.delay());
+      this.retryRenewal();
       return;
     }
     this.emit("disconnect", { code, reason, willReconnect: true });
@@ -984,8 +997,14 @@ class ClientImpl implements Client {
     return this.ok({ type: "archive", conversation, on }, true);
   }
   typing(conversation: string): void {
+    // The gateway relays at most one per 2 s and conversation: send no more than that.
+    const now = Date.now();
+    if (now - (this.typingSent.get(conversation) ?? -Infinity) < 2000) return;
     const conn = this.conn;
-    if (conn && conn.hello) this.raw(conn, { type: "typing", conversation });
+    if (conn && conn.hello && this.raw(conn, { type: "typing", conversation })) {
+      this.typingSent.set(conversation, now);
+      if (this.typingSent.size > 1000) this.typingSent.clear();
+    }
   }
   focus(conversation: string | null): Promise<void> {
     return this.ok({ type: "focus", conversation }, true);
@@ -1146,6 +1165,24 @@ export class Inbox {
     return this.msgs.get(conversation) ?? [];
   }
 
+  /** Loads the next page of a view (the snapshot and the re-syncs hold the first page);
+   * resolves to whether more remain. */
+  async more(view: ViewName, limit = 50): Promise<boolean> {
+    const page = await this.client.view(view, { cursor: this.views[view].length, limit });
+    for (const item of page.items) {
+      const prev = this.conversations.get(item.conversation.id);
+      if (prev && prev.seq > item.seq) continue;
+      const it = this.fromView(item, prev);
+      it.views.add(view);
+      this.conversations.set(it.id, it);
+      if (view === "waitlist") this.learnTeam(it);
+    }
+    this.counts[view] = page.total;
+    this.rebuildViews();
+    this.touch();
+    return page.next_cursor !== null;
+  }
+
   /** The items of a view, newest activity first. */
   list(view: ViewName | string): ConversationItem[] {
     return (this.views[view] ?? []).map((id) => this.conversations.get(id)!).filter(Boolean);
@@ -1228,6 +1265,8 @@ export class Inbox {
     it.lastMessageSeq = f.seq;
     it.lastTs = m.ts || Date.now();
     it.awaitingReply = m.sender.kind === "contact";
+    // The sender's own message marks the conversation read for them (as the gateway does).
+    if (m.sender.kind === "user" && m.sender.id === this.me) it.marks.read_seq = Math.max(it.marks.read_seq, f.seq);
     it.unread = f.seq > it.marks.read_seq;
     it.marks.hidden = false; // a new message un-hides a conversation
     let list = this.msgs.get(f.conversation);

@@ -86,6 +86,13 @@ test("Inbox: views, unread and order follow the frames; revocation removes the c
   // read → marks frame → not unread any more.
   await ana.read(id("anas"), item.lastMessageSeq);
   await until(() => !inbox.conversations.get(id("anas")).unread && inbox.unread === 0, 5000, "read");
+  // Another customer message, then ana's reply: her own message leaves it read.
+  await g.post(id("anas"), "still there?");
+  await until(() => inbox.conversations.get(id("anas")).unread, 5000, "unread again");
+  await ana.send(id("anas"), "yes!");
+  await until(() => inbox.conversations.get(id("anas")).lastMessage?.body === "yes!", 5000, "own message");
+  assert.equal(inbox.conversations.get(id("anas")).unread, false);
+  assert.equal(inbox.conversations.get(id("anas")).awaitingReply, false);
 
   // Assignment moves a conversation between views.
   await g.admin("POST", `/v1/admin/conversations/${id("fresh")}/assign`, { assignee: "ana" });
@@ -142,4 +149,17 @@ test("a disabled user's connection closes with 1008 and the client stops", async
   await sleep(300);
   assert.equal(seen.hello.length, 1, "no reconnection");
   await assert.rejects(c.ping(), { code: "closed" });
+});
+
+test("Inbox pages past the first page of a view with more()", async () => {
+  const many = Array.from({ length: 70 }, (_, i) => ({ id: `pg-${String(i).padStart(2, "0")}`, channel: "sms", contact: "k1", assignee: "pager" }));
+  await g.import({ users: [{ id: "pager", role: "staff" }], conversations: many });
+  const c = client("pager", { snapshot: true });
+  const inbox = new Inbox(c);
+  await until(() => inbox.views.assigned_to_me.length === 50, 5000, "first page");
+  assert.equal(inbox.counts.assigned_to_me, 70);
+  assert.equal(await inbox.more("assigned_to_me"), false);
+  assert.equal(inbox.views.assigned_to_me.length, 70);
+  assert.deepEqual([...new Set(inbox.views.assigned_to_me)].sort(), many.map((m) => m.id));
+  inbox.dispose();
 });

@@ -288,3 +288,32 @@ export function world(extra = {}) {
     ...extra,
   };
 }
+
+/** A TCP proxy on a free loopback port whose backend can be switched (a load balancer
+ * sending the next connection to another node). */
+export async function proxy(targetPort) {
+  const { createConnection } = await import("node:net");
+  const sockets = new Set();
+  const p = { target: targetPort, port: 0 };
+  const server = createServer((down) => {
+    const up = createConnection({ host: "127.0.0.1", port: p.target });
+    for (const s of [down, up]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {
+        down.destroy();
+        up.destroy();
+      });
+    }
+    down.pipe(up);
+    up.pipe(down);
+  });
+  await new Promise((r) => server.listen(0, "127.0.0.1", r));
+  p.port = server.address().port;
+  p.close = () =>
+    new Promise((r) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => r());
+    });
+  return p;
+}

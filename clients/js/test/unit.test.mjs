@@ -171,6 +171,14 @@ test("commands: matched by ref, server codes, timeouts, queued while connecting"
   s.frame({ type: "error", ref: null, code: "rate_limited", message: "slow down" });
   assert.deepEqual(errors, ["rate_limited"]);
   await assert.rejects(c.close("v1"), (e) => e.code === "timeout");
+  c.typing("v1");
+  c.typing("v1");
+  c.typing("v2");
+  assert.deepEqual(
+    s.sent.filter((f) => f.type === "typing").map((f) => f.conversation),
+    ["v1", "v2"],
+    "at most one typing frame per 2 s and conversation",
+  );
   c.disconnect();
 });
 
