@@ -460,6 +460,7 @@ function renderThread() {
   $("act-mute").textContent = r.muted ? "Unmute" : "Mute";
   $("act-private").textContent = s.private ? "Make public" : "Make private";
   for (const b of $("actions").querySelectorAll("button")) b.disabled = r.access !== "write";
+  for (const c of $("composer").elements) c.disabled = r.access !== "write";
   const b = $("act-mute"); b.disabled = false; b.setAttribute("aria-pressed", String(!!r.muted));
   const msgs = model.thread(open);
   const ol = $("messages");
