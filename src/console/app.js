@@ -167,7 +167,7 @@ async function refresh() {
 async function loadView(view, gen) {
   let cursor = 0, items = [], total = 0;
   for (;;) {
-    const p = await client.view(view, { cursor, limit: 500 });
+    const p = await client.view(view, { cursor, limit: 200 }); // pages small enough to parse within a frame
     items = items.concat(p.items);
     total = p.total;
     if (p.next_cursor == null || gen !== viewGen) break;
