@@ -2,6 +2,7 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod console;
 pub mod observe;
 pub mod ops;
 
@@ -27,6 +28,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .merge(adapter::router(gw.clone()))
+        .merge(console::router(&gw))
         .nest("/v1/admin", admin::router(gw.clone()))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
