@@ -62,7 +62,13 @@ async fn json_errors(req: Request, next: Next) -> Response {
         )
         .into_response();
     }
+    // The operations endpoints answer plain text on purpose (load balancers
+    // and probes read `draining`, not a JSON body).
+    let plain = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
     let resp = next.run(req).await;
+    if plain {
+        return resp;
+    }
     let status = resp.status();
     let is_json = resp
         .headers()
