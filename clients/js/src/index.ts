@@ -275,7 +275,7 @@ export interface Events {
   typing: TypingFrame;
   presence: PresenceFrame;
   replay_gap: ReplayGap;
-  /** Every server frame, before it is dispatched (duplicates dropped by `seq` included). */
+  /** Every server frame, before its own event (a duplicate dropped by `seq` is not one). */
   frame: ServerFrame;
   /** `error` frames without a pending command. */
   error: ErrorFrame;
