@@ -204,12 +204,13 @@ export type ServerFrame = HelloFrame | MessageFrame | StatusFrame | AccessGrante
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "offline" | "closed";
 /** What a `replay_gap` asks the application to refetch. */
 export interface ReplayGap extends ReplayGapFrame {
-    /** Events with `from_seq < seq < oldest_seq` are gone from the kept history: refetch the
-     * conversation's state (e.g. `view`) and whatever the UI showed of that range. */
+    /** The events `firstSeq` ≤ seq ≤ `lastSeq` (`from_seq` … `oldest_seq − 1`) are gone from the
+     * kept history and will not be replayed; those from `oldest_seq` on follow. Refetch the
+     * conversation's state (e.g. `view`; the Inbox does) and what the UI showed of that range. */
     missing: {
         conversation: string;
-        afterSeq: number;
-        beforeSeq: number;
+        firstSeq: number;
+        lastSeq: number;
     };
 }
 export interface Events {

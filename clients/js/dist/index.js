@@ -576,7 +576,7 @@ class ClientImpl {
                 const f = frame;
                 this.emit("replay_gap", {
                     ...f,
-                    missing: { conversation: f.conversation, afterSeq: f.from_seq, beforeSeq: f.oldest_seq },
+                    missing: { conversation: f.conversation, firstSeq: f.from_seq, lastSeq: f.oldest_seq - 1 },
                 });
                 break;
             }

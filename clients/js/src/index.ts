@@ -255,9 +255,10 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "offline"
 
 /** What a `replay_gap` asks the application to refetch. */
 export interface ReplayGap extends ReplayGapFrame {
-  /** Events with `from_seq < seq < oldest_seq` are gone from the kept history: refetch the
-   * conversation's state (e.g. `view`) and whatever the UI showed of that range. */
-  missing: { conversation: string; afterSeq: number; beforeSeq: number };
+  /** The events `firstSeq` ≤ seq ≤ `lastSeq` (`from_seq` … `oldest_seq − 1`) are gone from the
+   * kept history and will not be replayed; those from `oldest_seq` on follow. Refetch the
+   * conversation's state (e.g. `view`; the Inbox does) and what the UI showed of that range. */
+  missing: { conversation: string; firstSeq: number; lastSeq: number };
 }
 
 export interface Events {
@@ -885,7 +886,7 @@ class ClientImpl implements Client {
         const f = frame as ReplayGapFrame;
         this.emit("replay_gap", {
           ...f,
-          missing: { conversation: f.conversation, afterSeq: f.from_seq, beforeSeq: f.oldest_seq },
+          missing: { conversation: f.conversation, firstSeq: f.from_seq, lastSeq: f.oldest_seq - 1 },
         });
         break;
       }

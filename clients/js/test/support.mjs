@@ -310,6 +310,10 @@ export async function proxy(targetPort) {
   });
   await new Promise((r) => server.listen(0, "127.0.0.1", r));
   p.port = server.address().port;
+  /** Drops every connection through the proxy (the backend sees them close). */
+  p.cut = () => {
+    for (const s of sockets) s.destroy();
+  };
   p.close = () =>
     new Promise((r) => {
       for (const s of sockets) s.destroy();
