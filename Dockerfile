@@ -20,6 +20,8 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /build
+# Optional cargo features, e.g. --build-arg CARGO_FEATURES=otel (OpenTelemetry traces).
+ARG CARGO_FEATURES=""
 
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
@@ -32,7 +34,7 @@ COPY loadtest ./loadtest
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/build/target \
-    cargo build --release --locked --bin switchboard \
+    cargo build --release --locked --bin switchboard --features "${CARGO_FEATURES}" \
     && install -D -m 0755 target/release/switchboard /out/switchboard
 
 # Runtime stage: distroless "cc" (glibc + libgcc, no shell, no package manager).

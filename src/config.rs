@@ -69,7 +69,7 @@ pub struct ServeArgs {
     /// Redis URL; unset = one node with embedded state.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Name of this node [default: host name].
+    /// Name of this node [default: $HOSTNAME, then the host name].
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
     /// `text` or `json` [default: text].
@@ -141,17 +141,21 @@ struct FileConfig {
     idle_timeout_secs: Option<u64>,
 }
 
+fn read_file(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
+    match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+        None => Ok(FileConfig::default()),
+    }
+}
+
 impl Config {
     /// Flags and variables (both in `args`, parsed by clap) over the file over defaults.
     pub fn load(args: ServeArgs) -> anyhow::Result<Config> {
-        let file: FileConfig = match &args.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-            }
-            None => FileConfig::default(),
-        };
+        let file = read_file(args.config.as_deref())?;
         Self::merge(args, file)
     }
 
@@ -159,8 +163,7 @@ impl Config {
         let node_id = args
             .node_id
             .or(file.node_id)
-            .or_else(|| std::env::var("HOSTNAME").ok())
-            .unwrap_or_else(|| format!("node-{}", std::process::id()));
+            .unwrap_or_else(|| default_node_id(std::env::var("HOSTNAME").ok(), host_name()));
         let limits = Limits {
             max_frame_bytes: args
                 .max_frame_bytes
@@ -256,11 +259,296 @@ impl Config {
     }
 }
 
+/// Where a setting's value came from (`switchboard check-config`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Flag,
+    Env,
+    File,
+    Default,
+}
+
+/// One line of `switchboard check-config`: a setting, its effective value
+/// (secrets masked) and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Setting {
+    /// The TOML key (the flag is `--key-with-dashes`, the variable `SWITCHBOARD_KEY`).
+    pub key: &'static str,
+    pub value: String,
+    /// `flag --name`, `env SWITCHBOARD_NAME`, `file PATH` or `default` (with a note).
+    pub source: String,
+}
+
+/// The effective configuration, explained: what `serve` would run with.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Explained {
+    pub settings: Vec<Setting>,
+    /// Why `serve` would refuse to start with this configuration.
+    pub problems: Vec<String>,
+}
+
+const MASK: &str = "****";
+
+/// `user:password@` of a URL masked.
+fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((_, host)) => format!("{scheme}://{MASK}@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// An adapter key entry with its key masked and its scope (not secret) kept.
+fn mask_adapter_key(entry: &str) -> String {
+    match entry.split_once(':') {
+        Some((scope, _)) => format!("{scope}:{MASK}"),
+        None => MASK.to_owned(),
+    }
+}
+
+impl Explained {
+    /// Loads the configuration as `serve` does; `given(id)` tells whether clap
+    /// took the argument `id` (a field of [`ServeArgs`]) from a flag or from
+    /// its variable. A file that cannot be read or parsed is an error.
+    pub fn load(args: ServeArgs, given: impl Fn(&str) -> Option<Origin>) -> anyhow::Result<Self> {
+        let file_path = args.config.clone();
+        let file = read_file(file_path.as_deref())?;
+        let origin = |id: &str, in_args: bool, in_file: bool| -> String {
+            let flag = id.replace('_', "-");
+            let var = format!("SWITCHBOARD_{}", id.to_ascii_uppercase());
+            match (in_args, given(id)) {
+                (true, Some(Origin::Env)) => format!("env {var}"),
+                (true, _) => format!("flag --{flag}"),
+                (false, _) if in_file => match &file_path {
+                    Some(p) => format!("file {}", p.display()),
+                    None => "file".to_owned(),
+                },
+                _ => "default".to_owned(),
+            }
+        };
+        // The source of every setting, before `merge` consumes args and file.
+        let mut sources = std::collections::HashMap::new();
+        macro_rules! source {
+            ($($f:ident),* $(,)?) => {
+                $( sources.insert(stringify!($f), origin(stringify!($f), args.$f.is_some(), file.$f.is_some())); )*
+            };
+        }
+        source!(
+            listen,
+            jwt_secret,
+            jwt_public_key_file,
+            max_token_lifetime_secs,
+            admin_token,
+            adapter_key,
+            redis_url,
+            node_id,
+            log_format,
+            shutdown_grace_secs,
+            history_len,
+            max_frame_bytes,
+            max_body_bytes,
+            outbound_queue,
+            conn_rate_per_sec,
+            conn_burst,
+            adapter_rate_per_sec,
+            heartbeat_secs,
+            idle_timeout_secs,
+            header_read_timeout_secs,
+            max_pending_per_ip,
+        );
+        let hostname = std::env::var("HOSTNAME").ok();
+        let config_row = Setting {
+            key: "config",
+            value: file_path
+                .as_ref()
+                .map_or("(none)".to_owned(), |p| p.display().to_string()),
+            source: match (file_path.is_some(), given("config")) {
+                (false, _) => "default".to_owned(),
+                (true, Some(Origin::Env)) => "env SWITCHBOARD_CONFIG".to_owned(),
+                (true, _) => "flag --config".to_owned(),
+            },
+        };
+        let c = Config::merge(args, file)?;
+
+        let loopback = c.listen.ip().is_loopback();
+        let mut problems = Vec::new();
+        // Unset credentials: development values on loopback, else `serve` refuses.
+        let mut credential = |value: Option<String>, what: &str, var: &str| match value {
+            Some(v) => v,
+            None if loopback => format!("(unset: development value {what}, loopback only)"),
+            None => {
+                problems.push(format!("{var} is required when listening on {}", c.listen));
+                "(unset)".to_owned()
+            }
+        };
+        let rs256 = c.jwt_public_key_file.is_some();
+        let jwt_secret = match (&c.jwt_secret, rs256) {
+            (Some(_), _) => MASK.to_owned(),
+            (None, true) => "(unset: RS256 key file in use)".to_owned(),
+            (None, false) => credential(
+                None,
+                "dev-secret",
+                "SWITCHBOARD_JWT_SECRET (or SWITCHBOARD_JWT_PUBLIC_KEY_FILE)",
+            ),
+        };
+        let admin_token = credential(
+            c.admin_token.as_ref().map(|_| MASK.to_owned()),
+            "dev-admin",
+            "SWITCHBOARD_ADMIN_TOKEN",
+        );
+        let adapter_key = credential(
+            (!c.adapter_keys.is_empty()).then(|| {
+                c.adapter_keys
+                    .iter()
+                    .map(|k| mask_adapter_key(k))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }),
+            "dev-adapter",
+            "SWITCHBOARD_ADAPTER_KEY",
+        );
+        if let Err(e) = crate::credentials::AdapterKey::parse_all(&c.adapter_keys) {
+            problems.push(format!("SWITCHBOARD_ADAPTER_KEY: {e}"));
+        }
+        if let Some(path) = &c.jwt_public_key_file {
+            if let Err(e) = std::fs::metadata(path) {
+                problems.push(format!("{}: {e}", path.display()));
+            }
+        }
+
+        let node_source = match sources.get("node_id").map(String::as_str) {
+            Some("default") if hostname.is_some() => "default ($HOSTNAME)".to_owned(),
+            Some("default") => "default (no $HOSTNAME: node-<pid>)".to_owned(),
+            other => other.unwrap_or("default").to_owned(),
+        };
+        let l = &c.limits;
+        let rows: Vec<(&'static str, String)> = vec![
+            ("listen", c.listen.to_string()),
+            ("jwt_secret", jwt_secret),
+            (
+                "jwt_public_key_file",
+                c.jwt_public_key_file
+                    .as_ref()
+                    .map_or("(unset)".to_owned(), |p| p.display().to_string()),
+            ),
+            (
+                "max_token_lifetime_secs",
+                c.max_token_lifetime_secs.to_string(),
+            ),
+            ("admin_token", admin_token),
+            ("adapter_key", adapter_key),
+            (
+                "redis_url",
+                c.redis_url
+                    .as_deref()
+                    .map_or("(unset: embedded single node)".to_owned(), mask_url),
+            ),
+            (
+                "node_id",
+                // Without a name or $HOSTNAME, `serve` names itself after its own pid.
+                match (sources.get("node_id").map(String::as_str), &hostname) {
+                    (Some("default"), None) => "node-<pid>".to_owned(),
+                    _ => c.node_id.clone(),
+                },
+            ),
+            ("log_format", c.log_format.clone()),
+            ("shutdown_grace_secs", c.shutdown_grace_secs.to_string()),
+            ("history_len", c.history_len.to_string()),
+            ("max_frame_bytes", l.max_frame_bytes.to_string()),
+            ("max_body_bytes", l.max_body_bytes.to_string()),
+            ("outbound_queue", l.outbound_queue.to_string()),
+            ("conn_rate_per_sec", l.conn_rate_per_sec.to_string()),
+            ("conn_burst", l.conn_burst.to_string()),
+            ("adapter_rate_per_sec", l.adapter_rate_per_sec.to_string()),
+            ("heartbeat_secs", l.heartbeat_secs.to_string()),
+            ("idle_timeout_secs", l.idle_timeout_secs.to_string()),
+            (
+                "header_read_timeout_secs",
+                c.header_read_timeout_secs.to_string(),
+            ),
+            ("max_pending_per_ip", c.max_pending_per_ip.to_string()),
+        ];
+        let mut settings: Vec<Setting> = rows
+            .into_iter()
+            .map(|(key, value)| Setting {
+                key,
+                value,
+                source: if key == "node_id" {
+                    node_source.clone()
+                } else {
+                    sources
+                        .get(key)
+                        .cloned()
+                        .unwrap_or_else(|| "default".to_owned())
+                },
+            })
+            .collect();
+        settings.insert(0, config_row);
+        Ok(Explained { settings, problems })
+    }
+
+    /// The human-readable form: one aligned line per setting, then the problems.
+    pub fn to_text(&self) -> String {
+        let width = self.settings.iter().map(|s| s.key.len()).max().unwrap_or(0);
+        let vwidth = self
+            .settings
+            .iter()
+            .map(|s| s.value.chars().count())
+            .max()
+            .unwrap_or(0);
+        let mut out = String::new();
+        for s in &self.settings {
+            out.push_str(&format!(
+                "{:width$}  {:vwidth$}  {}\n",
+                s.key, s.value, s.source
+            ));
+        }
+        for p in &self.problems {
+            out.push_str(&format!("problem: {p}\n"));
+        }
+        out
+    }
+}
+
+/// The node id when none is set: `$HOSTNAME` (a pod's name on Kubernetes),
+/// then the machine's host name, then `node-<pid>`.
+fn default_node_id(env_hostname: Option<String>, host_name: Option<String>) -> String {
+    env_hostname
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            host_name
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+        })
+        .unwrap_or_else(|| format!("node-{}", std::process::id()))
+}
+
+/// The kernel's host name (`$HOSTNAME` is a shell variable, often not exported).
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::{Args, FromArgMatches};
     use std::collections::BTreeSet;
+
+    #[test]
+    fn node_id_defaults_to_hostname_then_host_name_then_pid() {
+        let some = |s: &str| Some(s.to_owned());
+        assert_eq!(default_node_id(some("pod-1"), some("box")), "pod-1");
+        assert_eq!(default_node_id(some(""), some("box\n")), "box");
+        assert_eq!(default_node_id(None, some(" box ")), "box");
+        let pid = format!("node-{}", std::process::id());
+        assert_eq!(default_node_id(None, some("\n")), pid);
+        assert_eq!(default_node_id(some(" "), None), pid);
+    }
 
     /// The `SWITCHBOARD_*` variables of the README configuration table.
     fn readme_variables() -> BTreeSet<String> {
@@ -375,6 +663,29 @@ mod tests {
         let c = Config::merge(args, file()).expect("config");
         assert_eq!(c.max_token_lifetime_secs, 60);
         assert_eq!(c.jwt_secret.as_deref(), Some("a"));
+    }
+
+    /// `check-config` explains every documented setting, and the file itself.
+    #[test]
+    fn check_config_explains_every_setting() {
+        let e = Explained::load(ServeArgs::default(), |_| None).expect("config");
+        let keys: BTreeSet<String> = e.settings.iter().map(|s| s.key.to_owned()).collect();
+        let mut expected: BTreeSet<String> = readme_variables().iter().map(|v| key(v)).collect();
+        expected.insert("config".to_owned());
+        assert_eq!(keys, expected);
+        assert!(e
+            .settings
+            .iter()
+            .all(|s| s.source == "default" || s.key == "node_id"));
+    }
+
+    #[test]
+    fn masking_keeps_what_is_not_secret() {
+        assert_eq!(mask_adapter_key("w1/a+b:k"), "w1/a+b:****");
+        assert_eq!(mask_adapter_key("k"), "****");
+        assert_eq!(mask_url("redis://:pw@h:6379/0"), "redis://****@h:6379/0");
+        assert_eq!(mask_url("redis://u:p@ss@h"), "redis://****@h");
+        assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
     }
 
     #[test]

@@ -107,6 +107,7 @@ pub enum Command {
     SetPrivate(bool),
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, Serialize)]
 pub struct Posted {
     pub id: Id,

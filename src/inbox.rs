@@ -11,6 +11,7 @@ use crate::policy::actions;
 use crate::store::{Change, Ephemeral, Mark, StatusEvent, StatusKind};
 
 /// Result of one item of a bulk action.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Serialize, Debug)]
 pub struct ItemResult {
     pub conversation: Id,

@@ -1,7 +1,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use switchboard::config::{Explained, Origin};
 
 #[derive(Parser)]
 #[command(
@@ -20,6 +22,15 @@ struct Cli {
 enum Command {
     /// Run the gateway.
     Serve(switchboard::config::ServeArgs),
+    /// Print the effective configuration of `serve` (same flags, variables and file), secrets
+    /// masked, with where each value came from; exit status 2 if `serve` would refuse it.
+    CheckConfig {
+        #[command(flatten)]
+        serve: switchboard::config::ServeArgs,
+        /// Print JSON (`{"settings": [{key, value, source}], "problems": [...]}`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the access of every user to every conversation of each world file, one JSON line per file.
     PolicyCheck {
         #[arg(required = true)]
@@ -49,9 +60,23 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Parsed through the matches, which also tell where each value came from.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Serve(args) => serve(args),
+        Command::CheckConfig { serve, json } => {
+            let sub = matches.subcommand_matches("check-config");
+            let given = |id: &str| match sub.and_then(|m| m.value_source(id)) {
+                Some(ValueSource::CommandLine) => Some(Origin::Flag),
+                Some(ValueSource::EnvVariable) => Some(Origin::Env),
+                _ => None,
+            };
+            return check_config(serve, json, given);
+        }
         Command::PolicyCheck { files } => switchboard::cli::policy_check(&files).map(|lines| {
             for l in lines {
                 println!("{l}");
@@ -91,4 +116,31 @@ fn serve(args: switchboard::config::ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(switchboard::server::serve(config))
+}
+
+fn check_config(
+    args: switchboard::config::ServeArgs,
+    json: bool,
+    given: impl Fn(&str) -> Option<Origin>,
+) -> ExitCode {
+    let explained = match Explained::load(args, given) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&explained).unwrap_or_default()
+        );
+    } else {
+        print!("{}", explained.to_text());
+    }
+    if explained.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
 }

@@ -22,6 +22,7 @@ fn default_visibility_groups() -> Vec<String> {
     vec!["*".to_owned()]
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -48,6 +49,7 @@ impl Role {
     }
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
@@ -58,6 +60,7 @@ pub enum Permission {
 }
 
 /// Scopes nest: `own` ⊂ `own_and_unassigned` ⊂ `team` ⊂ `all`, so `Ord` is inclusion.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -67,6 +70,7 @@ pub enum Scope {
     All,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Weekday {
@@ -79,6 +83,7 @@ pub enum Weekday {
     Sun,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
@@ -88,6 +93,7 @@ pub struct Schedule {
     pub hours: String,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
@@ -136,6 +142,7 @@ impl User {
 }
 
 /// Grant levels, ordered so the highest grant wins.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantLevel {
@@ -197,6 +204,7 @@ impl<'de> Deserialize<'de> for Subject {
     }
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
@@ -204,6 +212,7 @@ pub struct Grant {
     pub level: GrantLevel,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelVisibility {
@@ -223,6 +232,7 @@ impl ChannelVisibility {
     }
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AutoAssign {
@@ -236,6 +246,7 @@ pub struct AutoAssign {
     pub max_open_per_agent: Option<u32>,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
@@ -287,6 +298,7 @@ impl Channel {
     }
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
@@ -301,6 +313,7 @@ pub struct Contact {
     pub known: bool,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
@@ -311,6 +324,7 @@ pub enum ConversationKind {
     Item,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -319,6 +333,7 @@ pub enum Status {
     Closed,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemLevel {
@@ -327,6 +342,7 @@ pub enum ItemLevel {
     Admin,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Conversation {
@@ -441,6 +457,7 @@ pub enum Assignment {
 }
 
 /// Workspace-wide settings (not part of policy worlds).
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceSettings {
@@ -470,6 +487,7 @@ impl WorkspaceSettings {
     }
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupCreate {
@@ -479,6 +497,7 @@ pub enum GroupCreate {
     Everyone,
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DirectMessages {
@@ -489,6 +508,7 @@ pub enum DirectMessages {
 }
 
 /// Who wrote a message.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Sender {
@@ -498,6 +518,7 @@ pub enum Sender {
     User(Id),
 }
 
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub id: Id,
@@ -516,6 +537,7 @@ pub struct Message {
 /// accepted and ignored by the gateway (so is any other top-level key); the
 /// entities refuse unknown fields (`deny_unknown_fields`): a misspelt field
 /// is an error naming it, not a silently ignored change.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct World {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,6 @@
 //! `switchboard serve`: wires storage, hub, gateway and HTTP together, and
-//! shuts down gracefully (stop accepting, going-away to every session, drain).
+//! shuts down gracefully (not ready, going-away to every session, listener kept
+//! up for the grace period).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -77,16 +78,23 @@ fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
 }
 
 pub fn init_logging(format: &str) {
+    use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // Colour only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
-        builder.json().try_init()
+    let fmt = if format == "json" {
+        fmt.json().boxed()
     } else {
-        builder.try_init()
+        fmt.boxed()
     };
+    let subscriber = tracing_subscriber::registry().with(fmt).with(filter);
+    #[cfg(feature = "otel")]
+    let subscriber = subscriber.with(crate::otel::layer());
+    let _ = subscriber.try_init();
 }
 
 /// Builds the gateway: storage, hub (subscribed to committed changes) and state loaded from storage.
@@ -151,14 +159,32 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         let gw = gw.clone();
         async move {
             shutdown_signal().await;
-            tracing::info!("shutting down: draining connections");
+            let grace = gw.config.shutdown_grace_secs;
+            tracing::info!(
+                grace_secs = grace,
+                connections = gw.hub.connection_count(),
+                "shutting down: /readyz answers 503 draining, closing sessions with 1001"
+            );
             gw.draining.store(true, Ordering::Relaxed);
             gw.hub.close_all(close::GOING_AWAY);
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_secs(gw.config.shutdown_grace_secs);
+            // The listener stays up for the whole grace period, answering
+            // /readyz (503 draining), /healthz and refusing upgrades (503):
+            // a load balancer's health check sees the node leave before it
+            // is gone, instead of connection errors.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(grace);
             while gw.hub.connection_count() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
+            let left = gw.hub.connection_count();
+            if left > 0 {
+                tracing::warn!(
+                    connections = left,
+                    "grace period over with sessions still open"
+                );
+            } else {
+                tracing::info!("every session closed; waiting out the grace period");
+            }
+            tokio::time::sleep_until(deadline).await;
         }
     };
     accept_loop(listener, app, &gw.config, drained).await;
@@ -166,6 +192,8 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if let Some(u) = upkeep {
         u.abort();
     }
+    #[cfg(feature = "otel")]
+    crate::otel::shutdown();
     tracing::info!("stopped");
     Ok(())
 }

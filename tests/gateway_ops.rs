@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use support::gateway::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_sessions_1001_and_stops_being_ready() {
+async fn sigterm_closes_sessions_1001_and_answers_503_draining_for_the_grace_period() {
     let mut srv = Server::start().await;
     srv.import(&json!({
         "users": [{"id": "s1"}, {"id": "s2"}],
@@ -34,16 +34,28 @@ async fn sigterm_closes_sessions_1001_and_stops_being_ready() {
             c.end
         );
     }
-    // From now on the node is draining: never ready again, no new sessions.
-    let mut saw_503 = false;
-    for _ in 0..20 {
-        match srv.http.get(srv.url("/readyz")).send().await {
-            Ok(r) => {
-                assert_ne!(r.status(), StatusCode::OK, "/readyz is 200 after SIGTERM");
-                assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-                saw_503 = true;
-            }
+    // From now on the node is draining, and says so for the whole grace
+    // period (5 s in the harness) although every session is already closed:
+    // a load balancer polling /readyz sees 503 `draining` before the process
+    // goes away, never a refused connection first. Liveness stays 200 and
+    // new sessions are refused with 503.
+    let sigterm = std::time::Instant::now();
+    let mut last_503 = None;
+    loop {
+        let ready = match srv.http.get(srv.url("/readyz")).send().await {
+            Ok(r) => r,
             Err(_) => break, // listener closed: the drain is over
+        };
+        let status = ready.status();
+        let body = ready.text().await.unwrap_or_default();
+        assert_eq!(
+            (status, body.trim()),
+            (StatusCode::SERVICE_UNAVAILABLE, "draining"),
+            "/readyz after SIGTERM"
+        );
+        last_503 = Some(sigterm.elapsed());
+        if let Ok(r) = srv.http.get(srv.url("/healthz")).send().await {
+            assert_eq!(r.status(), StatusCode::OK, "/healthz while draining");
         }
         let ws =
             tokio_tungstenite::connect_async(srv.ws_url(&format!("?token={}", token("s1", "w1"))))
@@ -55,14 +67,24 @@ async fn sigterm_closes_sessions_1001_and_stops_being_ready() {
             }
             Err(_) => {} // refused: listener closed
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("readyz answered 503 during the drain: {saw_503}");
+    let last_503 = last_503.expect("/readyz never answered 503 after SIGTERM");
+    eprintln!("/readyz answered 503 draining until {last_503:?} after SIGTERM");
+    assert!(
+        last_503 >= Duration::from_secs(4),
+        "/readyz stopped answering {last_503:?} after SIGTERM; the grace period is 5 s"
+    );
     let status = srv
         .wait_exit(Duration::from_secs(10))
         .await
         .expect("the server did not exit within 10 s of SIGTERM");
     assert!(status.success(), "exit status after SIGTERM: {status}");
+    let log = srv.log_text();
+    assert!(
+        log.contains("session closed") && log.contains("code=1001"),
+        "no session-end log line with code 1001:\n{log}"
+    );
 }
 
 /// Polls a conversation until it has an assignee (or `WAIT` passes).

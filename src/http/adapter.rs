@@ -117,6 +117,7 @@ fn entity_name(entity: Entity) -> &'static str {
     }
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostBody {
@@ -156,6 +157,7 @@ async fn post_message(
     Ok((status, axum::Json(posted)).into_response())
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub enum ContactRef {
@@ -163,6 +165,7 @@ pub enum ContactRef {
     New(Contact),
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundBody {

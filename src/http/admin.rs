@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
@@ -39,24 +40,24 @@ pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
         .route("/conversations", get(list_conversations))
         .route(
             "/users/{id}",
-            get(get_user)
-                .put(put_user)
-                .patch(patch_user)
-                .delete(delete_user),
+            get(get_entity::<User>)
+                .put(put_entity::<User>)
+                .patch(patch_entity::<User>)
+                .delete(delete_entity::<User>),
         )
         .route(
             "/channels/{id}",
-            get(get_channel)
-                .put(put_channel)
-                .patch(patch_channel)
-                .delete(delete_channel),
+            get(get_entity::<Channel>)
+                .put(put_entity::<Channel>)
+                .patch(patch_entity::<Channel>)
+                .delete(delete_entity::<Channel>),
         )
         .route(
             "/contacts/{id}",
-            get(get_contact)
-                .put(put_contact)
-                .patch(patch_contact)
-                .delete(delete_contact),
+            get(get_entity::<Contact>)
+                .put(put_entity::<Contact>)
+                .patch(patch_entity::<Contact>)
+                .delete(delete_entity::<Contact>),
         )
         .route(
             "/conversations/{id}",
@@ -291,137 +292,132 @@ fn merged<T: Serialize + DeserializeOwned>(
     with_id(id, Some(ws), &serde_json::to_vec(&base).unwrap_or_default())
 }
 
-async fn get_user(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::User, &id)?;
-    Ok(json(StatusCode::OK, gw.get_user(&ws, &id)?))
-}
-async fn put_user(
-    State(gw): Gw,
-    who: Who,
-    Path(id): Path<String>,
-    Query(q): Ws,
-    Body(body): Body,
-) -> ApiResult {
-    let user: User = with_id(&id, q.workspace.as_deref(), &body)?;
-    let stored = gw.put_user(user).await?;
-    record(&gw, &stored.workspace, &who, "user.put", vec![id], None).await;
-    Ok(json(StatusCode::OK, stored))
-}
-async fn patch_user(
-    State(gw): Gw,
-    who: Who,
-    Path(id): Path<String>,
-    Query(q): Ws,
-    Body(body): Body,
-) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::User, &id)?;
-    let user = merged(&gw.get_user(&ws, &id)?, &id, &ws, &body)?;
-    let stored = gw.put_user(user).await?;
-    record(&gw, &stored.workspace, &who, "user.patch", vec![id], None).await;
-    Ok(json(StatusCode::OK, stored))
-}
-async fn delete_user(State(gw): Gw, who: Who, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::User, &id)?;
-    gw.delete_user(&ws, &id).await?;
-    record(&gw, &ws, &who, "user.delete", vec![id], None).await;
-    Ok(StatusCode::NO_CONTENT.into_response())
+/// Users, channels and contacts: one CRUD shape, one set of handlers.
+trait DirectoryEntity: Serialize + DeserializeOwned + Send + 'static {
+    const ENTITY: Entity;
+    /// The audit log's name of the kind (`user.put`, …).
+    const NAME: &'static str;
+    fn workspace(&self) -> &str;
+    fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError>;
+    fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_;
+    fn delete<'a>(
+        gw: &'a Gateway,
+        ws: &'a str,
+        id: &'a str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a;
 }
 
-async fn get_channel(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Channel, &id)?;
-    Ok(json(StatusCode::OK, gw.get_channel(&ws, &id)?))
-}
-async fn put_channel(
-    State(gw): Gw,
-    who: Who,
-    Path(id): Path<String>,
-    Query(q): Ws,
-    Body(body): Body,
-) -> ApiResult {
-    let ch: Channel = with_id(&id, q.workspace.as_deref(), &body)?;
-    let stored = gw.put_channel(ch).await?;
-    record(&gw, &stored.workspace, &who, "channel.put", vec![id], None).await;
-    Ok(json(StatusCode::OK, stored))
-}
-async fn patch_channel(
-    State(gw): Gw,
-    who: Who,
-    Path(id): Path<String>,
-    Query(q): Ws,
-    Body(body): Body,
-) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Channel, &id)?;
-    let ch = merged(&gw.get_channel(&ws, &id)?, &id, &ws, &body)?;
-    let stored = gw.put_channel(ch).await?;
-    record(
-        &gw,
-        &stored.workspace,
-        &who,
-        "channel.patch",
-        vec![id],
-        None,
-    )
-    .await;
-    Ok(json(StatusCode::OK, stored))
-}
-async fn delete_channel(
-    State(gw): Gw,
-    who: Who,
-    Path(id): Path<String>,
-    Query(q): Ws,
-) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Channel, &id)?;
-    gw.delete_channel(&ws, &id).await?;
-    record(&gw, &ws, &who, "channel.delete", vec![id], None).await;
-    Ok(StatusCode::NO_CONTENT.into_response())
+impl DirectoryEntity for User {
+    const ENTITY: Entity = Entity::User;
+    const NAME: &'static str = "user";
+    fn workspace(&self) -> &str {
+        &self.workspace
+    }
+    fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
+        gw.get_user(ws, id)
+    }
+    fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
+        gw.put_user(v)
+    }
+    fn delete<'a>(
+        gw: &'a Gateway,
+        ws: &'a str,
+        id: &'a str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
+        gw.delete_user(ws, id)
+    }
 }
 
-async fn get_contact(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Contact, &id)?;
-    Ok(json(StatusCode::OK, gw.get_contact(&ws, &id)?))
+impl DirectoryEntity for Channel {
+    const ENTITY: Entity = Entity::Channel;
+    const NAME: &'static str = "channel";
+    fn workspace(&self) -> &str {
+        &self.workspace
+    }
+    fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
+        gw.get_channel(ws, id)
+    }
+    fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
+        gw.put_channel(v)
+    }
+    fn delete<'a>(
+        gw: &'a Gateway,
+        ws: &'a str,
+        id: &'a str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
+        gw.delete_channel(ws, id)
+    }
 }
-async fn put_contact(
+
+impl DirectoryEntity for Contact {
+    const ENTITY: Entity = Entity::Contact;
+    const NAME: &'static str = "contact";
+    fn workspace(&self) -> &str {
+        &self.workspace
+    }
+    fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
+        gw.get_contact(ws, id)
+    }
+    fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
+        gw.put_contact(v)
+    }
+    fn delete<'a>(
+        gw: &'a Gateway,
+        ws: &'a str,
+        id: &'a str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
+        gw.delete_contact(ws, id)
+    }
+}
+
+async fn get_entity<T: DirectoryEntity>(
+    State(gw): Gw,
+    Path(id): Path<String>,
+    Query(q): Ws,
+) -> ApiResult {
+    let ws = q.resolve(&gw, T::ENTITY, &id)?;
+    Ok(json(StatusCode::OK, T::get(&gw, &ws, &id)?))
+}
+
+async fn put_entity<T: DirectoryEntity>(
     State(gw): Gw,
     who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
-    let k: Contact = with_id(&id, q.workspace.as_deref(), &body)?;
-    let stored = gw.put_contact(k).await?;
-    record(&gw, &stored.workspace, &who, "contact.put", vec![id], None).await;
+    let v: T = with_id(&id, q.workspace.as_deref(), &body)?;
+    let stored = T::put(&gw, v).await?;
+    let action = format!("{}.put", T::NAME);
+    record(&gw, stored.workspace(), &who, &action, vec![id], None).await;
     Ok(json(StatusCode::OK, stored))
 }
-async fn patch_contact(
+
+async fn patch_entity<T: DirectoryEntity>(
     State(gw): Gw,
     who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Contact, &id)?;
-    let k = merged(&gw.get_contact(&ws, &id)?, &id, &ws, &body)?;
-    let stored = gw.put_contact(k).await?;
-    record(
-        &gw,
-        &stored.workspace,
-        &who,
-        "contact.patch",
-        vec![id],
-        None,
-    )
-    .await;
+    let ws = q.resolve(&gw, T::ENTITY, &id)?;
+    let v: T = merged(&T::get(&gw, &ws, &id)?, &id, &ws, &body)?;
+    let stored = T::put(&gw, v).await?;
+    let action = format!("{}.patch", T::NAME);
+    record(&gw, stored.workspace(), &who, &action, vec![id], None).await;
     Ok(json(StatusCode::OK, stored))
 }
-async fn delete_contact(
+
+async fn delete_entity<T: DirectoryEntity>(
     State(gw): Gw,
     who: Who,
     Path(id): Path<String>,
     Query(q): Ws,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Contact, &id)?;
-    gw.delete_contact(&ws, &id).await?;
-    record(&gw, &ws, &who, "contact.delete", vec![id], None).await;
+    let ws = q.resolve(&gw, T::ENTITY, &id)?;
+    T::delete(&gw, &ws, &id).await?;
+    let action = format!("{}.delete", T::NAME);
+    record(&gw, &ws, &who, &action, vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -500,9 +496,10 @@ async fn run(
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct AssignBody {
+pub(crate) struct AssignBody {
     assignee: Option<String>,
 }
 async fn assign(
@@ -517,9 +514,10 @@ async fn assign(
     run(&gw, &who, &q, &id, cmd, "conversation.assign", Some(detail)).await
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct UserBody {
+pub(crate) struct UserBody {
     user: String,
 }
 async fn add_collaborator(
@@ -586,9 +584,10 @@ async fn reopen(State(gw): Gw, who: Who, Path(id): Path<String>, Query(q): Ws) -
     .await
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PrivateBody {
+pub(crate) struct PrivateBody {
     private: bool,
 }
 async fn set_private(
@@ -665,9 +664,10 @@ async fn explain(
     Ok(json(StatusCode::OK, gw.explain(&ws, &id, &user)?))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TeamBody {
+pub(crate) struct TeamBody {
     members: Vec<String>,
 }
 
@@ -790,9 +790,10 @@ async fn put_workspace(
     Ok(json(StatusCode::OK, stored))
 }
 
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct BulkAssignBody {
+pub(crate) struct BulkAssignBody {
     conversations: Vec<String>,
     assignee: Option<String>,
 }

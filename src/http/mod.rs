@@ -2,6 +2,8 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod console;
+pub mod observe;
 pub mod ops;
 
 use std::sync::Arc;
@@ -26,15 +28,18 @@ pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/ws", get(crate::ws::upgrade))
         .merge(adapter::router(gw.clone()))
+        .merge(console::router(&gw))
         .nest("/v1/admin", admin::router(gw.clone()))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/v1/openapi.json", get(ops::openapi))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(observe::observe))
         .with_state(gw)
 }
 

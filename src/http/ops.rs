@@ -38,3 +38,13 @@ pub async fn metrics() -> impl IntoResponse {
         ),
     }
 }
+
+/// The OpenAPI document of this API (no auth), generated once.
+pub async fn openapi() -> impl IntoResponse {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        DOC.get_or_init(crate::api_docs::openapi_json).as_str(),
+    )
+}

@@ -10,6 +10,7 @@ use crate::model::{Conversation, Id, Permission, Status, User};
 use crate::store::Mark;
 
 /// A user's own state of one conversation.
+#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct UserMarks {
     pub read_seq: u64,
@@ -151,6 +152,7 @@ pub fn designated(conv: &Conversation) -> impl Iterator<Item = &Id> {
 }
 
 /// Inbox views (docs/protocol.md "Inbox").
+#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum View {
@@ -178,6 +180,7 @@ impl View {
 }
 
 /// Optional filters of a view.
+#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {

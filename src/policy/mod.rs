@@ -14,6 +14,7 @@ use crate::model::{
 };
 
 /// `none` < `read` < `write`.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
@@ -39,6 +40,7 @@ impl Access {
 }
 
 /// The rule of docs/access-policy.md that decided an access level.
+#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {

@@ -210,11 +210,21 @@ impl Store for MemoryStore {
         change: Change,
         base: Option<&Conversation>,
     ) -> Result<Outcome, StoreError> {
-        self.commit_checked(workspace, change, base, false)
+        let start = std::time::Instant::now();
+        let r = self.commit_checked(workspace, change, base, false);
+        crate::metrics::handles()
+            .commit_memory
+            .record(start.elapsed().as_secs_f64());
+        r
     }
 
     async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
-        self.commit_checked(workspace, change, None, true)
+        let start = std::time::Instant::now();
+        let r = self.commit_checked(workspace, change, None, true);
+        crate::metrics::handles()
+            .commit_memory
+            .record(start.elapsed().as_secs_f64());
+        r
     }
 
     async fn history(

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Channel, Contact, Conversation, Id, Message, User, WorkspaceSettings, World};
 
 /// Lifecycle events of a conversation (`status` frames).
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatusKind {

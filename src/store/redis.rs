@@ -373,12 +373,23 @@ fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
 async fn bounded<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
-    match tokio::time::timeout(OP_TIMEOUT, f).await {
+    // Every command goes through here: one place for latency and errors.
+    let m = crate::metrics::handles();
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(OP_TIMEOUT, f).await;
+    m.redis_command.record(start.elapsed().as_secs_f64());
+    match r {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(unavailable(e)),
-        Err(_) => Err(StoreError::Unavailable(format!(
-            "redis did not answer within {OP_TIMEOUT:?}"
-        ))),
+        Ok(Err(e)) => {
+            m.redis_error.increment(1);
+            Err(unavailable(e))
+        }
+        Err(_) => {
+            m.redis_timeout.increment(1);
+            Err(StoreError::Unavailable(format!(
+                "redis did not answer within {OP_TIMEOUT:?}"
+            )))
+        }
     }
 }
 
@@ -1180,11 +1191,21 @@ impl Store for RedisStore {
         change: Change,
         base: Option<&Conversation>,
     ) -> Result<Outcome, StoreError> {
-        self.inner.commit(workspace, change, base, false).await
+        let start = std::time::Instant::now();
+        let r = self.inner.commit(workspace, change, base, false).await;
+        crate::metrics::handles()
+            .commit_redis
+            .record(start.elapsed().as_secs_f64());
+        r
     }
 
     async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
-        self.inner.commit(workspace, change, None, true).await
+        let start = std::time::Instant::now();
+        let r = self.inner.commit(workspace, change, None, true).await;
+        crate::metrics::handles()
+            .commit_redis
+            .record(start.elapsed().as_secs_f64());
+        r
     }
 
     async fn history(

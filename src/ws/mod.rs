@@ -24,9 +24,12 @@ use crate::gateway::Gateway;
 use crate::http::Query;
 use crate::model::{Permission, User};
 
+#[derive(utoipa::IntoParams)] // API schemas: src/api_docs.rs
 #[derive(serde::Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct WsQuery {
+    /// The agent JWT (or `Authorization: Bearer`).
     token: Option<String>,
     /// JSON object `{conversation: last seq seen}` to replay missed events.
     resume: Option<String>,
@@ -138,6 +141,10 @@ pub async fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let limits = gw.config.limits.clone();
+    let log = crate::http::observe::LogContext {
+        workspace: user.workspace.to_string(),
+        user: user.id.to_string(),
+    };
     tokio::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
@@ -170,6 +177,7 @@ pub async fn upgrade(
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, "websocket")
         .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .extension(log)
         .body(Body::empty())
         .unwrap_or_default()
 }

@@ -9,6 +9,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::hub::inbox::{Filter, View};
 use crate::model::ConversationKind;
 
+#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
@@ -142,6 +143,7 @@ pub enum ClientFrame {
     },
 }
 
+#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize, Debug, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkAction {

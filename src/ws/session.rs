@@ -60,6 +60,10 @@ struct Session<S> {
     focused: bool,
     /// Delivery latency histogram, looked up once rather than per batch.
     latency: metrics::Histogram,
+    /// For the session-end log line.
+    opened: Instant,
+    frames_in: u64,
+    frames_out: u64,
 }
 
 /// Serves one connection until it closes.
@@ -124,7 +128,7 @@ where
             state.subscribe_presence(&user.id, id);
         }
     }
-    metrics::gauge!("switchboard_connections").increment(1.0);
+    crate::metrics::handles().connections.increment(1.0);
     let _ = gw
         .store
         .set_presence(&user.workspace, &user.id, true, 60)
@@ -151,11 +155,11 @@ where
         typing: HashMap::new(),
         focused: false,
         latency: metrics::histogram!("switchboard_delivery_latency_seconds"),
+        opened: Instant::now(),
+        frames_in: 0,
+        frames_out: 0,
     };
-    let mut code = match s.ws.send(WsMessage::Text(hello)).await {
-        Ok(()) => None,
-        Err(_) => Some(close::NORMAL),
-    };
+    let mut code = s.send(hello).await.err();
     if code.is_none() && options.snapshot {
         let snapshot = s.gw.snapshot(&s.user, 50);
         code = s.send(Utf8Bytes::from(snapshot.to_string())).await.err();
@@ -212,6 +216,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         let mut code = None;
                         if now >= next_ping {
                             next_ping = now + heartbeat;
+                            crate::metrics::handles().frames_out_ping.increment(1);
                             code = self.ws.send(WsMessage::Ping(Default::default())).await.err().map(|_| close::NORMAL);
                         }
                         timer.as_mut().reset(next_ping.min(last_heard + idle));
@@ -244,7 +249,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         .await;
         let (gw, user, id) = (self.gw.clone(), &self.user, self.id);
         let last = self.workspace.lock().disconnect(&user.id, id);
-        metrics::gauge!("switchboard_connections").decrement(1.0);
+        let m = crate::metrics::handles();
+        m.connections.decrement(1.0);
+        m.close(code).increment(1);
         if self.focused {
             let _ = gw.focus(user, self.connection_key.clone(), None).await;
         }
@@ -255,7 +262,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .await;
             gw.presence(user, false).await;
         }
-        tracing::debug!(user = %user.id, connection = id, code, "session closed");
+        tracing::info!(
+            user = %user.id,
+            workspace = %user.workspace,
+            connection = id,
+            duration_s = self.opened.elapsed().as_secs_f64(),
+            frames_in = self.frames_in,
+            frames_out = self.frames_out,
+            code,
+            "session closed"
+        );
     }
 
     /// Whether a sequenced frame is new for this connection (and records it).
@@ -295,6 +311,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
         }
         self.ws.flush().await.map_err(|_| close::NORMAL)?;
+        self.frames_out += n as u64;
+        crate::metrics::handles()
+            .frames_out_event
+            .increment(n as u64);
         if let Some(born) = oldest {
             self.latency.record(born.elapsed().as_secs_f64());
         }
@@ -302,6 +322,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn send(&mut self, text: Utf8Bytes) -> Result<(), u16> {
+        self.frames_out += 1;
+        crate::metrics::handles().frames_out_reply.increment(1);
         self.ws
             .send(WsMessage::Text(text))
             .await
@@ -309,6 +331,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn on_message(&mut self, msg: WsMessage) -> Result<(), u16> {
+        self.frames_in += 1;
+        let m = crate::metrics::handles();
+        match &msg {
+            WsMessage::Text(_) => m.frames_in_text.increment(1),
+            WsMessage::Binary(_) => m.frames_in_binary.increment(1),
+            WsMessage::Ping(_) => m.frames_in_ping.increment(1),
+            WsMessage::Pong(_) => m.frames_in_pong.increment(1),
+            WsMessage::Close(_) => m.frames_in_close.increment(1),
+            WsMessage::Frame(_) => {}
+        }
         if let WsMessage::Close(_) = msg {
             return Err(close::NORMAL);
         }
@@ -625,6 +657,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     _ => continue,
                 };
                 if self.fresh(&Some((key.clone(), ev.seq))) {
+                    self.frames_out += 1;
+                    crate::metrics::handles().frames_out_replay.increment(1);
                     self.ws
                         .feed(WsMessage::Text(text))
                         .await
