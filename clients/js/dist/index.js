@@ -59,6 +59,10 @@ export function decodeJwtPayload(token) {
         return null;
     }
 }
+function expOf(token) {
+    const exp = decodeJwtPayload(token)?.exp;
+    return typeof exp === "number" ? exp : -Infinity;
+}
 /** Full-jitter exponential backoff: uniform in [0, min(max, initial·2^attempt)). */
 export function backoffDelay(attempt, initialMs, maxMs, random = Math.random) {
     const cap = Math.min(maxMs, initialMs * Math.pow(2, Math.min(attempt, 30)));
@@ -179,7 +183,17 @@ class ClientImpl {
         let token;
         try {
             if (this.tokenStale || !this.token || this.expiresWithin(2)) {
-                this.token = await this.opts.getToken();
+                const previous = this.token;
+                const next = await this.opts.getToken();
+                if (replacing && previous && !(expOf(next) > expOf(previous))) {
+                    // A renewal that got no later expiry (a cached token): keep the current connection
+                    // and ask again later; at worst the server closes with 4003 and we reconnect.
+                    this.connecting = false;
+                    if (!this.stopped && this.conn && this.conn.hello && !this.conn.closed)
+                        this.retryRenewal();
+                    return;
+                }
+                this.token = next;
                 this.tokenStale = false;
             }
             token = this.token;

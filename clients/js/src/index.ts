@@ -397,6 +397,11 @@ export function decodeJwtPayload(token: string): Record<string, unknown> | null 
   }
 }
 
+function expOf(token: string): number {
+  const exp = decodeJwtPayload(token)?.exp;
+  return typeof exp === "number" ? exp : -Infinity;
+}
+
 /** Full-jitter exponential backoff: uniform in [0, min(max, initial·2^attempt)). */
 export function backoffDelay(attempt: number, initialMs: number, maxMs: number, random = Math.random): number {
   const cap = Math.min(maxMs, initialMs * Math.pow(2, Math.min(attempt, 30)));
@@ -535,7 +540,16 @@ class ClientImpl implements Client {
     let token: string;
     try {
       if (this.tokenStale || !this.token || this.expiresWithin(2)) {
-        this.token = await this.opts.getToken();
+        const previous = this.token;
+        const next = await this.opts.getToken();
+        if (replacing && previous && !(expOf(next) > expOf(previous))) {
+          // A renewal that got no later expiry (a cached token): keep the current connection
+          // and ask again later; at worst the server closes with 4003 and we reconnect.
+          this.connecting = false;
+          if (!this.stopped && this.conn && this.conn.hello && !this.conn.closed) this.retryRenewal();
+          return;
+        }
+        this.token = next;
         this.tokenStale = false;
       }
       token = this.token;
