@@ -386,6 +386,7 @@ export declare class Inbox {
     private resyncViews;
     private resyncTimer;
     private off;
+    private fullGen;
     constructor(client: Client);
     /** Subscribes to changes (coalesced: at most once per task). */
     on(event: "change", handler: () => void): () => void;
@@ -415,6 +416,8 @@ export declare class Inbox {
     private leave;
     private enter;
     private rebuildViews;
+    /** The first page of every view, applied as a snapshot (the model is replaced whole). */
+    private fullResync;
     /** Asks the server for the first page of `views` (debounced). */
     private resync;
     private applyPage;

@@ -1124,6 +1124,7 @@ export class Inbox {
   private resyncViews = new Set<ViewName>();
   private resyncTimer: ReturnType<typeof setTimeout> | null = null;
   private off: (() => void)[] = [];
+  private fullGen = 0;
 
   constructor(client: Client) {
     this.client = client;
@@ -1131,7 +1132,7 @@ export class Inbox {
     on("hello", (h) => {
       this.me = h.user;
       // Without the snapshot, ask each view after every (re)connection.
-      if (!client.snapshot) this.resync(VIEW_NAMES, 0);
+      if (!client.snapshot) this.fullResync();
     });
     on("inbox", (f) => this.onSnapshot(f));
     on("message", (f) => this.onMessage(f));
@@ -1155,7 +1156,7 @@ export class Inbox {
     on("replay_gap", () => this.resync(VIEW_NAMES, 0));
     if (client.hello) {
       this.me = client.hello.user;
-      this.resync(VIEW_NAMES, 0);
+      this.fullResync();
     }
   }
 
@@ -1209,12 +1210,19 @@ export class Inbox {
     this.unread = f.unread;
     this.myUnread = f.my_unread;
     const fresh = new Map<string, ConversationItem>();
+    const newer: ConversationItem[] = []; // a frame already brought a later state than the page
     for (const v of VIEW_NAMES) {
       for (const item of f.views[v]?.items ?? []) {
-        const prev = fresh.get(item.conversation.id) ?? this.conversations.get(item.conversation.id);
-        const it = this.fromView(item, prev);
-        it.views = fresh.has(it.id) ? it.views : new Set();
-        fresh.set(it.id, it);
+        const id = item.conversation.id;
+        if (fresh.has(id)) continue;
+        const prev = this.conversations.get(id);
+        let it: ConversationItem;
+        if (prev && prev.seq > item.seq) {
+          it = prev;
+          newer.push(prev);
+        } else it = this.fromView(item, prev);
+        it.views = new Set();
+        fresh.set(id, it);
       }
     }
     for (const id of this.conversations.keys()) if (!fresh.has(id)) this.msgs.delete(id);
@@ -1227,6 +1235,7 @@ export class Inbox {
       this.counts[v] = page?.total ?? ids.length;
     }
     this.rebuildViews();
+    for (const it of newer) this.place(it);
     this.touch();
   }
 
@@ -1435,6 +1444,22 @@ export class Inbox {
       (a, b) => b.lastTs - a.lastTs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
     );
     for (const it of all) for (const v of it.views) this.views[v].push(it.id);
+  }
+
+  /** The first page of every view, applied as a snapshot (the model is replaced whole). */
+  private fullResync(): void {
+    const gen = ++this.fullGen;
+    Promise.all(VIEW_NAMES.map((v) => this.client.view(v))).then(
+      (pages) => {
+        if (gen !== this.fullGen) return; // a newer one is under way
+        const views: Partial<Record<ViewName, ViewPage>> = {};
+        pages.forEach((p, i) => (views[VIEW_NAMES[i]] = p));
+        this.onSnapshot({ type: "inbox", unread: this.unread, my_unread: this.myUnread, views });
+      },
+      () => {
+        /* asked again after the next hello */
+      },
+    );
   }
 
   /** Asks the server for the first page of `views` (debounced). */

@@ -125,17 +125,32 @@ test("Inbox: views, unread and order follow the frames; revocation removes the c
   inbox.dispose();
 });
 
-test("Inbox without the snapshot syncs with view commands", async () => {
+test("Inbox without the snapshot syncs with view commands, after every reconnect", async () => {
   const id = await load("nosnap");
-  const ben = client("ben");
+  const lb = await proxy(g.port);
+  const ben = client("ben", { url: `ws://127.0.0.1:${lb.port}/v1/ws`, connectTimeoutMs: 1000, backoff: { initialMs: 50, maxMs: 200 } });
   const inbox = new Inbox(ben);
-  await until(
-    () => inbox.views.assigned_to_me.includes(id("bens")) && inbox.views.unassigned.includes(id("fresh")),
-    5000,
-    "view sync",
-  );
-  assert.ok(!inbox.conversations.has(id("anas")));
-  inbox.dispose();
+  try {
+    await until(
+      () => inbox.views.assigned_to_me.includes(id("bens")) && inbox.views.unassigned.includes(id("fresh")),
+      5000,
+      "view sync",
+    );
+    assert.ok(!inbox.conversations.has(id("anas")));
+    // Access lost while disconnected (no frame can say so): gone after the reconnect's sync.
+    lb.target = await freePort();
+    lb.cut();
+    await until(() => ben.state !== "open", 5000, "cut off");
+    await g.admin("POST", `/v1/admin/conversations/${id("bens")}/assign`, { assignee: "ana" });
+    lb.target = g.port;
+    await until(() => ben.state === "open", 10000, "reconnected");
+    await until(() => !inbox.conversations.has(id("bens")), 5000, "the lost conversation left the model");
+    assert.ok(inbox.conversations.has(id("fresh")));
+  } finally {
+    inbox.dispose();
+    ben.disconnect();
+    await lb.close();
+  }
 });
 
 test("a disabled user's connection closes with 1008 and the client stops", async () => {
