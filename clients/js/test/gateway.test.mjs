@@ -225,3 +225,22 @@ test("a resume older than the kept history: replay_gap says what to refetch, the
     await small.stop();
   }
 });
+
+test("Inbox: typing and presence of other agents", async () => {
+  // A workspace of its own: the other tests' conversations do not crowd the first pages.
+  const w = world();
+  for (const k of ["users", "channels", "contacts", "conversations"]) w[k] = w[k].map((o) => ({ ...o, workspace: "tpw" }));
+  await g.import(w);
+  const id = (x) => x;
+  const boss = client("boss", { snapshot: true, presence: true, getToken: () => token("boss", "tpw") });
+  const inbox = new Inbox(boss);
+  await until(() => inbox.conversations.has(id("anas")), 5000, "boss's snapshot");
+  const ana = client("ana", { getToken: () => token("ana", "tpw") });
+  await until(() => ana.state === "open", 5000, "ana open");
+  await until(() => inbox.online.has("ana"), 5000, "ana online");
+  ana.typing(id("anas"));
+  await until(() => inbox.conversations.get(id("anas")).typing.includes("ana"), 5000, "typing");
+  ana.disconnect();
+  await until(() => !inbox.online.has("ana"), 5000, "ana offline");
+  inbox.dispose();
+});
