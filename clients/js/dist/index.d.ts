@@ -204,12 +204,13 @@ export type ServerFrame = HelloFrame | MessageFrame | StatusFrame | AccessGrante
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "offline" | "closed";
 /** What a `replay_gap` asks the application to refetch. */
 export interface ReplayGap extends ReplayGapFrame {
-    /** Events with `from_seq < seq < oldest_seq` are gone from the kept history: refetch the
-     * conversation's state (e.g. `view`) and whatever the UI showed of that range. */
+    /** The events `firstSeq` ≤ seq ≤ `lastSeq` (`from_seq` … `oldest_seq − 1`) are gone from the
+     * kept history and will not be replayed; those from `oldest_seq` on follow. Refetch the
+     * conversation's state (e.g. `view`; the Inbox does) and what the UI showed of that range. */
     missing: {
         conversation: string;
-        afterSeq: number;
-        beforeSeq: number;
+        firstSeq: number;
+        lastSeq: number;
     };
 }
 export interface Events {
@@ -227,7 +228,7 @@ export interface Events {
     typing: TypingFrame;
     presence: PresenceFrame;
     replay_gap: ReplayGap;
-    /** Every server frame, before it is dispatched (duplicates dropped by `seq` included). */
+    /** Every server frame, before its own event (a duplicate dropped by `seq` is not one). */
     frame: ServerFrame;
     /** `error` frames without a pending command. */
     error: ErrorFrame;
@@ -385,6 +386,7 @@ export declare class Inbox {
     private resyncViews;
     private resyncTimer;
     private off;
+    private fullGen;
     constructor(client: Client);
     /** Subscribes to changes (coalesced: at most once per task). */
     on(event: "change", handler: () => void): () => void;
@@ -414,6 +416,8 @@ export declare class Inbox {
     private leave;
     private enter;
     private rebuildViews;
+    /** The first page of every view, applied as a snapshot (the model is replaced whole). */
+    private fullResync;
     /** Asks the server for the first page of `views` (debounced). */
     private resync;
     private applyPage;

@@ -59,6 +59,10 @@ export function decodeJwtPayload(token) {
         return null;
     }
 }
+function expOf(token) {
+    const exp = decodeJwtPayload(token)?.exp;
+    return typeof exp === "number" ? exp : -Infinity;
+}
 /** Full-jitter exponential backoff: uniform in [0, min(max, initial·2^attempt)). */
 export function backoffDelay(attempt, initialMs, maxMs, random = Math.random) {
     const cap = Math.min(maxMs, initialMs * Math.pow(2, Math.min(attempt, 30)));
@@ -179,7 +183,17 @@ class ClientImpl {
         let token;
         try {
             if (this.tokenStale || !this.token || this.expiresWithin(2)) {
-                this.token = await this.opts.getToken();
+                const previous = this.token;
+                const next = await this.opts.getToken();
+                if (replacing && previous && !(expOf(next) > expOf(previous))) {
+                    // A renewal that got no later expiry (a cached token): keep the current connection
+                    // and ask again later; at worst the server closes with 4003 and we reconnect.
+                    this.connecting = false;
+                    if (!this.stopped && this.conn && this.conn.hello && !this.conn.closed)
+                        this.retryRenewal();
+                    return;
+                }
+                this.token = next;
                 this.tokenStale = false;
             }
             token = this.token;
@@ -576,7 +590,7 @@ class ClientImpl {
                 const f = frame;
                 this.emit("replay_gap", {
                     ...f,
-                    missing: { conversation: f.conversation, afterSeq: f.from_seq, beforeSeq: f.oldest_seq },
+                    missing: { conversation: f.conversation, firstSeq: f.from_seq, lastSeq: f.oldest_seq - 1 },
                 });
                 break;
             }
@@ -773,13 +787,14 @@ export class Inbox {
         this.resyncViews = new Set();
         this.resyncTimer = null;
         this.off = [];
+        this.fullGen = 0;
         this.client = client;
         const on = (k, f) => this.off.push(client.on(k, f));
         on("hello", (h) => {
             this.me = h.user;
             // Without the snapshot, ask each view after every (re)connection.
             if (!client.snapshot)
-                this.resync(VIEW_NAMES, 0);
+                this.fullResync();
         });
         on("inbox", (f) => this.onSnapshot(f));
         on("message", (f) => this.onMessage(f));
@@ -805,7 +820,7 @@ export class Inbox {
         on("replay_gap", () => this.resync(VIEW_NAMES, 0));
         if (client.hello) {
             this.me = client.hello.user;
-            this.resync(VIEW_NAMES, 0);
+            this.fullResync();
         }
     }
     /** Subscribes to changes (coalesced: at most once per task). */
@@ -857,12 +872,22 @@ export class Inbox {
         this.unread = f.unread;
         this.myUnread = f.my_unread;
         const fresh = new Map();
+        const newer = []; // a frame already brought a later state than the page
         for (const v of VIEW_NAMES) {
             for (const item of f.views[v]?.items ?? []) {
-                const prev = fresh.get(item.conversation.id) ?? this.conversations.get(item.conversation.id);
-                const it = this.fromView(item, prev);
-                it.views = fresh.has(it.id) ? it.views : new Set();
-                fresh.set(it.id, it);
+                const id = item.conversation.id;
+                if (fresh.has(id))
+                    continue;
+                const prev = this.conversations.get(id);
+                let it;
+                if (prev && prev.seq > item.seq) {
+                    it = prev;
+                    newer.push(prev);
+                }
+                else
+                    it = this.fromView(item, prev);
+                it.views = new Set();
+                fresh.set(id, it);
             }
         }
         for (const id of this.conversations.keys())
@@ -880,6 +905,8 @@ export class Inbox {
             this.counts[v] = page?.total ?? ids.length;
         }
         this.rebuildViews();
+        for (const it of newer)
+            this.place(it);
         this.touch();
     }
     fromView(item, prev) {
@@ -1109,6 +1136,19 @@ export class Inbox {
         for (const it of all)
             for (const v of it.views)
                 this.views[v].push(it.id);
+    }
+    /** The first page of every view, applied as a snapshot (the model is replaced whole). */
+    fullResync() {
+        const gen = ++this.fullGen;
+        Promise.all(VIEW_NAMES.map((v) => this.client.view(v))).then((pages) => {
+            if (gen !== this.fullGen)
+                return; // a newer one is under way
+            const views = {};
+            pages.forEach((p, i) => (views[VIEW_NAMES[i]] = p));
+            this.onSnapshot({ type: "inbox", unread: this.unread, my_unread: this.myUnread, views });
+        }, () => {
+            /* asked again after the next hello */
+        });
     }
     /** Asks the server for the first page of `views` (debounced). */
     resync(views, delayMs = 150) {

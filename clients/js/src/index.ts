@@ -255,9 +255,10 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "offline"
 
 /** What a `replay_gap` asks the application to refetch. */
 export interface ReplayGap extends ReplayGapFrame {
-  /** Events with `from_seq < seq < oldest_seq` are gone from the kept history: refetch the
-   * conversation's state (e.g. `view`) and whatever the UI showed of that range. */
-  missing: { conversation: string; afterSeq: number; beforeSeq: number };
+  /** The events `firstSeq` ≤ seq ≤ `lastSeq` (`from_seq` … `oldest_seq − 1`) are gone from the
+   * kept history and will not be replayed; those from `oldest_seq` on follow. Refetch the
+   * conversation's state (e.g. `view`; the Inbox does) and what the UI showed of that range. */
+  missing: { conversation: string; firstSeq: number; lastSeq: number };
 }
 
 export interface Events {
@@ -275,7 +276,7 @@ export interface Events {
   typing: TypingFrame;
   presence: PresenceFrame;
   replay_gap: ReplayGap;
-  /** Every server frame, before it is dispatched (duplicates dropped by `seq` included). */
+  /** Every server frame, before its own event (a duplicate dropped by `seq` is not one). */
   frame: ServerFrame;
   /** `error` frames without a pending command. */
   error: ErrorFrame;
@@ -394,6 +395,11 @@ export function decodeJwtPayload(token: string): Record<string, unknown> | null 
   } catch {
     return null;
   }
+}
+
+function expOf(token: string): number {
+  const exp = decodeJwtPayload(token)?.exp;
+  return typeof exp === "number" ? exp : -Infinity;
 }
 
 /** Full-jitter exponential backoff: uniform in [0, min(max, initial·2^attempt)). */
@@ -534,7 +540,16 @@ class ClientImpl implements Client {
     let token: string;
     try {
       if (this.tokenStale || !this.token || this.expiresWithin(2)) {
-        this.token = await this.opts.getToken();
+        const previous = this.token;
+        const next = await this.opts.getToken();
+        if (replacing && previous && !(expOf(next) > expOf(previous))) {
+          // A renewal that got no later expiry (a cached token): keep the current connection
+          // and ask again later; at worst the server closes with 4003 and we reconnect.
+          this.connecting = false;
+          if (!this.stopped && this.conn && this.conn.hello && !this.conn.closed) this.retryRenewal();
+          return;
+        }
+        this.token = next;
         this.tokenStale = false;
       }
       token = this.token;
@@ -885,7 +900,7 @@ class ClientImpl implements Client {
         const f = frame as ReplayGapFrame;
         this.emit("replay_gap", {
           ...f,
-          missing: { conversation: f.conversation, afterSeq: f.from_seq, beforeSeq: f.oldest_seq },
+          missing: { conversation: f.conversation, firstSeq: f.from_seq, lastSeq: f.oldest_seq - 1 },
         });
         break;
       }
@@ -1109,6 +1124,7 @@ export class Inbox {
   private resyncViews = new Set<ViewName>();
   private resyncTimer: ReturnType<typeof setTimeout> | null = null;
   private off: (() => void)[] = [];
+  private fullGen = 0;
 
   constructor(client: Client) {
     this.client = client;
@@ -1116,7 +1132,7 @@ export class Inbox {
     on("hello", (h) => {
       this.me = h.user;
       // Without the snapshot, ask each view after every (re)connection.
-      if (!client.snapshot) this.resync(VIEW_NAMES, 0);
+      if (!client.snapshot) this.fullResync();
     });
     on("inbox", (f) => this.onSnapshot(f));
     on("message", (f) => this.onMessage(f));
@@ -1140,7 +1156,7 @@ export class Inbox {
     on("replay_gap", () => this.resync(VIEW_NAMES, 0));
     if (client.hello) {
       this.me = client.hello.user;
-      this.resync(VIEW_NAMES, 0);
+      this.fullResync();
     }
   }
 
@@ -1194,12 +1210,19 @@ export class Inbox {
     this.unread = f.unread;
     this.myUnread = f.my_unread;
     const fresh = new Map<string, ConversationItem>();
+    const newer: ConversationItem[] = []; // a frame already brought a later state than the page
     for (const v of VIEW_NAMES) {
       for (const item of f.views[v]?.items ?? []) {
-        const prev = fresh.get(item.conversation.id) ?? this.conversations.get(item.conversation.id);
-        const it = this.fromView(item, prev);
-        it.views = fresh.has(it.id) ? it.views : new Set();
-        fresh.set(it.id, it);
+        const id = item.conversation.id;
+        if (fresh.has(id)) continue;
+        const prev = this.conversations.get(id);
+        let it: ConversationItem;
+        if (prev && prev.seq > item.seq) {
+          it = prev;
+          newer.push(prev);
+        } else it = this.fromView(item, prev);
+        it.views = new Set();
+        fresh.set(id, it);
       }
     }
     for (const id of this.conversations.keys()) if (!fresh.has(id)) this.msgs.delete(id);
@@ -1212,6 +1235,7 @@ export class Inbox {
       this.counts[v] = page?.total ?? ids.length;
     }
     this.rebuildViews();
+    for (const it of newer) this.place(it);
     this.touch();
   }
 
@@ -1420,6 +1444,22 @@ export class Inbox {
       (a, b) => b.lastTs - a.lastTs || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
     );
     for (const it of all) for (const v of it.views) this.views[v].push(it.id);
+  }
+
+  /** The first page of every view, applied as a snapshot (the model is replaced whole). */
+  private fullResync(): void {
+    const gen = ++this.fullGen;
+    Promise.all(VIEW_NAMES.map((v) => this.client.view(v))).then(
+      (pages) => {
+        if (gen !== this.fullGen) return; // a newer one is under way
+        const views: Partial<Record<ViewName, ViewPage>> = {};
+        pages.forEach((p, i) => (views[VIEW_NAMES[i]] = p));
+        this.onSnapshot({ type: "inbox", unread: this.unread, my_unread: this.myUnread, views });
+      },
+      () => {
+        /* asked again after the next hello */
+      },
+    );
   }
 
   /** Asks the server for the first page of `views` (debounced). */

@@ -214,3 +214,17 @@ test("silence past idle_timeout_secs is a dead connection: pings first, then a r
   assert.equal(c.state, "reconnecting");
   c.disconnect();
 });
+
+test("a renewal that gets no later expiry (a cached token) keeps the connection, no reconnect storm", async () => {
+  const { FakeWS, sockets } = fakeSocketClass();
+  const cached = token("ana", "w1", 2); // renewal is due at once (2 s before exp)
+  let calls = 0;
+  const c = connect({ url: "ws://fake/v1/ws", getToken: () => (calls++, cached), WebSocket: FakeWS, backoff: { initialMs: 20, maxMs: 100 } });
+  await until(() => sockets.length === 1);
+  sockets[0].hello();
+  await until(() => calls >= 3, 2000, "renewal asked again with backoff");
+  assert.equal(sockets.length, 1, "no new connection with the same token");
+  assert.equal(c.state, "open");
+  assert.ok(calls < 20, `bounded by the backoff (${calls} calls)`);
+  c.disconnect();
+});
