@@ -307,68 +307,52 @@ trait DirectoryEntity: Serialize + DeserializeOwned + Send + 'static {
     ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a;
 }
 
-impl DirectoryEntity for User {
-    const ENTITY: Entity = Entity::User;
-    const NAME: &'static str = "user";
-    fn workspace(&self) -> &str {
-        &self.workspace
-    }
-    fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
-        gw.get_user(ws, id)
-    }
-    fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
-        gw.put_user(v)
-    }
-    fn delete<'a>(
-        gw: &'a Gateway,
-        ws: &'a str,
-        id: &'a str,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
-        gw.delete_user(ws, id)
-    }
+/// The impl of [`DirectoryEntity`] for one kind: its gateway operations.
+macro_rules! directory_entity {
+    ($ty:ty, $entity:expr, $name:literal, $get:ident, $put:ident, $delete:ident) => {
+        impl DirectoryEntity for $ty {
+            const ENTITY: Entity = $entity;
+            const NAME: &'static str = $name;
+            fn workspace(&self) -> &str {
+                &self.workspace
+            }
+            fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
+                gw.$get(ws, id)
+            }
+            fn put(
+                gw: &Gateway,
+                v: Self,
+            ) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
+                gw.$put(v)
+            }
+            fn delete<'a>(
+                gw: &'a Gateway,
+                ws: &'a str,
+                id: &'a str,
+            ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
+                gw.$delete(ws, id)
+            }
+        }
+    };
 }
 
-impl DirectoryEntity for Channel {
-    const ENTITY: Entity = Entity::Channel;
-    const NAME: &'static str = "channel";
-    fn workspace(&self) -> &str {
-        &self.workspace
-    }
-    fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
-        gw.get_channel(ws, id)
-    }
-    fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
-        gw.put_channel(v)
-    }
-    fn delete<'a>(
-        gw: &'a Gateway,
-        ws: &'a str,
-        id: &'a str,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
-        gw.delete_channel(ws, id)
-    }
-}
-
-impl DirectoryEntity for Contact {
-    const ENTITY: Entity = Entity::Contact;
-    const NAME: &'static str = "contact";
-    fn workspace(&self) -> &str {
-        &self.workspace
-    }
-    fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
-        gw.get_contact(ws, id)
-    }
-    fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
-        gw.put_contact(v)
-    }
-    fn delete<'a>(
-        gw: &'a Gateway,
-        ws: &'a str,
-        id: &'a str,
-    ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
-        gw.delete_contact(ws, id)
-    }
-}
+directory_entity!(User, Entity::User, "user", get_user, put_user, delete_user);
+directory_entity!(
+    Channel,
+    Entity::Channel,
+    "channel",
+    get_channel,
+    put_channel,
+    delete_channel
+);
+directory_entity!(
+    Contact,
+    Entity::Contact,
+    "contact",
+    get_contact,
+    put_contact,
+    delete_contact
+);
 
 async fn get_entity<T: DirectoryEntity>(
     State(gw): Gw,
