@@ -44,14 +44,12 @@ async fn authenticate(State(gw): State<Arc<Gateway>>, mut req: Request, next: Ne
 }
 
 fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let accepted: Vec<String> = gw.adapter_keys.iter().map(|k| k.key.clone()).collect();
-    let presented = check_bearer(headers, &accepted)?;
-    let key = gw
-        .adapter_keys
-        .iter()
-        .position(|k| k.key == presented)
-        .ok_or_else(|| ApiError::unauthorized("wrong credentials"))?;
-    if gw.adapter_limiter.check_key(&presented).is_err() {
+    let key = check_bearer(headers, gw.adapter_keys.iter().map(|k| k.key.as_str()))?;
+    if gw
+        .adapter_limiter
+        .check_key(&gw.adapter_keys[key].key)
+        .is_err()
+    {
         metrics::counter!("switchboard_rate_limited_total", "kind" => "adapter").increment(1);
         return Err(ApiError::rate_limited());
     }

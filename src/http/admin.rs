@@ -84,8 +84,7 @@ pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
 }
 
 async fn require_admin(State(gw): Gw, req: axum::extract::Request, next: Next) -> Response {
-    let accepted: Vec<String> = gw.config.admin_token.clone().into_iter().collect();
-    match check_bearer(req.headers(), &accepted) {
+    match check_bearer(req.headers(), gw.config.admin_token.as_deref()) {
         Ok(_) => next.run(req).await,
         Err(e) => e.into_response(),
     }
