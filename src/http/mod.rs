@@ -64,7 +64,11 @@ async fn json_errors(req: Request, next: Next) -> Response {
     }
     // The operations endpoints answer plain text on purpose (load balancers
     // and probes read `draining`, not a JSON body).
-    let plain = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics");
+    let plain = matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics")
+        && matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
     let resp = next.run(req).await;
     if plain {
         return resp;
