@@ -82,6 +82,17 @@ impl AdapterKey {
         }
     }
 
+    /// Whether the key is limited to some channels of its workspace.
+    pub fn limits_channels(&self) -> bool {
+        matches!(
+            self.scope,
+            KeyScope::Workspace {
+                channels: Some(_),
+                ..
+            }
+        )
+    }
+
     /// Whether the key may reach `channel` of `workspace`.
     pub fn reaches(&self, workspace: &str, channel: Option<&str>) -> bool {
         match &self.scope {

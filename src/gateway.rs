@@ -86,7 +86,7 @@ pub enum Entity {
 }
 
 impl Entity {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Entity::User => "user",
             Entity::Channel => "channel",
