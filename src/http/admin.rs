@@ -919,32 +919,31 @@ impl ListQuery {
 
 type Pairs = Query<Vec<(String, String)>>;
 
+/// One page of a list that takes no filter (users, channels, contacts, teams).
+fn list_page<T: Serialize>(
+    gw: &Gateway,
+    pairs: Vec<(String, String)>,
+    page: fn(&crate::hub::Hub, &str, Option<&str>, usize) -> listing::Page<T>,
+) -> ApiResult {
+    let q = ListQuery::parse(pairs, &[])?;
+    let ws = q.workspace(gw)?;
+    Ok(json(
+        StatusCode::OK,
+        page(&gw.hub, &ws, q.cursor.as_deref(), q.limit),
+    ))
+}
+
 async fn list_users(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    let q = ListQuery::parse(pairs, &[])?;
-    let ws = q.workspace(&gw)?;
-    let page = listing::users(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
-    Ok(json(StatusCode::OK, page))
+    list_page(&gw, pairs, listing::users)
 }
-
 async fn list_channels(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    let q = ListQuery::parse(pairs, &[])?;
-    let ws = q.workspace(&gw)?;
-    let page = listing::channels(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
-    Ok(json(StatusCode::OK, page))
+    list_page(&gw, pairs, listing::channels)
 }
-
 async fn list_contacts(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    let q = ListQuery::parse(pairs, &[])?;
-    let ws = q.workspace(&gw)?;
-    let page = listing::contacts(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
-    Ok(json(StatusCode::OK, page))
+    list_page(&gw, pairs, listing::contacts)
 }
-
 async fn list_teams(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    let q = ListQuery::parse(pairs, &[])?;
-    let ws = q.workspace(&gw)?;
-    let page = listing::teams(&gw.hub, &ws, q.cursor.as_deref(), q.limit);
-    Ok(json(StatusCode::OK, page))
+    list_page(&gw, pairs, listing::teams)
 }
 
 /// A filter value of the conversation list, parsed as its JSON string form
