@@ -86,13 +86,17 @@ pub enum Entity {
 }
 
 impl Entity {
-    pub fn as_str(self) -> &'static str {
+    /// The directory kind; `None` for a conversation.
+    fn kind(self) -> Option<EntityKind> {
         match self {
-            Entity::User => "user",
-            Entity::Channel => "channel",
-            Entity::Contact => "contact",
-            Entity::Conversation => "conversation",
+            Entity::User => Some(EntityKind::User),
+            Entity::Channel => Some(EntityKind::Channel),
+            Entity::Contact => Some(EntityKind::Contact),
+            Entity::Conversation => None,
         }
+    }
+    pub fn as_str(self) -> &'static str {
+        self.kind().map_or("conversation", EntityKind::as_str)
     }
 }
 
@@ -163,21 +167,16 @@ impl Gateway {
         if let Some(ws) = named {
             return Ok(ws.to_owned());
         }
-        let mut holders = match entity {
-            Entity::Conversation => self.hub.workspaces_of_conversation(id),
-            _ => self
+        let mut holders = match entity.kind() {
+            None => self.hub.workspaces_of_conversation(id),
+            Some(kind) => self
                 .hub
                 .workspace_ids()
                 .into_iter()
                 .filter(|ws| {
-                    self.hub.existing(ws).is_some_and(|w| {
-                        let state = w.lock();
-                        match entity {
-                            Entity::User => state.dir.users.contains_key(id),
-                            Entity::Channel => state.dir.channels.contains_key(id),
-                            _ => state.dir.contacts.contains_key(id),
-                        }
-                    })
+                    self.hub
+                        .existing(ws)
+                        .is_some_and(|w| w.lock().dir.contains(kind, id))
                 })
                 .collect(),
         };
@@ -249,14 +248,10 @@ impl Gateway {
     pub async fn import(&self, world: World, replace: bool) -> Result<serde_json::Value, ApiError> {
         world.validate_import(|kind, ws, id| {
             !replace
-                && self.hub.existing(ws).is_some_and(|w| {
-                    let state = w.lock();
-                    match kind {
-                        EntityKind::User => state.dir.users.contains_key(id),
-                        EntityKind::Channel => state.dir.channels.contains_key(id),
-                        EntityKind::Contact => state.dir.contacts.contains_key(id),
-                    }
-                })
+                && self
+                    .hub
+                    .existing(ws)
+                    .is_some_and(|w| w.lock().dir.contains(kind, id))
         })?;
         let workspaces: BTreeSet<Id> = world
             .users
@@ -508,12 +503,7 @@ impl Gateway {
         check_key(&conv.workspace, &conv.id)?;
         self.check_refs(&conv.workspace, |d| {
             for (field, kind, id) in conv.references() {
-                let found = match kind {
-                    EntityKind::User => d.user(id).is_some(),
-                    EntityKind::Channel => d.channel(id).is_some(),
-                    EntityKind::Contact => d.contact(id).is_some(),
-                };
-                if !found {
+                if !d.contains(kind, id) {
                     return Err(FieldError::new(
                         field,
                         format!("unknown {} {id:?}", kind.as_str()),

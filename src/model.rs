@@ -945,6 +945,17 @@ impl Directory {
     }
 }
 
+impl Directory {
+    /// Whether an entity of this kind and id exists here.
+    pub fn contains(&self, kind: EntityKind, id: &str) -> bool {
+        match kind {
+            EntityKind::User => self.users.contains_key(id),
+            EntityKind::Channel => self.channels.contains_key(id),
+            EntityKind::Contact => self.contacts.contains_key(id),
+        }
+    }
+}
+
 impl Lookup for Directory {
     fn user(&self, id: &str) -> Option<&User> {
         self.users.get(id)

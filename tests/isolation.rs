@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::{token, unique, Client, Server, ADMIN_TOKEN};
+use support::gateway::{unique, Client, Server, ADMIN_TOKEN};
 use support::redis::Redis;
 
 /// Keys of the nodes started here: the operator's unscoped key, a key of
@@ -679,7 +679,6 @@ async fn isolation(nodes: &Nodes) {
             .all(|f| f["conversation"] != "vb" && f["conversation"] != "dmb"),
         "{frames:?}"
     );
-    let _ = token; // (tokens are minted by the harness)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

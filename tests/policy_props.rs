@@ -903,28 +903,7 @@ fn generator_reaches_every_rule() {
     use proptest::test_runner::TestRunner;
     use std::collections::HashMap;
 
-    let all = [
-        Rule::OtherWorkspace,
-        Rule::Disabled,
-        Rule::NoChatsPermission,
-        Rule::Participant,
-        Rule::NotParticipant,
-        Rule::ItemAcl,
-        Rule::NotInItemAcl,
-        Rule::VisibilityGroup,
-        Rule::NoChannelGrant,
-        Rule::PrivateInvolved,
-        Rule::PrivateViewAll,
-        Rule::PrivateNotInvolved,
-        Rule::Involved,
-        Rule::ContactOwner,
-        Rule::ScopeUnassigned,
-        Rule::TeamAdministration,
-        Rule::ScopeAll,
-        Rule::Manager,
-        Rule::NewPermission,
-        Rule::OutOfScope,
-    ];
+    let all = Rule::ALL;
     let mut seen: HashMap<Rule, usize> = HashMap::new();
     let mut capped: HashMap<Rule, usize> = HashMap::new();
     let mut runner = TestRunner::deterministic();

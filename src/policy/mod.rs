@@ -67,6 +67,31 @@ pub enum Rule {
 }
 
 impl Rule {
+    /// Every rule, in the order of docs/access-policy.md (for tests that must
+    /// see each one decide something).
+    pub const ALL: [Rule; 20] = [
+        Rule::OtherWorkspace,
+        Rule::Disabled,
+        Rule::NoChatsPermission,
+        Rule::Participant,
+        Rule::NotParticipant,
+        Rule::ItemAcl,
+        Rule::NotInItemAcl,
+        Rule::VisibilityGroup,
+        Rule::NoChannelGrant,
+        Rule::PrivateInvolved,
+        Rule::PrivateViewAll,
+        Rule::PrivateNotInvolved,
+        Rule::Involved,
+        Rule::ContactOwner,
+        Rule::ScopeUnassigned,
+        Rule::TeamAdministration,
+        Rule::ScopeAll,
+        Rule::Manager,
+        Rule::NewPermission,
+        Rule::OutOfScope,
+    ];
+
     /// The rule in words an administrator understands.
     pub fn explain(self) -> &'static str {
         match self {
@@ -367,6 +392,39 @@ mod tests {
 
     fn world(v: serde_json::Value) -> World {
         serde_json::from_value(v).expect("a world")
+    }
+
+    /// `Rule::ALL` lists every rule once, in declaration order: the match
+    /// is exhaustive, so a new rule does not compile until it is listed.
+    #[test]
+    fn all_lists_every_rule_once() {
+        fn place(r: Rule) -> usize {
+            match r {
+                Rule::OtherWorkspace => 0,
+                Rule::Disabled => 1,
+                Rule::NoChatsPermission => 2,
+                Rule::Participant => 3,
+                Rule::NotParticipant => 4,
+                Rule::ItemAcl => 5,
+                Rule::NotInItemAcl => 6,
+                Rule::VisibilityGroup => 7,
+                Rule::NoChannelGrant => 8,
+                Rule::PrivateInvolved => 9,
+                Rule::PrivateViewAll => 10,
+                Rule::PrivateNotInvolved => 11,
+                Rule::Involved => 12,
+                Rule::ContactOwner => 13,
+                Rule::ScopeUnassigned => 14,
+                Rule::TeamAdministration => 15,
+                Rule::ScopeAll => 16,
+                Rule::Manager => 17,
+                Rule::NewPermission => 18,
+                Rule::OutOfScope => 19,
+            }
+        }
+        for (i, r) in Rule::ALL.into_iter().enumerate() {
+            assert_eq!(place(r), i, "{r:?}");
+        }
     }
 
     /// A world file may hold references across workspaces (a snapshot); the
