@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-use switchboard::model::{
+use switchboard::domain::{
     Channel, ChannelVisibility, Contact, Conversation, ConversationKind, Directory, Grant,
     GrantLevel, ItemLevel, Permission, Role, Scope, Status, Subject, User, World,
 };
@@ -524,9 +524,9 @@ fn bench_manager_chain(c: &mut Criterion) {
 /// costs the hub pays per change and per event.
 fn bench_index(c: &mut Criterion) {
     use std::sync::Arc;
+    use switchboard::domain::{Change, Committed, StatusEvent, StatusKind};
+    use switchboard::domain::{Message, Sender};
     use switchboard::hub::{ConnHandle, Control, WorkspaceState};
-    use switchboard::model::{Message, Sender};
-    use switchboard::store::{Change, Committed, StatusEvent, StatusKind};
 
     let bw = shared_world();
     let ws = bw.world.users[0].workspace.clone();

@@ -19,13 +19,13 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
+use crate::domain::StatusKind;
+use crate::domain::{Channel, Contact, Conversation, Message, User, WorkspaceSettings, World};
 use crate::gateway::Posted;
 use crate::http::adapter::{ContactRef, InboundBody, PostBody};
 use crate::http::admin::{AssignBody, BulkAssignBody, PrivateBody, TeamBody, UserBody};
 use crate::inbox::ItemResult;
-use crate::model::{Channel, Contact, Conversation, Message, User, WorkspaceSettings, World};
 use crate::policy::{Access, Rule};
-use crate::store::StatusKind;
 
 /// The body of every HTTP 4xx/5xx answer (docs/protocol.md "Errors").
 #[derive(Serialize, ToSchema)]
@@ -707,7 +707,7 @@ pub fn frame_schemas() -> Vec<(&'static str, String)> {
 // `Subject` is (de)serialized as its string form `user:<id>` / `role:<role>`.
 const SUBJECT_PATTERN: &str = "^(user:.+|role:(admin|team_admin|staff))$";
 
-impl utoipa::PartialSchema for crate::model::Subject {
+impl utoipa::PartialSchema for crate::domain::Subject {
     fn schema() -> RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
             .schema_type(utoipa::openapi::schema::Type::String)
@@ -717,9 +717,9 @@ impl utoipa::PartialSchema for crate::model::Subject {
     }
 }
 
-impl ToSchema for crate::model::Subject {}
+impl ToSchema for crate::domain::Subject {}
 
-impl schemars::JsonSchema for crate::model::Subject {
+impl schemars::JsonSchema for crate::domain::Subject {
     fn schema_name() -> std::borrow::Cow<'static, str> {
         "Subject".into()
     }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::model::{Directory, World};
+use crate::domain::{Directory, World};
 use crate::policy;
 
 /// Reads and validates a world file; errors name the file and the field.

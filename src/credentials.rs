@@ -11,7 +11,7 @@
 //! A scoped key sees everything outside its scope as non-existent: the same
 //! `404` / `422 unknown channel` as an id that was never created.
 
-use crate::model::Id;
+use crate::domain::Id;
 
 /// What an adapter key may reach.
 #[derive(Clone, Debug, PartialEq, Eq)]

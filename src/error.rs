@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
-use crate::model::FieldError;
+use crate::domain::FieldError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]

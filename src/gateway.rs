@@ -6,29 +6,24 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use serde::Serialize;
 
 use crate::assign;
 use crate::auth::Verifier;
+use crate::clock::now_ms;
 use crate::config::Config;
 use crate::credentials::AdapterKey;
+use crate::domain::{
+    validate_id, Channel, Contact, Conversation, EntityKind, FieldError, Id, Lookup, Message,
+    Sender, Status, User, WorkspaceSettings, World,
+};
+use crate::domain::{Change, StatusEvent, StatusKind};
 use crate::error::ApiError;
 use crate::hub::Hub;
-use crate::model::{
-    validate_id, Channel, Contact, Conversation, ConversationKind, EntityKind, FieldError, Id,
-    Lookup, Message, Sender, Status, User, WorkspaceSettings, World,
-};
 use crate::policy::{self, actions, Access};
-use crate::store::{Change, History, Outcome, StatusEvent, StatusKind, Store, StoreError};
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+use crate::store::{History, Outcome, Store, StoreError};
 
 fn new_id(prefix: &str) -> Id {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
@@ -316,20 +311,20 @@ impl Gateway {
     fn check_refs(
         &self,
         ws: &str,
-        check: impl FnOnce(&crate::model::Directory) -> Result<(), FieldError>,
+        check: impl FnOnce(&crate::domain::Directory) -> Result<(), FieldError>,
     ) -> Result<(), ApiError> {
         // A workspace not seen yet has an empty directory: a refused request
         // must not leave one behind.
         match self.hub.existing(ws) {
             Some(w) => Ok(check(&w.lock().dir)?),
-            None => Ok(check(&crate::model::Directory::default())?),
+            None => Ok(check(&crate::domain::Directory::default())?),
         }
     }
 
     pub async fn put_user(&self, user: User) -> Result<User, ApiError> {
         check_key(&user.workspace, &user.id)?;
         if let Some(s) = &user.schedule {
-            crate::model::validate_schedule("schedule", s)?;
+            crate::domain::validate_schedule("schedule", s)?;
         }
         self.check_refs(&user.workspace, |d| match &user.manager {
             Some(m) if m != &user.id && d.user(m).is_none() => {
@@ -340,7 +335,7 @@ impl Gateway {
         let ws = user.workspace.clone();
         self.commit(&ws, Change::UpsertUser { user: user.clone() })
             .await?;
-        if user.disabled || !user.has(crate::model::Permission::Chats) {
+        if user.disabled || !user.has(crate::domain::Permission::Chats) {
             self.unassign_all(&ws, &user.id).await?;
         }
         self.drain_waiting(&ws).await;
@@ -510,9 +505,7 @@ impl Gateway {
                     ));
                 }
             }
-            if conv.kind == ConversationKind::Customer
-                && (conv.channel.is_none() || conv.contact.is_none())
-            {
+            if conv.kind.on_channel() && (conv.channel.is_none() || conv.contact.is_none()) {
                 return Err(FieldError::new(
                     if conv.channel.is_none() {
                         "channel"
@@ -678,7 +671,7 @@ impl Gateway {
                 }
                 _ => {}
             }
-            if conv.kind != ConversationKind::Customer && matches!(cmd, Command::Assign(_)) {
+            if !conv.kind.assignable() && matches!(cmd, Command::Assign(_)) {
                 return Err(ApiError::invalid(
                     "conversation",
                     "only customer conversations can be assigned",
@@ -728,7 +721,7 @@ impl Gateway {
                 Sender::User(uid.clone())
             }
             Actor::System { .. } => {
-                if conv.kind != ConversationKind::Customer {
+                if !conv.kind.adapter_writable() {
                     return Err(ApiError::forbidden(
                         "adapters post to customer conversations only",
                     ));

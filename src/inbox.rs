@@ -3,12 +3,13 @@
 
 use serde::Serialize;
 
+use crate::clock::now_ms;
+use crate::domain::{Change, Ephemeral, Mark, StatusEvent, StatusKind};
+use crate::domain::{Conversation, ConversationKind, Id, Lookup, Sender, User};
 use crate::error::ApiError;
-use crate::gateway::{now_ms, Actor, Command, Gateway};
+use crate::gateway::{Actor, Command, Gateway};
 use crate::hub::inbox::{Filter, View};
-use crate::model::{Conversation, ConversationKind, Id, Lookup, Sender, User};
 use crate::policy::actions;
-use crate::store::{Change, Ephemeral, Mark, StatusEvent, StatusKind};
 
 /// Result of one item of a bulk action.
 #[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs

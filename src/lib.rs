@@ -20,8 +20,10 @@ pub mod api_docs;
 pub mod assign;
 pub mod auth;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod credentials;
+pub mod domain;
 pub mod error;
 pub mod gateway;
 pub mod http;
@@ -29,7 +31,6 @@ pub mod hub;
 pub mod inbox;
 pub mod listing;
 pub mod metrics;
-pub mod model;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod policy;

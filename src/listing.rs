@@ -7,10 +7,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
-use crate::hub::Hub;
-use crate::model::{
+use crate::domain::{
     Channel, Contact, Conversation, ConversationKind, FieldError, Id, Status, User, World,
 };
+use crate::hub::Hub;
 
 /// Default and largest page size of every list.
 pub const DEFAULT_LIMIT: usize = 100;

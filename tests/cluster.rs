@@ -165,8 +165,8 @@ fn assert_consecutive(who: &str, conv: &str, s: &[u64]) {
 
 /// Which conversations each user may read, by the policy engine itself.
 fn readable(world: &Value) -> HashMap<String, HashSet<String>> {
-    let w: switchboard::model::World = serde_json::from_value(world.clone()).expect("world");
-    let dir = switchboard::model::Directory::from_world(&w);
+    let w: switchboard::domain::World = serde_json::from_value(world.clone()).expect("world");
+    let dir = switchboard::domain::Directory::from_world(&w);
     w.users
         .iter()
         .map(|u| {
@@ -749,9 +749,8 @@ async fn redis_restart_is_survived() {
 /// queue hands a conversation to one taker, presence counts every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_scripts_match_the_reference() {
-    use switchboard::store::{
-        redis::RedisStore, Change, Committed, Outcome, Sink, Store, StoreError,
-    };
+    use switchboard::domain::{Change, Committed};
+    use switchboard::store::{redis::RedisStore, Outcome, Sink, Store, StoreError};
 
     struct Recorder(parking_lot::Mutex<Vec<Arc<Committed>>>);
     impl Sink for Recorder {
@@ -1168,11 +1167,9 @@ async fn one_conversation_per_thread_across_nodes() {
 /// stale entry).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_keeps_inbox_state_and_the_thread_map() {
-    use switchboard::model::{Conversation, Status};
-    use switchboard::store::{
-        redis::RedisStore, Activity, Change, Committed, Mark, Sink, StatusEvent, StatusKind, Store,
-        StoreError, StoredMarks,
-    };
+    use switchboard::domain::{Change, Committed, Mark, StatusEvent, StatusKind};
+    use switchboard::domain::{Conversation, Status};
+    use switchboard::store::{redis::RedisStore, Activity, Sink, Store, StoreError, StoredMarks};
 
     /// Commits return once applied through the bus: a sink is needed.
     struct Nothing;
@@ -1481,8 +1478,9 @@ async fn deleted_content_and_reused_keys_on_redis() {
 /// replace import.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_keeps_a_capped_audit_log_per_workspace() {
+    use switchboard::domain::{Change, Committed};
     use switchboard::store::{
-        redis::RedisStore, AuditEntry, AuditId, AuditWho, Change, Committed, Sink, Store, AUDIT_LEN,
+        redis::RedisStore, AuditEntry, AuditId, AuditWho, Sink, Store, AUDIT_LEN,
     };
 
     struct Nothing;

@@ -363,7 +363,7 @@ async fn state(gw: &Gateway) -> BTreeMap<String, String> {
             && dir.channels.is_empty()
             && dir.contacts.is_empty()
             && dir.conversations.is_empty();
-        if empty && settings == switchboard::model::WorkspaceSettings::new(ws.clone()) {
+        if empty && settings == switchboard::domain::WorkspaceSettings::new(ws.clone()) {
             continue;
         }
         for (id, u) in &dir.users {
@@ -496,7 +496,7 @@ proptest! {
     #[test]
     fn worlds_parse_and_validate_without_panicking(w in prop_oneof![world_like(), value()]) {
         let bytes = w.to_string().into_bytes();
-        match switchboard::http::parse::<switchboard::model::World>(&bytes) {
+        match switchboard::http::parse::<switchboard::domain::World>(&bytes) {
             Ok(world) => {
                 if let Err(e) = world.validate() {
                     prop_assert!(!e.field.is_empty(), "{w}: {e}");

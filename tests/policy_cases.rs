@@ -13,7 +13,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use switchboard::cli::{access_matrix, load_world};
-use switchboard::model::{Directory, World};
+use switchboard::domain::{Directory, World};
 use switchboard::policy::{self, Access, Rule};
 
 /// `expect` of a case file as conversation → user → level.

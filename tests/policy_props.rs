@@ -1,7 +1,7 @@
 //! Properties of the access policy over random worlds, and a differential test
 //! against an independent reference oracle written from the text of the access
 //! contract, `docs/access-policy.md` (module [`oracle`] below: it reads only
-//! the plain data of `switchboard::model`, none of its helper methods and
+//! the plain data of `switchboard::domain`, none of its helper methods and
 //! nothing of `switchboard::policy`).
 //!
 //! On failure every property prints the world as policy-case JSON, ready to be
@@ -14,7 +14,7 @@ use proptest::prelude::*;
 use proptest::sample::subsequence;
 use proptest::test_runner::Config;
 
-use switchboard::model::{
+use switchboard::domain::{
     Channel, ChannelVisibility, Contact, Conversation, ConversationKind, Directory, Grant,
     GrantLevel, ItemLevel, Permission, Role, Scope, Status, Subject, User, World,
 };
@@ -28,7 +28,7 @@ use switchboard::policy::{self, Access, Rule};
 mod oracle {
     use std::collections::HashSet;
 
-    use switchboard::model::{
+    use switchboard::domain::{
         Channel, Contact, Conversation, ConversationKind, GrantLevel, Permission, Role, Scope,
         Subject, User, World,
     };
@@ -207,9 +207,9 @@ mod oracle {
             let mut scope = match (restricted, level) {
                 (true, Some(FULL)) => ALL,
                 (true, _) => match channel.unwrap().visibility {
-                    switchboard::model::ChannelVisibility::All => ALL,
-                    switchboard::model::ChannelVisibility::Own => OWN,
-                    switchboard::model::ChannelVisibility::OwnAndUnassigned => OWN_AND_UNASSIGNED,
+                    switchboard::domain::ChannelVisibility::All => ALL,
+                    switchboard::domain::ChannelVisibility::Own => OWN,
+                    switchboard::domain::ChannelVisibility::OwnAndUnassigned => OWN_AND_UNASSIGNED,
                 },
                 (false, _) => u
                     .scope

@@ -312,7 +312,7 @@ pub fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use switchboard::model::{Conversation, ConversationKind, User, World};
+    use switchboard::domain::{Conversation, ConversationKind, User, World};
 
     /// Two users; v0 readable by both (unassigned, unrestricted), v1 a direct
     /// conversation of u0 only (with a third user u2).

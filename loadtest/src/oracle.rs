@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use serde::Serialize;
-use switchboard::model::{Directory, Permission, World};
+use switchboard::domain::{Directory, Permission, World};
 use switchboard::policy;
 
 use crate::world::{shape_of, Shape};

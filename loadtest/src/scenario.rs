@@ -271,11 +271,11 @@ pub async fn peer(
 pub async fn import(
     base: &str,
     admin_token: &str,
-    world: &switchboard::model::World,
+    world: &switchboard::domain::World,
 ) -> Result<f64> {
     let t = Instant::now();
     let client = reqwest::Client::new();
-    let mut by_ws: BTreeMap<&str, switchboard::model::World> = BTreeMap::new();
+    let mut by_ws: BTreeMap<&str, switchboard::domain::World> = BTreeMap::new();
     for u in &world.users {
         by_ws.entry(&u.workspace).or_default().users.push(u.clone());
     }
@@ -830,7 +830,7 @@ impl Output {
 
 /// Run-wide preparation shared by the scenarios.
 pub struct Prep {
-    pub world: switchboard::model::World,
+    pub world: switchboard::domain::World,
     pub oracle: Arc<Oracle>,
     pub run_id: String,
     pub origin: Instant,

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use switchboard::model::{
+use switchboard::domain::{
     Channel, ChannelVisibility, Contact, Conversation, ConversationKind, Grant, GrantLevel,
     ItemLevel, Permission, Role, Scope, Status, Subject, User, World,
 };

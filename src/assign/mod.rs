@@ -7,7 +7,7 @@ pub mod schedule;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::{Channel, GrantLevel, Lookup, Permission, Role, User};
+use crate::domain::{Channel, GrantLevel, Lookup, Permission, Role, User};
 
 /// What the shell knows about an agent at the moment of assignment.
 pub struct AgentState {

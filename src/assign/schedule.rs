@@ -1,26 +1,8 @@
 //! Working schedules: days and hours in the agent's own time zone.
 
-use chrono::{DateTime, Datelike, NaiveTime, Timelike, Utc};
+use chrono::{DateTime, Datelike, Timelike, Utc};
 
-use crate::model::{Schedule, Weekday};
-
-/// Parses `"HH:MM-HH:MM"` into minutes since midnight.
-pub fn parse_hours(hours: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("expected \"HH:MM-HH:MM\", got {hours:?}");
-    let (a, b) = hours.split_once('-').ok_or_else(bad)?;
-    let parse = |s: &str| {
-        NaiveTime::parse_from_str(s.trim(), "%H:%M")
-            .map(|t| t.hour() * 60 + t.minute())
-            .or_else(|_| {
-                if s.trim() == "24:00" {
-                    Ok(24 * 60)
-                } else {
-                    Err(bad())
-                }
-            })
-    };
-    Ok((parse(a)?, parse(b)?))
-}
+use crate::domain::{parse_hours, Schedule, Weekday};
 
 fn weekday(d: chrono::Weekday) -> Weekday {
     match d {

@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use super::{check_bearer, parse, Body, Path, Query};
 use crate::credentials::AdapterKey;
+use crate::domain::Contact;
 use crate::error::ApiError;
 use crate::gateway::{Actor, Entity, Gateway, InboundContact, ThreadKey};
-use crate::model::Contact;
 
 /// The channel-adapter routes. The key is checked (and rate-limited) before
 /// anything of the request is parsed: a bad key is a 401 whatever the rest.

@@ -15,15 +15,16 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{check_bearer, parse, Body, Json, Path, Query};
+use crate::domain::Change;
+use crate::domain::{
+    validate_id, Channel, Contact, Conversation, ConversationKind, Id, Status, User,
+    WorkspaceSettings, World,
+};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Command, Entity, Gateway};
 use crate::inbox::ItemResult;
 use crate::listing::{self, ConversationFilter, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::model::{
-    validate_id, Channel, Contact, Conversation, ConversationKind, Id, Status, User,
-    WorkspaceSettings, World,
-};
-use crate::store::{AuditEntry, AuditId, AuditWho, Change};
+use crate::store::{AuditEntry, AuditId, AuditWho};
 
 type Gw = State<Arc<Gateway>>;
 type ApiResult = Result<Response, ApiError>;
@@ -144,7 +145,7 @@ async fn record(
 ) {
     let entry = AuditEntry {
         id: String::new(),
-        ts: crate::gateway::now_ms(),
+        ts: crate::clock::now_ms(),
         action: action.to_owned(),
         targets,
         who: who.0.clone(),
@@ -698,7 +699,7 @@ fn team_workspace(
         .collect();
     holders.sort();
     match holders.len() {
-        0 if members.is_empty() => Ok(crate::model::World::default_workspace()),
+        0 if members.is_empty() => Ok(crate::domain::World::default_workspace()),
         0 => Err(ApiError::invalid(
             "members[0]",
             format!("unknown user {:?}", members[0]),

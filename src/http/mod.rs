@@ -309,7 +309,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{User, World};
+    use crate::domain::{User, World};
 
     #[derive(serde::Deserialize, Debug)]
     #[serde(deny_unknown_fields)]

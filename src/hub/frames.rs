@@ -4,9 +4,9 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::inbox::View;
-use crate::model::{Conversation, Message};
+use crate::domain::StatusEvent;
+use crate::domain::{Conversation, Message};
 use crate::policy::Access;
-use crate::store::StatusEvent;
 
 fn render(value: &impl Serialize) -> Utf8Bytes {
     // Serializing plain structs with string keys cannot fail.
@@ -35,7 +35,7 @@ pub fn status(seq: u64, status: &StatusEvent, conv: &Conversation) -> Utf8Bytes 
         r#type: &'static str,
         conversation: &'a str,
         seq: u64,
-        event: crate::store::StatusKind,
+        event: crate::domain::StatusKind,
         by: &'a Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         user: &'a Option<String>,
@@ -214,7 +214,7 @@ pub enum ServerFrame {
     Status {
         conversation: String,
         seq: u64,
-        event: crate::store::StatusKind,
+        event: crate::domain::StatusKind,
         by: Option<String>,
         /// The collaborator of `collaborator_*` events.
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,8 +6,8 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::audience::Slot;
-use crate::model::{Conversation, Id, Permission, Status, User};
-use crate::store::Mark;
+use crate::domain::Mark;
+use crate::domain::{Conversation, Id, Permission, Status, User};
 
 /// A user's own state of one conversation.
 #[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
@@ -220,8 +220,7 @@ pub fn in_view(
     }
     let open = conv.status == Status::Open;
     // Assignment views are about customer conversations only.
-    let customer = conv.kind == crate::model::ConversationKind::Customer;
-    let unassigned = customer && conv.assignee.is_none() && conv.team.is_none();
+    let unassigned = conv.kind.assignable() && conv.assignee.is_none() && conv.team.is_none();
     match view {
         View::AssignedToMe => open && conv.assignee.as_deref() == Some(user.id.as_str()),
         View::Unassigned => open && unassigned,

@@ -20,8 +20,9 @@ use parking_lot::Mutex;
 pub use conn::{close, ConnHandle, Control, Frame, Outbound};
 pub use state::WorkspaceState;
 
-use crate::model::WorkspaceSettings;
-use crate::store::{Change, Committed, Sink, Snapshot};
+use crate::domain::WorkspaceSettings;
+use crate::domain::{Change, Committed};
+use crate::store::{Sink, Snapshot};
 
 pub type Workspace = Arc<Mutex<WorkspaceState>>;
 
@@ -121,7 +122,7 @@ impl Hub {
 }
 
 impl Sink for Hub {
-    fn conversation(&self, workspace: &str, id: &str) -> Option<crate::model::Conversation> {
+    fn conversation(&self, workspace: &str, id: &str) -> Option<crate::domain::Conversation> {
         self.existing(workspace)?
             .lock()
             .dir
@@ -195,8 +196,9 @@ impl Sink for Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Mark;
     use crate::hub::inbox::{Filter, View};
-    use crate::store::{Activity, Mark, StoredMarks};
+    use crate::store::{Activity, StoredMarks};
 
     fn snapshot(marks: Vec<StoredMarks>) -> Snapshot {
         let world = serde_json::json!({

@@ -18,12 +18,13 @@ use super::audience::{Audience, Slot};
 use super::conn::{close, ConnHandle, Frame, Outbound};
 use super::frames;
 use super::inbox::{designated, in_view, Activity, Filter, Inbox, UserMarks, View};
-use crate::model::{
+use crate::domain::{Change, Committed, Ephemeral, Mark, StatusEvent, StatusKind};
+use crate::domain::{
     Conversation, Directory, Id, Lookup, Message, Permission, Sender, Status, User,
     WorkspaceSettings,
 };
 use crate::policy::{self, Access};
-use crate::store::{Change, Committed, Ephemeral, Mark, StatusEvent, StatusKind, StoredMarks};
+use crate::store::StoredMarks;
 
 #[derive(Default)]
 pub struct ConvEntry {
@@ -718,7 +719,7 @@ impl WorkspaceState {
         }
     }
 
-    fn import(&mut self, world: &crate::model::World, replace: bool) {
+    fn import(&mut self, world: &crate::domain::World, replace: bool) {
         let before: HashMap<Id, Audience> = self
             .convs
             .iter_mut()

@@ -3,9 +3,9 @@
 //! gateway hands to the client verbatim.
 
 use super::{decide, is_involved, Access};
-use crate::model::{
-    Conversation, ConversationKind, DirectMessages, GroupCreate, Lookup, Message, Permission, Role,
-    Sender, User, WorkspaceSettings,
+use crate::domain::{
+    Conversation, DirectMessages, GroupCreate, Lookup, Message, Permission, Role, Sender, User,
+    WorkspaceSettings,
 };
 
 pub type Verdict = Result<(), String>;
@@ -42,7 +42,7 @@ pub fn may_be_assigned(dir: &impl Lookup, assignee: &User, after: &Conversation)
 
 /// Make private / public: `write` and involved, or `administer` with `read`.
 pub fn may_change_privacy(dir: &impl Lookup, user: &User, conv: &Conversation) -> Verdict {
-    if conv.kind != ConversationKind::Customer {
+    if !conv.kind.has_privacy() {
         return Err("only customer conversations can be private or public".into());
     }
     let access = decide(dir, user, conv).access;

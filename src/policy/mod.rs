@@ -8,7 +8,7 @@ use std::cell::OnceCell;
 
 use serde::Serialize;
 
-use crate::model::{
+use crate::domain::{
     Channel, Contact, Conversation, ConversationKind, GrantLevel, Lookup, Permission, Role, Scope,
     User,
 };
@@ -388,7 +388,7 @@ pub fn access(dir: &impl Lookup, user: &User, conv: &Conversation) -> Access {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Directory, World};
+    use crate::domain::{Directory, World};
 
     fn world(v: serde_json::Value) -> World {
         serde_json::from_value(v).expect("a world")

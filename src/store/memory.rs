@@ -7,11 +7,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 
-use super::{
-    fingerprint, redact, without_content, AuditEntry, AuditId, Change, Committed, Ephemeral,
-    History, Outcome, Sink, Snapshot, Store, StoreError, AUDIT_LEN,
+use super::{AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError, AUDIT_LEN};
+use crate::domain::{
+    fingerprint, redact, without_content, Change, Committed, Conversation, Ephemeral, Id, Message,
+    Status,
 };
-use crate::model::{Conversation, Id, Message, Status};
 
 /// Events kept per conversation for `resume` and history.
 pub const DEFAULT_HISTORY: usize = 1000;
@@ -345,7 +345,7 @@ impl Store for MemoryStore {
     async fn audit(&self, workspace: &str, mut entry: AuditEntry) -> Result<String, StoreError> {
         let mut logs = self.audit.lock();
         let log = logs.entry(workspace.to_owned()).or_default();
-        let now = crate::gateway::now_ms();
+        let now = crate::clock::now_ms();
         let id = match log.last {
             Some(AuditId(ms, n)) if ms >= now => AuditId(ms, n + 1),
             _ => AuditId(now, 0),
@@ -398,8 +398,8 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{StatusEvent, StatusKind};
     use crate::hub::Hub;
-    use crate::store::{StatusEvent, StatusKind};
 
     fn change(conv: &Conversation) -> Change {
         Change::Conversation {
@@ -419,7 +419,7 @@ mod tests {
         let v1 = Conversation::new_customer("v1".into(), "w1".into(), "ch".into(), "k".into());
         store.commit("w1", change(&v1)).await.unwrap();
         let mut closed = v1.clone();
-        closed.status = crate::model::Status::Closed;
+        closed.status = crate::domain::Status::Closed;
         store
             .commit_if("w1", change(&closed), Some(&v1))
             .await
@@ -461,7 +461,7 @@ mod tests {
         store.commit_thread("w1", change(&other)).await.unwrap();
         // Closing releases the thread.
         let mut closed = conv("v1");
-        closed.status = crate::model::Status::Closed;
+        closed.status = crate::domain::Status::Closed;
         store.commit("w1", change(&closed)).await.unwrap();
         store
             .commit_thread("w1", change(&conv("v2")))

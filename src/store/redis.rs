@@ -137,10 +137,12 @@ use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 use super::{
-    fingerprint, redact, without_content, Activity, AuditEntry, AuditId, Change, Committed,
-    Ephemeral, History, Mark, Outcome, Sink, Snapshot, Store, StoreError, StoredMarks,
+    Activity, AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError, StoredMarks,
 };
-use crate::model::{Conversation, Id, Message, Sender, Status, WorkspaceSettings, World};
+use crate::domain::{
+    fingerprint, redact, without_content, Change, Committed, Conversation, Ephemeral, Id, Mark,
+    Message, Sender, Status, WorkspaceSettings, World,
+};
 
 /// Bound of every Redis call (connect, command, script).
 pub const OP_TIMEOUT: Duration = Duration::from_secs(2);

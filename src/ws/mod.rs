@@ -19,10 +19,10 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
+use crate::domain::{Permission, User};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::http::Query;
-use crate::model::{Permission, User};
 
 #[derive(utoipa::IntoParams)] // API schemas: src/api_docs.rs
 #[derive(serde::Deserialize, Default)]

@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::domain::ConversationKind;
 use crate::hub::inbox::{Filter, View};
-use crate::model::ConversationKind;
 
 #[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize, Debug)]

@@ -16,10 +16,10 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf
 use tokio_tungstenite::WebSocketStream;
 
 use super::protocol::{self, reference_of, BulkAction, ClientFrame};
+use crate::domain::User;
+use crate::domain::{Change, Mark};
 use crate::gateway::{Actor, Command, Gateway};
 use crate::hub::{close, frames, ConnHandle, Control, Outbound};
-use crate::model::User;
-use crate::store::{Change, Mark};
 
 /// Frames written before one flush.
 const BATCH: usize = 64;
@@ -112,7 +112,7 @@ where
             .dir
             .users
             .get(&user.id)
-            .is_some_and(|u| !u.disabled && u.has(crate::model::Permission::Chats));
+            .is_some_and(|u| !u.disabled && u.has(crate::domain::Permission::Chats));
         if !still_allowed {
             control.close(close::POLICY);
         }
@@ -177,7 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let limits = &self.gw.config.limits;
         let heartbeat = Duration::from_secs(limits.heartbeat_secs);
         let idle = Duration::from_secs(limits.idle_timeout_secs);
-        let now_unix = crate::gateway::now_ms() / 1000;
+        let now_unix = crate::clock::now_ms() / 1000;
         let expiry = tokio::time::sleep(Duration::from_secs(exp.saturating_sub(now_unix)));
         tokio::pin!(expiry);
         let mut last_heard = tokio::time::Instant::now();

@@ -324,6 +324,39 @@ pub enum ConversationKind {
     Item,
 }
 
+/// What each kind of conversation allows. Every question is an exhaustive
+/// `match`, so a new kind does not compile until each rule has decided about it.
+impl ConversationKind {
+    /// Carried by a channel: has a channel and a contact, and adapters post to it.
+    pub fn on_channel(self) -> bool {
+        match self {
+            ConversationKind::Customer => true,
+            ConversationKind::Direct | ConversationKind::Group | ConversationKind::Item => false,
+        }
+    }
+    /// Can have an assignee (manual, round robin, waitlist) and shows in assignment views.
+    pub fn assignable(self) -> bool {
+        match self {
+            ConversationKind::Customer => true,
+            ConversationKind::Direct | ConversationKind::Group | ConversationKind::Item => false,
+        }
+    }
+    /// Channel adapters (system actors) may post messages into it.
+    pub fn adapter_writable(self) -> bool {
+        match self {
+            ConversationKind::Customer => true,
+            ConversationKind::Direct | ConversationKind::Group | ConversationKind::Item => false,
+        }
+    }
+    /// Can be made private or public.
+    pub fn has_privacy(self) -> bool {
+        match self {
+            ConversationKind::Customer => true,
+            ConversationKind::Direct | ConversationKind::Group | ConversationKind::Item => false,
+        }
+    }
+}
+
 #[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -621,6 +654,24 @@ impl FieldError {
     }
 }
 
+/// Parses `"HH:MM-HH:MM"` into minutes since midnight.
+pub fn parse_hours(hours: &str) -> Result<(u32, u32), String> {
+    let bad = || format!("expected \"HH:MM-HH:MM\", got {hours:?}");
+    let (a, b) = hours.split_once('-').ok_or_else(bad)?;
+    let parse = |s: &str| {
+        chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M")
+            .map(|t| chrono::Timelike::hour(&t) * 60 + chrono::Timelike::minute(&t))
+            .or_else(|_| {
+                if s.trim() == "24:00" {
+                    Ok(24 * 60)
+                } else {
+                    Err(bad())
+                }
+            })
+    };
+    Ok((parse(a)?, parse(b)?))
+}
+
 /// Checks a schedule's time zone and hours.
 pub fn validate_schedule(field: &str, s: &Schedule) -> Result<(), FieldError> {
     if s.tz.parse::<chrono_tz::Tz>().is_err() {
@@ -629,7 +680,7 @@ pub fn validate_schedule(field: &str, s: &Schedule) -> Result<(), FieldError> {
             format!("unknown time zone {:?}", s.tz),
         ));
     }
-    crate::assign::schedule::parse_hours(&s.hours)
+    parse_hours(&s.hours)
         .map(|_| ())
         .map_err(|e| FieldError::new(format!("{field}.hours"), e))
 }

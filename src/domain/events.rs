@@ -1,0 +1,211 @@
+//! What happens to a workspace: the changes the store commits, in order, and
+//! the fleeting signals relayed beside them. Every layer above reads these;
+//! none of them is tied to a storage backend.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{Channel, Contact, Conversation, Id, Message, User, WorkspaceSettings, World};
+
+/// Lifecycle events of a conversation (`status` frames).
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusKind {
+    Created,
+    Assigned,
+    Unassigned,
+    CollaboratorAdded,
+    CollaboratorRemoved,
+    Closed,
+    Reopened,
+    PrivacyChanged,
+    Updated,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StatusEvent {
+    pub event: StatusKind,
+    /// The acting user; `None` for the admin API, adapters and the gateway itself.
+    pub by: Option<Id>,
+    /// The collaborator of `collaborator_*` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<Id>,
+}
+
+/// One change to one workspace.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    /// Load a world's objects of this workspace; `replace` clears it first.
+    Import {
+        world: World,
+        replace: bool,
+    },
+    UpsertUser {
+        user: User,
+    },
+    DeleteUser {
+        id: Id,
+    },
+    UpsertChannel {
+        channel: Channel,
+    },
+    DeleteChannel {
+        id: Id,
+    },
+    UpsertContact {
+        contact: Contact,
+    },
+    DeleteContact {
+        id: Id,
+    },
+    Settings {
+        settings: WorkspaceSettings,
+    },
+    /// Create or update a conversation; numbered, and a `status` frame.
+    Conversation {
+        conversation: Conversation,
+        status: StatusEvent,
+    },
+    DeleteConversation {
+        id: Id,
+    },
+    /// A stored message; numbered, and a `message` frame. With an
+    /// idempotency key, a retry of the same request (see [`fingerprint`])
+    /// is a [`Outcome::Duplicate`]; another request with the key is
+    /// [`StoreError::IdempotencyKeyReused`].
+    Message {
+        message: Message,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        idempotency_key: Option<String>,
+    },
+    /// An edit (`body: Some`) or deletion (`body: None`) of a message;
+    /// numbered. A deletion also redacts every version of the content in
+    /// history: the original's body and meta, and each earlier edit's body
+    /// (each becomes `""`; the events keep their place in the sequence).
+    EditMessage {
+        conversation: Id,
+        message_id: Id,
+        /// The message's own seq, to find it in history.
+        message_seq: u64,
+        body: Option<String>,
+        by: Id,
+    },
+    /// A user's own marks on a conversation (read, mute, hide, archive).
+    Mark {
+        user: Id,
+        conversation: Id,
+        mark: Mark,
+    },
+    /// Never stored: typing, presence and focus, relayed to every node.
+    Ephemeral {
+        event: Ephemeral,
+    },
+}
+
+/// Per-user state of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mark", rename_all = "snake_case")]
+pub enum Mark {
+    /// Everything up to `seq` has been read.
+    Read {
+        seq: u64,
+    },
+    Mute {
+        on: bool,
+    },
+    Hide {
+        on: bool,
+    },
+    Archive {
+        on: bool,
+    },
+}
+
+/// Fleeting signals: relayed, never stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Ephemeral {
+    Typing {
+        user: Id,
+        conversation: Id,
+    },
+    /// A connection's focused conversation (`None` = none): new-message
+    /// notifications skip users focused on the conversation anywhere.
+    Focus {
+        user: Id,
+        connection: String,
+        conversation: Option<Id>,
+    },
+    Presence {
+        user: Id,
+        online: bool,
+    },
+}
+
+impl Change {
+    /// The conversation whose sequence this change advances, if any.
+    pub fn sequenced_conversation(&self) -> Option<&str> {
+        match self {
+            Change::Conversation { conversation, .. } => Some(&conversation.id),
+            Change::Message { message, .. } => Some(&message.conversation),
+            Change::EditMessage { conversation, .. } => Some(conversation),
+            _ => None,
+        }
+    }
+}
+
+/// A change as stored: its workspace and its place in its conversation's sequence.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Committed {
+    pub workspace: Id,
+    /// Per-conversation sequence number; 0 for changes that have none.
+    pub seq: u64,
+    pub change: Change,
+}
+
+/// What makes two posts with one idempotency key "the same request": body,
+/// sender and meta (not the id, time or conversation, which the key's scope
+/// already fixes). Hex SHA-256, so the record keeps no content and is the
+/// same on every node and version.
+pub fn fingerprint(message: &Message) -> String {
+    // serde_json maps keep their keys sorted: equal meta, equal bytes.
+    let bytes =
+        serde_json::to_vec(&(&message.body, &message.sender, &message.meta)).unwrap_or_default();
+    ring::digest::digest(&ring::digest::SHA256, &bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Removes the content of message `id` (stored at `message_seq`) from a
+/// history event at `seq`, if the event carries some: the message itself or
+/// an edit of it.
+pub fn redact(change: &mut Change, id: &str, message_seq: u64, seq: u64) -> bool {
+    match change {
+        Change::Message { message, .. } if seq == message_seq && message.id == id => {
+            message.body.clear();
+            message.meta = None;
+            true
+        }
+        Change::EditMessage {
+            message_id,
+            body: Some(body),
+            ..
+        } if message_id == id => {
+            body.clear();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The copy of a message an idempotency record keeps: no content.
+pub fn without_content(message: &Message) -> Message {
+    Message {
+        body: String::new(),
+        meta: None,
+        ..message.clone()
+    }
+}
