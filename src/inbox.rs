@@ -8,8 +8,8 @@ use crate::domain::{Change, Ephemeral, Mark, StatusEvent, StatusKind};
 use crate::domain::{Conversation, ConversationKind, Id, Lookup, Sender, User};
 use crate::error::ApiError;
 use crate::gateway::{Actor, Command, Gateway};
-use crate::hub::inbox::{Filter, View};
 use crate::policy::actions;
+use crate::policy::views::{Filter, View};
 
 /// Result of one item of a bulk action.
 #[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs

@@ -2,7 +2,11 @@
 //! may write. Kept per conversation and changed incrementally, so fan-out never
 //! evaluates the policy or scans connections.
 
-use crate::policy::Access;
+use std::collections::HashSet;
+
+use super::state::WorkspaceState;
+use crate::domain::{Conversation, Directory, Id, User};
+use crate::policy::{self, Access};
 
 /// Index of a user within its workspace (stable for the user's lifetime).
 pub type Slot = u32;
@@ -109,6 +113,76 @@ impl Audience {
             }
         }
     }
+}
+
+/// Keeping audiences current: the policy is evaluated here, on changes,
+/// and never on fan-out.
+impl WorkspaceState {
+    /// The audience of a conversation over every user of the workspace.
+    pub(super) fn evaluate(&self, conv: &Conversation) -> Audience {
+        evaluate_with(&self.dir, &self.users_by_slot(), conv)
+    }
+
+    /// Every slot's user (`None` once deleted), looked up once for a batch of evaluations.
+    pub(super) fn users_by_slot(&self) -> Vec<Option<&User>> {
+        self.slot_ids
+            .iter()
+            .map(|id| self.dir.users.get(id))
+            .collect()
+    }
+
+    /// Audiences of every conversation: O(U × C), spread over the cores.
+    pub(super) fn evaluate_all(&self) -> Vec<(Id, Audience)> {
+        let users = self.users_by_slot();
+        let convs: Vec<&Conversation> = self.dir.conversations.values().collect();
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = convs.len().div_ceil(threads).max(1);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = convs
+                .chunks(chunk)
+                .map(|part| {
+                    let (dir, users) = (&self.dir, &users);
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|c| (c.id.clone(), evaluate_with(dir, users, c)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        })
+    }
+
+    /// Re-evaluates one conversation for everyone and tells online users who
+    /// gained or lost access.
+    pub(super) fn refresh_conversation(&mut self, id: &str) {
+        let Some(conv) = self.dir.conversations.get(id) else {
+            return;
+        };
+        let new = self.evaluate(conv);
+        let entry = self.convs.entry(id.to_owned()).or_default();
+        let old = std::mem::replace(&mut entry.audience, new);
+        let seq = entry.seq;
+        self.notify_diff(id, seq, &old, None);
+    }
+
+    pub(super) fn refresh_group(&mut self, ids: Option<HashSet<Id>>) {
+        for id in ids.into_iter().flatten() {
+            self.refresh_conversation(&id);
+        }
+    }
+}
+
+/// The audience of a conversation over `users` (indexed by slot).
+fn evaluate_with(dir: &Directory, users: &[Option<&User>], conv: &Conversation) -> Audience {
+    let prepared = policy::Prepared::new(dir, conv);
+    Audience::from_sorted(users.iter().enumerate().map(|(s, u)| {
+        let access = u.map_or(Access::None, |u| prepared.decide(u).access);
+        (s as Slot, access)
+    }))
 }
 
 #[cfg(test)]

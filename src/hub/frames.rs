@@ -3,9 +3,9 @@
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::inbox::View;
 use crate::domain::StatusEvent;
 use crate::domain::{Conversation, Message};
+use crate::policy::views::View;
 use crate::policy::Access;
 
 fn render(value: &impl Serialize) -> Utf8Bytes {
@@ -149,7 +149,7 @@ pub fn notification(
 
 pub fn marks(
     conversation: &str,
-    marks: &super::inbox::UserMarks,
+    marks: &super::marks::UserMarks,
     unread: usize,
     my_unread: usize,
 ) -> Utf8Bytes {
@@ -350,7 +350,7 @@ pub struct ViewItem {
     pub last_ts: u64,
     pub awaiting_reply: bool,
     pub unread: bool,
-    pub marks: super::inbox::UserMarks,
+    pub marks: super::marks::UserMarks,
 }
 
 /// `kind` of a `notification` frame.

@@ -6,11 +6,16 @@
 //! other. Under the lock, fan-out only walks a precomputed audience and pushes
 //! a shared, already-serialized frame into bounded per-connection queues.
 
+mod apply;
 pub mod audience;
 pub mod conn;
+mod deliver;
 pub mod frames;
-pub mod inbox;
+pub mod marks;
+mod notify;
+mod restore;
 pub mod state;
+mod views;
 
 use std::sync::Arc;
 
@@ -197,7 +202,7 @@ impl Sink for Hub {
 mod tests {
     use super::*;
     use crate::domain::Mark;
-    use crate::hub::inbox::{Filter, View};
+    use crate::policy::views::{Filter, View};
     use crate::store::{Activity, StoredMarks};
 
     fn snapshot(marks: Vec<StoredMarks>) -> Snapshot {

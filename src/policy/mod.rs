@@ -3,6 +3,7 @@
 //! it, so the same code answers "may they?" and "why?".
 
 pub mod actions;
+pub mod views;
 
 use std::cell::OnceCell;
 

@@ -7,7 +7,7 @@ use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::ConversationKind;
-use crate::hub::inbox::{Filter, View};
+use crate::policy::views::{Filter, View};
 
 #[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
 #[derive(Deserialize, Debug)]

@@ -1,13 +1,14 @@
-//! The agent's inbox on top of the audience index: per-user marks (read,
-//! mute, hide, archive), focus, unread figures and views.
+//! The agent's own state of conversations on top of the audience index:
+//! per-user marks (read, mute, hide, archive), focus and presence subscriptions.
+//! Which conversation shows in which view is policy: [`crate::policy::views`].
 
 use std::collections::{HashMap, HashSet};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::audience::Slot;
+use crate::domain::Id;
 use crate::domain::Mark;
-use crate::domain::{Conversation, Id, Permission, Status, User};
 
 /// A user's own state of one conversation.
 #[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
@@ -29,8 +30,6 @@ impl UserMarks {
         }
     }
 }
-
-pub use crate::store::Activity;
 
 #[derive(Default)]
 pub struct Inbox {
@@ -140,101 +139,5 @@ impl Inbox {
 
     pub fn read_seq(&self, slot: Slot, conv: &str) -> u64 {
         self.marks(slot, conv).map_or(0, |m| m.read_seq)
-    }
-}
-
-/// The conversation's designated people: assignee, collaborators, participants.
-pub fn designated(conv: &Conversation) -> impl Iterator<Item = &Id> {
-    conv.assignee
-        .iter()
-        .chain(conv.collaborators.iter())
-        .chain(conv.participants.iter())
-}
-
-/// Inbox views (docs/protocol.md "Inbox").
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum View {
-    AssignedToMe,
-    Unassigned,
-    MyUnassigned,
-    Waitlist,
-    New,
-    All,
-    Closed,
-    Archived,
-}
-
-impl View {
-    pub const ALL: [View; 8] = [
-        View::AssignedToMe,
-        View::Unassigned,
-        View::MyUnassigned,
-        View::Waitlist,
-        View::New,
-        View::All,
-        View::Closed,
-        View::Archived,
-    ];
-}
-
-/// Optional filters of a view.
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Filter {
-    pub private: Option<bool>,
-    pub channel: Option<Id>,
-    pub status: Option<Status>,
-    pub team: Option<Id>,
-}
-
-/// Whether a readable conversation belongs in a view for `user`.
-/// `contact_owner` and `contact_known` describe the conversation's contact.
-pub fn in_view(
-    view: View,
-    filter: &Filter,
-    user: &User,
-    conv: &Conversation,
-    marks: Option<&UserMarks>,
-    contact_owner: Option<&str>,
-    contact_known: bool,
-) -> bool {
-    let archived = marks.is_some_and(|m| m.archived);
-    let hidden = marks.is_some_and(|m| m.hidden);
-    if filter.private.is_some_and(|p| p != conv.private)
-        || filter
-            .channel
-            .as_ref()
-            .is_some_and(|c| conv.channel.as_ref() != Some(c))
-        || filter.status.is_some_and(|s| s != conv.status)
-    {
-        return false;
-    }
-    if view == View::Archived {
-        return archived;
-    }
-    if archived || hidden {
-        return false;
-    }
-    let open = conv.status == Status::Open;
-    // Assignment views are about customer conversations only.
-    let unassigned = conv.kind.assignable() && conv.assignee.is_none() && conv.team.is_none();
-    match view {
-        View::AssignedToMe => open && conv.assignee.as_deref() == Some(user.id.as_str()),
-        View::Unassigned => open && unassigned,
-        View::MyUnassigned => open && unassigned && contact_owner == Some(user.id.as_str()),
-        View::Waitlist => {
-            open && conv.assignee.is_none()
-                && conv
-                    .team
-                    .as_ref()
-                    .is_some_and(|t| user.in_team(t) && filter.team.as_ref().is_none_or(|f| f == t))
-        }
-        View::New => open && unassigned && !contact_known && user.has(Permission::New),
-        View::All => true,
-        View::Closed => conv.status == Status::Closed,
-        View::Archived => archived,
     }
 }

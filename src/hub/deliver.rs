@@ -1,0 +1,192 @@
+//! Connections of a workspace and pushing frames to them. This is the
+//! fan-out hot path: a frame is built and serialized once per event and
+//! shared by every recipient's queue; recipients come from the audience index.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::audience::Slot;
+use super::conn::{ConnHandle, Frame, Outbound};
+use super::frames;
+use super::state::WorkspaceState;
+use crate::domain::{Id, Mark, Message, Sender};
+use crate::policy::views::designated;
+use crate::store::Activity;
+
+impl WorkspaceState {
+    /// Registers a connection. Called with the lock held, so the connection
+    /// sees every event applied after this point and none before.
+    pub fn connect(&mut self, user: &str, conn: ConnHandle) {
+        let s = self.slot(user);
+        self.online.entry(s).or_default().push(conn);
+    }
+
+    /// Subscribes one connection (not every connection of the user) to `presence` frames.
+    pub fn subscribe_presence(&mut self, user: &str, conn_id: u64) {
+        let s = self.slot(user);
+        self.inbox.presence_subscribers.insert((s, conn_id));
+    }
+
+    pub fn disconnect(&mut self, user: &str, conn_id: u64) -> bool {
+        let Some(s) = self.slots.get(user).copied() else {
+            return false;
+        };
+        self.inbox.presence_subscribers.remove(&(s, conn_id));
+        let Some(list) = self.online.get_mut(&s) else {
+            return false;
+        };
+        list.retain(|c| c.id != conn_id);
+        if list.is_empty() {
+            self.online.remove(&s);
+            return true;
+        }
+        false
+    }
+
+    pub fn close_all(&mut self, code: u16) {
+        for c in self.online.values().flatten() {
+            c.control.close(code);
+        }
+    }
+
+    pub(super) fn close_user(&mut self, user: &str, code: u16) {
+        if let Some(list) = self.slots.get(user).and_then(|s| self.online.remove(s)) {
+            for c in list {
+                c.control.close(code);
+            }
+        }
+    }
+
+    pub fn online_users(&self) -> impl Iterator<Item = &Id> {
+        self.online.keys().map(|s| &self.slot_ids[*s as usize])
+    }
+
+    pub fn is_online(&self, user: &str) -> bool {
+        self.slots
+            .get(user)
+            .is_some_and(|s| self.online.contains_key(s))
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.online.values().map(Vec::len).sum()
+    }
+
+    pub(super) fn fan_out_message(&mut self, message: &Message, seq: u64) {
+        let cid = message.conversation.as_str();
+        let Some(entry) = self.convs.get_mut(cid) else {
+            return;
+        };
+        let from_customer = matches!(message.sender, Sender::Contact(_));
+        entry.activity = Activity {
+            last_message_seq: seq,
+            awaiting_reply: from_customer,
+            last_ts: message.ts,
+        };
+        self.inbox.unhide(cid);
+        if let Sender::User(u) = &message.sender {
+            let slot = self.slot(u);
+            self.inbox.mark(slot, cid, &Mark::Read { seq });
+        }
+        self.fan_out(cid, seq, frames::message(cid, seq, message));
+        self.mention_notifications(message, seq);
+        if !from_customer {
+            return;
+        }
+        let Some(conv) = self.dir.conversations.get(cid) else {
+            return;
+        };
+        let targets: Vec<Slot> = designated(conv)
+            .filter_map(|u| self.slots.get(u).copied())
+            .filter(|s| self.online.contains_key(s))
+            .collect::<HashSet<Slot>>()
+            .into_iter()
+            .filter(|s| {
+                self.convs
+                    .get(cid)
+                    .is_some_and(|e| e.audience.get(*s).can_read())
+                    && !self.inbox.is_muted(*s, cid)
+                    && !self.inbox.is_focused(*s, cid)
+            })
+            .collect();
+        for s in targets {
+            self.notify(s, "new_message", cid, seq, Some(message));
+        }
+    }
+
+    /// Sends a sequenced frame to every online reader of a conversation.
+    pub(super) fn fan_out(&mut self, conversation: &str, seq: u64, text: Utf8Bytes) {
+        let Some(entry) = self.convs.get_mut(conversation) else {
+            return;
+        };
+        entry.seq = entry.seq.max(seq);
+        let frame = Arc::new(Frame {
+            position: Some(self.position(conversation, seq)),
+            text,
+            born: Instant::now(),
+        });
+        let targets: Vec<Slot> = self.audience_online(conversation).collect();
+        for s in targets {
+            self.send(s, &frame);
+        }
+    }
+
+    /// A frame's place in a conversation's sequence, with the conversation's
+    /// shared id (see [`ConvEntry::key`]).
+    pub(super) fn position(&mut self, conversation: &str, seq: u64) -> (Arc<str>, u64) {
+        let key = match self.convs.get_mut(conversation) {
+            Some(e) => e.key.get_or_insert_with(|| Arc::from(conversation)).clone(),
+            None => Arc::from(conversation),
+        };
+        (key, seq)
+    }
+
+    /// Online users in a conversation's audience, walking the smaller side.
+    pub(super) fn audience_online<'a>(&'a self, id: &str) -> Box<dyn Iterator<Item = Slot> + 'a> {
+        let Some(entry) = self.convs.get(id) else {
+            return Box::new(std::iter::empty());
+        };
+        if self.online.len() < entry.audience.len() {
+            Box::new(
+                self.online
+                    .keys()
+                    .copied()
+                    .filter(|s| entry.audience.get(*s).can_read()),
+            )
+        } else {
+            Box::new(
+                entry
+                    .audience
+                    .iter()
+                    .map(|(s, _)| s)
+                    .filter(|s| self.online.contains_key(s)),
+            )
+        }
+    }
+
+    pub(super) fn send(&mut self, slot: Slot, frame: &Outbound) {
+        let Some(list) = self.online.get_mut(&slot) else {
+            return;
+        };
+        let before = list.len();
+        list.retain(|c| c.push(frame.clone()));
+        self.deliveries += before as u64;
+        if list.is_empty() {
+            self.online.remove(&slot);
+        }
+    }
+
+    /// `send` to one connection of a user.
+    pub(super) fn send_to_connection(&mut self, slot: Slot, conn: u64, frame: &Outbound) {
+        let Some(list) = self.online.get_mut(&slot) else {
+            return;
+        };
+        list.retain(|c| c.id != conn || c.push(frame.clone()));
+        self.deliveries += 1;
+        if list.is_empty() {
+            self.online.remove(&slot);
+        }
+    }
+}
