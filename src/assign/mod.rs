@@ -1,7 +1,7 @@
 //! Round-robin assignment (docs/access-policy.md "Assignment"): who is eligible, and the
 //! rotation itself. Pure: the shell supplies the clock, presence and open
-//! counts; the rotation is stored by the [`crate::store::Store`] so that every
-//! node shares one per channel.
+//! counts; the shell keeps the rotation in the store so that every node
+//! shares one per channel.
 
 pub mod schedule;
 

@@ -1,8 +1,9 @@
-//! Working schedules: days and hours in the agent's own time zone.
+//! Working schedules: whether an agent is on shift at a given time, in their
+//! own time zone (parsing lives on [`Schedule`]).
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 
-use crate::domain::{parse_hours, Schedule, Weekday};
+use crate::domain::{Schedule, Weekday};
 
 fn weekday(d: chrono::Weekday) -> Weekday {
     match d {
@@ -21,7 +22,7 @@ fn weekday(d: chrono::Weekday) -> Weekday {
 /// not working rather than assigning work outside someone's hours.
 pub fn is_working(schedule: Option<&Schedule>, now: DateTime<Utc>) -> bool {
     let Some(s) = schedule else { return true };
-    let (Ok(tz), Ok((start, end))) = (s.tz.parse::<chrono_tz::Tz>(), parse_hours(&s.hours)) else {
+    let (Ok(tz), Ok((start, end))) = (s.time_zone(), s.hours()) else {
         return false;
     };
     let local = now.with_timezone(&tz);
@@ -91,7 +92,7 @@ mod tests {
 
     #[test]
     fn bad_hours_are_rejected() {
-        assert!(parse_hours("9-5").is_err());
-        assert_eq!(parse_hours("09:30-17:00"), Ok((570, 1020)));
+        assert!(Schedule::parse_hours("9-5").is_err());
+        assert_eq!(Schedule::parse_hours("09:30-17:00"), Ok((570, 1020)));
     }
 }

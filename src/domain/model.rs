@@ -654,33 +654,43 @@ impl FieldError {
     }
 }
 
-/// Parses `"HH:MM-HH:MM"` into minutes since midnight.
-pub fn parse_hours(hours: &str) -> Result<(u32, u32), String> {
-    let bad = || format!("expected \"HH:MM-HH:MM\", got {hours:?}");
-    let (a, b) = hours.split_once('-').ok_or_else(bad)?;
-    let parse = |s: &str| {
-        chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M")
-            .map(|t| chrono::Timelike::hour(&t) * 60 + chrono::Timelike::minute(&t))
-            .or_else(|_| {
-                if s.trim() == "24:00" {
-                    Ok(24 * 60)
-                } else {
-                    Err(bad())
-                }
-            })
-    };
-    Ok((parse(a)?, parse(b)?))
+impl Schedule {
+    /// Parses `"HH:MM-HH:MM"` into minutes since midnight (`24:00` ends a day).
+    pub fn parse_hours(hours: &str) -> Result<(u32, u32), String> {
+        let bad = || format!("expected \"HH:MM-HH:MM\", got {hours:?}");
+        let (a, b) = hours.split_once('-').ok_or_else(bad)?;
+        let parse = |s: &str| {
+            chrono::NaiveTime::parse_from_str(s.trim(), "%H:%M")
+                .map(|t| chrono::Timelike::hour(&t) * 60 + chrono::Timelike::minute(&t))
+                .or_else(|_| {
+                    if s.trim() == "24:00" {
+                        Ok(24 * 60)
+                    } else {
+                        Err(bad())
+                    }
+                })
+        };
+        Ok((parse(a)?, parse(b)?))
+    }
+
+    /// The working hours as (start, end) minutes since midnight; an end
+    /// before the start spans midnight.
+    pub fn hours(&self) -> Result<(u32, u32), String> {
+        Self::parse_hours(&self.hours)
+    }
+
+    pub fn time_zone(&self) -> Result<chrono_tz::Tz, String> {
+        self.tz
+            .parse::<chrono_tz::Tz>()
+            .map_err(|_| format!("unknown time zone {:?}", self.tz))
+    }
 }
 
 /// Checks a schedule's time zone and hours.
 pub fn validate_schedule(field: &str, s: &Schedule) -> Result<(), FieldError> {
-    if s.tz.parse::<chrono_tz::Tz>().is_err() {
-        return Err(FieldError::new(
-            format!("{field}.tz"),
-            format!("unknown time zone {:?}", s.tz),
-        ));
-    }
-    parse_hours(&s.hours)
+    s.time_zone()
+        .map_err(|e| FieldError::new(format!("{field}.tz"), e))?;
+    s.hours()
         .map(|_| ())
         .map_err(|e| FieldError::new(format!("{field}.hours"), e))
 }
