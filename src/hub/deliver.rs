@@ -30,6 +30,7 @@ impl WorkspaceState {
         self.inbox.presence_subscribers.insert((s, conn_id));
     }
 
+    /// Unregisters a connection; true when it was the user's last one.
     pub fn disconnect(&mut self, user: &str, conn_id: u64) -> bool {
         let Some(s) = self.slots.get(user).copied() else {
             return false;

@@ -5,6 +5,7 @@
 //! and deliveries never interleave), while workspaces never contend with each
 //! other. Under the lock, fan-out only walks a precomputed audience and pushes
 //! a shared, already-serialized frame into bounded per-connection queues.
+//! One workspace's state and how its work is split: [`state`].
 
 mod apply;
 pub mod audience;
