@@ -1,12 +1,12 @@
 //! One workspace as a node sees it: the directory, every conversation's
 //! audience, and the live connections. The struct and its indexes live here;
 //! the work on it is split by job:
-//! - [`super::apply`]: applying a committed change, in commit order;
-//! - [`super::audience`]: (re)evaluating who may read a conversation;
-//! - [`super::deliver`]: connections and pushing frames to them (the hot path);
-//! - [`super::notify`]: access changes and personal notifications;
-//! - [`super::views`]: inbox pages and unread figures;
-//! - [`super::restore`]: start-up and resync from storage, replay.
+//! - `apply.rs`: applying a committed change, in commit order;
+//! - `audience.rs`: (re)evaluating who may read a conversation;
+//! - `deliver.rs`: connections and pushing frames to them (the hot path);
+//! - `notify.rs`: access changes and personal notifications;
+//! - `views.rs`: inbox pages and unread figures;
+//! - `restore.rs`: start-up and resync from storage, replay.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

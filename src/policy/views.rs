@@ -1,5 +1,5 @@
 //! Inbox views (docs/protocol.md "Inbox"): which readable conversation shows
-//! in which view for a user. Pure functions over plain data; the hub supplies
+//! in which view for a user. Pure functions over plain data; the caller supplies
 //! the user's marks and the conversation's contact.
 
 use serde::{Deserialize, Serialize};
