@@ -10,6 +10,7 @@ pub mod audience;
 pub mod conn;
 pub mod frames;
 pub mod inbox;
+pub mod lookup;
 pub mod state;
 
 use std::sync::Arc;

@@ -4,6 +4,8 @@
 
 pub mod actions;
 
+pub use actions::{Denial, Verdict};
+
 use std::cell::OnceCell;
 
 use serde::Serialize;
