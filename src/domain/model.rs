@@ -1125,3 +1125,52 @@ impl Lookup for Directory {
         self.contacts.get(id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world(v: serde_json::Value) -> World {
+        serde_json::from_value(v).expect("a world")
+    }
+
+    #[test]
+    fn a_world_splits_into_one_part_per_workspace() {
+        let w = world(serde_json::json!({
+            "users": [{"id": "a"}, {"id": "b", "workspace": "w2"}],
+            "channels": [{"id": "c", "workspace": "w3"}],
+            "settings": [{"id": "w4"}]
+        }));
+        let parts = w.split_by_workspace();
+        let names: Vec<&str> = parts.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [World::default_workspace().as_str(), "w2", "w3", "w4"]
+        );
+        assert_eq!(parts["w2"].users.len(), 1);
+        assert!(parts["w2"].channels.is_empty() && parts["w4"].users.is_empty());
+        assert_eq!(parts["w4"].settings.len(), 1);
+    }
+
+    /// The live API checks one entity's references with the same lists an
+    /// import checks a whole world with.
+    #[test]
+    fn references_resolve_in_a_directory_naming_the_field() {
+        let w = world(serde_json::json!({
+            "users": [{"id": "u"}],
+            "contacts": [{"id": "k", "owner": "u"}]
+        }));
+        let dir = Directory::from_world(&w);
+        let conv: Conversation = serde_json::from_value(serde_json::json!({
+            "id": "v", "channel": "nope", "contact": "k", "assignee": "u"
+        }))
+        .expect("a conversation");
+        let e = dir.check_references(conv.references()).unwrap_err();
+        assert_eq!(e.to_string(), r#"channel: unknown channel "nope""#);
+        let me: User =
+            serde_json::from_value(serde_json::json!({"id": "x", "manager": "x"})).expect("a user");
+        assert!(dir.check_references(me.references()).is_ok());
+        let k = &w.contacts[0];
+        assert!(dir.check_references(k.references()).is_ok());
+    }
+}

@@ -690,10 +690,9 @@ fn team_workspace(
         .workspace_ids()
         .into_iter()
         .filter(|ws| {
-            gw.hub.existing(ws).is_some_and(|w| {
-                let state = w.lock();
-                state.dir.users.values().any(|u| u.in_team(team))
-                    || members.iter().any(|m| state.dir.users.contains_key(m))
+            gw.hub.read(ws, |d| {
+                d.users.values().any(|u| u.in_team(team))
+                    || members.iter().any(|m| d.users.contains_key(m))
             })
         })
         .collect();
@@ -894,8 +893,7 @@ impl ListQuery {
             .workspace_ids()
             .into_iter()
             .filter(|ws| {
-                gw.hub.existing(ws).is_some_and(|w| {
-                    let s = w.lock();
+                gw.hub.read_state(ws, |s| {
                     let d = &s.dir;
                     !(d.users.is_empty()
                         && d.channels.is_empty()

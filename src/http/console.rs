@@ -160,12 +160,8 @@ struct TokenRequest {
 
 /// `{"token": "<jwt>", "exp": <secs>}` for an enabled user of the workspace.
 async fn dev_token(State(gw): Gw, Json(req): Json<TokenRequest>) -> Result<Response, ApiError> {
-    let known = gw.hub.existing(&req.workspace).is_some_and(|w| {
-        w.lock()
-            .dir
-            .users
-            .get(&req.user)
-            .is_some_and(|u| !u.disabled)
+    let known = gw.hub.read(&req.workspace, |d| {
+        d.users.get(&req.user).is_some_and(|u| !u.disabled)
     });
     if !known {
         return Err(ApiError::new(

@@ -43,9 +43,6 @@ impl ApiError {
             format!("unknown {what} {id:?}"),
         )
     }
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
-    }
     /// An admin or unscoped-adapter request names an id that several
     /// workspaces hold, without saying which.
     pub fn ambiguous(message: impl Into<String>) -> Self {
