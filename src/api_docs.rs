@@ -21,10 +21,10 @@ use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 use crate::domain::StatusKind;
 use crate::domain::{Channel, Contact, Conversation, Message, User, WorkspaceSettings, World};
-use crate::gateway::Posted;
 use crate::http::adapter::{ContactRef, InboundBody, PostBody};
 use crate::http::admin::{AssignBody, BulkAssignBody, PrivateBody, TeamBody, UserBody};
-use crate::inbox::ItemResult;
+use crate::ops::ItemResult;
+use crate::ops::Posted;
 use crate::policy::{Access, Rule};
 
 /// The body of every HTTP 4xx/5xx answer (docs/protocol.md "Errors").

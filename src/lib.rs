@@ -1,7 +1,8 @@
 //! Switchboard: a real-time WebSocket gateway for conversation inboxes.
 //!
 //! Where each part lives:
-//! - [`model`]: plain data of the directory, in the policy-case world format;
+//! - [`domain`]: plain data of the directory, in the policy-case world format,
+//!   and the committed changes;
 //! - [`policy`]: the access contract (`docs/access-policy.md`), pure functions;
 //! - [`assign`]: round-robin eligibility and rotation, pure;
 //! - [`store`]: durable state behind one trait (memory, Redis) and the ordered
@@ -9,12 +10,11 @@
 //! - [`hub`]: fan-out — per-workspace audiences and live connections;
 //! - [`ws`]: the agent WebSocket sessions;
 //! - [`http`]: admin, adapter and operations endpoints;
-//! - [`gateway`]: the operations both APIs share (validate, check, commit);
-//! - [`inbox`]: the agent's inbox operations (marks, edits, views, bulk);
+//! - [`ops`]: the operations both APIs share (validate, check, commit), one
+//!   file per subject, failing with a typed [`ops::OpError`];
 //! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML;
 //!   [`api_docs`]: the OpenAPI document and frame JSON Schemas, from the types;
-//!   [`credentials`]: adapter keys and their workspace scopes;
-//! - [`listing`]: the admin API's lists and export of one workspace.
+//!   [`credentials`]: adapter keys and their workspace scopes.
 
 pub mod api_docs;
 pub mod assign;
@@ -24,13 +24,10 @@ pub mod clock;
 pub mod config;
 pub mod credentials;
 pub mod domain;
-pub mod error;
-pub mod gateway;
 pub mod http;
 pub mod hub;
-pub mod inbox;
-pub mod listing;
 pub mod metrics;
+pub mod ops;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod policy;

@@ -15,8 +15,8 @@ use tower::ServiceExt;
 
 use crate::auth::Verifier;
 use crate::config::Config;
-use crate::gateway::Gateway;
 use crate::hub::{close, Hub};
+use crate::ops::Gateway;
 use crate::store::{memory::MemoryStore, Sink, Store};
 
 /// Development defaults, accepted only on a loopback listener.

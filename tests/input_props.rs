@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use tower::ServiceExt;
 
 use switchboard::config::{Config, ServeArgs};
-use switchboard::gateway::Gateway;
 use switchboard::hub::Hub;
+use switchboard::ops::Gateway;
 use switchboard::store::memory::MemoryStore;
 use switchboard::store::Store;
 use switchboard::ws::protocol::{self, ClientFrame};

@@ -3,7 +3,7 @@
 //! (`tests/worlds/README.md`), so a world file, the admin API and the
 //! policy engine all speak the same language.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +121,15 @@ pub struct User {
 }
 
 impl User {
+    /// Every reference this user makes, with the field naming it (a user
+    /// managing themself refers to nothing else).
+    pub fn references(&self) -> Vec<(String, EntityKind, &str)> {
+        self.manager
+            .iter()
+            .filter(|m| **m != self.id)
+            .map(|m| ("manager".to_owned(), EntityKind::User, m.as_str()))
+            .collect()
+    }
     pub fn has(&self, p: Permission) -> bool {
         self.permissions.contains(&p)
     }
@@ -268,6 +277,13 @@ impl Channel {
     pub fn is_restricted(&self) -> bool {
         !self.grants.is_empty()
     }
+    /// Every reference this channel makes, with the field naming it.
+    pub fn references(&self) -> Vec<(String, EntityKind, &str)> {
+        self.user_subjects()
+            .into_iter()
+            .map(|(field, id)| (field, EntityKind::User, id))
+            .collect()
+    }
     /// Every `user:<id>` this channel names, with the field naming it.
     pub fn user_subjects(&self) -> Vec<(String, &str)> {
         let grants = self
@@ -326,6 +342,16 @@ pub enum ConversationKind {
 
 /// What each kind of conversation allows. Every question is an exhaustive
 /// `match`, so a new kind does not compile until each rule has decided about it.
+impl Contact {
+    /// Every reference this contact makes, with the field naming it.
+    pub fn references(&self) -> Vec<(String, EntityKind, &str)> {
+        self.owner
+            .iter()
+            .map(|o| ("owner".to_owned(), EntityKind::User, o.as_str()))
+            .collect()
+    }
+}
+
 impl ConversationKind {
     /// Carried by a channel: has a channel and a contact, and adapters post to it.
     pub fn on_channel(self) -> bool {
@@ -430,6 +456,33 @@ impl Conversation {
         }
     }
 
+    /// A direct or group conversation started by `author` among `participants`
+    /// (the author first): no channel, no contact.
+    pub fn between_agents(
+        id: Id,
+        workspace: Id,
+        kind: ConversationKind,
+        author: Id,
+        participants: Vec<Id>,
+    ) -> Self {
+        Conversation {
+            id,
+            workspace,
+            kind,
+            channel: None,
+            contact: None,
+            author: Some(author),
+            participants,
+            assignee: None,
+            team: None,
+            collaborators: Vec::new(),
+            private: false,
+            status: Status::Open,
+            item_acl: BTreeMap::new(),
+            thread: None,
+        }
+    }
+
     pub fn assignment(&self) -> Assignment {
         match (&self.assignee, &self.team) {
             (Some(_), _) => Assignment::Assigned,
@@ -443,6 +496,22 @@ impl Conversation {
             None => self.team.as_deref(),
             Some(_) => None,
         }
+    }
+    /// What a conversation of its kind must name: a customer conversation
+    /// its channel and contact.
+    pub fn check_required(&self) -> Result<(), FieldError> {
+        if self.kind.on_channel() && (self.channel.is_none() || self.contact.is_none()) {
+            let field = if self.channel.is_none() {
+                "channel"
+            } else {
+                "contact"
+            };
+            return Err(FieldError::new(
+                field,
+                "required for a customer conversation",
+            ));
+        }
+        Ok(())
     }
     /// Every reference this conversation makes, with the field naming it.
     pub fn references(&self) -> Vec<(String, EntityKind, &str)> {
@@ -595,6 +664,29 @@ impl World {
     /// The workspace of an object that names none (the world format's default).
     pub fn default_workspace() -> Id {
         default_workspace()
+    }
+
+    /// Every workspace this world names (by its entities or settings).
+    pub fn workspaces(&self) -> BTreeSet<Id> {
+        self.users
+            .iter()
+            .map(|u| u.workspace.clone())
+            .chain(self.channels.iter().map(|c| c.workspace.clone()))
+            .chain(self.contacts.iter().map(|c| c.workspace.clone()))
+            .chain(self.conversations.iter().map(|c| c.workspace.clone()))
+            .chain(self.settings.iter().map(|s| s.id.clone()))
+            .collect()
+    }
+
+    /// The world cut into one part per workspace it names, in workspace order.
+    pub fn split_by_workspace(&self) -> BTreeMap<Id, World> {
+        self.workspaces()
+            .into_iter()
+            .map(|ws| {
+                let part = self.part_of(&ws);
+                (ws, part)
+            })
+            .collect()
     }
 
     /// The objects of one workspace.
@@ -861,6 +953,12 @@ pub fn validate_id(field: &str, id: &str, workspace: bool) -> Result<(), FieldEr
     Ok(())
 }
 
+/// Checks an entity's workspace and id as keys.
+pub fn validate_key(workspace: &str, id: &str) -> Result<(), FieldError> {
+    validate_id("workspace", workspace, true)?;
+    validate_id("id", id, false)
+}
+
 /// Longest id accepted (users, channels, contacts, conversations, workspaces).
 pub const MAX_ID_BYTES: usize = 256;
 
@@ -922,40 +1020,31 @@ impl World {
                 ))
             }
         };
+        // The same references the live API checks one entity at a time
+        // (`Directory::check_references`).
         for (i, u) in self.users.iter().enumerate() {
-            if let Some(m) = &u.manager {
-                check(
-                    format!("users[{i}].manager"),
-                    EntityKind::User,
-                    &u.workspace,
-                    m,
-                )?;
+            for (field, kind, id) in u.references() {
+                check(format!("users[{i}].{field}"), kind, &u.workspace, id)?;
             }
         }
         for (i, c) in self.channels.iter().enumerate() {
-            for (field, subject) in c.user_subjects() {
-                check(
-                    format!("channels[{i}].{field}"),
-                    EntityKind::User,
-                    &c.workspace,
-                    subject,
-                )?;
+            for (field, kind, id) in c.references() {
+                check(format!("channels[{i}].{field}"), kind, &c.workspace, id)?;
             }
         }
         for (i, k) in self.contacts.iter().enumerate() {
-            if let Some(o) = &k.owner {
-                check(
-                    format!("contacts[{i}].owner"),
-                    EntityKind::User,
-                    &k.workspace,
-                    o,
-                )?;
+            for (field, kind, id) in k.references() {
+                check(format!("contacts[{i}].{field}"), kind, &k.workspace, id)?;
             }
         }
         for (i, c) in self.conversations.iter().enumerate() {
-            let ws = c.workspace.as_str();
             for (field, kind, id) in c.references() {
-                check(format!("conversations[{i}].{field}"), kind, ws, id)?;
+                check(
+                    format!("conversations[{i}].{field}"),
+                    kind,
+                    &c.workspace,
+                    id,
+                )?;
             }
         }
         Ok(())
@@ -1007,6 +1096,24 @@ impl Directory {
 }
 
 impl Directory {
+    /// Checks an entity's references (`references()` of users, channels,
+    /// contacts, conversations) against this directory, naming the field of
+    /// the first that resolves to nothing.
+    pub fn check_references<'a>(
+        &self,
+        references: impl IntoIterator<Item = (String, EntityKind, &'a str)>,
+    ) -> Result<(), FieldError> {
+        for (field, kind, id) in references {
+            if !self.contains(kind, id) {
+                return Err(FieldError::new(
+                    field,
+                    format!("unknown {} {id:?}", kind.as_str()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether an entity of this kind and id exists here.
     pub fn contains(&self, kind: EntityKind, id: &str) -> bool {
         match kind {
@@ -1026,5 +1133,54 @@ impl Lookup for Directory {
     }
     fn contact(&self, id: &str) -> Option<&Contact> {
         self.contacts.get(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world(v: serde_json::Value) -> World {
+        serde_json::from_value(v).expect("a world")
+    }
+
+    #[test]
+    fn a_world_splits_into_one_part_per_workspace() {
+        let w = world(serde_json::json!({
+            "users": [{"id": "a"}, {"id": "b", "workspace": "w2"}],
+            "channels": [{"id": "c", "workspace": "w3"}],
+            "settings": [{"id": "w4"}]
+        }));
+        let parts = w.split_by_workspace();
+        let names: Vec<&str> = parts.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [World::default_workspace().as_str(), "w2", "w3", "w4"]
+        );
+        assert_eq!(parts["w2"].users.len(), 1);
+        assert!(parts["w2"].channels.is_empty() && parts["w4"].users.is_empty());
+        assert_eq!(parts["w4"].settings.len(), 1);
+    }
+
+    /// The live API checks one entity's references with the same lists an
+    /// import checks a whole world with.
+    #[test]
+    fn references_resolve_in_a_directory_naming_the_field() {
+        let w = world(serde_json::json!({
+            "users": [{"id": "u"}],
+            "contacts": [{"id": "k", "owner": "u"}]
+        }));
+        let dir = Directory::from_world(&w);
+        let conv: Conversation = serde_json::from_value(serde_json::json!({
+            "id": "v", "channel": "nope", "contact": "k", "assignee": "u"
+        }))
+        .expect("a conversation");
+        let e = dir.check_references(conv.references()).unwrap_err();
+        assert_eq!(e.to_string(), r#"channel: unknown channel "nope""#);
+        let me: User =
+            serde_json::from_value(serde_json::json!({"id": "x", "manager": "x"})).expect("a user");
+        assert!(dir.check_references(me.references()).is_ok());
+        let k = &w.contacts[0];
+        assert!(dir.check_references(k.references()).is_ok());
     }
 }

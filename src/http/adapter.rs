@@ -13,8 +13,8 @@ use serde::Deserialize;
 use super::{check_bearer, parse, Body, Path, Query};
 use crate::credentials::AdapterKey;
 use crate::domain::Contact;
-use crate::error::ApiError;
-use crate::gateway::{Actor, Entity, Gateway, InboundContact, ThreadKey};
+use crate::http::ApiError;
+use crate::ops::{Actor, Entity, Gateway, InboundContact, ThreadKey};
 
 /// The channel-adapter routes. The key is checked (and rate-limited) before
 /// anything of the request is parsed: a bad key is a 401 whatever the rest.
@@ -99,7 +99,7 @@ impl Caller {
     ) -> Result<String, ApiError> {
         let missing = || ApiError::not_found(entity.as_str(), id);
         match self.key(gw)?.workspace() {
-            None => gw.resolve(entity, id, named),
+            None => Ok(gw.resolve(entity, id, named)?),
             Some(own) if named.is_none_or(|n| n == own) => Ok(own.to_owned()),
             Some(_) => Err(missing()),
         }

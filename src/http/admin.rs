@@ -20,10 +20,10 @@ use crate::domain::{
     validate_id, Channel, Contact, Conversation, ConversationKind, Id, Status, User,
     WorkspaceSettings, World,
 };
-use crate::error::ApiError;
-use crate::gateway::{Actor, Command, Entity, Gateway};
-use crate::inbox::ItemResult;
-use crate::listing::{self, ConversationFilter, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::http::ApiError;
+use crate::ops::listing::{self, ConversationFilter, DEFAULT_LIMIT, MAX_LIMIT};
+use crate::ops::{Actor, Command, Entity, Gateway};
+use crate::ops::{ItemResult, OpError};
 use crate::store::{AuditEntry, AuditId, AuditWho};
 
 type Gw = State<Arc<Gateway>>;
@@ -168,7 +168,7 @@ struct InWorkspace {
 type Ws = Query<InWorkspace>;
 
 impl InWorkspace {
-    fn resolve(&self, gw: &Gateway, entity: Entity, id: &str) -> Result<String, ApiError> {
+    fn resolve(&self, gw: &Gateway, entity: Entity, id: &str) -> Result<String, OpError> {
         gw.resolve(entity, id, self.workspace.as_deref())
     }
 }
@@ -317,20 +317,20 @@ macro_rules! directory_entity {
                 &self.workspace
             }
             fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
-                gw.$get(ws, id)
+                Ok(gw.$get(ws, id)?)
             }
             fn put(
                 gw: &Gateway,
                 v: Self,
             ) -> impl Future<Output = Result<Self, ApiError>> + Send + '_ {
-                gw.$put(v)
+                async move { Ok(gw.$put(v).await?) }
             }
             fn delete<'a>(
                 gw: &'a Gateway,
                 ws: &'a str,
                 id: &'a str,
             ) -> impl Future<Output = Result<(), ApiError>> + Send + 'a {
-                gw.$delete(ws, id)
+                async move { Ok(gw.$delete(ws, id).await?) }
             }
         }
     };
@@ -690,10 +690,9 @@ fn team_workspace(
         .workspace_ids()
         .into_iter()
         .filter(|ws| {
-            gw.hub.existing(ws).is_some_and(|w| {
-                let state = w.lock();
-                state.dir.users.values().any(|u| u.in_team(team))
-                    || members.iter().any(|m| state.dir.users.contains_key(m))
+            gw.hub.read(ws, |d| {
+                d.users.values().any(|u| u.in_team(team))
+                    || members.iter().any(|m| d.users.contains_key(m))
             })
         })
         .collect();
@@ -802,12 +801,16 @@ async fn bulk_assign(
                         b.assignee.clone(),
                     )
                     .await;
-                if items.iter().any(|r| r.ok) {
+                if items.iter().any(|(_, r)| r.is_ok()) {
                     done.entry(ws).or_default().push(c.clone());
                 }
-                results.extend(items);
+                results.extend(
+                    items
+                        .into_iter()
+                        .map(|(c, r)| ItemResult::of(&c, r, OpError::code)),
+                );
             }
-            Err(e) => results.push(ItemResult::of(c, Err(e), true)),
+            Err(e) => results.push(ItemResult::of(c, Err(e), OpError::code)),
         }
     }
     for (ws, targets) in done {
@@ -890,8 +893,7 @@ impl ListQuery {
             .workspace_ids()
             .into_iter()
             .filter(|ws| {
-                gw.hub.existing(ws).is_some_and(|w| {
-                    let s = w.lock();
+                gw.hub.read_state(ws, |s| {
                     let d = &s.dir;
                     !(d.users.is_empty()
                         && d.channels.is_empty()

@@ -24,8 +24,8 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::{Json, Query};
-use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::http::ApiError;
+use crate::ops::Gateway;
 use crate::server::DEV_SECRET;
 
 type Gw = State<Arc<Gateway>>;
@@ -118,7 +118,11 @@ async fn dev_users(State(gw): Gw, Query(q): Query<UsersQuery>) -> Response {
         .hub
         .workspace_ids()
         .into_iter()
-        .filter(|w| !crate::listing::users(&gw.hub, w, None, 1).items.is_empty())
+        .filter(|w| {
+            !crate::ops::listing::users(&gw.hub, w, None, 1)
+                .items
+                .is_empty()
+        })
         .collect();
     workspaces.sort();
     let ws = q.workspace.or_else(|| workspaces.first().cloned());
@@ -126,7 +130,7 @@ async fn dev_users(State(gw): Gw, Query(q): Query<UsersQuery>) -> Response {
     if let Some(ws) = &ws {
         let mut after: Option<String> = None;
         loop {
-            let page = crate::listing::users(&gw.hub, ws, after.as_deref(), 1000);
+            let page = crate::ops::listing::users(&gw.hub, ws, after.as_deref(), 1000);
             users.extend(
                 page.items
                     .iter()
@@ -156,12 +160,8 @@ struct TokenRequest {
 
 /// `{"token": "<jwt>", "exp": <secs>}` for an enabled user of the workspace.
 async fn dev_token(State(gw): Gw, Json(req): Json<TokenRequest>) -> Result<Response, ApiError> {
-    let known = gw.hub.existing(&req.workspace).is_some_and(|w| {
-        w.lock()
-            .dir
-            .users
-            .get(&req.user)
-            .is_some_and(|u| !u.disabled)
+    let known = gw.hub.read(&req.workspace, |d| {
+        d.users.get(&req.user).is_some_and(|u| !u.disabled)
     });
     if !known {
         return Err(ApiError::new(

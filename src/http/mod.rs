@@ -3,6 +3,7 @@
 pub mod adapter;
 pub mod admin;
 pub mod console;
+pub mod error;
 pub mod observe;
 pub mod ops;
 
@@ -20,8 +21,8 @@ use axum::routing::get;
 use axum::Router;
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::ops::Gateway;
+pub use error::ApiError;
 
 pub fn router(gw: Arc<Gateway>) -> Router {
     let max_body = gw.config.limits.max_body_bytes;

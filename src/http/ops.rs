@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
-use crate::gateway::Gateway;
+use crate::ops::Gateway;
 
 pub async fn healthz() -> impl IntoResponse {
     (StatusCode::OK, "ok\n")

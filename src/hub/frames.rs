@@ -173,7 +173,7 @@ pub fn created(reference: Option<&str>, conversation: &str, seq: u64) -> Utf8Byt
     )
 }
 
-pub fn bulk_result(reference: Option<&str>, results: &[crate::inbox::ItemResult]) -> Utf8Bytes {
+pub fn bulk_result(reference: Option<&str>, results: &[crate::ops::ItemResult]) -> Utf8Bytes {
     render(&serde_json::json!({"type": "bulk_result", "ref": reference, "results": results}))
 }
 
@@ -324,7 +324,7 @@ pub enum ServerFrame {
     BulkResult {
         #[serde(rename = "ref")]
         reference: Option<String>,
-        results: Vec<crate::inbox::ItemResult>,
+        results: Vec<crate::ops::ItemResult>,
     },
 }
 

@@ -15,6 +15,7 @@ pub mod frames;
 pub mod marks;
 mod notify;
 mod restore;
+pub mod lookup;
 pub mod state;
 mod views;
 

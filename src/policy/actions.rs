@@ -1,24 +1,62 @@
 //! Action rules of docs/access-policy.md ("who may send, assign, close, change privacy,
-//! edit"), pure like the access rules. Each returns `Err` with a reason the
-//! gateway hands to the client verbatim.
+//! edit"), pure like the access rules. Each refuses with a [`Denial`], whose
+//! text the operations hand to the client verbatim.
 
 use super::{decide, is_involved, Access};
 use crate::domain::{
-    Conversation, DirectMessages, GroupCreate, Lookup, Message, Permission, Role, Sender, User,
+    Conversation, DirectMessages, GroupCreate, Id, Lookup, Message, Permission, Role, Sender, User,
     WorkspaceSettings,
 };
 
-pub type Verdict = Result<(), String>;
+/// Why an action is refused. `Display` is the message clients get.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("{what} needs {} access; you have {}", want.as_str(), have.as_str())]
+    NeedsAccess {
+        what: String,
+        want: Access,
+        have: Access,
+    },
+    #[error(
+        "{assignee} would not have write access to the conversation once assigned ({explanation})"
+    )]
+    AssigneeWithoutWrite { assignee: Id, explanation: String },
+    #[error("only customer conversations can be private or public")]
+    NoPrivacy,
+    #[error("changing privacy needs write access and involvement, or administer with read")]
+    PrivacyNeedsInvolvement,
+    #[error("editing messages is switched off in this workspace")]
+    EditingOff,
+    #[error("only the sender may edit or delete a message")]
+    NotSender,
+    #[error("the edit window of {window_secs} s has passed")]
+    EditWindowPassed { window_secs: u64 },
+    #[error("group_create is {0:?} in this workspace")]
+    GroupCreate(GroupCreate),
+    #[error("only users of the same workspace can be messaged")]
+    OtherWorkspace,
+    #[error("direct messages are limited to internal users in this workspace")]
+    DirectMessagesInternalOnly,
+    #[error("direct messages are switched off in this workspace")]
+    DirectMessagesOff,
+    /// The acting agent is not (or no longer) in the directory.
+    #[error("unknown user")]
+    UnknownActor,
+    #[error("adapters post to customer conversations only")]
+    AdapterNotCustomer,
+}
+
+pub type Verdict = Result<(), Denial>;
 
 fn need(have: Access, want: Access, what: &str) -> Verdict {
     if have >= want {
         Ok(())
     } else {
-        Err(format!(
-            "{what} needs {} access; you have {}",
-            want.as_str(),
-            have.as_str()
-        ))
+        Err(Denial::NeedsAccess {
+            what: what.to_owned(),
+            want,
+            have,
+        })
     }
 }
 
@@ -32,18 +70,17 @@ pub fn may_be_assigned(dir: &impl Lookup, assignee: &User, after: &Conversation)
     if decide(dir, assignee, after).access == Access::Write {
         Ok(())
     } else {
-        Err(format!(
-            "{} would not have write access to the conversation once assigned ({})",
-            assignee.id,
-            decide(dir, assignee, after).explain()
-        ))
+        Err(Denial::AssigneeWithoutWrite {
+            assignee: assignee.id.clone(),
+            explanation: decide(dir, assignee, after).explain(),
+        })
     }
 }
 
 /// Make private / public: `write` and involved, or `administer` with `read`.
 pub fn may_change_privacy(dir: &impl Lookup, user: &User, conv: &Conversation) -> Verdict {
     if !conv.kind.has_privacy() {
-        return Err("only customer conversations can be private or public".into());
+        return Err(Denial::NoPrivacy);
     }
     let access = decide(dir, user, conv).access;
     if (access == Access::Write && is_involved(user, conv))
@@ -51,7 +88,7 @@ pub fn may_change_privacy(dir: &impl Lookup, user: &User, conv: &Conversation) -
     {
         Ok(())
     } else {
-        Err("changing privacy needs write access and involvement, or administer with read".into())
+        Err(Denial::PrivacyNeedsInvolvement)
     }
 }
 
@@ -68,13 +105,15 @@ pub fn may_edit(
     now_ms: u64,
 ) -> Verdict {
     let Some(window) = settings.edit_window_secs else {
-        return Err("editing messages is switched off in this workspace".into());
+        return Err(Denial::EditingOff);
     };
     if message.sender != Sender::User(user.id.clone()) {
-        return Err("only the sender may edit or delete a message".into());
+        return Err(Denial::NotSender);
     }
     if now_ms.saturating_sub(message.ts) > window.saturating_mul(1000) {
-        return Err(format!("the edit window of {window} s has passed"));
+        return Err(Denial::EditWindowPassed {
+            window_secs: window,
+        });
     }
     Ok(())
 }
@@ -89,24 +128,19 @@ pub fn may_create_group(settings: &WorkspaceSettings, user: &User) -> Verdict {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "group_create is {:?} in this workspace",
-            settings.group_create
-        ))
+        Err(Denial::GroupCreate(settings.group_create))
     }
 }
 
 /// Direct-message or mention `to` under the `direct_messages` setting.
 pub fn may_message_directly(settings: &WorkspaceSettings, from: &User, to: &User) -> Verdict {
     if from.workspace != to.workspace {
-        return Err("only users of the same workspace can be messaged".into());
+        return Err(Denial::OtherWorkspace);
     }
     match settings.direct_messages {
         DirectMessages::Everyone => Ok(()),
         DirectMessages::InternalOnly if from.internal && to.internal => Ok(()),
-        DirectMessages::InternalOnly => {
-            Err("direct messages are limited to internal users in this workspace".into())
-        }
-        DirectMessages::Off => Err("direct messages are switched off in this workspace".into()),
+        DirectMessages::InternalOnly => Err(Denial::DirectMessagesInternalOnly),
+        DirectMessages::Off => Err(Denial::DirectMessagesOff),
     }
 }

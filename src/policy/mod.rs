@@ -5,6 +5,8 @@
 pub mod actions;
 pub mod views;
 
+pub use actions::{Denial, Verdict};
+
 use std::cell::OnceCell;
 
 use serde::Serialize;

@@ -338,6 +338,10 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    fn shared(&self) -> bool {
+        false
+    }
+
     async fn ping(&self) -> bool {
         true
     }

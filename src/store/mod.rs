@@ -244,6 +244,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Users online on any node.
     async fn online_users(&self, workspace: &str) -> Result<Vec<Id>, StoreError>;
+    /// Whether other nodes share this store (then presence and queues are
+    /// cluster-wide, not this node's alone).
+    fn shared(&self) -> bool;
     /// Whether storage answers right now (readiness).
     async fn ping(&self) -> bool;
     /// Relays a [`Change::Ephemeral`] to every node's sink without storing it.

@@ -1353,6 +1353,10 @@ impl Store for RedisStore {
         Ok(users)
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     /// False while Redis does not answer or the bus is reconnecting.
     async fn ping(&self) -> bool {
         if !self.inner.bus_up.load(Ordering::Relaxed) {

@@ -20,9 +20,9 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::domain::{Permission, User};
-use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::http::ApiError;
 use crate::http::Query;
+use crate::ops::{Gateway, OpError};
 
 #[derive(utoipa::IntoParams)] // API schemas: src/api_docs.rs
 #[derive(serde::Deserialize, Default)]
@@ -49,6 +49,15 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Checks the token and the user; the error is the HTTP answer.
+/// The code of the `error` frame of a failed operation: an invalid field is
+/// a bad frame; every other code is the HTTP API's.
+pub(crate) fn frame_code(e: &OpError) -> &'static str {
+    match e {
+        OpError::Invalid { .. } => "bad_frame",
+        e => e.code(),
+    }
+}
+
 fn authenticate(gw: &Gateway, token: Option<&str>) -> Result<(User, u64), ApiError> {
     let token = token.ok_or_else(|| {
         ApiError::unauthorized("missing token (?token= or Authorization: Bearer)")

@@ -18,8 +18,8 @@ use tokio_tungstenite::WebSocketStream;
 use super::protocol::{self, reference_of, BulkAction, ClientFrame};
 use crate::domain::User;
 use crate::domain::{Change, Mark};
-use crate::gateway::{Actor, Command, Gateway};
 use crate::hub::{close, frames, ConnHandle, Control, Outbound};
+use crate::ops::{Actor, Command, Gateway, ItemResult};
 
 /// Frames written before one flush.
 const BATCH: usize = 64;
@@ -416,7 +416,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 };
                 let reply = match r {
                     Ok(p) => frames::ack(reference.as_deref(), &p.id, p.seq, p.duplicate),
-                    Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+                    Err(e) => {
+                        frames::error(reference.as_deref(), super::frame_code(&e), &e.to_string())
+                    }
                 };
                 return self.send(reply).await;
             }
@@ -569,7 +571,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             } => {
                 let reply = match gw.create_conversation(&self.user, kind, participants).await {
                     Ok((id, seq)) => frames::created(reference.as_deref(), &id, seq),
-                    Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+                    Err(e) => {
+                        frames::error(reference.as_deref(), super::frame_code(&e), &e.to_string())
+                    }
                 };
                 return self.send(reply).await;
             }
@@ -579,11 +583,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 conversations,
                 assignee,
             } => {
-                let results = match action {
+                let outcome = match action {
                     BulkAction::Assign => gw.bulk_assign(actor, &conversations, assignee).await,
                     BulkAction::Mute => gw.bulk_mute(&self.user, &conversations, true).await,
                     BulkAction::Unmute => gw.bulk_mute(&self.user, &conversations, false).await,
                 };
+                let results: Vec<ItemResult> = outcome
+                    .into_iter()
+                    .map(|(c, r)| ItemResult::of(&c, r, super::frame_code))
+                    .collect();
                 return self
                     .send(frames::bulk_result(reference.as_deref(), &results))
                     .await;
@@ -601,7 +609,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         };
         let reply = match result {
             Ok(_) => frames::ok(reference.as_deref()),
-            Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+            Err(e) => frames::error(reference.as_deref(), super::frame_code(&e), &e.to_string()),
         };
         self.send(reply).await
     }

@@ -8,9 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Serialize;
 
 use crate::domain::{
-    Channel, Contact, Conversation, ConversationKind, FieldError, Id, Status, User, World,
+    Channel, Contact, Conversation, ConversationKind, Directory, FieldError, Id, Status, User,
+    World,
 };
-use crate::hub::Hub;
+use crate::hub::{Hub, WorkspaceState};
 
 /// Default and largest page size of every list.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -56,44 +57,26 @@ fn page_of<T: Clone>(picked: (Vec<&T>, bool), id: impl Fn(&T) -> &str) -> Page<T
     }
 }
 
-fn empty<T>() -> Page<T> {
-    Page {
-        items: Vec::new(),
-        next_cursor: None,
-    }
-}
-
 pub fn users(hub: &Hub, ws: &str, after: Option<&str>, limit: usize) -> Page<User> {
-    let Some(w) = hub.existing(ws) else {
-        return empty();
-    };
-    let state = w.lock();
-    page_of(
-        pick(state.dir.users.values(), |u| &u.id, after, limit),
-        |u| &u.id,
-    )
+    hub.read(ws, |d| {
+        page_of(pick(d.users.values(), |u| &u.id, after, limit), |u| &u.id)
+    })
 }
 
 pub fn channels(hub: &Hub, ws: &str, after: Option<&str>, limit: usize) -> Page<Channel> {
-    let Some(w) = hub.existing(ws) else {
-        return empty();
-    };
-    let state = w.lock();
-    page_of(
-        pick(state.dir.channels.values(), |c| &c.id, after, limit),
-        |c| &c.id,
-    )
+    hub.read(ws, |d| {
+        page_of(pick(d.channels.values(), |c| &c.id, after, limit), |c| {
+            &c.id
+        })
+    })
 }
 
 pub fn contacts(hub: &Hub, ws: &str, after: Option<&str>, limit: usize) -> Page<Contact> {
-    let Some(w) = hub.existing(ws) else {
-        return empty();
-    };
-    let state = w.lock();
-    page_of(
-        pick(state.dir.contacts.values(), |c| &c.id, after, limit),
-        |c| &c.id,
-    )
+    hub.read(ws, |d| {
+        page_of(pick(d.contacts.values(), |c| &c.id, after, limit), |c| {
+            &c.id
+        })
+    })
 }
 
 /// A team: teams have no record of their own; a team exists while a user,
@@ -106,11 +89,10 @@ pub struct Team {
 }
 
 pub fn teams(hub: &Hub, ws: &str, after: Option<&str>, limit: usize) -> Page<Team> {
-    let Some(w) = hub.existing(ws) else {
-        return empty();
-    };
-    let state = w.lock();
-    let d = &state.dir;
+    hub.read(ws, |d| teams_in(d, after, limit))
+}
+
+fn teams_in(d: &Directory, after: Option<&str>, limit: usize) -> Page<Team> {
     let mut all: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for u in d.users.values() {
         for t in &u.teams {
@@ -201,10 +183,17 @@ pub fn conversations(
     after: Option<&str>,
     limit: usize,
 ) -> Result<Page<ListedConversation>, FieldError> {
-    let Some(w) = hub.existing(ws) else {
-        return refs_unknown(filter).map(|()| empty());
-    };
-    let state = w.lock();
+    // A workspace this node does not know reads as empty: every reference
+    // the filter names is unknown.
+    hub.read_state(ws, |state| conversations_in(state, filter, after, limit))
+}
+
+fn conversations_in(
+    state: &WorkspaceState,
+    filter: &ConversationFilter,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Page<ListedConversation>, FieldError> {
     let d = &state.dir;
     if let Some(a) = filter
         .assignee
@@ -251,30 +240,15 @@ pub fn conversations(
     Ok(Page { items, next_cursor })
 }
 
-/// In a workspace this node does not know, every named reference is unknown.
-fn refs_unknown(filter: &ConversationFilter) -> Result<(), FieldError> {
-    if let Some(a) = &filter.assignee {
-        return Err(FieldError::new("assignee", format!("unknown user {a:?}")));
-    }
-    if let Some(ch) = &filter.channel {
-        return Err(FieldError::new(
-            "channel",
-            format!("unknown channel {ch:?}"),
-        ));
-    }
-    if let Some(k) = &filter.contact {
-        return Err(FieldError::new("contact", format!("unknown contact {k:?}")));
-    }
-    Ok(())
-}
-
 /// The workspace as a world (import format) with its settings, every list
 /// in id order: importing it with `?mode=replace` gives back the same
 /// directory and settings. Messages, history and users' marks are not part
 /// of it. `None` when this node does not know the workspace.
 pub fn export(hub: &Hub, ws: &str) -> Option<World> {
-    let w = hub.existing(ws)?;
-    let state = w.lock();
+    hub.read_known(ws, export_of)
+}
+
+fn export_of(state: &WorkspaceState) -> World {
     let d = &state.dir;
     let mut users: Vec<User> = d.users.values().cloned().collect();
     users.sort_by(|a, b| a.id.cmp(&b.id));
@@ -284,7 +258,7 @@ pub fn export(hub: &Hub, ws: &str) -> Option<World> {
     contacts.sort_by(|a, b| a.id.cmp(&b.id));
     let mut conversations: Vec<Conversation> = d.conversations.values().cloned().collect();
     conversations.sort_by(|a, b| a.id.cmp(&b.id));
-    Some(World {
+    World {
         name: None,
         users,
         channels,
@@ -292,7 +266,7 @@ pub fn export(hub: &Hub, ws: &str) -> Option<World> {
         conversations,
         settings: vec![state.settings.clone()],
         expect: None,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,12 @@
-//! The one error type of the HTTP and WebSocket APIs (docs/protocol.md "Errors").
+//! The error answer of the HTTP API (docs/protocol.md "Errors"): a status and
+//! the JSON body `{"error": {code, message, field}}`. Operations fail with an
+//! [`OpError`]; this is the one place that gives it a status.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
 use crate::domain::FieldError;
+use crate::ops::OpError;
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +43,6 @@ impl ApiError {
             format!("unknown {what} {id:?}"),
         )
     }
-    pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
-    }
     /// An admin or unscoped-adapter request names an id that several
     /// workspaces hold, without saying which.
     pub fn ambiguous(message: impl Into<String>) -> Self {
@@ -65,46 +65,40 @@ impl ApiError {
             "rate limit exceeded",
         )
     }
-    /// The code for a WebSocket `error` frame.
-    pub fn ws_code(&self) -> &'static str {
-        match self.code {
-            "bad_json" | "invalid_field" => "bad_frame",
-            c => c,
+}
+
+/// The status of each operation error.
+fn status_of(e: &OpError) -> StatusCode {
+    match e {
+        OpError::NotFound { .. } => StatusCode::NOT_FOUND,
+        OpError::Ambiguous { .. } | OpError::Conflict(_) => StatusCode::CONFLICT,
+        OpError::Forbidden(_) => StatusCode::FORBIDDEN,
+        OpError::Invalid { .. } | OpError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+        OpError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        OpError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        ApiError {
+            status: status_of(&e),
+            code: e.code(),
+            field: e.field().map(str::to_owned),
+            message: e.to_string(),
         }
     }
 }
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
-        ApiError::invalid(e.field, e.reason)
+        OpError::from(e).into()
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Unavailable(m) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                format!(
-                    "storage unavailable; the change may or may not have been stored: \
-                     retry later (with the same Idempotency-Key, a retry stores it once) ({m})"
-                ),
-            ),
-            StoreError::Conflict(m) => ApiError::conflict(format!("{m}; retry")),
-            StoreError::ThreadTaken(c) => ApiError::conflict(format!(
-                "the thread already has an open conversation ({c}); retry"
-            )),
-            StoreError::IdempotencyKeyReused => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "this idempotency key (client_id) was already used for another request \
-                 (other body, sender or meta); nothing was stored: use a new key",
-            ),
-            StoreError::Corrupt(m) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
-            }
-        }
+        OpError::from(e).into()
     }
 }
 

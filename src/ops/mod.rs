@@ -1,0 +1,244 @@
+//! The operations both APIs share (the HTTP API and the WebSocket): check
+//! input and policy against the node's view, commit to the store, and let the
+//! committed change flow back through the hub. Every operation either commits
+//! whole or changes nothing, and fails with a typed [`OpError`]; only the
+//! edges (`http`, `ws`) turn it into statuses, error bodies and frames.
+//!
+//! One file per subject: [`directory`] (users, channels, contacts, settings,
+//! import), [`conversation`] (CRUD and commands), [`message`], [`routing`]
+//! (inbound messages and round robin), [`inbox`] (an agent's marks, views and
+//! bulk actions), [`listing`] (the admin API's lists and export).
+
+pub mod conversation;
+pub mod directory;
+pub mod error;
+pub mod inbox;
+pub mod listing;
+pub mod message;
+pub mod routing;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::auth::Verifier;
+use crate::config::Config;
+use crate::credentials::AdapterKey;
+use crate::domain::{
+    Change, Channel, Contact, Conversation, Directory, EntityKind, Id, StatusEvent, User,
+    WorkspaceSettings,
+};
+use crate::hub::Hub;
+use crate::policy::Access;
+use crate::store::{Outcome, Store};
+
+pub use conversation::Command;
+pub use error::{Conflict, OpError};
+pub use inbox::ItemResult;
+pub use message::Posted;
+pub use routing::{InboundContact, ThreadKey};
+
+fn new_id(prefix: &str) -> Id {
+    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Who asks, and in which workspace.
+///
+/// Ids are unique per workspace only, and every operation looks ids up in
+/// [`Actor::workspace`] alone: an id of another workspace is not found,
+/// exactly like one that never existed. An agent's workspace is the one of
+/// their verified token, so an agent cannot even name another workspace; the
+/// admin API and adapter keys resolve theirs at the edge
+/// ([`Gateway::resolve`]).
+#[derive(Clone, Debug)]
+pub enum Actor {
+    /// The admin API or an adapter (trusted), acting in one workspace.
+    System { workspace: Id },
+    /// An agent, checked against the policy.
+    User { workspace: Id, id: Id },
+}
+
+impl Actor {
+    /// The agent behind a session.
+    pub fn agent(user: &User) -> Self {
+        Actor::User {
+            workspace: user.workspace.clone(),
+            id: user.id.clone(),
+        }
+    }
+    pub fn system(workspace: impl Into<Id>) -> Self {
+        Actor::System {
+            workspace: workspace.into(),
+        }
+    }
+    pub fn workspace(&self) -> &str {
+        match self {
+            Actor::System { workspace } | Actor::User { workspace, .. } => workspace,
+        }
+    }
+    fn by(&self) -> Option<Id> {
+        match self {
+            Actor::System { .. } => None,
+            Actor::User { id, .. } => Some(id.clone()),
+        }
+    }
+}
+
+/// What an admin or adapter request names by id, for [`Gateway::resolve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entity {
+    User,
+    Channel,
+    Contact,
+    Conversation,
+}
+
+impl Entity {
+    /// The directory kind; `None` for a conversation.
+    fn kind(self) -> Option<EntityKind> {
+        match self {
+            Entity::User => Some(EntityKind::User),
+            Entity::Channel => Some(EntityKind::Channel),
+            Entity::Contact => Some(EntityKind::Contact),
+            Entity::Conversation => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        self.kind().map_or("conversation", EntityKind::as_str)
+    }
+}
+
+pub struct Gateway {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub hub: Arc<Hub>,
+    pub verifier: Verifier,
+    pub draining: AtomicBool,
+    pub adapter_limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// Parsed `SWITCHBOARD_ADAPTER_KEY` entries (the server refuses to start
+    /// with a malformed one).
+    pub adapter_keys: Vec<AdapterKey>,
+    next_connection: AtomicU64,
+}
+
+impl Gateway {
+    pub fn new(config: Config, store: Arc<dyn Store>, hub: Arc<Hub>, verifier: Verifier) -> Self {
+        let per_sec = std::num::NonZeroU32::new(config.limits.adapter_rate_per_sec)
+            .unwrap_or(std::num::NonZeroU32::MIN);
+        let adapter_limiter = governor::RateLimiter::keyed(governor::Quota::per_second(per_sec));
+        let adapter_keys = config
+            .adapter_keys
+            .iter()
+            .filter_map(|e| AdapterKey::parse(e).ok())
+            .collect();
+        Gateway {
+            adapter_limiter,
+            adapter_keys,
+            config,
+            store,
+            hub,
+            verifier,
+            draining: AtomicBool::new(false),
+            next_connection: AtomicU64::new(1),
+        }
+    }
+
+    pub fn connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The workspace an admin or unscoped-adapter request acts in: the one it
+    /// names, else the only workspace holding an entity of that id. Such
+    /// callers are trusted with every workspace; agents and workspace-scoped
+    /// adapter keys never come here (their workspace is fixed).
+    pub fn resolve(&self, entity: Entity, id: &str, named: Option<&str>) -> Result<Id, OpError> {
+        if let Some(ws) = named {
+            return Ok(ws.to_owned());
+        }
+        let mut holders = match entity.kind() {
+            None => self.hub.workspaces_of_conversation(id),
+            Some(kind) => self.hub.workspaces_holding(kind, id),
+        };
+        match holders.len() {
+            0 => Err(OpError::not_found(entity.as_str(), id)),
+            1 => Ok(holders.remove(0)),
+            _ => {
+                holders.sort();
+                Err(OpError::Ambiguous {
+                    what: entity.as_str(),
+                    id: id.to_owned(),
+                    workspaces: holders,
+                })
+            }
+        }
+    }
+
+    /// Reads an entity of one workspace.
+    fn find<T>(
+        &self,
+        ws: &str,
+        what: &'static str,
+        id: &str,
+        get: impl FnOnce(&Directory) -> Option<T>,
+    ) -> Result<T, OpError> {
+        self.hub
+            .read(ws, get)
+            .ok_or_else(|| OpError::not_found(what, id))
+    }
+
+    fn conversation_in(&self, ws: &str, id: &str) -> Result<Conversation, OpError> {
+        self.find(ws, "conversation", id, |d| d.conversations.get(id).cloned())
+    }
+
+    pub fn get_user(&self, ws: &str, id: &str) -> Result<User, OpError> {
+        self.find(ws, "user", id, |d| d.users.get(id).cloned())
+    }
+    pub fn get_channel(&self, ws: &str, id: &str) -> Result<Channel, OpError> {
+        self.find(ws, "channel", id, |d| d.channels.get(id).cloned())
+    }
+    pub fn get_contact(&self, ws: &str, id: &str) -> Result<Contact, OpError> {
+        self.find(ws, "contact", id, |d| d.contacts.get(id).cloned())
+    }
+    pub fn get_conversation(&self, ws: &str, id: &str) -> Result<(Conversation, u64), OpError> {
+        self.hub
+            .read_state(ws, |s| {
+                s.dir.conversations.get(id).map(|c| (c.clone(), s.seq(id)))
+            })
+            .ok_or_else(|| OpError::not_found("conversation", id))
+    }
+    pub fn get_settings(&self, ws: &str) -> WorkspaceSettings {
+        self.hub.settings(ws)
+    }
+
+    async fn commit(&self, ws: &str, change: Change) -> Result<Outcome, OpError> {
+        Ok(self.store.commit(ws, change).await?)
+    }
+
+    /// Commits a conversation change; with `base`, only if the conversation
+    /// is still exactly `base` (see [`Store::commit_if`]).
+    async fn commit_conversation(
+        &self,
+        ws: &str,
+        conversation: Conversation,
+        status: StatusEvent,
+        base: Option<&Conversation>,
+    ) -> Result<u64, OpError> {
+        let change = Change::Conversation {
+            conversation,
+            status,
+        };
+        Ok(seq_of(self.store.commit_if(ws, change, base).await?))
+    }
+
+    /// The access a connected user has now (from the index).
+    pub fn access_now(&self, ws: &str, user: &str, conversation: &str) -> Access {
+        self.hub.access(ws, user, conversation)
+    }
+}
+
+/// The position a commit (or the duplicate it matched) holds.
+fn seq_of(outcome: Outcome) -> u64 {
+    match outcome {
+        Outcome::Stored(c) => c.seq,
+        Outcome::Duplicate { seq, .. } => seq,
+    }
+}
