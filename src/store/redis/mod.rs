@@ -82,6 +82,11 @@
 //! the HTTP APIs and on-demand loading of a workspace's directory; the channel
 //! layout already allows that change (`SUBSCRIBE sb:ws:{ws}` per workspace).
 //!
+//! The bus feeds every consumer subscribed on the node ([`Store::subscribe`]
+//! adds one; the first starts the bus), each in commit order per workspace.
+//! It also notes the latest seq it gave them per conversation, which is how
+//! a reload knows what they missed: storage never asks a consumer.
+//!
 //! Each published change carries its workspace's commit counter `n`. The bus
 //! applies `n = last + 1`, skips `n ≤ last` (already contained in the snapshot
 //! the hub was built from), and treats anything else as lost changes. The
@@ -90,7 +95,7 @@
 //!
 //! When the bus connection drops (Redis restart, or no answer to the 5 s
 //! health ping within 2 s), the task reconnects with backoff (0.1 s doubling
-//! to 2 s), subscribes again, reads a fresh snapshot and hands it to the sink
+//! to 2 s), subscribes again, reads a fresh snapshot and hands it to every consumer
 //! ([`crate::store::Sink::restore`]): the hub re-imports each workspace as a replace, so
 //! revocations and grants made meanwhile reach live connections as diffs, and
 //! latest seqs, last messages and marks are restored. Events committed while
