@@ -183,7 +183,8 @@ pub fn fingerprint(message: &Message) -> String {
 
 /// Removes the content of message `id` (stored at `message_seq`) from a
 /// history event at `seq`, if the event carries some: the message itself or
-/// an edit of it.
+/// an edit of it. The one home of the rule: both stores redact with it (the
+/// Redis commit script only swaps in the members redacted here).
 pub fn redact(change: &mut Change, id: &str, message_seq: u64, seq: u64) -> bool {
     match change {
         Change::Message { message, .. } if seq == message_seq && message.id == id => {

@@ -1,4 +1,4 @@
-//! Commits: a change becomes a typed [`Plan`] of [`Op`]s, which
+//! Commits: a change becomes a typed plan (`Plan`, a list of `Op`s), which
 //! `lua/commit.lua` applies atomically (see the module doc of [`super`]).
 
 use std::sync::Arc;
