@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::model::{Channel, Contact, Conversation, Id, Message, User, WorkspaceSettings, World};
+use super::model::{
+    Channel, Contact, Conversation, Id, Message, Sender, User, WorkspaceSettings, World,
+};
 
 /// Lifecycle events of a conversation (`status` frames).
 #[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
@@ -181,7 +183,8 @@ pub fn fingerprint(message: &Message) -> String {
 
 /// Removes the content of message `id` (stored at `message_seq`) from a
 /// history event at `seq`, if the event carries some: the message itself or
-/// an edit of it.
+/// an edit of it. The one home of the rule: both stores redact with it (the
+/// Redis commit script only swaps in the members redacted here).
 pub fn redact(change: &mut Change, id: &str, message_seq: u64, seq: u64) -> bool {
     match change {
         Change::Message { message, .. } if seq == message_seq && message.id == id => {
@@ -198,6 +201,28 @@ pub fn redact(change: &mut Change, id: &str, message_seq: u64, seq: u64) -> bool
             true
         }
         _ => false,
+    }
+}
+
+/// What a conversation's last message means for inboxes: kept by the hub,
+/// stored by the Redis store for snapshots.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    pub last_message_seq: u64,
+    /// The last message came from the customer: unanswered.
+    pub awaiting_reply: bool,
+    /// Milliseconds since the epoch of the last message (views sort by it).
+    pub last_ts: u64,
+}
+
+impl Activity {
+    /// The activity a message stored at `seq` leaves behind.
+    pub fn of_message(message: &Message, seq: u64) -> Activity {
+        Activity {
+            last_message_seq: seq,
+            awaiting_reply: matches!(message.sender, Sender::Contact(_)),
+            last_ts: message.ts,
+        }
     }
 }
 

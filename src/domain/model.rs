@@ -483,6 +483,17 @@ impl Conversation {
         }
     }
 
+    /// The (channel, thread) this conversation routes inbound messages of:
+    /// only an open conversation with both holds its thread. The one rule
+    /// behind the hub's thread index and both stores' thread maps (the Redis
+    /// commit script's `thread_of` is its Lua twin).
+    pub fn open_thread(&self) -> Option<(&Id, &str)> {
+        match (&self.channel, &self.thread, self.status) {
+            (Some(channel), Some(thread), Status::Open) => Some((channel, thread)),
+            _ => None,
+        }
+    }
+
     pub fn assignment(&self) -> Assignment {
         match (&self.assignee, &self.team) {
             (Some(_), _) => Assignment::Assigned,

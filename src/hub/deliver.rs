@@ -80,12 +80,8 @@ impl WorkspaceState {
         let Some(entry) = self.convs.get_mut(cid) else {
             return;
         };
-        let from_customer = matches!(message.sender, Sender::Contact(_));
-        entry.activity = Activity {
-            last_message_seq: seq,
-            awaiting_reply: from_customer,
-            last_ts: message.ts,
-        };
+        entry.activity = Activity::of_message(message, seq);
+        let from_customer = entry.activity.awaiting_reply;
         self.inbox.unhide(cid);
         if let Sender::User(u) = &message.sender {
             let slot = self.slot(u);

@@ -129,22 +129,6 @@ impl Hub {
 }
 
 impl Sink for Hub {
-    fn conversation(&self, workspace: &str, id: &str) -> Option<crate::domain::Conversation> {
-        self.existing(workspace)?
-            .lock()
-            .dir
-            .conversations
-            .get(id)
-            .cloned()
-    }
-
-    fn thread(&self, workspace: &str, channel: &str, thread: &str) -> Option<String> {
-        self.existing(workspace)?
-            .lock()
-            .thread(channel, thread)
-            .cloned()
-    }
-
     fn apply(&self, committed: Arc<Committed>) {
         let ws = self.workspace(&committed.workspace);
         let mut state = ws.lock();
@@ -153,12 +137,6 @@ impl Sink for Hub {
         self.index(&committed);
         metrics::counter!("switchboard_events_total").increment(1);
         metrics::counter!("switchboard_deliveries_total").increment(state.deliveries);
-    }
-
-    fn seqs(&self, workspace: &str) -> Vec<(String, u64)> {
-        self.existing(workspace)
-            .map(|w| w.lock().seqs())
-            .unwrap_or_default()
     }
 
     fn replay(&self, committed: Arc<Committed>) {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::audience::{Audience, Slot};
 use super::conn::ConnHandle;
 use super::marks::Inbox;
-use crate::domain::{Conversation, Directory, Id, Status, WorkspaceSettings};
+use crate::domain::{Conversation, Directory, Id, WorkspaceSettings};
 use crate::policy::views::designated;
 use crate::policy::Access;
 use crate::store::Activity;
@@ -137,8 +137,9 @@ impl WorkspaceState {
                     .entry(ch.clone())
                     .or_default()
                     .insert(n.id.clone());
-                if let (Some(t), Status::Open) = (&n.thread, n.status) {
-                    self.threads.insert((ch.clone(), t.clone()), n.id.clone());
+                if let Some((ch, t)) = n.open_thread() {
+                    self.threads
+                        .insert((ch.clone(), t.to_owned()), n.id.clone());
                 }
             }
             if let Some(k) = &n.contact {

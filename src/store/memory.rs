@@ -1,5 +1,7 @@
-//! Embedded single-node storage. Commits are applied to the sink while the
-//! workspace's log is locked, so the hub sees them in exactly commit order.
+//! Embedded single-node storage. Commits are handed to every consumer while
+//! the workspace's log is locked, so each sees them in exactly commit order.
+//! The store keeps the conversations and the thread map itself, to check
+//! [`Store::commit_if`] and [`Store::commit_thread`] without asking anyone.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -10,7 +12,6 @@ use parking_lot::Mutex;
 use super::{AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError, AUDIT_LEN};
 use crate::domain::{
     fingerprint, redact, without_content, Change, Committed, Conversation, Ephemeral, Id, Message,
-    Status,
 };
 
 /// Events kept per conversation for `resume` and history.
@@ -26,11 +27,69 @@ struct Log {
     /// and the request's [`fingerprint`].
     idempotency: HashMap<(Id, String), (Message, u64, String)>,
     idempotency_order: VecDeque<(Id, String)>,
+    /// The workspace's conversations as committed (for `commit_if`).
+    conversations: HashMap<Id, Conversation>,
+    /// (channel, thread) → the open conversation routing it, kept like the
+    /// hub's thread index (for `commit_thread`).
+    threads: HashMap<(Id, String), Id>,
+}
+
+impl Log {
+    /// Keeps the conversations and the thread map current after a commit.
+    fn track(&mut self, workspace: &str, change: &Change) {
+        match change {
+            Change::Conversation { conversation, .. } => self.put_conversation(conversation),
+            Change::DeleteConversation { id } => {
+                if let Some(old) = self.conversations.remove(id) {
+                    self.release_thread(&old);
+                }
+            }
+            Change::Import { world, replace } => {
+                if *replace {
+                    self.conversations.clear();
+                    self.threads.clear();
+                }
+                for c in world
+                    .conversations
+                    .iter()
+                    .filter(|c| c.workspace == workspace)
+                {
+                    self.put_conversation(c);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn put_conversation(&mut self, conversation: &Conversation) {
+        if let Some(old) = self
+            .conversations
+            .insert(conversation.id.clone(), conversation.clone())
+        {
+            self.release_thread(&old);
+        }
+        if let Some((channel, thread)) = conversation.open_thread() {
+            self.threads.insert(
+                (channel.clone(), thread.to_owned()),
+                conversation.id.clone(),
+            );
+        }
+    }
+
+    /// Frees the thread `old` routed, if it still routes it.
+    fn release_thread(&mut self, old: &Conversation) {
+        if let (Some(channel), Some(thread)) = (&old.channel, &old.thread) {
+            let key = (channel.clone(), thread.clone());
+            if self.threads.get(&key) == Some(&old.id) {
+                self.threads.remove(&key);
+            }
+        }
+    }
 }
 
 pub struct MemoryStore {
     history_len: usize,
-    sink: Mutex<Option<Arc<dyn Sink>>>,
+    consumers: Mutex<Vec<Arc<dyn Sink>>>,
     logs: Mutex<HashMap<Id, Arc<Mutex<Log>>>>,
     /// Keyed by (workspace, channel): channel ids are only unique per workspace.
     rotations: Mutex<HashMap<(Id, Id), Vec<Id>>>,
@@ -51,7 +110,7 @@ impl MemoryStore {
     pub fn new(history_len: usize) -> Self {
         MemoryStore {
             history_len: history_len.max(1),
-            sink: Mutex::new(None),
+            consumers: Mutex::new(Vec::new()),
             logs: Mutex::new(HashMap::new()),
             rotations: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
@@ -69,9 +128,7 @@ impl MemoryStore {
     }
 
     /// A commit; with `base`, only if the conversation is still `base`; with
-    /// `thread`, only if no other open conversation holds its thread. The
-    /// hub (the sink) is the reference for both: it applies every commit
-    /// while the workspace's log is locked, so it is current here.
+    /// `thread`, only if no other open conversation holds its thread.
     fn commit_checked(
         &self,
         workspace: &str,
@@ -81,12 +138,8 @@ impl MemoryStore {
     ) -> Result<Outcome, StoreError> {
         let log = self.log(workspace);
         let mut log = log.lock();
-        let sink = self.sink.lock().clone();
         if let (Some(base), Change::Conversation { conversation, .. }) = (base, &change) {
-            let current = sink
-                .as_ref()
-                .and_then(|s| s.conversation(workspace, &conversation.id));
-            if current.as_ref() != Some(base) {
+            if log.conversations.get(&conversation.id) != Some(base) {
                 return Err(StoreError::Conflict(format!(
                     "conversation {:?} changed meanwhile",
                     conversation.id
@@ -94,14 +147,10 @@ impl MemoryStore {
             }
         }
         if let (true, Change::Conversation { conversation, .. }) = (thread, &change) {
-            if let (Some(ch), Some(t), Status::Open) = (
-                &conversation.channel,
-                &conversation.thread,
-                conversation.status,
-            ) {
-                let holder = sink.as_ref().and_then(|s| s.thread(workspace, ch, t));
-                if let Some(holder) = holder.filter(|h| h != &conversation.id) {
-                    return Err(StoreError::ThreadTaken(holder));
+            if let Some((channel, thread)) = conversation.open_thread() {
+                let holder = log.threads.get(&(channel.clone(), thread.to_owned()));
+                if let Some(holder) = holder.filter(|h| **h != conversation.id) {
+                    return Err(StoreError::ThreadTaken(holder.clone()));
                 }
             }
         }
@@ -179,9 +228,12 @@ impl MemoryStore {
                 h.pop_front();
             }
         }
-        if let Some(sink) = sink {
-            // Still holding the log lock: apply order = commit order.
-            sink.apply(committed.clone());
+        log.track(workspace, &committed.change);
+        // Still holding the log lock: apply order = commit order.
+        // A copy of the list: workspaces apply in parallel.
+        let consumers = self.consumers.lock().clone();
+        for consumer in &consumers {
+            consumer.apply(committed.clone());
         }
         Ok(Outcome::Stored(committed))
     }
@@ -196,7 +248,7 @@ impl Default for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError> {
-        *self.sink.lock() = Some(sink);
+        self.consumers.lock().push(sink);
         Ok(())
     }
 
@@ -387,13 +439,18 @@ impl Store for MemoryStore {
     }
 
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
-        let sink = self.sink.lock().clone();
-        if let Some(sink) = sink {
-            sink.apply(Arc::new(Committed {
-                workspace: workspace.to_owned(),
-                seq: 0,
-                change: Change::Ephemeral { event },
-            }));
+        let event = Arc::new(Committed {
+            workspace: workspace.to_owned(),
+            seq: 0,
+            change: Change::Ephemeral { event },
+        });
+        // Under the workspace's log lock, like commits: never between two
+        // consumers' copies of one commit.
+        let log = self.log(workspace);
+        let _order = log.lock();
+        let consumers = self.consumers.lock().clone();
+        for consumer in &consumers {
+            consumer.apply(event.clone());
         }
         Ok(())
     }
@@ -403,7 +460,15 @@ impl Store for MemoryStore {
 mod tests {
     use super::*;
     use crate::domain::{StatusEvent, StatusKind};
-    use crate::hub::Hub;
+
+    /// Records what it is fed.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<Arc<Committed>>>);
+    impl Sink for Recorder {
+        fn apply(&self, committed: Arc<Committed>) {
+            self.0.lock().push(committed);
+        }
+    }
 
     fn change(conv: &Conversation) -> Change {
         Change::Conversation {
@@ -419,7 +484,10 @@ mod tests {
     #[tokio::test]
     async fn commit_if_refuses_a_stale_base() {
         let store = MemoryStore::default();
-        store.subscribe(Arc::new(Hub::new())).await.unwrap();
+        store
+            .subscribe(Arc::new(Recorder::default()))
+            .await
+            .unwrap();
         let v1 = Conversation::new_customer("v1".into(), "w1".into(), "ch".into(), "k".into());
         store.commit("w1", change(&v1)).await.unwrap();
         let mut closed = v1.clone();
@@ -440,7 +508,10 @@ mod tests {
     #[tokio::test]
     async fn commit_thread_refuses_a_held_thread_until_it_is_closed() {
         let store = MemoryStore::default();
-        store.subscribe(Arc::new(Hub::new())).await.unwrap();
+        store
+            .subscribe(Arc::new(Recorder::default()))
+            .await
+            .unwrap();
         let conv = |id: &str| {
             let mut c = Conversation::new_customer(id.into(), "w1".into(), "ch".into(), "k".into());
             c.thread = Some("t".into());

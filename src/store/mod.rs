@@ -2,9 +2,14 @@
 //! [`redis::RedisStore`] for a cluster.
 //!
 //! Every change to a workspace is a [`Change`]. [`Store::commit`] makes it
-//! durable, numbers it (per-conversation `seq`), and hands it to the node's
-//! [`Sink`] — on every node, in commit order. That one ordered stream is what
-//! lets the hub promise "no event after the change that revoked access".
+//! durable, numbers it (per-conversation `seq`), and hands it to every
+//! [`Sink`] subscribed on the node (the hub; an outbox later) — on every node,
+//! in commit order per workspace. That one ordered stream is what lets the
+//! hub promise "no event after the change that revoked access".
+//!
+//! Storage never queries its consumers: the preconditions of
+//! [`Store::commit_if`] and [`Store::commit_thread`] are checked against the
+//! store's own state.
 
 pub mod memory;
 pub mod redis;
@@ -14,6 +19,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub use crate::domain::Activity;
 use crate::domain::{
     Change, Committed, Conversation, Ephemeral, Id, Message, WorkspaceSettings, World,
 };
@@ -31,30 +37,19 @@ pub enum Outcome {
     },
 }
 
-/// Receives committed changes in commit order (the hub).
+/// A consumer of committed changes (the hub; an outbox later). Fed only:
+/// storage never asks a consumer anything, so it never depends on one.
 pub trait Sink: Send + Sync + 'static {
-    /// The node's current copy of a conversation (for [`Store::commit_if`] on one node).
-    fn conversation(&self, _workspace: &str, _id: &str) -> Option<Conversation> {
-        None
-    }
-    /// The open conversation of a channel thread, as the node sees it (for
-    /// [`Store::commit_thread`] on one node).
-    fn thread(&self, _workspace: &str, _channel: &str, _thread: &str) -> Option<Id> {
-        None
-    }
+    /// Every committed change, in commit order per workspace.
     fn apply(&self, committed: Arc<Committed>);
-    /// Replaces the node's view of one workspace with a stored snapshot: at
-    /// start-up, and when the bus lost changes (e.g. a Redis outage; the Redis
-    /// store reloads and calls this for every workspace). Live connections get
-    /// the difference as `access_granted` / `access_revoked`; seqs, last
-    /// messages and every user's marks are taken from the snapshot.
+    /// Replaces the consumer's view of one workspace with a stored snapshot:
+    /// when the bus lost changes (e.g. a Redis outage; the Redis store
+    /// reloads and calls this for every workspace). The hub sends live
+    /// connections the difference as `access_granted` / `access_revoked`;
+    /// seqs, last messages and every user's marks are taken from the snapshot.
     fn restore(&self, _snapshot: Snapshot) {}
-    /// Latest seq of each conversation of a workspace, as the sink knows it.
-    fn seqs(&self, _workspace: &str) -> Vec<(Id, u64)> {
-        Vec::new()
-    }
-    /// Delivers the frames of an already-stored event again (after a
-    /// restore) without changing any state.
+    /// Delivers an already-stored event again (after a restore, the events
+    /// the bus missed) without changing any state.
     fn replay(&self, _committed: Arc<Committed>) {}
 }
 
@@ -82,16 +77,6 @@ pub enum StoreError {
     /// or meta); nothing was stored.
     #[error("idempotency key already used for another request")]
     IdempotencyKeyReused,
-}
-
-/// What the hub tracks of a conversation's messages (restored from storage).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Activity {
-    pub last_message_seq: u64,
-    /// The last message came from the customer: unanswered.
-    pub awaiting_reply: bool,
-    /// Milliseconds since the epoch of the last message (views sort by it).
-    pub last_ts: u64,
 }
 
 /// A user's stored marks of one conversation (the sum of its [`Change::Mark`]s).
@@ -176,7 +161,8 @@ impl std::fmt::Display for AuditId {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Registers the node's sink; every later commit (from any node) reaches it in order.
+    /// Adds a consumer; every later commit (from any node) reaches every
+    /// consumer, in commit order per workspace.
     async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError>;
     /// Everything stored, per workspace (empty for a fresh memory store).
     async fn load(&self) -> Result<Vec<Snapshot>, StoreError>;
@@ -200,7 +186,7 @@ pub trait Store: Send + Sync + 'static {
     /// new thread, exactly one succeeds. (Other commits keep the thread map
     /// current but never refuse: a thread is released when its conversation
     /// is closed, deleted or moved to another thread.) When the holder is
-    /// named, this node's sink already knows it.
+    /// named, this node's consumers already know it.
     async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError>;
     /// Events of a conversation with `seq > after_seq`, oldest first, at most `limit`.
     async fn history(

@@ -1,0 +1,542 @@
+//! Cluster storage on Redis: every node of a cluster shares one Redis, and
+//! each node's consumers (the hub) learn of every commit (its own included)
+//! from the bus, in commit order.
+//!
+//! Parts: [`keys`] (the only place key names are spelled), [`commit`] (typed
+//! commit plans run by `lua/commit.lua`), [`bus`] (delivery to consumers,
+//! reconnect and reload), [`snapshot`] (reading state back), [`presence`]
+//! and [`queues`]. The Lua scripts live in `lua/*.lua`; every key a script
+//! touches comes in `KEYS`, all of one workspace (one hash tag).
+//!
+//! # Keys
+//!
+//! Every key of a workspace carries the hash tag `{ws}`, so a workspace's data
+//! lives in one slot.
+//!
+//! | key | type | content |
+//! | --- | --- | --- |
+//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot) |
+//! | `sb:{ws}:users` / `:channels` / `:contacts` / `:conversations` | hash | id → entity JSON (world format) |
+//! | `sb:{ws}:settings` | string | workspace settings JSON |
+//! | `sb:{ws}:marks` | hash | `user \n conversation \n kind` → `read`: highest seq read (a user's own message counts as read); `hide`: the conversation's latest seq when hidden (a later message un-hides); `mute` / `archive`: `1` (removed when off). Values first stored as the `mark` change JSON are still read |
+//! | `sb:{ws}:activity` | hash | conversation → `seq ts awaiting` of its last message (`awaiting` = 1 if from the customer): unread figures and view order |
+//! | `sb:{ws}:threads` | hash | `{len(channel)}:{channel}{thread}` → the open conversation that routes `POST /v1/inbound` of that thread; claimed atomically when one is opened, released when it is closed, deleted or moved |
+//! | `sb:{ws}:seqs` | hash | conversation → latest seq |
+//! | `sb:{ws}:commits` | string | commit counter of the workspace (orders the bus, see below) |
+//! | `sb:{ws}:h:{conv}` | sorted set | history: score = seq, member = `{"seq":N,"change":…}`, trimmed to exactly `history_len` |
+//! | `sb:{ws}:idem:{len}:{conv}{key}` | string, TTL 24 h | `{"seq":N,"message":…,"fp":…}` of an idempotent post: the message without its content, and the request's fingerprint ([`crate::domain::fingerprint`]; records without one are compared by their message) |
+//! | `sb:{ws}:online` | sorted set | presence: member `user@node`, score = expiry (ms, Redis clock) |
+//! | `sb:{ws}:rr:{channel}` | list | round-robin rotation of a channel, least recently assigned first |
+//! | `sb:{ws}:wait:{channel}` | list | FIFO of a channel's conversations waiting for an agent |
+//! | `sb:{ws}:audit` | stream | audit log of admin changes: field `e` = entry JSON, the stream id is the entry's id; `XADD … MAXLEN` keeps exactly the newest [`AUDIT_LEN`](crate::store::AUDIT_LEN); a replace import leaves it alone |
+//! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
+//!
+//! Marks and activity of a deleted conversation are dropped from snapshots
+//! (their `marks` fields stay until a conversation with that id reappears).
+//! The thread map follows the hub's thread index: one open conversation per
+//! thread; a second open conversation of a thread made through the admin API
+//! does not take it over while the first is open.
+//!
+//! History is a sorted set rather than a stream because a deleted message must
+//! be redacted *in place* (a stream entry cannot be rewritten): the message
+//! and every edit of it. The members to redact are read before the commit
+//! script runs; the script refuses (and the store retries) if the
+//! conversation's seq moved meanwhile, so no edit slips past. The score is
+//! the seq, so `history` is one `ZRANGEBYSCORE (after +inf`, and trimming is
+//! exact, so the oldest kept seq is always `latest - history_len + 1`.
+//!
+//! # Commit
+//!
+//! [`commit::COMMIT`] is one Lua script: it checks and sets the idempotency key,
+//! allocates the conversation's seq (`HINCRBY`), applies the directory
+//! mutation, appends to the history, increments the workspace's commit counter
+//! and `PUBLISH`es the committed change on the workspace's channel — all
+//! atomically, so pub/sub order is commit order on every node. The same
+//! script keeps the per-user marks, each conversation's last message and the
+//! thread map (all loaded into every [`Snapshot`], so a node started later or
+//! resynced after a reconnect has the same inbox figures as one that saw every
+//! change live) and checks the preconditions of [`crate::store::Store::commit_if`] (the
+//! conversation is unchanged) and [`crate::store::Store::commit_thread`] (no other open
+//! conversation holds the thread) before writing anything. `commit`
+//! returns once the script succeeded (durable in Redis, as far as Redis's own
+//! persistence settings make it so) **and** the local hub has applied the change
+//! through the bus (read-your-writes for the gateway, which reads the hub right
+//! after committing); the local apply is awaited at most [`APPLY_WAIT`].
+//! Commits never apply to the hub directly: the bus is the only path, so
+//! nothing is applied twice. The plan is a typed list of operations
+//! (`commit::Op`) the script reads as quadruples; the keys it names are
+//! passed in `KEYS` (a replace import names the history of every
+//! conversation with a seq, and is refused and planned again if one was
+//! added meanwhile).
+//!
+//! # Bus
+//!
+//! One task per node holds a dedicated pub/sub connection subscribed with
+//! `PSUBSCRIBE sb:ws:*`. Channels are per workspace; the node takes all of
+//! them because every node serves the admin and adapter APIs of every
+//! workspace from its hub's directory (the gateway locates entities across all
+//! workspaces), so the node must keep every workspace's directory current. The
+//! cost: every node decodes every workspace's events, messages included —
+//! O(nodes × events). Subscribing only to workspaces with local connections
+//! would cut that to the node's share, but needs workspace-affine routing of
+//! the HTTP APIs and on-demand loading of a workspace's directory; the channel
+//! layout already allows that change (`SUBSCRIBE sb:ws:{ws}` per workspace).
+//!
+//! The bus feeds every consumer subscribed on the node ([`Store::subscribe`]
+//! adds one; the first starts the bus), each in commit order per workspace.
+//! It also notes the latest seq it gave them per conversation, which is how
+//! a reload knows what they missed: storage never asks a consumer.
+//!
+//! Each published change carries its workspace's commit counter `n`. The bus
+//! applies `n = last + 1`, skips `n ≤ last` (already contained in the snapshot
+//! the hub was built from), and treats anything else as lost changes. The
+//! subscription is made before the start-up snapshot is read, so no commit
+//! falls between them.
+//!
+//! When the bus connection drops (Redis restart, or no answer to the 5 s
+//! health ping within 2 s), the task reconnects with backoff (0.1 s doubling
+//! to 2 s), subscribes again, reads a fresh snapshot and hands it to every consumer
+//! ([`crate::store::Sink::restore`]): the hub re-imports each workspace as a replace, so
+//! revocations and grants made meanwhile reach live connections as diffs, and
+//! latest seqs, last messages and marks are restored. Events committed while
+//! the bus was away (a publish lost with a killed Redis, the window between
+//! Redis answering again and the bus reconnecting, or a bus-only
+//! disconnection) are then read from history and delivered to the
+//! conversations' current readers ([`crate::store::Sink::replay`]), in order, before any
+//! newer live event; sessions drop what they already have. A conversation a
+//! user newly gained meanwhile comes as `access_granted` (its history is
+//! available with `resume`).
+//! Readiness ([`crate::store::Store::ping`]) is false while the bus is down.
+//!
+//! # What Redis must be
+//!
+//! One primary (optionally with replicas / Sentinel): not Redis Cluster yet —
+//! the scripts keep to one slot, but the bus uses `PSUBSCRIBE` and the
+//! start-up load reads `sb:workspaces` with the workspaces' keys. `maxmemory-policy noeviction` (evicting a
+//! directory hash or a seq counter would silently corrupt state; under memory
+//! pressure commits fail instead, as 503). Durability of an acknowledged
+//! change is Redis's: `appendonly yes` with `appendfsync everysec` loses at
+//! most a second of commits on a host crash, none on a process kill;
+//! `appendfsync always` none at all. A node slower than Redis's
+//! `client-output-buffer-limit pubsub` is disconnected by Redis and goes
+//! through the reconnect-and-reload path above.
+//!
+//! # Failure
+//!
+//! Every Redis call is bounded by [`OP_TIMEOUT`]; a call that fails or times
+//! out is [`StoreError::Unavailable`] (HTTP 503 + `Retry-After`).
+//!
+//! A 503 on a commit is **ambiguous**: when the connection drops or the reply
+//! times out after the script was sent, Redis may have executed it — the
+//! change is then stored, published and delivered although the caller was
+//! told "unavailable". Retrying is safe where the change is idempotent: a
+//! message retried with the same `Idempotency-Key` is stored once and the
+//! retry answers with the first message (`duplicate: true`); a retried
+//! `POST /v1/inbound` joins the conversation the first attempt may have
+//! opened (the thread map); marks and conversation commands converge when
+//! repeated (a command recomputes from the current state). A message retried
+//! *without* a key may be stored twice.
+
+pub mod bus;
+pub mod commit;
+pub mod keys;
+pub mod presence;
+pub mod queues;
+pub mod snapshot;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Client, Script, Value};
+use serde::Serialize;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+
+pub use commit::{COMMIT, IDEMPOTENCY_TTL_SECS};
+pub use queues::ROTATE;
+
+use self::keys::Keys;
+use super::{AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError};
+use crate::domain::{Change, Conversation, Ephemeral, Id};
+
+/// Bound of every Redis call (connect, command, script).
+pub const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `commit` waits for the local consumers to get its change.
+pub const APPLY_WAIT: Duration = Duration::from_secs(3);
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| corrupt("encoding", e))
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    }
+}
+
+/// Runs a Redis call within [`OP_TIMEOUT`].
+async fn bounded<T>(
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
+    // Every command goes through here: one place for latency and errors.
+    let m = crate::metrics::handles();
+    let start = std::time::Instant::now();
+    let r = tokio::time::timeout(OP_TIMEOUT, f).await;
+    m.redis_command.record(start.elapsed().as_secs_f64());
+    match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            m.redis_error.increment(1);
+            Err(unavailable(e))
+        }
+        Err(_) => {
+            m.redis_timeout.increment(1);
+            Err(StoreError::Unavailable(format!(
+                "redis did not answer within {OP_TIMEOUT:?}"
+            )))
+        }
+    }
+}
+
+/// State shared by the store and its tasks.
+struct Inner {
+    client: Client,
+    conn: ConnectionManager,
+    node: String,
+    history_len: usize,
+    commit_script: Script,
+    queues: queues::Scripts,
+    presence_scripts: presence::Scripts,
+    /// Everyone fed by the bus (the hub; an outbox later).
+    consumers: Mutex<Vec<Arc<dyn Sink>>>,
+    /// Latest seq per conversation the consumers were given (see [`bus::Delivered`]).
+    delivered: Mutex<bus::Delivered>,
+    /// Workspaces this node listed in [`keys::WORKSPACES`] since the last reload.
+    listed: Mutex<HashSet<Id>>,
+    /// Latest commit counter applied to the consumers, per workspace.
+    applied: Mutex<HashMap<Id, u64>>,
+    /// Bumped whenever `applied` changes (wakes committers).
+    applied_tx: watch::Sender<u64>,
+    bus_up: AtomicBool,
+    /// Users this node keeps online: workspace → user → ttl seconds.
+    presence: Mutex<HashMap<Id, HashMap<Id, u64>>>,
+    presence_wake: Notify,
+}
+
+impl Inner {
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    fn set_applied(&self, ws: &str, n: u64) {
+        self.applied.lock().insert(ws.to_owned(), n);
+        self.applied_tx.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    fn replace_applied(&self, counters: HashMap<Id, u64>) {
+        *self.applied.lock() = counters;
+        self.applied_tx.send_modify(|g| *g = g.wrapping_add(1));
+    }
+
+    /// Waits until the bus applied commit `n` of `ws`; false on timeout.
+    async fn wait_applied(&self, ws: &str, n: u64) -> bool {
+        let mut rx = self.applied_tx.subscribe();
+        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
+        loop {
+            if self.applied.lock().get(ws).copied().unwrap_or(0) >= n {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
+/// Cluster storage on Redis (see the module doc).
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    /// Starts the bus at the first `subscribe` (with the start-up baseline).
+    start: Mutex<Option<oneshot::Sender<bus::Baseline>>>,
+    /// What the last `load` before the first `subscribe` contained.
+    baseline: Mutex<bus::Baseline>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Connects to Redis and subscribes the bus (before anything is loaded, so
+/// no commit is missed between the start-up snapshot and the first event).
+pub async fn connect(
+    url: &str,
+    node_id: &str,
+    history_len: usize,
+) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(Arc::new(
+        RedisStore::connect(url, node_id, history_len).await?,
+    ))
+}
+
+impl RedisStore {
+    pub async fn connect(
+        url: &str,
+        node_id: &str,
+        history_len: usize,
+    ) -> anyhow::Result<RedisStore> {
+        let client = Client::open(url).map_err(|e| anyhow::anyhow!("redis url: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(1))
+            .set_response_timeout(OP_TIMEOUT)
+            .set_number_of_retries(1)
+            .set_factor(100)
+            .set_max_delay(500);
+        let conn = bounded(ConnectionManager::new_with_config(client.clone(), config))
+            .await
+            .map_err(|e| anyhow::anyhow!("redis {}: {e}", client.get_connection_info().addr))?;
+        let first_bus = bus::open(&client)
+            .await
+            .map_err(|e| anyhow::anyhow!("redis pub/sub: {e}"))?;
+        let (applied_tx, _) = watch::channel(0);
+        let inner = Arc::new(Inner {
+            client,
+            conn,
+            node: node_id.to_owned(),
+            history_len: history_len.max(1),
+            commit_script: commit::script(),
+            queues: queues::Scripts::new(),
+            presence_scripts: presence::Scripts::new(),
+            consumers: Mutex::new(Vec::new()),
+            delivered: Mutex::new(HashMap::new()),
+            listed: Mutex::new(HashSet::new()),
+            applied: Mutex::new(HashMap::new()),
+            applied_tx,
+            bus_up: AtomicBool::new(true),
+            presence: Mutex::new(HashMap::new()),
+            presence_wake: Notify::new(),
+        });
+        let (start_tx, start_rx) = oneshot::channel();
+        let tasks = vec![
+            tokio::spawn(bus::run(inner.clone(), start_rx, first_bus)),
+            tokio::spawn(presence::refresh(inner.clone())),
+        ];
+        Ok(RedisStore {
+            inner,
+            start: Mutex::new(Some(start_tx)),
+            baseline: Mutex::new(bus::Baseline::default()),
+            tasks,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    /// The first consumer starts the bus; later ones join it (each gets
+    /// every change applied after it joined).
+    async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError> {
+        self.inner.consumers.lock().push(sink);
+        let Some(start) = self.start.lock().take() else {
+            return Ok(());
+        };
+        let baseline = std::mem::take(&mut *self.baseline.lock());
+        start
+            .send(baseline)
+            .map_err(|_| unavailable("bus task ended"))
+    }
+
+    /// Also records the commit counters the snapshot contains: the bus then
+    /// skips those commits (only for the load before `subscribe`).
+    async fn load(&self) -> Result<Vec<Snapshot>, StoreError> {
+        let (snaps, counters) = self.inner.load_all().await?;
+        if self.start.lock().is_some() {
+            *self.baseline.lock() = bus::Baseline::of(&snaps, counters);
+        }
+        Ok(snaps)
+    }
+
+    async fn commit_if(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+    ) -> Result<Outcome, StoreError> {
+        let start = std::time::Instant::now();
+        let r = self.inner.commit(workspace, change, base, false).await;
+        crate::metrics::handles()
+            .commit_redis
+            .record(start.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
+        let start = std::time::Instant::now();
+        let r = self.inner.commit(workspace, change, None, true).await;
+        crate::metrics::handles()
+            .commit_redis
+            .record(start.elapsed().as_secs_f64());
+        r
+    }
+
+    async fn history(
+        &self,
+        workspace: &str,
+        conversation: &str,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<History, StoreError> {
+        self.inner
+            .history(workspace, conversation, after_seq, limit)
+            .await
+    }
+
+    async fn rotate(
+        &self,
+        workspace: &str,
+        channel: &str,
+        pool: &[Id],
+        eligible: &[Id],
+    ) -> Result<Option<Id>, StoreError> {
+        self.inner.rotate(workspace, channel, pool, eligible).await
+    }
+
+    async fn push_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .push_waiting(workspace, channel, conversation)
+            .await
+    }
+
+    async fn waiting(&self, workspace: &str, channel: &str) -> Result<Vec<Id>, StoreError> {
+        self.inner.waiting(workspace, channel).await
+    }
+
+    async fn take_waiting(
+        &self,
+        workspace: &str,
+        channel: &str,
+        conversation: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .take_waiting(workspace, channel, conversation)
+            .await
+    }
+
+    /// See [`presence`].
+    async fn set_presence(
+        &self,
+        workspace: &str,
+        user: &str,
+        online: bool,
+        ttl_secs: u64,
+    ) -> Result<(), StoreError> {
+        self.inner
+            .set_presence(workspace, user, online, ttl_secs)
+            .await
+    }
+
+    async fn online_users(&self, workspace: &str) -> Result<Vec<Id>, StoreError> {
+        self.inner.online_users(workspace).await
+    }
+
+    /// False while Redis does not answer or the bus is reconnecting.
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn ping(&self) -> bool {
+        if !self.inner.bus_up.load(Ordering::Relaxed) {
+            return false;
+        }
+        let mut conn = self.inner.conn();
+        bounded(redis::cmd("PING").query_async::<String>(&mut conn))
+            .await
+            .is_ok()
+    }
+
+    /// One `XADD` with an exact `MAXLEN`: the stream id (Redis clock, never
+    /// going back) is the entry's id.
+    async fn audit(&self, workspace: &str, entry: AuditEntry) -> Result<String, StoreError> {
+        let json = to_json(&entry)?;
+        let mut conn = self.inner.conn();
+        bounded(
+            redis::cmd("XADD")
+                .arg(Keys::of(workspace).audit())
+                .arg("MAXLEN")
+                .arg(super::AUDIT_LEN)
+                .arg("*")
+                .arg("e")
+                .arg(json)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    async fn audit_log(
+        &self,
+        workspace: &str,
+        before: Option<AuditId>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let key = Keys::of(workspace).audit();
+        let mut conn = self.inner.conn();
+        let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
+        let raw: Vec<(String, Vec<String>)> = bounded(
+            redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg(end)
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit)
+                .query_async(&mut conn),
+        )
+        .await?;
+        raw.into_iter()
+            .map(|(id, fields)| {
+                let json = fields
+                    .chunks(2)
+                    .find(|kv| kv[0] == "e")
+                    .and_then(|kv| kv.get(1))
+                    .ok_or_else(|| corrupt(&key, "entry without field e"))?;
+                let mut e: AuditEntry = serde_json::from_str(json).map_err(|e| corrupt(&key, e))?;
+                e.id = id;
+                Ok(e)
+            })
+            .collect()
+    }
+
+    async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
+        let change = to_json(&Change::Ephemeral { event })?;
+        let mut conn = self.inner.conn();
+        bounded(
+            redis::cmd("PUBLISH")
+                .arg(bus::channel(workspace))
+                .arg(bus::ephemeral_envelope(&change))
+                .query_async::<()>(&mut conn),
+        )
+        .await
+    }
+}
