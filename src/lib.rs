@@ -12,11 +12,10 @@
 //! - [`gateway`]: the operations both APIs share (validate, check, commit);
 //! - [`inbox`]: the agent's inbox operations (marks, edits, views, bulk);
 //! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML;
-//!   [`api_docs`]: the OpenAPI document and frame JSON Schemas, from the types;
+//!   [`http::api_docs`]: the OpenAPI document and frame JSON Schemas, from the types;
 //!   [`credentials`]: adapter keys and their workspace scopes;
 //! - [`listing`]: the admin API's lists and export of one workspace.
 
-pub mod api_docs;
 pub mod assign;
 pub mod auth;
 pub mod cli;

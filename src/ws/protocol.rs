@@ -9,7 +9,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::domain::ConversationKind;
 use crate::hub::inbox::{Filter, View};
 
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize, Debug)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
@@ -143,7 +143,7 @@ pub enum ClientFrame {
     },
 }
 
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize, Debug, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkAction {

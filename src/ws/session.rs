@@ -16,6 +16,7 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf
 use tokio_tungstenite::WebSocketStream;
 
 use super::protocol::{self, reference_of, BulkAction, ClientFrame};
+use super::replies;
 use crate::domain::User;
 use crate::domain::{Change, Mark};
 use crate::gateway::{Actor, Command, Gateway};
@@ -139,7 +140,7 @@ where
     let quota =
         Quota::per_second(NonZeroU32::new(limits.conn_rate_per_sec).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(limits.conn_burst).unwrap_or(NonZeroU32::MIN));
-    let hello = frames::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
+    let hello = replies::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
     let mut s = Session {
         connection_key: format!("{}:{id}", gw.config.node_id),
         gw,
@@ -361,7 +362,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 _ => return Ok(()),
             };
             return self
-                .send(frames::error(
+                .send(replies::error(
                     reference.as_deref(),
                     "rate_limited",
                     "too many frames; slow down",
@@ -373,7 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             WsMessage::Text(t) => t,
             WsMessage::Binary(_) => {
                 return self
-                    .send(frames::error(
+                    .send(replies::error(
                         None,
                         "bad_frame",
                         "binary frames are not supported; send JSON text",
@@ -394,7 +395,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let gw = self.gw.clone();
         let (reference, result) = match frame {
             ClientFrame::Ping { reference } => {
-                return self.send(frames::pong(reference.as_deref())).await
+                return self.send(replies::pong(reference.as_deref())).await
             }
             ClientFrame::Resume {
                 reference,
@@ -415,8 +416,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Err(e) => Err(e),
                 };
                 let reply = match r {
-                    Ok(p) => frames::ack(reference.as_deref(), &p.id, p.seq, p.duplicate),
-                    Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+                    Ok(p) => replies::ack(reference.as_deref(), &p.id, p.seq, p.duplicate),
+                    Err(e) => replies::refused(reference.as_deref(), &e),
                 };
                 return self.send(reply).await;
             }
@@ -568,8 +569,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 participants,
             } => {
                 let reply = match gw.create_conversation(&self.user, kind, participants).await {
-                    Ok((id, seq)) => frames::created(reference.as_deref(), &id, seq),
-                    Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+                    Ok((id, seq)) => replies::created(reference.as_deref(), &id, seq),
+                    Err(e) => replies::refused(reference.as_deref(), &e),
                 };
                 return self.send(reply).await;
             }
@@ -585,7 +586,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     BulkAction::Unmute => gw.bulk_mute(&self.user, &conversations, false).await,
                 };
                 return self
-                    .send(frames::bulk_result(reference.as_deref(), &results))
+                    .send(replies::bulk_result(reference.as_deref(), &results))
                     .await;
             }
             ClientFrame::View {
@@ -596,12 +597,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 limit,
             } => {
                 let page = gw.view(&self.user, view, &filter, cursor, limit);
-                return self.send(frames::view(reference.as_deref(), page)).await;
+                return self.send(replies::view(reference.as_deref(), page)).await;
             }
         };
         let reply = match result {
-            Ok(_) => frames::ok(reference.as_deref()),
-            Err(e) => frames::error(reference.as_deref(), e.ws_code(), &e.message),
+            Ok(_) => replies::ok(reference.as_deref()),
+            Err(e) => replies::refused(reference.as_deref(), &e),
         };
         self.send(reply).await
     }
@@ -615,7 +616,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let ws = self.user.workspace.clone();
         for (conv, after) in positions {
             if !self.gw.access_now(&ws, &self.user.id, &conv).can_read() {
-                self.send(frames::error(
+                self.send(replies::error(
                     reference.as_deref(),
                     "forbidden",
                     &format!("no access to conversation {conv:?}"),
@@ -626,7 +627,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let history = match self.gw.store.history(&ws, &conv, after, usize::MAX).await {
                 Ok(h) => h,
                 Err(e) => {
-                    self.send(frames::error(
+                    self.send(replies::error(
                         reference.as_deref(),
                         "unavailable",
                         &e.to_string(),
@@ -636,7 +637,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 }
             };
             if history.oldest_seq > after + 1 {
-                self.send(frames::replay_gap(&conv, after + 1, history.oldest_seq))
+                self.send(replies::replay_gap(&conv, after + 1, history.oldest_seq))
                     .await?;
             }
             let key: Arc<str> = Arc::from(conv.as_str());
@@ -668,7 +669,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             self.ws.flush().await.map_err(|_| close::NORMAL)?;
         }
         if reference.is_some() {
-            self.send(frames::ok(reference.as_deref())).await?;
+            self.send(replies::ok(reference.as_deref())).await?;
         }
         Ok(())
     }
