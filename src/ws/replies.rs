@@ -12,6 +12,14 @@ fn render(value: &impl Serialize) -> Utf8Bytes {
     Utf8Bytes::from(serde_json::to_string(value).unwrap_or_default())
 }
 
+/// `ok`, or the `error` frame of an operation that failed.
+pub fn outcome<T>(reference: Option<&str>, result: &Result<T, ApiError>) -> Utf8Bytes {
+    match result {
+        Ok(_) => ok(reference),
+        Err(e) => refused(reference, e),
+    }
+}
+
 /// The `error` frame of an operation that failed.
 pub fn refused(reference: Option<&str>, e: &ApiError) -> Utf8Bytes {
     error(reference, e.ws_code(), &e.message)
