@@ -14,7 +14,6 @@ use super::replies;
 use super::session::Session;
 use crate::domain::{Change, ConversationKind, Mark};
 use crate::gateway::{Actor, Command};
-use crate::hub::inbox::{Filter, View};
 use crate::hub::{close, frames};
 
 /// Typing is relayed at most this often per conversation and connection.
@@ -102,7 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 filter,
                 cursor,
                 limit,
-            } => self.view(r, view, &filter, cursor, limit),
+            } => replies::view(r, self.gw.view(&self.user, view, &filter, cursor, limit)),
         };
         self.send(reply).await
     }
@@ -213,17 +212,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             BulkAction::Unmute => gw.bulk_mute(&self.user, conversations, false).await,
         };
         replies::bulk_result(r, &results)
-    }
-
-    fn view(
-        &self,
-        r: Option<&str>,
-        view: View,
-        filter: &Filter,
-        cursor: usize,
-        limit: usize,
-    ) -> Utf8Bytes {
-        replies::view(r, self.gw.view(&self.user, view, filter, cursor, limit))
     }
 
     /// Replays events after each position, re-checked against current
