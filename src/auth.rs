@@ -6,6 +6,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::http::{header, HeaderMap};
 use jsonwebtoken::{decode, Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,18 @@ pub enum TokenError {
     },
     #[error("invalid token: {0}")]
     Invalid(String),
+}
+
+/// The token of an `Authorization: Bearer <token>` header (agent JWTs,
+/// admin tokens and adapter keys alike). No allocation: it runs on every
+/// adapter post.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
 }
 
 pub struct Verifier {

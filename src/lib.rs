@@ -13,10 +13,9 @@
 //! - [`ops`]: the operations both APIs share (validate, check, commit), one
 //!   file per subject, failing with a typed [`ops::OpError`];
 //! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML;
-//!   [`api_docs`]: the OpenAPI document and frame JSON Schemas, from the types;
+//!   [`http::api_docs`]: the OpenAPI document and frame JSON Schemas, from the types;
 //!   [`credentials`]: adapter keys and their workspace scopes.
 
-pub mod api_docs;
 pub mod assign;
 pub mod auth;
 pub mod cli;

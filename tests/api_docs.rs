@@ -28,14 +28,14 @@ fn check(path: PathBuf, generated: &str) {
 fn openapi_json_is_current() {
     check(
         docs().join("openapi.json"),
-        &switchboard::api_docs::openapi_json(),
+        &switchboard::http::api_docs::openapi_json(),
     );
 }
 
 #[test]
 fn frame_schemas_are_current() {
     let dir = docs().join("schemas");
-    let schemas = switchboard::api_docs::frame_schemas();
+    let schemas = switchboard::http::api_docs::frame_schemas();
     for (name, text) in &schemas {
         check(dir.join(name), text);
     }
@@ -58,7 +58,7 @@ fn frame_schemas_are_current() {
 #[test]
 fn openapi_covers_the_api() {
     let doc: serde_json::Value =
-        serde_json::from_str(&switchboard::api_docs::openapi_json()).expect("JSON");
+        serde_json::from_str(&switchboard::http::api_docs::openapi_json()).expect("JSON");
     assert!(doc["openapi"]
         .as_str()
         .is_some_and(|v| v.starts_with("3.1")));
@@ -100,11 +100,11 @@ fn openapi_covers_the_api() {
 
 /// Every path the router serves is in the document: a route added to
 /// `src/http/mod.rs` or `src/http/admin.rs` without its `#[utoipa::path]` in
-/// `src/api_docs.rs` fails here.
+/// `src/http/api_docs.rs` fails here.
 #[test]
 fn every_routed_path_is_documented() {
     let doc: serde_json::Value =
-        serde_json::from_str(&switchboard::api_docs::openapi_json()).expect("JSON");
+        serde_json::from_str(&switchboard::http::api_docs::openapi_json()).expect("JSON");
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src/http");
     let mut routed = Vec::new();
     for (file, prefix) in [("mod.rs", ""), ("admin.rs", "/v1/admin")] {
@@ -135,11 +135,11 @@ fn every_routed_path_is_documented() {
 }
 
 /// Every error code the sources give an `ApiError` is in the document's
-/// `ErrorCode`: a new code without its enum variant in `src/api_docs.rs` fails here.
+/// `ErrorCode`: a new code without its enum variant in `src/http/api_docs.rs` fails here.
 #[test]
 fn every_error_code_is_documented() {
     let doc: serde_json::Value =
-        serde_json::from_str(&switchboard::api_docs::openapi_json()).expect("JSON");
+        serde_json::from_str(&switchboard::http::api_docs::openapi_json()).expect("JSON");
     let documented: Vec<&str> = doc["components"]["schemas"]["ErrorCode"]["enum"]
         .as_array()
         .expect("ErrorCode enum")

@@ -9,7 +9,7 @@ use super::model::{
 };
 
 /// Lifecycle events of a conversation (`status` frames).
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StatusKind {

@@ -22,7 +22,7 @@ fn default_visibility_groups() -> Vec<String> {
     vec!["*".to_owned()]
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -49,7 +49,7 @@ impl Role {
     }
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
@@ -60,7 +60,7 @@ pub enum Permission {
 }
 
 /// Scopes nest: `own` ⊂ `own_and_unassigned` ⊂ `team` ⊂ `all`, so `Ord` is inclusion.
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
@@ -70,7 +70,7 @@ pub enum Scope {
     All,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Weekday {
@@ -83,7 +83,7 @@ pub enum Weekday {
     Sun,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
@@ -93,7 +93,7 @@ pub struct Schedule {
     pub hours: String,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct User {
@@ -151,7 +151,7 @@ impl User {
 }
 
 /// Grant levels, ordered so the highest grant wins.
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GrantLevel {
@@ -213,7 +213,7 @@ impl<'de> Deserialize<'de> for Subject {
     }
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Grant {
@@ -221,7 +221,7 @@ pub struct Grant {
     pub level: GrantLevel,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelVisibility {
@@ -241,7 +241,7 @@ impl ChannelVisibility {
     }
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct AutoAssign {
@@ -255,7 +255,7 @@ pub struct AutoAssign {
     pub max_open_per_agent: Option<u32>,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
@@ -314,7 +314,7 @@ impl Channel {
     }
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Contact {
@@ -329,7 +329,7 @@ pub struct Contact {
     pub known: bool,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {
@@ -383,7 +383,7 @@ impl ConversationKind {
     }
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
@@ -392,7 +392,7 @@ pub enum Status {
     Closed,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ItemLevel {
@@ -401,7 +401,7 @@ pub enum ItemLevel {
     Admin,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Conversation {
@@ -570,7 +570,7 @@ pub enum Assignment {
 }
 
 /// Workspace-wide settings (not part of policy worlds).
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkspaceSettings {
@@ -600,7 +600,7 @@ impl WorkspaceSettings {
     }
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum GroupCreate {
@@ -610,7 +610,7 @@ pub enum GroupCreate {
     Everyone,
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DirectMessages {
@@ -621,7 +621,7 @@ pub enum DirectMessages {
 }
 
 /// Who wrote a message.
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "id", rename_all = "snake_case")]
 pub enum Sender {
@@ -631,7 +631,7 @@ pub enum Sender {
     User(Id),
 }
 
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub id: Id,
@@ -650,7 +650,7 @@ pub struct Message {
 /// accepted and ignored by the gateway (so is any other top-level key); the
 /// entities refuse unknown fields (`deny_unknown_fields`): a misspelt field
 /// is an error naming it, not a silently ignored change.
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct World {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -106,7 +106,7 @@ impl Caller {
     }
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostBody {
@@ -149,7 +149,7 @@ async fn post_message(
     Ok((status, axum::Json(posted)).into_response())
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(untagged)]
 pub enum ContactRef {
@@ -157,7 +157,7 @@ pub enum ContactRef {
     New(Contact),
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboundBody {

@@ -480,7 +480,7 @@ async fn run(
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AssignBody {
@@ -498,7 +498,7 @@ async fn assign(
     run(&gw, &who, &q, &id, cmd, "conversation.assign", Some(detail)).await
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct UserBody {
@@ -568,7 +568,7 @@ async fn reopen(State(gw): Gw, who: Who, Path(id): Path<String>, Query(q): Ws) -
     .await
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PrivateBody {
@@ -648,7 +648,7 @@ async fn explain(
     Ok(json(StatusCode::OK, gw.explain(&ws, &id, &user)?))
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct TeamBody {
@@ -773,7 +773,7 @@ async fn put_workspace(
     Ok(json(StatusCode::OK, stored))
 }
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BulkAssignBody {

@@ -2,10 +2,12 @@
 
 pub mod adapter;
 pub mod admin;
+pub mod api_docs;
 pub mod console;
 pub mod error;
 pub mod observe;
 pub mod ops;
+pub mod ws_upgrade;
 
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ pub use error::ApiError;
 pub fn router(gw: Arc<Gateway>) -> Router {
     let max_body = gw.config.limits.max_body_bytes;
     Router::new()
-        .route("/v1/ws", get(crate::ws::upgrade))
+        .route("/v1/ws", get(ws_upgrade::upgrade))
         .merge(adapter::router(gw.clone()))
         .merge(console::router(&gw))
         .nest("/v1/admin", admin::router(gw.clone()))
@@ -284,18 +286,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
-/// Checks `Authorization: Bearer <token>` against the accepted tokens.
 /// Checks `Authorization: Bearer <token>` against the accepted tokens; the
 /// position of the one presented. No allocation: it runs on every adapter post.
 pub fn check_bearer<'a>(
     headers: &HeaderMap,
     accepted: impl IntoIterator<Item = &'a str>,
 ) -> Result<usize, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
+    let token = crate::auth::bearer(headers)
         .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer header"))?;
     accepted
         .into_iter()

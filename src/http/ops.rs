@@ -45,6 +45,6 @@ pub async fn openapi() -> impl IntoResponse {
     (
         StatusCode::OK,
         [("content-type", "application/json")],
-        DOC.get_or_init(crate::api_docs::openapi_json).as_str(),
+        DOC.get_or_init(super::api_docs::openapi_json).as_str(),
     )
 }

@@ -11,7 +11,7 @@ use crate::domain::Id;
 use crate::domain::Mark;
 
 /// A user's own state of one conversation.
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct UserMarks {
     pub read_seq: u64,

@@ -12,10 +12,10 @@ pub mod audience;
 pub mod conn;
 mod deliver;
 pub mod frames;
+pub mod lookup;
 pub mod marks;
 mod notify;
 mod restore;
-pub mod lookup;
 pub mod state;
 mod views;
 

@@ -4,13 +4,13 @@
 use serde::Serialize;
 
 use crate::domain::{Change, Conversation, Ephemeral, Id, Mark, User};
-use crate::policy::views::{Filter, View};
 use crate::policy::actions;
+use crate::policy::views::{Filter, View};
 
 use super::{Actor, Command, Gateway, OpError};
 
 /// Result of one item of a bulk action.
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Serialize, Debug)]
 pub struct ItemResult {
     pub conversation: Id,

@@ -12,7 +12,7 @@ use crate::store::{History, Outcome};
 
 use super::{new_id, seq_of, Actor, Conflict, Gateway, OpError};
 
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, Serialize)]
 pub struct Posted {
     pub id: Id,

@@ -17,7 +17,7 @@ use crate::domain::{
 };
 
 /// `none` < `read` < `write`.
-#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Access {
@@ -43,7 +43,7 @@ impl Access {
 }
 
 /// The rule of docs/access-policy.md that decided an access level.
-#[derive(utoipa::ToSchema)] // API schemas: src/api_docs.rs
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {

@@ -15,7 +15,7 @@ pub fn designated(conv: &Conversation) -> impl Iterator<Item = &Id> {
 }
 
 /// Inbox views (docs/protocol.md "Inbox").
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum View {
@@ -43,7 +43,7 @@ impl View {
 }
 
 /// Optional filters of a view.
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Filter {

@@ -1,192 +1,55 @@
-//! Connection handling: the agent WebSocket at `GET /v1/ws`.
+//! The agent WebSocket at `GET /v1/ws`, once upgraded: one session per
+//! connection. The HTTP handshake (token, query, `101`) is
+//! `http::ws_upgrade`, which hands the upgraded connection to [`serve`].
 //!
-//! Authentication happens before the upgrade (a bad token is a plain HTTP
-//! 401). The upgrade is done with tokio-tungstenite directly so that each
-//! connection gets small buffers (memory per idle connection matters).
+//! - [`protocol`]: client → server frames and their parsing;
+//! - [`dispatch`]: one handler per client command;
+//! - [`replies`]: the frames that answer a request;
+//! - [`session`]: the connection loop (queue, reads, heartbeats, close).
 
+pub mod dispatch;
 pub mod protocol;
+pub mod replies;
 pub mod session;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, Request, Response, StatusCode};
-use axum::response::IntoResponse;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::domain::{Permission, User};
-use crate::http::ApiError;
-use crate::http::Query;
-use crate::ops::{Gateway, OpError};
+use crate::domain::User;
+use crate::ops::Gateway;
 
-#[derive(utoipa::IntoParams)] // API schemas: src/api_docs.rs
-#[derive(serde::Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct WsQuery {
-    /// The agent JWT (or `Authorization: Bearer`).
-    token: Option<String>,
-    /// JSON object `{conversation: last seq seen}` to replay missed events.
-    resume: Option<String>,
-    /// `true` sends the inbox snapshot after `hello`.
-    snapshot: Option<bool>,
-    /// `true` subscribes to `presence` frames.
-    presence: Option<bool>,
-}
+pub use session::Options;
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
-}
-
-/// Checks the token and the user; the error is the HTTP answer.
-/// The code of the `error` frame of a failed operation: an invalid field is
-/// a bad frame; every other code is the HTTP API's.
-pub(crate) fn frame_code(e: &OpError) -> &'static str {
-    match e {
-        OpError::Invalid { .. } => "bad_frame",
-        e => e.code(),
-    }
-}
-
-fn authenticate(gw: &Gateway, token: Option<&str>) -> Result<(User, u64), ApiError> {
-    let token = token.ok_or_else(|| {
-        ApiError::unauthorized("missing token (?token= or Authorization: Bearer)")
-    })?;
-    let claims = gw
-        .verifier
-        .verify(token)
-        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-    let user = gw
-        .hub
-        .existing(&claims.ws)
-        .and_then(|w| w.lock().dir.users.get(&claims.sub).cloned())
-        .ok_or_else(|| {
-            ApiError::unauthorized(format!(
-                "unknown user {:?} in workspace {:?}",
-                claims.sub, claims.ws
-            ))
-        })?;
-    if user.disabled {
-        return Err(ApiError::forbidden("user is disabled"));
-    }
-    if !user.has(Permission::Chats) {
-        return Err(ApiError::forbidden("user lacks the chats permission"));
-    }
-    Ok((user, claims.exp))
-}
-
-/// The `resume` parameter: not JSON is `400 bad_json`, JSON of another
-/// shape `422 invalid_field`; either names the field under `resume`.
-fn resume_positions(text: &str) -> Result<HashMap<String, u64>, ApiError> {
-    crate::http::parse(text.as_bytes()).map_err(|mut e| {
-        let field = match e.field.as_deref() {
-            None | Some(".") => "resume".to_owned(),
-            Some(f) => format!("resume.{f}"),
-        };
-        e.message = format!("resume: {}", e.message);
-        e.field = Some(field);
-        e
-    })
-}
-
-pub async fn upgrade(
-    State(gw): State<Arc<Gateway>>,
-    Query(q): Query<WsQuery>,
-    mut req: Request<Body>,
-) -> Response<Body> {
-    if gw.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "node is draining",
-        )
-        .into_response();
-    }
-    let token = q
-        .token
-        .as_deref()
-        .or_else(|| bearer(req.headers()))
-        .map(str::to_owned);
-    let (user, exp) = match authenticate(&gw, token.as_deref()) {
-        Ok(ok) => ok,
+/// Serves an upgraded connection of an authenticated `user` (token expiry `exp`).
+pub async fn serve(
+    gw: Arc<Gateway>,
+    on_upgrade: OnUpgrade,
+    user: User,
+    exp: u64,
+    options: Options,
+) {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
         Err(e) => {
-            metrics::counter!("switchboard_ws_rejected_total", "reason" => e.code).increment(1);
-            return e.into_response();
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
         }
     };
-    let resume: Option<HashMap<String, u64>> = match q.resume.as_deref().map(resume_positions) {
-        None => None,
-        Some(Ok(r)) => Some(r),
-        Some(Err(e)) => return e.into_response(),
-    };
-    let snapshot = q.snapshot.unwrap_or(false);
-    let presence = q.presence.unwrap_or(false);
-    let headers = req.headers();
-    let is_upgrade = headers
-        .get(header::UPGRADE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
-    let Some(key) = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|_| is_upgrade)
-    else {
-        return ApiError::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "bad_request",
-            "expected a WebSocket upgrade",
-        )
-        .into_response();
-    };
-    let accept = derive_accept_key(key.as_bytes());
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let limits = gw.config.limits.clone();
-    let log = crate::http::observe::LogContext {
-        workspace: user.workspace.to_string(),
-        user: user.id.to_string(),
-    };
-    tokio::spawn(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
-                return;
-            }
-        };
-        // A small read buffer keeps an idle connection cheap (it grows to the
-        // frame being read; tungstenite also zero-fills it before every read);
-        // frames are batched up to 16 KiB per socket write.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(512)
-            .write_buffer_size(16 * 1024)
-            .max_write_buffer_size(4 * 1024 * 1024)
-            .max_message_size(Some(limits.max_frame_bytes))
-            .max_frame_size(Some(limits.max_frame_bytes));
-        let stream =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
-                .await;
-        let options = session::Options {
-            resume,
-            snapshot,
-            presence,
-        };
-        session::run(gw, stream, user, exp, options).await;
-    });
-    Response::builder()
-        .status(StatusCode::SWITCHING_PROTOCOLS)
-        .header(header::CONNECTION, "upgrade")
-        .header(header::UPGRADE, "websocket")
-        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-        .extension(log)
-        .body(Body::empty())
-        .unwrap_or_default()
+    let max_frame_bytes = gw.config.limits.max_frame_bytes;
+    // A small read buffer keeps an idle connection cheap (it grows to the
+    // frame being read; tungstenite also zero-fills it before every read);
+    // frames are batched up to 16 KiB per socket write.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes));
+    let stream =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    session::run(gw, stream, user, exp, options).await;
 }

@@ -9,13 +9,61 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use crate::domain::ConversationKind;
 use crate::policy::views::{Filter, View};
 
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
+/// A client frame: the `ref` any frame may carry (echoed in its reply) and
+/// its command. On the wire `ref` sits beside the command's fields.
+#[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize, Debug)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ClientFrame {
+#[serde(from = "Wire")]
+#[schemars(with = "Wire")]
+pub struct ClientFrame {
+    pub reference: Option<String>,
+    pub op: Op,
+}
+
+/// Declares [`Op`] and its wire form [`Wire`], which is the same enum with a
+/// `ref` field in every variant. serde then reads `ref` in key order among
+/// the command's own fields and lists it among the expected ones, so the
+/// errors of a bad frame (message and field named) are those of one flat
+/// object; `#[serde(flatten)]` would check `ref` first and drop it from
+/// those lists.
+macro_rules! commands {
+    ($(
+        $variant:ident {
+            $( $(#[doc = $doc:literal])* $(#[serde($($serde:tt)*)])* $field:ident: $ty:ty, )*
+        },
+    )*) => {
+        /// The command of a [`ClientFrame`], tagged by `type`.
+        #[derive(Debug)]
+        pub enum Op {
+            $( $variant { $( $(#[doc = $doc])* $field: $ty, )* }, )*
+        }
+
+        #[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
+        #[derive(Deserialize)]
+        #[serde(rename = "ClientFrame", tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+        enum Wire {
+            $( $variant {
+                #[serde(rename = "ref")]
+                reference: Option<String>,
+                $( $(#[doc = $doc])* $(#[serde($($serde)*)])* $field: $ty, )*
+            }, )*
+        }
+
+        impl From<Wire> for ClientFrame {
+            fn from(wire: Wire) -> Self {
+                match wire {
+                    $( Wire::$variant { reference, $($field,)* } => ClientFrame {
+                        reference,
+                        op: Op::$variant { $($field,)* },
+                    }, )*
+                }
+            }
+        }
+    };
+}
+
+commands! {
     Send {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         body: String,
         client_id: Option<String>,
@@ -24,115 +72,76 @@ pub enum ClientFrame {
         mentions: Vec<String>,
     },
     Assign {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         assignee: Option<String>,
     },
     AddCollaborator {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         user: String,
     },
     RemoveCollaborator {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         user: String,
     },
     Close {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
     },
     Reopen {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
     },
     SetPrivate {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         private: bool,
     },
     Resume {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         positions: HashMap<String, u64>,
     },
-    Ping {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
-    },
+    Ping {},
     Read {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         seq: u64,
     },
     Mute {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         #[serde(default = "yes")]
         on: bool,
     },
     Hide {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         #[serde(default = "yes")]
         on: bool,
     },
     Archive {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         #[serde(default = "yes")]
         on: bool,
     },
     Typing {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
     },
     Focus {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: Option<String>,
     },
     EditMessage {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         message_id: String,
         body: String,
     },
     DeleteMessage {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         conversation: String,
         message_id: String,
     },
     CreateConversation {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         kind: ConversationKind,
         participants: Vec<String>,
     },
     Bulk {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         action: BulkAction,
         conversations: Vec<String>,
         #[serde(default)]
         assignee: Option<String>,
     },
     View {
-        #[serde(rename = "ref")]
-        reference: Option<String>,
         view: View,
         #[serde(default)]
         filter: Filter,
@@ -143,7 +152,7 @@ pub enum ClientFrame {
     },
 }
 
-#[derive(schemars::JsonSchema)] // API schemas: src/api_docs.rs
+#[derive(schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
 #[derive(Deserialize, Debug, Clone, Copy)]
 #[serde(rename_all = "snake_case")]
 pub enum BulkAction {
@@ -207,8 +216,8 @@ pub fn parse(text: &str) -> Result<ClientFrame, FrameError> {
             field: None,
         });
     };
-    let message = match ClientFrame::deserialize(&value) {
-        Ok(frame) => return Ok(frame),
+    let message = match Wire::deserialize(&value) {
+        Ok(frame) => return Ok(frame.into()),
         Err(e) => e.to_string(),
     };
     let field = named(obj, &message).or_else(|| culprit(obj, &message));
@@ -238,7 +247,7 @@ fn named(obj: &serde_json::Map<String, Value>, message: &str) -> Option<String> 
 /// only noticed after the last one, so the culprit is the first key whose
 /// prefix of the frame (with `type`) already fails with the same error.
 fn culprit(obj: &serde_json::Map<String, Value>, message: &str) -> Option<String> {
-    let fails_so = |frame: serde_json::Map<String, Value>| matches!(ClientFrame::deserialize(&Value::Object(frame)), Err(e) if e.to_string() == message);
+    let fails_so = |frame: serde_json::Map<String, Value>| matches!(Wire::deserialize(&Value::Object(frame)), Err(e) if e.to_string() == message);
     let mut prefix = serde_json::Map::new();
     if let Some(t) = obj.get("type") {
         prefix.insert("type".to_owned(), t.clone());
@@ -262,4 +271,64 @@ pub fn bad_frame(reference: Option<&str>, e: &FrameError) -> Utf8Bytes {
         "message": format!("bad frame: {}", e.message), "field": e.field,
     });
     Utf8Bytes::from(v.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The errors of one flat object, as before the envelope: `ref` is
+    /// read in key order and listed among the expected fields.
+    #[test]
+    fn bad_frames_read_ref_like_any_other_field() {
+        for (text, message, field) in [
+            (
+                r#"{"type": "ping", "rfe": "x"}"#,
+                "rfe: unknown field `rfe`, expected `ref`",
+                Some("rfe"),
+            ),
+            (
+                r#"{"type":"send","conversation":"c","body":"b","extra":1}"#,
+                "extra: unknown field `extra`, expected one of `ref`, `conversation`, `body`, `client_id`, `mentions`",
+                Some("extra"),
+            ),
+            (
+                r#"{"ref":5}"#,
+                "type: missing field `type`",
+                Some("type"),
+            ),
+            (
+                r#"{"type":"send","ref":5,"body":3,"conversation":"c"}"#,
+                "body: invalid type: integer `3`, expected a string",
+                Some("body"),
+            ),
+            (
+                r#"{"type":"ping","ref":5}"#,
+                "ref: invalid type: integer `5`, expected a string",
+                Some("ref"),
+            ),
+            (
+                r#"{"type":"ping","ref":5, "x"#,
+                "not JSON: EOF while parsing a string at line 1 column 26",
+                None,
+            ),
+        ] {
+            let e = parse(text).expect_err(text);
+            assert_eq!(
+                (e.message.as_str(), e.field.as_deref()),
+                (message, field),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_ref_is_split_from_the_command() {
+        let frame = parse(r#"{"type":"read","ref":"r1","conversation":"v1","seq":3}"#)
+            .expect("a read frame");
+        assert_eq!(frame.reference.as_deref(), Some("r1"));
+        assert!(matches!(frame.op, Op::Read { ref conversation, seq: 3 } if conversation == "v1"));
+        let ping = parse(r#"{"type":"ping"}"#).expect("a ping");
+        assert!(ping.reference.is_none() && matches!(ping.op, Op::Ping {}));
+    }
 }

@@ -15,18 +15,16 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use super::protocol::{self, reference_of, BulkAction, ClientFrame};
+use super::protocol::reference_of;
+use super::replies;
 use crate::domain::User;
-use crate::domain::{Change, Mark};
-use crate::hub::{close, frames, ConnHandle, Control, Outbound};
-use crate::ops::{Actor, Command, Gateway, ItemResult};
+use crate::hub::{close, ConnHandle, Control, Outbound};
+use crate::ops::Gateway;
 
 /// Frames written before one flush.
 const BATCH: usize = 64;
 /// Consecutive over-rate frames before the connection is closed.
 const RATE_STRIKES: u32 = 20;
-/// Typing is relayed at most this often per conversation and connection.
-const TYPING_EVERY: Duration = Duration::from_secs(2);
 
 /// Options of `GET /v1/ws` beyond the token.
 #[derive(Default)]
@@ -39,10 +37,11 @@ pub struct Options {
     pub presence: bool,
 }
 
-struct Session<S> {
-    gw: Arc<Gateway>,
-    ws: WebSocketStream<S>,
-    user: User,
+/// One connection's state; its command handlers are `ws::dispatch`.
+pub(super) struct Session<S> {
+    pub(super) gw: Arc<Gateway>,
+    pub(super) ws: WebSocketStream<S>,
+    pub(super) user: User,
     /// Connection id (hub registration, logs).
     id: u64,
     workspace: crate::hub::Workspace,
@@ -54,16 +53,17 @@ struct Session<S> {
     last_sent: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
-    typing: HashMap<String, Instant>,
-    connection_key: String,
+    /// When typing was last relayed, per conversation.
+    pub(super) typing: HashMap<String, Instant>,
+    pub(super) connection_key: String,
     /// A focus was announced, so closing must clear it.
-    focused: bool,
+    pub(super) focused: bool,
     /// Delivery latency histogram, looked up once rather than per batch.
     latency: metrics::Histogram,
     /// For the session-end log line.
     opened: Instant,
     frames_in: u64,
-    frames_out: u64,
+    pub(super) frames_out: u64,
 }
 
 /// Serves one connection until it closes.
@@ -139,7 +139,7 @@ where
     let quota =
         Quota::per_second(NonZeroU32::new(limits.conn_rate_per_sec).unwrap_or(NonZeroU32::MIN))
             .allow_burst(NonZeroU32::new(limits.conn_burst).unwrap_or(NonZeroU32::MIN));
-    let hello = frames::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
+    let hello = replies::hello(id, &user.id, &user.workspace, &gw.config.node_id, &limits);
     let mut s = Session {
         connection_key: format!("{}:{id}", gw.config.node_id),
         gw,
@@ -275,7 +275,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     /// Whether a sequenced frame is new for this connection (and records it).
-    fn fresh(&mut self, position: &Option<(Arc<str>, u64)>) -> bool {
+    pub(super) fn fresh(&mut self, position: &Option<(Arc<str>, u64)>) -> bool {
         let Some((conv, seq)) = position else {
             return true;
         };
@@ -321,7 +321,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         Ok(())
     }
 
-    async fn send(&mut self, text: Utf8Bytes) -> Result<(), u16> {
+    pub(super) async fn send(&mut self, text: Utf8Bytes) -> Result<(), u16> {
         self.frames_out += 1;
         crate::metrics::handles().frames_out_reply.increment(1);
         self.ws
@@ -361,7 +361,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 _ => return Ok(()),
             };
             return self
-                .send(frames::error(
+                .send(replies::error(
                     reference.as_deref(),
                     "rate_limited",
                     "too many frames; slow down",
@@ -373,7 +373,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             WsMessage::Text(t) => t,
             WsMessage::Binary(_) => {
                 return self
-                    .send(frames::error(
+                    .send(replies::error(
                         None,
                         "bad_frame",
                         "binary frames are not supported; send JSON text",
@@ -382,303 +382,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             _ => return Ok(()),
         };
-        let frame: ClientFrame = match protocol::parse(&text) {
-            Ok(f) => f,
-            Err(e) => {
-                return self
-                    .send(protocol::bad_frame(reference_of(&text).as_deref(), &e))
-                    .await;
-            }
-        };
-        let actor = Actor::agent(&self.user);
-        let gw = self.gw.clone();
-        let (reference, result) = match frame {
-            ClientFrame::Ping { reference } => {
-                return self.send(frames::pong(reference.as_deref())).await
-            }
-            ClientFrame::Resume {
-                reference,
-                positions,
-            } => return self.resume(reference, positions).await,
-            ClientFrame::Send {
-                reference,
-                conversation,
-                body,
-                client_id,
-                mentions,
-            } => {
-                let r = match gw.check_mentions(&self.user, &mentions) {
-                    Ok(meta) => {
-                        gw.post_message(actor, &conversation, body, None, client_id, meta)
-                            .await
-                    }
-                    Err(e) => Err(e),
-                };
-                let reply = match r {
-                    Ok(p) => frames::ack(reference.as_deref(), &p.id, p.seq, p.duplicate),
-                    Err(e) => {
-                        frames::error(reference.as_deref(), super::frame_code(&e), &e.to_string())
-                    }
-                };
-                return self.send(reply).await;
-            }
-            ClientFrame::Assign {
-                reference,
-                conversation,
-                assignee,
-            } => (
-                reference,
-                gw.command(actor, &conversation, Command::Assign(assignee))
-                    .await,
-            ),
-            ClientFrame::AddCollaborator {
-                reference,
-                conversation,
-                user,
-            } => (
-                reference,
-                gw.command(actor, &conversation, Command::AddCollaborator(user))
-                    .await,
-            ),
-            ClientFrame::RemoveCollaborator {
-                reference,
-                conversation,
-                user,
-            } => (
-                reference,
-                gw.command(actor, &conversation, Command::RemoveCollaborator(user))
-                    .await,
-            ),
-            ClientFrame::Close {
-                reference,
-                conversation,
-            } => (
-                reference,
-                gw.command(actor, &conversation, Command::Close).await,
-            ),
-            ClientFrame::Reopen {
-                reference,
-                conversation,
-            } => (
-                reference,
-                gw.command(actor, &conversation, Command::Reopen).await,
-            ),
-            ClientFrame::SetPrivate {
-                reference,
-                conversation,
-                private,
-            } => (
-                reference,
-                gw.command(actor, &conversation, Command::SetPrivate(private))
-                    .await,
-            ),
-            ClientFrame::Read {
-                reference,
-                conversation,
-                seq,
-            } => (
-                reference,
-                gw.mark(&self.user, &conversation, Mark::Read { seq })
-                    .await
-                    .map(|_| 0),
-            ),
-            ClientFrame::Mute {
-                reference,
-                conversation,
-                on,
-            } => (
-                reference,
-                gw.mark(&self.user, &conversation, Mark::Mute { on })
-                    .await
-                    .map(|_| 0),
-            ),
-            ClientFrame::Hide {
-                reference,
-                conversation,
-                on,
-            } => (
-                reference,
-                gw.mark(&self.user, &conversation, Mark::Hide { on })
-                    .await
-                    .map(|_| 0),
-            ),
-            ClientFrame::Archive {
-                reference,
-                conversation,
-                on,
-            } => (
-                reference,
-                gw.mark(&self.user, &conversation, Mark::Archive { on })
-                    .await
-                    .map(|_| 0),
-            ),
-            ClientFrame::Typing {
-                reference,
-                conversation,
-            } => {
-                let now = Instant::now();
-                let recent = self
-                    .typing
-                    .get(&conversation)
-                    .is_some_and(|t| now.duration_since(*t) < TYPING_EVERY);
-                if recent {
-                    return Ok(()); // throttled: typing is best-effort
-                }
-                match gw.typing(&self.user, &conversation).await {
-                    Ok(()) => {
-                        // Only readable conversations are remembered: the map
-                        // cannot grow with ids a client makes up.
-                        self.typing.insert(conversation, now);
-                        return Ok(());
-                    }
-                    Err(e) => (reference, Err(e)),
-                }
-            }
-            ClientFrame::Focus {
-                reference,
-                conversation,
-            } => {
-                let key = self.connection_key.clone();
-                self.focused |= conversation.is_some();
-                (
-                    reference,
-                    gw.focus(&self.user, key, conversation).await.map(|_| 0),
-                )
-            }
-            ClientFrame::EditMessage {
-                reference,
-                conversation,
-                message_id,
-                body,
-            } => (
-                reference,
-                gw.edit_message(&self.user, &conversation, &message_id, Some(body))
-                    .await,
-            ),
-            ClientFrame::DeleteMessage {
-                reference,
-                conversation,
-                message_id,
-            } => (
-                reference,
-                gw.edit_message(&self.user, &conversation, &message_id, None)
-                    .await,
-            ),
-            ClientFrame::CreateConversation {
-                reference,
-                kind,
-                participants,
-            } => {
-                let reply = match gw.create_conversation(&self.user, kind, participants).await {
-                    Ok((id, seq)) => frames::created(reference.as_deref(), &id, seq),
-                    Err(e) => {
-                        frames::error(reference.as_deref(), super::frame_code(&e), &e.to_string())
-                    }
-                };
-                return self.send(reply).await;
-            }
-            ClientFrame::Bulk {
-                reference,
-                action,
-                conversations,
-                assignee,
-            } => {
-                let outcome = match action {
-                    BulkAction::Assign => gw.bulk_assign(actor, &conversations, assignee).await,
-                    BulkAction::Mute => gw.bulk_mute(&self.user, &conversations, true).await,
-                    BulkAction::Unmute => gw.bulk_mute(&self.user, &conversations, false).await,
-                };
-                let results: Vec<ItemResult> = outcome
-                    .into_iter()
-                    .map(|(c, r)| ItemResult::of(&c, r, super::frame_code))
-                    .collect();
-                return self
-                    .send(frames::bulk_result(reference.as_deref(), &results))
-                    .await;
-            }
-            ClientFrame::View {
-                reference,
-                view,
-                filter,
-                cursor,
-                limit,
-            } => {
-                let page = gw.view(&self.user, view, &filter, cursor, limit);
-                return self.send(frames::view(reference.as_deref(), page)).await;
-            }
-        };
-        let reply = match result {
-            Ok(_) => frames::ok(reference.as_deref()),
-            Err(e) => frames::error(reference.as_deref(), super::frame_code(&e), &e.to_string()),
-        };
-        self.send(reply).await
-    }
-
-    /// Replays events after each position, re-checked against current access.
-    async fn resume(
-        &mut self,
-        reference: Option<String>,
-        positions: HashMap<String, u64>,
-    ) -> Result<(), u16> {
-        let ws = self.user.workspace.clone();
-        for (conv, after) in positions {
-            if !self.gw.access_now(&ws, &self.user.id, &conv).can_read() {
-                self.send(frames::error(
-                    reference.as_deref(),
-                    "forbidden",
-                    &format!("no access to conversation {conv:?}"),
-                ))
-                .await?;
-                continue;
-            }
-            let history = match self.gw.store.history(&ws, &conv, after, usize::MAX).await {
-                Ok(h) => h,
-                Err(e) => {
-                    self.send(frames::error(
-                        reference.as_deref(),
-                        "unavailable",
-                        &e.to_string(),
-                    ))
-                    .await?;
-                    continue;
-                }
-            };
-            if history.oldest_seq > after + 1 {
-                self.send(frames::replay_gap(&conv, after + 1, history.oldest_seq))
-                    .await?;
-            }
-            let key: Arc<str> = Arc::from(conv.as_str());
-            for ev in history.events {
-                let text = match &ev.change {
-                    Change::Message { message, .. } => frames::message(&conv, ev.seq, message),
-                    Change::Conversation {
-                        conversation,
-                        status,
-                    } => frames::status(ev.seq, status, conversation),
-                    // Edits and deletions hold a place in the sequence too.
-                    Change::EditMessage {
-                        message_id,
-                        body,
-                        by,
-                        ..
-                    } => frames::message_edited(&conv, ev.seq, message_id, body.as_deref(), by),
-                    _ => continue,
-                };
-                if self.fresh(&Some((key.clone(), ev.seq))) {
-                    self.frames_out += 1;
-                    crate::metrics::handles().frames_out_replay.increment(1);
-                    self.ws
-                        .feed(WsMessage::Text(text))
-                        .await
-                        .map_err(|_| close::NORMAL)?;
-                }
-            }
-            self.ws.flush().await.map_err(|_| close::NORMAL)?;
-        }
-        if reference.is_some() {
-            self.send(frames::ok(reference.as_deref())).await?;
-        }
-        Ok(())
+        self.on_text(&text).await
     }
 }
 

@@ -12,6 +12,8 @@
 //! frames against these documents. `tests/api_contract.rs` also fails when the
 //! committed files differ from what this module generates.
 
+pub mod server_frame;
+
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -258,7 +260,7 @@ pub struct HistoryParams {
 
 // ---- paths ------------------------------------------------------------------
 // Each function below only carries its `#[utoipa::path]`: the handlers live in
-// `src/http/*.rs` and `src/ws/mod.rs`; the router is `http::router`.
+// `src/http/*.rs` (`/v1/ws`: `src/http/ws_upgrade.rs`); the router is `http::router`.
 
 mod paths {
     #![allow(dead_code)]
@@ -291,7 +293,7 @@ mod paths {
     /// Agent WebSocket: frames are described by `docs/schemas/server-frame.json` and
     /// `docs/schemas/client-frame.json`.
     #[utoipa::path(get, path = "/v1/ws", tag = "agent",
-        params(crate::ws::WsQuery),
+        params(crate::http::ws_upgrade::WsQuery),
         responses((status = 101, description = "upgraded to a WebSocket"),
                   (status = 400, description = "`resume` is not a JSON object of seqs", body = ErrorBody),
                   (status = 426, description = "not a WebSocket upgrade request", body = ErrorBody),
@@ -693,7 +695,7 @@ pub fn frame_schemas() -> Vec<(&'static str, String)> {
     let server = SchemaSettings::draft2020_12()
         .for_serialize()
         .into_generator()
-        .into_root_schema_for::<crate::hub::frames::ServerFrame>();
+        .into_root_schema_for::<server_frame::ServerFrame>();
     let client = SchemaSettings::draft2020_12()
         .for_deserialize()
         .into_generator()
