@@ -3,6 +3,7 @@
 //! minimal collector on loopback. Run with `cargo test --features otel --test otel`.
 #![cfg(feature = "otel")]
 
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

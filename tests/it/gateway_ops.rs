@@ -1,14 +1,13 @@
 //! Operations of the real binary: graceful shutdown on SIGTERM, and
 //! round-robin assignment on one node (POLICY.md "Assignment").
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_1001_and_answers_503_draining_for_the_grace_period() {

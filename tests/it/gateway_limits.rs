@@ -4,15 +4,14 @@
 //! heartbeat, and HTTP connections that never finish their request headers
 //! are timed out and capped per client address.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::gateway::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+use crate::support::gateway::*;
 
 fn world() -> Value {
     json!({

@@ -3,13 +3,12 @@
 //! limits (docs/protocol.md "Authentication", "Errors", "Heartbeats, limits
 //! and close codes").
 
-mod support;
-
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 fn world() -> Value {
     json!({

@@ -5,9 +5,6 @@
 //! world-validation errors and a few hand-written worlds that pin down
 //! corners the worlds do not cover.
 
-#[path = "support/worlds.rs"]
-mod worlds;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -15,6 +12,8 @@ use std::path::{Path, PathBuf};
 use switchboard::cli::{access_matrix, load_world};
 use switchboard::domain::{Directory, World};
 use switchboard::policy::{self, Access, Rule};
+
+use crate::support::worlds;
 
 /// `expect` of a case file as conversation → user → level.
 fn expectations(path: &Path) -> BTreeMap<String, BTreeMap<String, String>> {

@@ -9,13 +9,12 @@
 //! `client-frame.json`, and the test asserts that every frame type and every
 //! route was exercised.
 
-mod support;
-
 use std::collections::BTreeSet;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 fn load(path: &str) -> Value {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);

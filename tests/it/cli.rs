@@ -3,13 +3,12 @@
 //! and the shared conformance cases when present) and over malformed worlds,
 //! and `explain`.
 
-#[path = "support/worlds.rs"]
-mod worlds;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use serde_json::Value;
+
+use crate::support::worlds;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchboard");
 

@@ -2,11 +2,10 @@
 //! workspace with filters, the export (and its round trip through a replace
 //! import), and the audit log of admin changes.
 
-mod support;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 /// A workspace's world; `w2` shares ids with `w1`, so a list that leaked
 /// across workspaces would show. (One world per workspace: an import checks
@@ -393,7 +392,7 @@ async fn admin_with(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_changes_are_audited_per_workspace() {
     let srv = Server::start().await;
-    let t0 = support::gateway::now_secs() * 1000;
+    let t0 = crate::support::gateway::now_secs() * 1000;
     let who = [("x-request-id", "req-1"), ("user-agent", "ops-cli/2")];
     srv.import(&world_of("w2")).await;
     let (status, _) = admin_with(
@@ -541,7 +540,7 @@ async fn admin_changes_are_audited_per_workspace() {
     expected.insert(0, "import");
     expected.reverse();
     assert_eq!(actions, expected, "every change, newest first");
-    let t1 = support::gateway::now_secs() * 1000 + 1000;
+    let t1 = crate::support::gateway::now_secs() * 1000 + 1000;
     for e in items {
         assert_eq!(
             e["who"],

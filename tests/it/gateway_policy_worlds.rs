@@ -15,16 +15,14 @@
 //! (it changes nobody's access to the world's conversations) and waits for a
 //! marker message in it.
 
-mod support;
-#[path = "support/worlds.rs"]
-mod worlds;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
+use crate::support::worlds;
 
 const MARKER_PREFIX: &str = "__marker_";
 

@@ -3,11 +3,8 @@
 //! (`../shared/policy-cases` beside the repository, or the folder named by
 //! `SWITCHBOARD_POLICY_CASES`), run as an extra pass only when that folder
 //! exists. A clone of this repository alone must pass its tests.
-//!
-//! Included with `#[path]` by the tests that need it (it is not part of
-//! `support/mod.rs`, so binaries that do not use it do not compile it).
 
-#![allow(dead_code)] // each test binary uses a different part
+#![allow(dead_code)] // the otel binary includes `support` without using this
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

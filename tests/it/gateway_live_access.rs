@@ -9,8 +9,6 @@
 //! `access_granted` and then every later event without gaps; everyone else
 //! keeps a gap-free stream.
 
-mod support;
-
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,7 +16,8 @@ use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 /// s1 is assigned v1 and v3; a (scope all) reads every public conversation;
 /// vw has view_all; m is in team t1, whose waitlist holds the private v2.

@@ -2,14 +2,13 @@
 //! sequence under concurrent posters, idempotent posts and sends, `resume`
 //! after a disconnect, and slow consumers (docs/protocol.md).
 
-mod support;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 /// r1..r3 and p1 read (and write) the unassigned public v1; of the staff, only
 /// the assignee s9 reads v2 and only r1 reads v3; mk is everyone's marker

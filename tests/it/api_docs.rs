@@ -1,7 +1,7 @@
 //! The committed machine-readable API files equal what the code generates:
 //! `docs/openapi.json` and `docs/schemas/*.json` cannot go stale.
 //! After a change of the API types, regenerate them with
-//! `SWITCHBOARD_WRITE_API_DOCS=1 cargo test --test api_docs` and commit the result.
+//! `SWITCHBOARD_WRITE_API_DOCS=1 cargo test --test it api_docs::` and commit the result.
 
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ fn check(path: PathBuf, generated: &str) {
     assert!(
         committed == generated,
         "{} differs from what the code generates; run \
-         `SWITCHBOARD_WRITE_API_DOCS=1 cargo test --test api_docs` and commit the result",
+         `SWITCHBOARD_WRITE_API_DOCS=1 cargo test --test it api_docs::` and commit the result",
         path.display()
     );
 }

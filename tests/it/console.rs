@@ -3,11 +3,10 @@
 //! with the development JWT secret (404 in every other configuration).
 //! The console itself is tested in Chromium by `console-tests/` (`.ci/run`).
 
-mod support;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 async fn get(s: &Server, path: &str) -> reqwest::Response {
     s.http.get(s.url(path)).send().await.expect(path)

@@ -7,14 +7,13 @@
 //! existed (same status, code and message, with the id itself masked), change
 //! nothing in the other workspace, and send its agents no frame at all.
 
-mod support;
-
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::{unique, Client, Server, ADMIN_TOKEN};
-use support::redis::Redis;
+
+use crate::support::gateway::{unique, Client, Server, ADMIN_TOKEN};
+use crate::support::redis::Redis;
 
 /// Keys of the nodes started here: the operator's unscoped key, a key of
 /// workspace `wa`, and a key of channel `ch` of `wa` only.

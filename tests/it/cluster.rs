@@ -12,8 +12,6 @@
 //! one that saw every change live; concurrent first messages of a thread on
 //! several nodes open exactly one conversation.
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,8 +19,9 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::{token, unique, urlencode, Client, Event, Server};
-use support::redis::Redis;
+
+use crate::support::gateway::{token, unique, urlencode, Client, Event, Server};
+use crate::support::redis::Redis;
 
 /// Bound of waits for cross-node delivery and recovery.
 const LONG: Duration = Duration::from_secs(20);
@@ -1587,7 +1586,7 @@ async fn admin_lists_export_and_audit_across_nodes() {
         .request(
             Method::POST,
             "/v1/admin/conversations/v1/close?workspace=w1",
-            Some(support::gateway::ADMIN_TOKEN),
+            Some(crate::support::gateway::ADMIN_TOKEN),
             &[("x-request-id", "close-1")],
             None,
         )

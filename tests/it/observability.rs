@@ -2,14 +2,13 @@
 //! and per WebSocket session, plain text in a log file, and Prometheus series
 //! with HELP text for HTTP, WebSocket, store, Redis and the process.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use support::gateway::*;
-use support::redis::Redis;
+
+use crate::support::gateway::*;
+use crate::support::redis::Redis;
 
 async fn metrics_text(srv: &Server) -> String {
     srv.http

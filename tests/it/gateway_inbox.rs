@@ -4,14 +4,13 @@
 //! edits, direct and group conversations, typing and presence, and what
 //! disabling a user or changing a team does to the inbox.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use support::gateway::*;
+
+use crate::support::gateway::*;
 
 // ------------------------------------------------------------------ helpers
 
