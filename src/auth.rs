@@ -158,6 +158,26 @@ fn check_times(c: &Claims, now: u64, max_lifetime: u64) -> Result<(), TokenError
     Ok(())
 }
 
+/// An HS256 agent token (`sub`, `ws`, `iat`, `exp`) for development and
+/// scripts: what a host application's backend would mint.
+pub fn mint_token(
+    secret: &str,
+    workspace: &str,
+    user: &str,
+    ttl_secs: u64,
+) -> anyhow::Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let claims =
+        serde_json::json!({"sub": user, "ws": workspace, "iat": now, "exp": now + ttl_secs});
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

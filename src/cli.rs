@@ -94,26 +94,6 @@ pub fn parse_ttl(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{text:?}: out of range"))
 }
 
-/// An HS256 agent token (`sub`, `ws`, `iat`, `exp`) for development and
-/// scripts: what a host application's backend would mint.
-pub fn mint_token(
-    secret: &str,
-    workspace: &str,
-    user: &str,
-    ttl_secs: u64,
-) -> anyhow::Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let claims =
-        serde_json::json!({"sub": user, "ws": workspace, "iat": now, "exp": now + ttl_secs});
-    Ok(jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
-    )?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,7 +113,7 @@ mod tests {
 
     #[test]
     fn minted_tokens_verify() {
-        let t = mint_token("s3cret", "w1", "a", 60).expect("token");
+        let t = crate::auth::mint_token("s3cret", "w1", "a", 60).expect("token");
         let claims = crate::auth::Verifier::hs256("s3cret")
             .verify(&t)
             .expect("a valid token");

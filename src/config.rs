@@ -7,6 +7,10 @@ use std::path::PathBuf;
 use clap::Args;
 use serde::Deserialize;
 
+/// The JWT secret when none is configured: for development only, and
+/// accepted only on a loopback listener (see `server`).
+pub const DEV_SECRET: &str = "dev-secret";
+
 /// Limits and timings a client sees (also announced in `hello`).
 #[derive(Clone, Debug)]
 pub struct Limits {

@@ -90,9 +90,9 @@ fn main() -> ExitCode {
         } => {
             let secret = secret.filter(|s| !s.is_empty()).unwrap_or_else(|| {
                 eprintln!("note: no SWITCHBOARD_JWT_SECRET: signed with the development secret");
-                switchboard::server::DEV_SECRET.to_owned()
+                switchboard::config::DEV_SECRET.to_owned()
             });
-            switchboard::cli::mint_token(&secret, &workspace, &user, ttl).map(|t| println!("{t}"))
+            switchboard::auth::mint_token(&secret, &workspace, &user, ttl).map(|t| println!("{t}"))
         }
         Command::Explain {
             file,

@@ -15,12 +15,12 @@ use tower::ServiceExt;
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::config::DEV_SECRET;
 use crate::hub::{close, Hub};
 use crate::ops::Gateway;
 use crate::store::{memory::MemoryStore, Sink, Store};
 
-/// Development defaults, accepted only on a loopback listener.
-pub const DEV_SECRET: &str = "dev-secret";
+/// Development defaults (with [`DEV_SECRET`]), accepted only on a loopback listener.
 const DEV_ADMIN_TOKEN: &str = "dev-admin";
 const DEV_ADAPTER_KEY: &str = "dev-adapter";
 

@@ -24,9 +24,9 @@ use axum::Router;
 use serde::Deserialize;
 
 use super::{Json, Query};
+use crate::config::DEV_SECRET;
 use crate::http::ApiError;
 use crate::ops::Gateway;
-use crate::server::DEV_SECRET;
 
 type Gw = State<Arc<Gateway>>;
 
@@ -173,10 +173,8 @@ async fn dev_token(State(gw): Gw, Json(req): Json<TokenRequest>) -> Result<Respo
             ),
         ));
     }
-    let token = crate::cli::mint_token(DEV_SECRET, &req.workspace, &req.user, DEV_TOKEN_TTL_SECS)
-        .map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })?;
+    let token = crate::auth::mint_token(DEV_SECRET, &req.workspace, &req.user, DEV_TOKEN_TTL_SECS)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     let mut resp = axum::Json(serde_json::json!({"token": token, "ttl_secs": DEV_TOKEN_TTL_SECS}))
         .into_response();
     secure(resp.headers_mut());

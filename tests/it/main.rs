@@ -32,6 +32,8 @@ mod gateway_ops;
 mod gateway_policy_worlds;
 mod input_props;
 mod isolation;
+mod layers;
 mod observability;
 mod policy_cases;
 mod policy_props;
+mod store_contract;

@@ -2,8 +2,6 @@
 //! `RedisStore` (each Redis test on its own private `redis-server`), so the
 //! two stores cannot drift apart.
 
-mod support;
-
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -15,7 +13,7 @@ use switchboard::store::memory::MemoryStore;
 use switchboard::store::redis::RedisStore;
 use switchboard::store::{AuditEntry, AuditId, AuditWho, Outcome, Sink, Store, StoreError};
 
-use support::redis::Redis;
+use crate::support::redis::Redis;
 
 /// History kept per conversation in every store under test.
 const HISTORY_LEN: usize = 4;
