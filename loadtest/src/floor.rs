@@ -694,3 +694,250 @@ pub fn main(args: FloorArgs) -> Result<()> {
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCESS: &str = r#"{"users": {
+        "w0u1": {"ws": "w0", "rooms": ["w0v1", "w0v2"]},
+        "w0u2": {"ws": "w0", "rooms": ["w0v1"]}
+    }}"#;
+
+    fn args() -> FloorArgs {
+        FloorArgs {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            access: PathBuf::new(),
+            jwt_secret: "jwt".into(),
+            admin_token: "admin".into(),
+            adapter_key: "adapter".into(),
+            outbound_queue: 2,
+        }
+    }
+
+    fn floor() -> Floor {
+        let f = Floor::new(&args(), ACCESS.as_bytes()).unwrap();
+        let doc = r#"{"users": [], "conversations": [
+            {"id": "w0v1", "workspace": "w0", "contact": "w0k1", "channel": "w0c1"},
+            {"id": "w0v2", "workspace": "w0"}
+        ]}"#;
+        assert_eq!(f.import(serde_json::from_str(doc).unwrap()), 2);
+        f
+    }
+
+    fn raw(json: &str) -> Box<RawValue> {
+        RawValue::from_string(json.to_owned()).unwrap()
+    }
+
+    fn conn(f: &Floor, user: &str, queue: usize) -> (mpsc::Receiver<Utf8Bytes>, Arc<Notify>) {
+        let (tx, rx) = mpsc::channel(queue);
+        let kick = Arc::new(Notify::new());
+        let id = f.next_conn.fetch_add(1, Ordering::Relaxed);
+        let index = f.users[user].index;
+        f.register(
+            index,
+            Conn {
+                id,
+                tx,
+                kick: kick.clone(),
+            },
+        );
+        (rx, kick)
+    }
+
+    #[test]
+    fn the_frame_carries_the_body_verbatim_in_the_gateways_shape() {
+        let f = floor();
+        let conv = f.conversation("w0v1").unwrap();
+        let body = raw(r#""lt r1 4 1 10 \"quoted\" \u00e9 x""#);
+        let text = message_frame(&conv, 3, "m-1", &conv.contact_sender, &body, None, 7);
+        assert!(text.contains(body.get()), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["conversation"], "w0v1");
+        assert_eq!(v["seq"], 3);
+        assert_eq!(v["message"]["body"], "lt r1 4 1 10 \"quoted\" é x");
+        assert_eq!(v["message"]["sender"]["id"], "w0k1");
+        assert!(v["message"].get("client_id").is_none());
+        let with_key = message_frame(&conv, 1, "m-2", "null", &body, Some(&raw(r#""k1""#)), 7);
+        let v: serde_json::Value = serde_json::from_str(&with_key).unwrap();
+        assert_eq!(v["message"]["client_id"], "k1");
+    }
+
+    #[test]
+    fn one_buffer_reaches_every_socket_of_the_audience_in_seq_order() {
+        let f = floor();
+        let (mut a1, _) = conn(&f, "w0u1", 8);
+        let (mut a2, _) = conn(&f, "w0u1", 8);
+        let (mut b, _) = conn(&f, "w0u2", 8);
+        let v1 = f.conversation("w0v1").unwrap();
+        let v2 = f.conversation("w0v2").unwrap();
+        let body = raw(r#""hi""#);
+        assert_eq!(f.deliver(&v1, "null", &body, None).1, 1);
+        assert_eq!(f.deliver(&v1, "null", &body, None).1, 2);
+        assert_eq!(f.deliver(&v2, "null", &body, None).1, 1);
+        let x = a1.try_recv().unwrap();
+        let y = a2.try_recv().unwrap();
+        let z = b.try_recv().unwrap();
+        // Serialized once: every socket's queue holds the same bytes.
+        assert_eq!(x.as_str().as_ptr(), y.as_str().as_ptr());
+        assert_eq!(x.as_str().as_ptr(), z.as_str().as_ptr());
+        let seq =
+            |t: &Utf8Bytes| serde_json::from_str::<serde_json::Value>(t).unwrap()["seq"].clone();
+        assert_eq!(seq(&a1.try_recv().unwrap()), 2);
+        assert_eq!(seq(&b.try_recv().unwrap()), 2);
+        // w0v2 reaches only w0u1's sockets.
+        assert!(a1.try_recv().is_ok() && a2.try_recv().is_ok());
+        assert!(b.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_kicks_the_socket() {
+        let f = floor();
+        let (_rx, kick) = conn(&f, "w0u2", 1);
+        let v1 = f.conversation("w0v1").unwrap();
+        let body = raw(r#""hi""#);
+        f.deliver(&v1, "null", &body, None);
+        f.deliver(&v1, "null", &body, None);
+        tokio::time::timeout(Duration::from_secs(1), kick.notified())
+            .await
+            .expect("the overflow wakes the socket to close it");
+    }
+
+    #[test]
+    fn tokens_are_verified_against_the_secret_and_the_access_lists() {
+        let f = floor();
+        let ttl = Duration::from_secs(60);
+        let ok = crate::client::sign_token("jwt", "w0u2", "w0", ttl);
+        assert_eq!(
+            f.authenticate(Some(&ok)),
+            Ok((f.users["w0u2"].index, "w0u2"))
+        );
+        let bad_secret = crate::client::sign_token("other", "w0u2", "w0", ttl);
+        assert_eq!(f.authenticate(Some(&bad_secret)), Err("invalid token"));
+        let wrong_ws = crate::client::sign_token("jwt", "w0u2", "w1", ttl);
+        assert_eq!(f.authenticate(Some(&wrong_ws)), Err("unknown user"));
+        let unknown = crate::client::sign_token("jwt", "w0u9", "w0", ttl);
+        assert_eq!(f.authenticate(Some(&unknown)), Err("unknown user"));
+        assert_eq!(f.authenticate(None), Err("missing token"));
+    }
+
+    #[test]
+    fn paths_and_ids() {
+        assert_eq!(
+            messages_path("/v1/conversations/w0v1/messages"),
+            Some("w0v1")
+        );
+        assert_eq!(messages_path("/v1/conversations//messages"), None);
+        assert_eq!(messages_path("/v1/conversations/a/b/messages"), None);
+        assert_eq!(percent_decode("w0%20v1").as_deref(), Some("w0 v1"));
+        assert_eq!(percent_decode("w0v1").as_deref(), Some("w0v1"));
+        assert_eq!(percent_decode("w0%2"), None);
+    }
+
+    #[test]
+    fn client_frames_other_than_send_are_refused() {
+        let f = floor();
+        let ack = on_client_frame(
+            &f,
+            "null",
+            r#"{"type":"send","ref":"lt:5","conversation":"w0v2","body":"hi","client_id":"k"}"#,
+        );
+        let v: serde_json::Value = serde_json::from_str(&ack).unwrap();
+        assert_eq!(
+            (v["type"].as_str(), v["ref"].as_str(), v["seq"].as_u64()),
+            (Some("ack"), Some("lt:5"), Some(1))
+        );
+        let err = on_client_frame(
+            &f,
+            "null",
+            r#"{"type":"send","ref":"r","conversation":"nope","body":"hi"}"#,
+        );
+        assert!(err.contains(r#""code":"not_found""#), "{err}");
+        let err = on_client_frame(&f, "null", r#"{"type":"ping"}"#);
+        assert!(err.contains(r#""code":"bad_frame""#), "{err}");
+    }
+
+    /// The whole path the harness takes: import, connect, hello, post, frame, send, ack.
+    #[tokio::test]
+    async fn serves_the_harness_fixed_points() {
+        let f = Arc::new(Floor::new(&args(), ACCESS.as_bytes()).unwrap());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(serve(f, listener));
+        let http = reqwest::Client::new();
+        let base = format!("http://{addr}");
+        assert!(http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success());
+        let doc = r#"{"conversations": [{"id": "w0v1", "workspace": "w0", "contact": "w0k1"}]}"#;
+        let r = http
+            .post(format!("{base}/v1/admin/import?mode=replace"))
+            .bearer_auth("wrong")
+            .body(doc)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+        let r = http
+            .post(format!("{base}/v1/admin/import?mode=replace"))
+            .bearer_auth("admin")
+            .body(doc)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+
+        let token = crate::client::sign_token("jwt", "w0u2", "w0", Duration::from_secs(60));
+        let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token=x")).await;
+        assert!(refused.is_err());
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws?token={token}"))
+                .await
+                .unwrap();
+        let hello = ws.next().await.unwrap().unwrap();
+        assert_eq!(hello.to_text().unwrap(), r#"{"type":"hello"}"#);
+
+        let post = |key: &'static str, conv: &'static str| {
+            http.post(format!("{base}/v1/conversations/{conv}/messages"))
+                .bearer_auth(key)
+                .header("Idempotency-Key", "k1")
+                .body(r#"{"body": "lt r 1 0 5 \"x\""}"#)
+                .send()
+        };
+        assert_eq!(post("wrong", "w0v1").await.unwrap().status(), 401);
+        assert_eq!(post("adapter", "w0v9").await.unwrap().status(), 404);
+        let r = post("adapter", "w0v1").await.unwrap();
+        assert_eq!(r.status(), 201);
+        let answer: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(answer["seq"], 1);
+        assert_eq!(answer["conversation"], "w0v1");
+        let frame = ws.next().await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
+        assert_eq!(v["seq"], 1);
+        assert_eq!(v["message"]["body"], "lt r 1 0 5 \"x\"");
+        assert_eq!(v["message"]["id"], answer["id"]);
+
+        ws.send(Message::text(
+            r#"{"type":"send","ref":"lt:2","conversation":"w0v1","body":"b","client_id":"c"}"#,
+        ))
+        .await
+        .unwrap();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let m = ws.next().await.unwrap().unwrap();
+            let v: serde_json::Value = serde_json::from_str(m.to_text().unwrap()).unwrap();
+            got.push((v["type"].as_str().unwrap().to_owned(), v["seq"].as_u64()));
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("ack".to_owned(), Some(2)), ("message".to_owned(), Some(2))]
+        );
+        server.abort();
+    }
+}
