@@ -2068,3 +2068,121 @@ pub async fn storm(a: StormArgs) -> Result<Outcome> {
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(n: u16, rate: f64, p50: f64, p99: f64, cpu: f64, deliveries: u64) -> StepReport {
+        StepReport {
+            system: String::new(),
+            step: n,
+            offered_rate: rate,
+            achieved_rate: rate,
+            deliveries_per_sec: deliveries as f64,
+            deliveries,
+            cpu_us_per_delivery: cpu * 1e6 / deliveries as f64,
+            latency_ms: LatencyMs {
+                count: deliveries,
+                p50,
+                p99,
+                ..LatencyMs::default()
+            },
+            same_node_ms: None,
+            cross_node_ms: None,
+            posts: StepPosts {
+                offered_rate: rate,
+                duration_secs: 1.0,
+                attempted: rate as u64,
+                stored: rate as u64,
+                failed: 0,
+                achieved_rate: rate,
+                statuses: BTreeMap::new(),
+                post_p50_ms: 0.0,
+                post_p99_ms: 0.0,
+                late_fires: 0,
+                ws_sends: 0,
+            },
+            drained: true,
+            drain_secs: 0.0,
+            system_cpu_secs: cpu,
+            system_cpu_util: cpu,
+            system_rss_end_bytes: 0,
+            harness_cpu_util: 0.0,
+            live_p99_ms: p99,
+        }
+    }
+
+    fn system(max: Option<f64>, idle: u64, per_conn: f64) -> Value {
+        json!({
+            "max_rate_p99_within_slo": max,
+            "memory": {"rss_idle_bytes": idle, "bytes_per_connection": per_conn},
+        })
+    }
+
+    #[test]
+    fn comparison_has_the_ratios_switchboard_over_the_other_system() {
+        let sb = [
+            step(1, 100.0, 2.0, 8.0, 0.4, 100_000),
+            step(2, 200.0, 4.0, 60.0, 1.2, 200_000),
+        ];
+        // The floor ran one more step than Switchboard.
+        let fl = [
+            step(1, 100.0, 1.0, 2.0, 0.1, 100_000),
+            step(2, 200.0, 1.0, 4.0, 0.2, 200_000),
+            step(3, 400.0, 2.0, 8.0, 0.4, 400_000),
+        ];
+        let v = compare(
+            (&system(Some(100.0), 90_000_000, 9_000.0), &sb),
+            (&system(Some(400.0), 30_000_000, 3_000.0), &fl),
+            "floor",
+            Some(400.0),
+        );
+        assert_eq!(v["max_rate_ratio_switchboard_over_floor"], 0.25);
+        assert_eq!(v["idle_rss_switchboard_over_floor"], 3.0);
+        assert_eq!(v["rss_per_connection_switchboard_over_floor"], 3.0);
+        // Over the steps both ran, weighted by deliveries: 1.6 s vs 0.3 s for 300,000 copies.
+        let us = |x: &Value| x.as_f64().unwrap();
+        assert!((us(&v["cpu_us_per_copy"]["switchboard"]) - 1.6e6 / 3e5).abs() < 1e-9);
+        assert!((us(&v["cpu_us_per_copy"]["floor"]) - 0.3e6 / 3e5).abs() < 1e-9);
+        assert!((us(&v["cpu_per_copy_switchboard_over_floor"]) - 16.0 / 3.0).abs() < 1e-9);
+        let steps = v["per_step"].as_array().unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1]["offered_rate"], 200.0);
+        assert_eq!(steps[1]["p50_switchboard_over_floor"], 4.0);
+        assert_eq!(steps[1]["p99_switchboard_over_floor"], 15.0);
+        assert!((us(&steps[1]["cpu_per_copy_switchboard_over_floor"]) - 6.0).abs() < 1e-9);
+        assert_eq!(steps[1]["floor"]["p99_ms"], 4.0);
+        assert!(v["note"]
+            .as_str()
+            .unwrap()
+            .contains("floor met the objective"));
+    }
+
+    #[test]
+    fn peer_comparison_keeps_its_keys() {
+        let sb = [step(1, 100.0, 2.0, 8.0, 0.4, 100_000)];
+        let peer = [step(1, 100.0, 4.0, 16.0, 0.8, 100_000)];
+        let v = compare(
+            (&system(Some(100.0), 2, 1.0), &sb),
+            (&system(None, 4, 2.0), &peer),
+            "peer",
+            Some(200.0),
+        );
+        for key in [
+            "switchboard_max_rate_p99_within_slo",
+            "peer_max_rate_p99_within_slo",
+            "max_rate_ratio_switchboard_over_peer",
+            "note",
+            "idle_rss_switchboard_over_peer",
+            "per_step",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        assert_eq!(v["max_rate_ratio_switchboard_over_peer"], Value::Null);
+        assert_eq!(v["idle_rss_switchboard_over_peer"], 0.5);
+        assert_eq!(v["per_step"][0]["p99_switchboard_over_peer"], 0.5);
+        assert_eq!(v["per_step"][0]["cpu_switchboard_over_peer"], 0.5);
+        assert_eq!(v["note"], "");
+    }
+}
