@@ -543,37 +543,38 @@ async fn session(floor: Arc<Floor>, upgraded: Upgraded, user: u32, sender: Arc<s
             kick: kick.clone(),
         },
     );
-    let mut code = None;
+    let mut slow = false;
     if ws.send(Message::text(r#"{"type":"hello"}"#)).await.is_ok() {
-        code = loop {
+        slow = loop {
             tokio::select! {
                 biased;
-                _ = kick.notified() => break Some(SLOW_CONSUMER),
+                _ = kick.notified() => break true,
                 frame = rx.recv() => match frame {
                     Some(f) => {
                         if write_batch(&mut ws, &mut rx, f).await.is_err() {
-                            break None;
+                            break false;
                         }
                     }
-                    None => break None,
+                    None => break false,
                 },
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         let answer = on_client_frame(&floor, &sender, &t);
                         if ws.send(Message::Text(answer)).await.is_err() {
-                            break None;
+                            break false;
                         }
                     }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break false,
                     Some(Ok(_)) => {}
                 },
             }
         };
     }
     floor.unregister(user, id);
-    if let Some(code) = code {
+    if slow {
+        // Close handshake, bounded, so that the client reads the code.
         let frame = CloseFrame {
-            code: CloseCode::from(code),
+            code: CloseCode::from(SLOW_CONSUMER),
             reason: "slow consumer".into(),
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -582,6 +583,9 @@ async fn session(floor: Arc<Floor>, upgraded: Upgraded, user: u32, sender: Arc<s
             }
         })
         .await;
+    } else {
+        // Sends the reply to a client's close (tungstenite queued it).
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.flush()).await;
     }
 }
 
