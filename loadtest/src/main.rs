@@ -1,9 +1,10 @@
 //! `loadtest`: fan-out latency, throughput, memory and correctness of the
-//! Switchboard gateway (and of a Socket.IO peer for comparison). See
-//! loadtest/README.md.
+//! Switchboard gateway (and of a Socket.IO peer and a bare "floor" server
+//! for comparison). See loadtest/README.md.
 
 mod check;
 mod client;
+mod floor;
 mod oracle;
 mod poster;
 mod procfs;
@@ -32,12 +33,15 @@ struct Cli {
 enum Command {
     /// Many idle connections: gateway RSS per connection.
     Idle(scenario::IdleArgs),
-    /// Rate sweep: fan-out latency percentiles per offered rate; the highest rate with p99 within the objective (`--peer` compares with Socket.IO).
+    /// Rate sweep: fan-out latency percentiles per offered rate; the highest rate with p99 within the objective (`--peer` compares with Socket.IO, `--floor` with a bare floor server).
     Fanout(scenario::FanoutArgs),
     /// 10,000 connects at once (JWT + hello), then reconnect churn.
     Storm(scenario::StormArgs),
     /// 3 gateway nodes + a private redis-server: cross-node fan-out latency.
     Cluster(scenario::ClusterArgs),
+    /// The floor server that `fanout --floor` starts (not meant to be run by hand).
+    #[command(hide = true)]
+    FloorServer(floor::FloorArgs),
     /// Write the generated world (import format) and its audience statistics; no gateway needed.
     World {
         #[command(flatten)]
@@ -50,6 +54,18 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cli = match cli.command {
+        Command::FloorServer(a) => {
+            return match floor::main(a) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
+        command => Cli { command },
+    };
     if let Command::World { world, out } = &cli.command {
         let w = world::generate(world);
         let o = oracle::Oracle::new(&w);
@@ -77,7 +93,7 @@ fn main() -> ExitCode {
             Command::Fanout(a) => scenario::fanout(a).await,
             Command::Storm(a) => scenario::storm(a).await,
             Command::Cluster(a) => scenario::cluster(a).await,
-            Command::World { .. } => unreachable!(),
+            Command::World { .. } | Command::FloorServer(_) => unreachable!(),
         }
     });
     // Connection tasks may still be closing: do not wait for them.

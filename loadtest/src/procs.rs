@@ -1,5 +1,5 @@
 //! Processes the harness starts itself: gateway nodes, redis-server, the
-//! Socket.IO peer. All listen on 127.0.0.1 only, on free ports.
+//! Socket.IO peer, the floor server. All listen on 127.0.0.1 only, on free ports.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -243,6 +243,35 @@ pub async fn spawn_peer(
     ]);
     let mut p = spawn(name, cmd, log_dir)?;
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    wait_healthy(&mut p, &format!("http://{addr}"), Duration::from_secs(30)).await?;
+    Ok((p, addr))
+}
+
+/// Starts the floor server (this binary's hidden `floor-server` command) on a
+/// free port; `extra_env` is the gateway's (`--gateway-env`), so that e.g.
+/// `SWITCHBOARD_OUTBOUND_QUEUE` and `TOKIO_WORKER_THREADS` apply to both.
+pub async fn spawn_floor(
+    access_file: &Path,
+    secrets: &Secrets,
+    extra_env: &[(String, String)],
+    log_dir: &Path,
+) -> Result<(Proc, SocketAddr)> {
+    let exe = std::env::current_exe().context("locating the loadtest binary")?;
+    let port = free_port()?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("floor-server")
+        .arg("--listen")
+        .arg(addr.to_string())
+        .arg("--access")
+        .arg(access_file)
+        .env("FLOOR_JWT_SECRET", &secrets.jwt_secret)
+        .env("FLOOR_ADMIN_TOKEN", &secrets.admin_token)
+        .env("FLOOR_ADAPTER_KEY", &secrets.adapter_key);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let mut p = spawn("floor", cmd, log_dir)?;
     wait_healthy(&mut p, &format!("http://{addr}"), Duration::from_secs(30)).await?;
     Ok((p, addr))
 }

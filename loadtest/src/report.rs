@@ -57,7 +57,25 @@ pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
     pub color: &'static str,
-    pub dashed: bool,
+    pub dash: Dash,
+}
+
+/// Line style: one per system in a comparison chart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dash {
+    Solid,
+    Dashed,
+    Dotted,
+}
+
+impl Dash {
+    fn attr(self) -> &'static str {
+        match self {
+            Dash::Solid => "",
+            Dash::Dashed => r#" stroke-dasharray="7 4""#,
+            Dash::Dotted => r#" stroke-dasharray="2 3""#,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -253,11 +271,7 @@ impl Chart {
                         && (!self.y_log || *y > 0.0)
                 })
                 .collect();
-            let dash = if se.dashed {
-                r#" stroke-dasharray="7 4""#
-            } else {
-                ""
-            };
+            let dash = se.dash.attr();
             if valid.len() > 1 {
                 let path: Vec<String> = valid
                     .iter()
@@ -363,13 +377,13 @@ mod tests {
                     label: "p50".into(),
                     points: vec![(100.0, 1.0), (1000.0, 3.0)],
                     color: COLORS[0],
-                    dashed: false,
+                    dash: Dash::Solid,
                 },
                 Series {
                     label: "peer p99".into(),
                     points: vec![(100.0, 4.0), (1000.0, 0.0)],
                     color: COLORS[1],
-                    dashed: true,
+                    dash: Dash::Dashed,
                 },
             ],
             hline: Some((50.0, "p99 objective 50 ms".into())),

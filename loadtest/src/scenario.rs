@@ -22,7 +22,7 @@ use crate::oracle::Oracle;
 use crate::poster::{Poster, Route, StepPosts, WsRoute};
 use crate::procfs::{self, Sampler};
 use crate::procs::{self, Proc, Secrets};
-use crate::report::{self, Chart, LatencyMs, Series, COLORS};
+use crate::report::{self, Chart, Dash, LatencyMs, Series, COLORS};
 use crate::world::{self, Rng, Shape, WorldSpec};
 
 /// Options every scenario takes.
@@ -264,6 +264,32 @@ pub async fn peer(
         }
     }
     Ok(sys)
+}
+
+/// The floor server: this binary's `floor-server` on a free port, given the
+/// oracle's access lists (as the peer) and the gateway's extra environment.
+pub async fn floor(
+    oracle: &Oracle,
+    s: &Secrets,
+    c: &Common,
+    out: &Path,
+    log_dir: &Path,
+) -> Result<System> {
+    let access = out.join("floor-access.json");
+    std::fs::write(&access, serde_json::to_vec(&oracle.peer_access_json())?)?;
+    let (p, addr) = procs::spawn_floor(&access, s, &extra_env(c)?, log_dir)
+        .await
+        .context("the floor server failed to start")?;
+    Ok(System {
+        name: "floor".into(),
+        // It speaks the gateway's protocol: imported, connected and posted to alike.
+        flavor: Flavor::Switchboard,
+        nodes: vec![addr],
+        pids: vec![p.pid],
+        procs: vec![p],
+        aux: Vec::new(),
+        bin: None,
+    })
 }
 
 /// Imports the world through `POST /v1/admin/import`, one request per
@@ -590,6 +616,10 @@ pub struct StepReport {
     pub offered_rate: f64,
     pub achieved_rate: f64,
     pub deliveries_per_sec: f64,
+    /// Tagged `message` frames received during the step and its grace.
+    pub deliveries: u64,
+    /// System CPU per delivered copy (µs): the cost of one frame reaching one socket.
+    pub cpu_us_per_delivery: f64,
     pub latency_ms: LatencyMs,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub same_node_ms: Option<LatencyMs>,
@@ -675,6 +705,12 @@ pub async fn run_rate_step(
         offered_rate: rate,
         achieved_rate: posts.achieved_rate,
         deliveries_per_sec: delivered as f64 / posts.duration_secs.max(1e-9),
+        deliveries: delivered,
+        cpu_us_per_delivery: if delivered > 0 {
+            cpu * 1e6 / delivered as f64
+        } else {
+            0.0
+        },
         latency_ms: LatencyMs::default(),
         same_node_ms: None,
         cross_node_ms: None,
@@ -688,8 +724,8 @@ pub async fn run_rate_step(
         live_p99_ms: live_p99,
     };
     eprintln!(
-        "[{sys_name} {rate}/s] done: achieved {:.0} msgs/s, {:.0} deliveries/s, live p99 {:.1} ms, {} failed posts, drained={drained}, system CPU {:.2} cores",
-        rep.achieved_rate, rep.deliveries_per_sec, live_p99, rep.posts.failed, rep.system_cpu_util
+        "[{sys_name} {rate}/s] done: achieved {:.0} msgs/s, {:.0} deliveries/s, live p99 {:.1} ms, {} failed posts, drained={drained}, system CPU {:.2} cores, {:.2} µs per copy",
+        rep.achieved_rate, rep.deliveries_per_sec, live_p99, rep.posts.failed, rep.system_cpu_util, rep.cpu_us_per_delivery
     );
     rep
 }
@@ -722,6 +758,15 @@ pub fn fill_latencies(steps: &mut [StepReport], lat: &check::Latencies, multi_no
     }
 }
 
+/// Each system's line style in comparison charts.
+fn dash_of(system: &str) -> Dash {
+    match system {
+        "peer" => Dash::Dashed,
+        "floor" => Dash::Dotted,
+        _ => Dash::Solid,
+    }
+}
+
 pub fn latency_chart(
     title: &str,
     subtitle: String,
@@ -730,12 +775,12 @@ pub fn latency_chart(
     cross_node: bool,
 ) -> String {
     let mut series = Vec::new();
-    for (si, (name, steps)) in systems.iter().enumerate() {
+    for (name, steps) in systems {
         let measured: Vec<&StepReport> = steps.iter().filter(|s| s.step > 0).collect();
         let pts = |f: &dyn Fn(&StepReport) -> f64| -> Vec<(f64, f64)> {
             measured.iter().map(|s| (s.offered_rate, f(s))).collect()
         };
-        let dashed = si > 0;
+        let dash = dash_of(name);
         let sys = if systems.len() > 1 {
             format!("{name} ")
         } else {
@@ -745,38 +790,38 @@ pub fn latency_chart(
             label: format!("{sys}p50"),
             points: pts(&|s| s.latency_ms.p50),
             color: COLORS[0],
-            dashed,
+            dash,
         });
         series.push(Series {
             label: format!("{sys}p90"),
             points: pts(&|s| s.latency_ms.p90),
             color: COLORS[1],
-            dashed,
+            dash,
         });
         series.push(Series {
             label: format!("{sys}p99"),
             points: pts(&|s| s.latency_ms.p99),
             color: COLORS[3],
-            dashed,
+            dash,
         });
         series.push(Series {
             label: format!("{sys}p99.9"),
             points: pts(&|s| s.latency_ms.p99_9),
             color: COLORS[4],
-            dashed,
+            dash,
         });
         if cross_node {
             series.push(Series {
                 label: format!("{sys}cross-node p99"),
                 points: pts(&|s| s.cross_node_ms.map_or(f64::NAN, |l| l.p99)),
                 color: COLORS[2],
-                dashed: true,
+                dash: Dash::Dashed,
             });
             series.push(Series {
                 label: format!("{sys}same-node p99"),
                 points: pts(&|s| s.same_node_ms.map_or(f64::NAN, |l| l.p99)),
                 color: COLORS[5],
-                dashed: true,
+                dash: Dash::Dashed,
             });
         }
     }
@@ -840,15 +885,21 @@ pub struct Prep {
 }
 
 impl Prep {
-    /// Caps a connection count to what the fd limit allows (the harness and a
-    /// spawned gateway each hold one fd per connection, plus ~1000 others).
-    pub fn cap(&self, n: usize) -> usize {
-        let max = self.fd_limit.saturating_sub(1000) as usize;
+    /// Caps a connection count to what the fd limit allows: a spawned system
+    /// holds one fd per connection, the harness one per connection of each of
+    /// the `systems` it drives at once, plus ~1000 others.
+    pub fn cap(&self, n: usize, systems: usize) -> usize {
+        let max = self.fd_limit.saturating_sub(1000) as usize / systems.max(1);
         if n <= max {
             return n;
         }
+        let shared = if systems > 1 {
+            format!(" per system (the harness holds the connections of {systems} systems at once)")
+        } else {
+            String::new()
+        };
         let note = format!(
-            "connections capped from {n} to {max}: the fd limit is {} and cannot be raised here (hard limit; raise it with `ulimit -Hn` / LimitNOFILE as root)",
+            "connections capped from {n} to {max}{shared}: the fd limit is {} and cannot be raised here (hard limit; raise it with `ulimit -Hn` / LimitNOFILE as root)",
             self.fd_limit
         );
         eprintln!("warning: {note}");
@@ -1147,8 +1198,16 @@ pub struct FanoutArgs {
     #[arg(long)]
     pub peer: bool,
     /// Drive only the peer (no Switchboard): its own baseline.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "floor_only")]
     pub peer_only: bool,
+    /// Also drive the floor (a bare tokio + hyper + tokio-tungstenite server
+    /// at the same fixed points, no policy, storage or history), alternating
+    /// per rate step, and report Switchboard ÷ floor.
+    #[arg(long)]
+    pub floor: bool,
+    /// Drive only the floor (no Switchboard): its own baseline.
+    #[arg(long)]
+    pub floor_only: bool,
     /// Node processes of the peer (sharing one Redis).
     #[arg(long, default_value_t = 2)]
     pub peer_nodes: usize,
@@ -1164,14 +1223,22 @@ pub async fn fanout(a: FanoutArgs) -> Result<Outcome> {
 async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
     let c = &a.common;
     let out = Output::new(c, scenario)?;
-    let prep = prepare(&c.world, (a.connections as u64 * 2 + 4096).max(65_536));
-    let connections = prep.cap(a.connections);
+    let run_switchboard = !a.peer_only && !a.floor_only;
+    let run_peer = a.peer || a.peer_only;
+    let run_floor = a.floor || a.floor_only;
+    let systems = [run_switchboard, run_peer, run_floor]
+        .iter()
+        .filter(|&&r| r)
+        .count();
+    let want_fds = a.connections as u64 * (systems as u64 + 1) + 4096;
+    let prep = prepare(&c.world, want_fds.max(65_536));
+    let connections = prep.cap(a.connections, systems);
     let secrets = secrets(c)?;
     let concurrency = c.connect_concurrency.unwrap_or(500);
     let settle = Duration::from_secs(2);
     let mut lives = Vec::new();
     let mut bin = None;
-    if !a.peer_only {
+    if run_switchboard {
         let sys = match switchboard(c, &secrets, nodes, &out.logs).await {
             Ok(s) => s,
             Err(e) => return setup_failure(scenario, c, &prep, &out, e),
@@ -1192,7 +1259,7 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
             .await?,
         );
     }
-    if a.peer || a.peer_only {
+    if run_peer {
         let p = peer(&prep.oracle, &secrets, a.peer_nodes, &out.dir, &out.logs).await?;
         lives.push(
             bring_up(
@@ -1209,8 +1276,25 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
             .await?,
         );
     }
+    if run_floor {
+        let f = floor(&prep.oracle, &secrets, c, &out.dir, &out.logs).await?;
+        lives.push(
+            bring_up(
+                f,
+                &prep,
+                &secrets,
+                c,
+                connections,
+                concurrency,
+                Route::RoundRobin,
+                settle,
+                usize::MAX,
+            )
+            .await?,
+        );
+    }
     let grace = Duration::from_secs_f64(c.grace_secs);
-    // Probe on Switchboard; the peer gets the same targets.
+    // Probe on the first system (Switchboard unless `--…-only`); the others get the same targets.
     let (targets, probe) = {
         let l = &lives[0];
         probe_targets(&prep.oracle, &l.poster, &l.conns.sh, grace).await
@@ -1273,36 +1357,34 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
         results.push(v);
         all_steps.push((name, steps));
     }
-    let sb_max = results[0]["max_rate_p99_within_slo"].as_f64();
-    let comparison = if a.peer && !a.peer_only {
-        let peer_max = results[1]["max_rate_p99_within_slo"].as_f64();
-        let ratio = match (sb_max, peer_max) {
-            (Some(s), Some(p)) if p > 0.0 => Some(s / p),
-            _ => None,
-        };
-        let p99_ratios: Vec<Value> = all_steps[0]
-            .1
-            .iter()
-            .filter(|s| s.step > 0)
-            .filter_map(|s| {
-                let p = all_steps[1].1.iter().find(|p| p.step == s.step)?;
-                (p.latency_ms.p99 > 0.0).then(|| json!({
-                    "offered_rate": s.offered_rate,
-                    "p99_switchboard_over_peer": s.latency_ms.p99 / p.latency_ms.p99,
-                    "cpu_switchboard_over_peer": s.system_cpu_secs / p.system_cpu_secs.max(1e-9),
-                }))
-            })
-            .collect();
-        json!({
-            "switchboard_max_rate_p99_within_slo": sb_max,
-            "peer_max_rate_p99_within_slo": peer_max,
-            "max_rate_ratio_switchboard_over_peer": ratio,
-            "note": if sb_max.is_some() && sb_max == a.rates.iter().copied().reduce(f64::max) { "Switchboard met the objective at the highest rate swept: its capacity is at least that; sweep higher rates for a finite ratio" } else { "" },
-            "idle_rss_switchboard_over_peer": ratio_of(&results[0]["memory"]["rss_idle_bytes"], &results[1]["memory"]["rss_idle_bytes"]),
-            "per_step": p99_ratios,
-        })
-    } else {
+    let index_of = |name: &str| results.iter().position(|v| v["name"] == name);
+    let top_rate = a.rates.iter().copied().reduce(f64::max);
+    // Switchboard ÷ each other system: the peer's keys at the top (as before
+    // the floor existed), the floor's under `floor`.
+    let mut comparison = serde_json::Map::new();
+    let mut comparisons = Vec::new();
+    if let Some(sb) = index_of("switchboard") {
+        for (other, nested) in [("peer", false), ("floor", true)] {
+            let Some(o) = index_of(other) else { continue };
+            let v = compare(
+                (&results[sb], &all_steps[sb].1),
+                (&results[o], &all_steps[o].1),
+                other,
+                top_rate,
+            );
+            comparisons.push((other, v.clone()));
+            match (nested, v) {
+                (false, Value::Object(m)) => comparison.extend(m),
+                (_, v) => {
+                    comparison.insert(other.to_owned(), v);
+                }
+            }
+        }
+    }
+    let comparison = if comparison.is_empty() {
         Value::Null
+    } else {
+        Value::Object(comparison)
     };
     let passed = problems.is_empty();
     let mut report = header(scenario, c, json!(a), &prep, bin.as_deref());
@@ -1316,29 +1398,53 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
         .map(|(n, s)| (n.as_str(), s.as_slice()))
         .collect();
     let fmt_rate = |r: Option<f64>| r.map_or("none".to_owned(), |r| format!("{r}/s"));
-    let subtitle = if a.peer && !a.peer_only {
-        format!(
-            "{} connections, {} Switchboard node(s); highest rate with p99 ≤ {} ms: Switchboard {}, peer {} (dashed)",
-            connections, nodes, a.slo_ms, fmt_rate(sb_max), fmt_rate(results[1]["max_rate_p99_within_slo"].as_f64())
-        )
-    } else {
+    let subtitle = if let [only] = results.as_slice() {
         format!(
             "{} connections, {} node(s), mean audience {:.0} users; highest rate with p99 ≤ {} ms: {}",
-            connections, nodes, prep.oracle.audience_stats().mean_readers, a.slo_ms, fmt_rate(sb_max)
+            connections, nodes, prep.oracle.audience_stats().mean_readers, a.slo_ms,
+            fmt_rate(only["max_rate_p99_within_slo"].as_f64())
+        )
+    } else {
+        let each: Vec<String> = results
+            .iter()
+            .map(|v| {
+                let name = v["name"].as_str().unwrap_or("?");
+                let style = match dash_of(name) {
+                    Dash::Solid => "",
+                    Dash::Dashed => " (dashed)",
+                    Dash::Dotted => " (dotted)",
+                };
+                format!(
+                    "{} {}{style}",
+                    display_name(name),
+                    fmt_rate(v["max_rate_p99_within_slo"].as_f64())
+                )
+            })
+            .collect();
+        format!(
+            "{} connections per system, {} Switchboard node(s); highest rate with p99 ≤ {} ms: {}",
+            connections,
+            nodes,
+            a.slo_ms,
+            each.join(", ")
         )
     };
     let title = if nodes > 1 {
-        "Switchboard cluster: fan-out latency vs offered rate"
-    } else if a.peer_only {
-        "Socket.IO peer: fan-out latency vs offered rate"
-    } else if a.peer {
-        "Switchboard vs Socket.IO peer: fan-out latency vs offered rate"
+        "Switchboard cluster: fan-out latency vs offered rate".to_owned()
     } else {
-        "Switchboard: fan-out latency vs offered rate"
+        let names: Vec<&str> = results
+            .iter()
+            .map(|v| display_name(v["name"].as_str().unwrap_or("?")))
+            .collect();
+        format!("{}: fan-out latency vs offered rate", names.join(" vs "))
     };
+    let title = title.as_str();
     let svg = latency_chart(title, subtitle.clone(), &chart_steps, a.slo_ms, nodes > 1);
     out.write(&report, Some(&svg))?;
     print_steps(&all_steps);
+    for (other, v) in &comparisons {
+        print_comparison(other, v, a.slo_ms);
+    }
     Ok(Outcome {
         passed,
         summary: if passed {
@@ -1356,9 +1462,185 @@ fn ratio_of(a: &Value, b: &Value) -> Value {
     }
 }
 
+fn ratio(x: f64, y: f64) -> Value {
+    if y > 0.0 && x.is_finite() {
+        json!(x / y)
+    } else {
+        Value::Null
+    }
+}
+
+/// How a system is named in titles and summaries.
+fn display_name(system: &str) -> &str {
+    match system {
+        "switchboard" => "Switchboard",
+        "peer" => "Socket.IO peer",
+        other => other,
+    }
+}
+
+/// Switchboard ÷ `name` (`peer`, `floor`): the highest rate within the
+/// objective, idle RSS and RSS per connection, CPU per delivered copy over
+/// the steps both ran, and per step p50, p99, CPU and CPU per copy.
+fn compare(
+    sb: (&Value, &[StepReport]),
+    other: (&Value, &[StepReport]),
+    name: &str,
+    top_rate: Option<f64>,
+) -> Value {
+    let over = |what: &str| format!("{what}_switchboard_over_{name}");
+    let sb_max = sb.0["max_rate_p99_within_slo"].as_f64();
+    let other_max = other.0["max_rate_p99_within_slo"].as_f64();
+    let mut notes = Vec::new();
+    if sb_max.is_some() && sb_max == top_rate {
+        notes.push("Switchboard met the objective at the highest rate swept: its capacity is at least that; sweep higher rates for a finite ratio".to_owned());
+    }
+    if other_max.is_some() && other_max == top_rate {
+        notes.push(format!("the {name} met the objective at the highest rate swept: its capacity is at least that, so the rate ratio is an upper bound; sweep higher rates"));
+    }
+    let pairs: Vec<(&StepReport, &StepReport)> =
+        sb.1.iter()
+            .filter(|s| s.step > 0)
+            .filter_map(|s| Some((s, other.1.iter().find(|o| o.step == s.step)?)))
+            .collect();
+    let per_step: Vec<Value> = pairs
+        .iter()
+        .filter(|(_, o)| o.latency_ms.p99 > 0.0)
+        .map(|(s, o)| {
+            let side = |r: &StepReport| {
+                json!({
+                    "p50_ms": r.latency_ms.p50,
+                    "p99_ms": r.latency_ms.p99,
+                    "cpu_us_per_copy": r.cpu_us_per_delivery,
+                })
+            };
+            let mut m = serde_json::Map::new();
+            m.insert("offered_rate".into(), json!(s.offered_rate));
+            m.insert(over("p50"), ratio(s.latency_ms.p50, o.latency_ms.p50));
+            m.insert(over("p99"), ratio(s.latency_ms.p99, o.latency_ms.p99));
+            m.insert(
+                over("cpu"),
+                json!(s.system_cpu_secs / o.system_cpu_secs.max(1e-9)),
+            );
+            m.insert(
+                over("cpu_per_copy"),
+                ratio(s.cpu_us_per_delivery, o.cpu_us_per_delivery),
+            );
+            m.insert("switchboard".into(), side(s));
+            m.insert(name.into(), side(o));
+            Value::Object(m)
+        })
+        .collect();
+    // CPU per copy over the steps both ran, each weighted by its deliveries.
+    let per_copy = |switchboard: bool| {
+        let (cpu, copies) = pairs
+            .iter()
+            .filter(|p| p.0.deliveries > 0 && p.1.deliveries > 0)
+            .map(|p| if switchboard { p.0 } else { p.1 })
+            .fold((0.0, 0u64), |(c, d), r| {
+                (c + r.system_cpu_secs, d + r.deliveries)
+            });
+        (copies > 0).then(|| cpu * 1e6 / copies as f64)
+    };
+    let sb_copy = per_copy(true);
+    let other_copy = per_copy(false);
+    let bytes_per_conn = |v: &Value| v["memory"]["bytes_per_connection"].clone();
+    let mut m = serde_json::Map::new();
+    m.insert("switchboard_max_rate_p99_within_slo".into(), json!(sb_max));
+    m.insert(format!("{name}_max_rate_p99_within_slo"), json!(other_max));
+    m.insert(
+        over("max_rate_ratio"),
+        match (sb_max, other_max) {
+            (Some(s), Some(o)) => ratio(s, o),
+            _ => Value::Null,
+        },
+    );
+    m.insert("note".into(), json!(notes.join("; ")));
+    m.insert(
+        over("idle_rss"),
+        ratio_of(
+            &sb.0["memory"]["rss_idle_bytes"],
+            &other.0["memory"]["rss_idle_bytes"],
+        ),
+    );
+    m.insert(
+        over("rss_per_connection"),
+        ratio_of(&bytes_per_conn(sb.0), &bytes_per_conn(other.0)),
+    );
+    m.insert(
+        "rss_per_connection_bytes".into(),
+        json!({"switchboard": bytes_per_conn(sb.0), name: bytes_per_conn(other.0)}),
+    );
+    m.insert(
+        over("cpu_per_copy"),
+        match (sb_copy, other_copy) {
+            (Some(s), Some(o)) => ratio(s, o),
+            _ => Value::Null,
+        },
+    );
+    m.insert(
+        "cpu_us_per_copy".into(),
+        json!({"switchboard": sb_copy, name: other_copy}),
+    );
+    m.insert("per_step".into(), json!(per_step));
+    Value::Object(m)
+}
+
+/// The text form of one `compare` result.
+fn print_comparison(name: &str, v: &Value, slo_ms: f64) {
+    let over = |what: &str| v[format!("{what}_switchboard_over_{name}")].as_f64();
+    let num = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
+    println!();
+    println!("Switchboard ÷ {name}");
+    println!(
+        "{:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6}",
+        "offered", "p50 sb", name, "÷", "p99 sb", name, "÷", "µs/cp sb", name, "÷"
+    );
+    for s in v["per_step"].as_array().into_iter().flatten() {
+        let sb = &s["switchboard"];
+        let o = &s[name];
+        let r = |what: &str| s[format!("{what}_switchboard_over_{name}")].as_f64();
+        println!(
+            "{:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6}",
+            num(s["offered_rate"].as_f64(), 0),
+            num(sb["p50_ms"].as_f64(), 2),
+            num(o["p50_ms"].as_f64(), 2),
+            num(r("p50"), 2),
+            num(sb["p99_ms"].as_f64(), 2),
+            num(o["p99_ms"].as_f64(), 2),
+            num(r("p99"), 2),
+            num(sb["cpu_us_per_copy"].as_f64(), 2),
+            num(o["cpu_us_per_copy"].as_f64(), 2),
+            num(r("cpu_per_copy"), 2),
+        );
+    }
+    let rate = |x: Option<f64>| x.map_or("none".to_owned(), |r| format!("{r}/s"));
+    let note = v["note"].as_str().filter(|n| !n.is_empty());
+    println!(
+        "highest rate with p99 ≤ {slo_ms} ms: Switchboard {}, {name} {}, ratio {}{}",
+        rate(v["switchboard_max_rate_p99_within_slo"].as_f64()),
+        rate(v[format!("{name}_max_rate_p99_within_slo")].as_f64()),
+        num(over("max_rate_ratio"), 2),
+        note.map_or(String::new(), |n| format!(" ({n})"))
+    );
+    println!(
+        "CPU per delivered copy (steps both ran): Switchboard {} µs, {name} {} µs, ratio {}",
+        num(v["cpu_us_per_copy"]["switchboard"].as_f64(), 2),
+        num(v["cpu_us_per_copy"][name].as_f64(), 2),
+        num(over("cpu_per_copy"), 2)
+    );
+    let kb = |x: Option<f64>| num(x.map(|b| b / 1e3), 1);
+    println!(
+        "RSS per connection (idle): Switchboard {} KB, {name} {} KB, ratio {}",
+        kb(v["rss_per_connection_bytes"]["switchboard"].as_f64()),
+        kb(v["rss_per_connection_bytes"][name].as_f64()),
+        num(over("rss_per_connection"), 2)
+    );
+}
+
 fn print_steps(all: &[(String, Vec<StepReport>)]) {
     println!(
-        "{:<12} {:>9} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "{:<12} {:>9} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8}",
         "system",
         "offered",
         "achieved",
@@ -1369,14 +1651,15 @@ fn print_steps(all: &[(String, Vec<StepReport>)]) {
         "p99.9",
         "max ms",
         "fail",
-        "cpu"
+        "cpu",
+        "µs/copy"
     );
     for (name, steps) in all {
         for s in steps.iter().filter(|s| s.step > 0) {
             let l = s.latency_ms;
             println!(
-                "{name:<12} {:>9.0} {:>9.0} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>6.2}",
-                s.offered_rate, s.achieved_rate, s.deliveries_per_sec, l.p50, l.p90, l.p99, l.p99_9, l.max, s.posts.failed, s.system_cpu_util
+                "{name:<12} {:>9.0} {:>9.0} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>6.2} {:>8.2}",
+                s.offered_rate, s.achieved_rate, s.deliveries_per_sec, l.p50, l.p90, l.p99, l.p99_9, l.max, s.posts.failed, s.system_cpu_util, s.cpu_us_per_delivery
             );
         }
     }
@@ -1434,6 +1717,8 @@ pub async fn cluster(a: ClusterArgs) -> Result<Outcome> {
         peer: false,
         peer_only: false,
         peer_nodes: 0,
+        floor: false,
+        floor_only: false,
         no_early_stop: false,
     };
     sweep("cluster", f, a.nodes.max(1)).await
@@ -1459,7 +1744,7 @@ pub async fn idle(a: IdleArgs) -> Result<Outcome> {
     let c = &a.common;
     let out = Output::new(c, "idle")?;
     let prep = prepare(&c.world, (a.connections as u64 * 2 + 4096).max(65_536));
-    let connections = prep.cap(a.connections);
+    let connections = prep.cap(a.connections, 1);
     let secrets = secrets(c)?;
     let sys = match switchboard(c, &secrets, 1, &out.logs).await {
         Ok(s) => s,
@@ -1565,7 +1850,7 @@ pub async fn idle(a: IdleArgs) -> Result<Outcome> {
                 .map(|&(_, n, rss)| (n as f64, mb(rss)))
                 .collect(),
             color: COLORS[0],
-            dashed: false,
+            dash: Dash::Solid,
         }],
         hline: None,
     }
@@ -1606,7 +1891,7 @@ pub async fn storm(a: StormArgs) -> Result<Outcome> {
     let c = &a.common;
     let out = Output::new(c, "storm")?;
     let prep = prepare(&c.world, (a.connections as u64 * 3 + 4096).max(65_536));
-    let connections = prep.cap(a.connections);
+    let connections = prep.cap(a.connections, 1);
     let secrets = secrets(c)?;
     let sys = match switchboard(c, &secrets, 1, &out.logs).await {
         Ok(s) => s,
@@ -1767,7 +2052,7 @@ pub async fn storm(a: StormArgs) -> Result<Outcome> {
             label: "connections with hello".into(),
             points: ramp,
             color: COLORS[0],
-            dashed: false,
+            dash: Dash::Solid,
         }],
         hline: None,
     }
@@ -1782,4 +2067,122 @@ pub async fn storm(a: StormArgs) -> Result<Outcome> {
             format!("FAIL: {}", problems.join("; "))
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(n: u16, rate: f64, p50: f64, p99: f64, cpu: f64, deliveries: u64) -> StepReport {
+        StepReport {
+            system: String::new(),
+            step: n,
+            offered_rate: rate,
+            achieved_rate: rate,
+            deliveries_per_sec: deliveries as f64,
+            deliveries,
+            cpu_us_per_delivery: cpu * 1e6 / deliveries as f64,
+            latency_ms: LatencyMs {
+                count: deliveries,
+                p50,
+                p99,
+                ..LatencyMs::default()
+            },
+            same_node_ms: None,
+            cross_node_ms: None,
+            posts: StepPosts {
+                offered_rate: rate,
+                duration_secs: 1.0,
+                attempted: rate as u64,
+                stored: rate as u64,
+                failed: 0,
+                achieved_rate: rate,
+                statuses: BTreeMap::new(),
+                post_p50_ms: 0.0,
+                post_p99_ms: 0.0,
+                late_fires: 0,
+                ws_sends: 0,
+            },
+            drained: true,
+            drain_secs: 0.0,
+            system_cpu_secs: cpu,
+            system_cpu_util: cpu,
+            system_rss_end_bytes: 0,
+            harness_cpu_util: 0.0,
+            live_p99_ms: p99,
+        }
+    }
+
+    fn system(max: Option<f64>, idle: u64, per_conn: f64) -> Value {
+        json!({
+            "max_rate_p99_within_slo": max,
+            "memory": {"rss_idle_bytes": idle, "bytes_per_connection": per_conn},
+        })
+    }
+
+    #[test]
+    fn comparison_has_the_ratios_switchboard_over_the_other_system() {
+        let sb = [
+            step(1, 100.0, 2.0, 8.0, 0.4, 100_000),
+            step(2, 200.0, 4.0, 60.0, 1.2, 200_000),
+        ];
+        // The floor ran one more step than Switchboard.
+        let fl = [
+            step(1, 100.0, 1.0, 2.0, 0.1, 100_000),
+            step(2, 200.0, 1.0, 4.0, 0.2, 200_000),
+            step(3, 400.0, 2.0, 8.0, 0.4, 400_000),
+        ];
+        let v = compare(
+            (&system(Some(100.0), 90_000_000, 9_000.0), &sb),
+            (&system(Some(400.0), 30_000_000, 3_000.0), &fl),
+            "floor",
+            Some(400.0),
+        );
+        assert_eq!(v["max_rate_ratio_switchboard_over_floor"], 0.25);
+        assert_eq!(v["idle_rss_switchboard_over_floor"], 3.0);
+        assert_eq!(v["rss_per_connection_switchboard_over_floor"], 3.0);
+        // Over the steps both ran, weighted by deliveries: 1.6 s vs 0.3 s for 300,000 copies.
+        let us = |x: &Value| x.as_f64().unwrap();
+        assert!((us(&v["cpu_us_per_copy"]["switchboard"]) - 1.6e6 / 3e5).abs() < 1e-9);
+        assert!((us(&v["cpu_us_per_copy"]["floor"]) - 0.3e6 / 3e5).abs() < 1e-9);
+        assert!((us(&v["cpu_per_copy_switchboard_over_floor"]) - 16.0 / 3.0).abs() < 1e-9);
+        let steps = v["per_step"].as_array().unwrap();
+        assert_eq!(steps.len(), 2);
+        assert_eq!(steps[1]["offered_rate"], 200.0);
+        assert_eq!(steps[1]["p50_switchboard_over_floor"], 4.0);
+        assert_eq!(steps[1]["p99_switchboard_over_floor"], 15.0);
+        assert!((us(&steps[1]["cpu_per_copy_switchboard_over_floor"]) - 6.0).abs() < 1e-9);
+        assert_eq!(steps[1]["floor"]["p99_ms"], 4.0);
+        assert!(v["note"]
+            .as_str()
+            .unwrap()
+            .contains("floor met the objective"));
+    }
+
+    #[test]
+    fn peer_comparison_keeps_its_keys() {
+        let sb = [step(1, 100.0, 2.0, 8.0, 0.4, 100_000)];
+        let peer = [step(1, 100.0, 4.0, 16.0, 0.8, 100_000)];
+        let v = compare(
+            (&system(Some(100.0), 2, 1.0), &sb),
+            (&system(None, 4, 2.0), &peer),
+            "peer",
+            Some(200.0),
+        );
+        for key in [
+            "switchboard_max_rate_p99_within_slo",
+            "peer_max_rate_p99_within_slo",
+            "max_rate_ratio_switchboard_over_peer",
+            "note",
+            "idle_rss_switchboard_over_peer",
+            "per_step",
+        ] {
+            assert!(v.get(key).is_some(), "{key}");
+        }
+        assert_eq!(v["max_rate_ratio_switchboard_over_peer"], Value::Null);
+        assert_eq!(v["idle_rss_switchboard_over_peer"], 0.5);
+        assert_eq!(v["per_step"][0]["p99_switchboard_over_peer"], 0.5);
+        assert_eq!(v["per_step"][0]["cpu_switchboard_over_peer"], 0.5);
+        assert_eq!(v["note"], "");
+    }
 }
