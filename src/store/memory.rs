@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::{AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError, AUDIT_LEN};
 use crate::domain::{
@@ -89,7 +89,9 @@ impl Log {
 
 pub struct MemoryStore {
     history_len: usize,
-    consumers: Mutex<Vec<Arc<dyn Sink>>>,
+    /// Subscribed at start-up, read on every commit: a read lock, shared by
+    /// all workspaces, never a copy of the list.
+    consumers: RwLock<Vec<Arc<dyn Sink>>>,
     logs: Mutex<HashMap<Id, Arc<Mutex<Log>>>>,
     /// Keyed by (workspace, channel): channel ids are only unique per workspace.
     rotations: Mutex<HashMap<(Id, Id), Vec<Id>>>,
@@ -110,7 +112,7 @@ impl MemoryStore {
     pub fn new(history_len: usize) -> Self {
         MemoryStore {
             history_len: history_len.max(1),
-            consumers: Mutex::new(Vec::new()),
+            consumers: RwLock::new(Vec::new()),
             logs: Mutex::new(HashMap::new()),
             rotations: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
@@ -230,9 +232,7 @@ impl MemoryStore {
         }
         log.track(workspace, &committed.change);
         // Still holding the log lock: apply order = commit order.
-        // A copy of the list: workspaces apply in parallel.
-        let consumers = self.consumers.lock().clone();
-        for consumer in &consumers {
+        for consumer in self.consumers.read().iter() {
             consumer.apply(committed.clone());
         }
         Ok(Outcome::Stored(committed))
@@ -248,7 +248,7 @@ impl Default for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError> {
-        self.consumers.lock().push(sink);
+        self.consumers.write().push(sink);
         Ok(())
     }
 
@@ -448,8 +448,7 @@ impl Store for MemoryStore {
         // consumers' copies of one commit.
         let log = self.log(workspace);
         let _order = log.lock();
-        let consumers = self.consumers.lock().clone();
-        for consumer in &consumers {
+        for consumer in self.consumers.read().iter() {
             consumer.apply(event.clone());
         }
         Ok(())

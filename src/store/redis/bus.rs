@@ -78,7 +78,7 @@ pub(super) async fn open(client: &Client) -> Result<(PubSubSink, PubSubStream), 
 
 impl Inner {
     fn consumers(&self) -> Vec<Arc<dyn Sink>> {
-        self.consumers.lock().clone()
+        self.consumers.read().clone()
     }
 
     /// Hands a change to every consumer and notes its seq.
@@ -106,7 +106,7 @@ impl Inner {
                 }
             }
         }
-        for consumer in self.consumers() {
+        for consumer in self.consumers.read().iter() {
             consumer.apply(committed.clone());
         }
     }

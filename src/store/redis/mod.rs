@@ -222,7 +222,7 @@ struct Inner {
     queues: queues::Scripts,
     presence_scripts: presence::Scripts,
     /// Everyone fed by the bus (the hub; an outbox later).
-    consumers: Mutex<Vec<Arc<dyn Sink>>>,
+    consumers: parking_lot::RwLock<Vec<Arc<dyn Sink>>>,
     /// Latest seq per conversation the consumers were given (see [`bus::Delivered`]).
     delivered: Mutex<bus::Delivered>,
     /// Workspaces this node listed in [`keys::WORKSPACES`] since the last reload.
@@ -326,7 +326,7 @@ impl RedisStore {
             commit_script: commit::script(),
             queues: queues::Scripts::new(),
             presence_scripts: presence::Scripts::new(),
-            consumers: Mutex::new(Vec::new()),
+            consumers: parking_lot::RwLock::new(Vec::new()),
             delivered: Mutex::new(HashMap::new()),
             listed: Mutex::new(HashSet::new()),
             applied: Mutex::new(HashMap::new()),
@@ -354,7 +354,7 @@ impl Store for RedisStore {
     /// The first consumer starts the bus; later ones join it (each gets
     /// every change applied after it joined).
     async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError> {
-        self.inner.consumers.lock().push(sink);
+        self.inner.consumers.write().push(sink);
         let Some(start) = self.start.lock().take() else {
             return Ok(());
         };
