@@ -1,20 +1,20 @@
 //! Switchboard: a real-time WebSocket gateway for conversation inboxes.
 //!
-//! Where each part lives:
-//! - [`domain`]: plain data of the directory, in the policy-case world format,
-//!   and the committed changes;
-//! - [`policy`]: the access contract (`docs/access-policy.md`), pure functions;
-//! - [`assign`]: round-robin eligibility and rotation, pure;
-//! - [`store`]: durable state behind one trait (memory, Redis) and the ordered
-//!   stream of committed changes;
-//! - [`hub`]: fan-out — per-workspace audiences and live connections;
-//! - [`ws`]: the agent WebSocket sessions;
-//! - [`http`]: admin, adapter and operations endpoints;
-//! - [`ops`]: the operations both APIs share (validate, check, commit), one
-//!   file per subject, failing with a typed [`ops::OpError`];
-//! - [`server`]: wiring and graceful shutdown; [`config`]: flags, env, TOML;
-//!   [`http::api_docs`]: the OpenAPI document and frame JSON Schemas, from the types;
-//!   [`credentials`]: adapter keys and their workspace scopes.
+//! The crate is layered; a module uses only modules of its own rank or below,
+//! and top-level modules form no cycle (`tests/it/layers.rs` checks both from
+//! the source, in CI):
+//!
+//! | rank | module | job |
+//! | --- | --- | --- |
+//! | 0 | [`domain`] | plain data: the directory (world format), conversations, messages, and the events that change them; what each conversation kind allows |
+//! | 1 | [`policy`], [`assign`] | pure rules: who may see and do what, which view shows what (`policy::views`); round-robin eligibility and rotation. No I/O, clocks or locks |
+//! | 2 | [`clock`], [`metrics`], [`auth`], [`credentials`], [`config`], `otel` (feature) | shell utilities: wall clock, Prometheus handles, agent tokens, adapter keys, settings, trace export |
+//! | 3 | [`store`] | durable state behind one trait (`memory`, `redis`); numbers changes per conversation and hands them, in commit order, to any number of consumers |
+//! | 4 | [`hub`] | fan-out, the store's consumer: per-workspace directory, audience index, live connections; event frames serialized once |
+//! | 5 | [`ops`] | the operations both APIs share (validate → check policy → commit), one file per subject, failing with a typed [`ops::OpError`] |
+//! | 6 | [`ws`] | agent WebSocket sessions: the connection loop, one handler per command, reply frames |
+//! | 7 | [`http`] | admin, adapter and operations endpoints, the `/v1/ws` handshake, the OpenAPI document; the only place an `OpError` becomes a status |
+//! | 8 | [`server`], [`cli`] | wiring, accept loop and graceful shutdown; command-line tools |
 
 pub mod assign;
 pub mod auth;

@@ -1,4 +1,4 @@
-//! Prometheus metrics. Every series is described in [`describe`] (the
+//! Prometheus metrics. Every series is described in `describe` (the
 //! `# HELP` lines of `GET /metrics`); the README lists them.
 //!
 //! Hot paths (fan-out, frame loop, Redis commands, HTTP requests) never look a

@@ -74,8 +74,8 @@ pub enum Change {
     },
     /// A stored message; numbered, and a `message` frame. With an
     /// idempotency key, a retry of the same request (see [`fingerprint`])
-    /// is a [`Outcome::Duplicate`]; another request with the key is
-    /// [`StoreError::IdempotencyKeyReused`].
+    /// is a duplicate (`store::Outcome::Duplicate`); another request with the key is
+    /// refused (`store::StoreError::IdempotencyKeyReused`).
     Message {
         message: Message,
         #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -704,38 +704,34 @@ impl World {
     pub fn part_of(&self, ws: &str) -> World {
         World {
             name: None,
-            users: self
-                .users
-                .iter()
-                .filter(|u| u.workspace == ws)
-                .cloned()
-                .collect(),
-            channels: self
-                .channels
-                .iter()
-                .filter(|c| c.workspace == ws)
-                .cloned()
-                .collect(),
-            contacts: self
-                .contacts
-                .iter()
-                .filter(|c| c.workspace == ws)
-                .cloned()
-                .collect(),
-            conversations: self
-                .conversations
-                .iter()
-                .filter(|c| c.workspace == ws)
-                .cloned()
-                .collect(),
-            settings: self
-                .settings
-                .iter()
-                .filter(|s| s.id == ws)
-                .cloned()
-                .collect(),
+            users: self.users_of(ws).cloned().collect(),
+            channels: self.channels_of(ws).cloned().collect(),
+            contacts: self.contacts_of(ws).cloned().collect(),
+            conversations: self.conversations_of(ws).cloned().collect(),
+            settings: self.settings_of(ws).cloned().into_iter().collect(),
             expect: None,
         }
+    }
+
+    // The one rule of which objects of a world belong to a workspace: every
+    // consumer of an import (hub, both stores) reads it through these.
+    pub fn users_of<'a>(&'a self, ws: &'a str) -> impl Iterator<Item = &'a User> + 'a {
+        self.users.iter().filter(move |u| u.workspace == ws)
+    }
+    pub fn channels_of<'a>(&'a self, ws: &'a str) -> impl Iterator<Item = &'a Channel> + 'a {
+        self.channels.iter().filter(move |c| c.workspace == ws)
+    }
+    pub fn contacts_of<'a>(&'a self, ws: &'a str) -> impl Iterator<Item = &'a Contact> + 'a {
+        self.contacts.iter().filter(move |c| c.workspace == ws)
+    }
+    pub fn conversations_of<'a>(
+        &'a self,
+        ws: &'a str,
+    ) -> impl Iterator<Item = &'a Conversation> + 'a {
+        self.conversations.iter().filter(move |c| c.workspace == ws)
+    }
+    pub fn settings_of(&self, ws: &str) -> Option<&WorkspaceSettings> {
+        self.settings.iter().find(|s| s.id == ws)
     }
 }
 

@@ -226,22 +226,22 @@ impl WorkspaceState {
             self.designated.clear();
         }
         let ws = &self.id.clone();
-        if let Some(settings) = world.settings.iter().find(|s| &s.id == ws) {
+        if let Some(settings) = world.settings_of(ws) {
             self.settings = settings.clone();
         }
-        for u in world.users.iter().filter(|u| &u.workspace == ws) {
+        for u in world.users_of(ws) {
             self.dir.users.insert(u.id.clone(), u.clone());
         }
-        for u in world.users.iter().filter(|u| &u.workspace == ws) {
+        for u in world.users_of(ws) {
             self.slot(&u.id);
         }
-        for ch in world.channels.iter().filter(|c| &c.workspace == ws) {
+        for ch in world.channels_of(ws) {
             self.dir.channels.insert(ch.id.clone(), ch.clone());
         }
-        for k in world.contacts.iter().filter(|c| &c.workspace == ws) {
+        for k in world.contacts_of(ws) {
             self.dir.contacts.insert(k.id.clone(), k.clone());
         }
-        for conv in world.conversations.iter().filter(|c| &c.workspace == ws) {
+        for conv in world.conversations_of(ws) {
             let old = self.dir.conversations.insert(conv.id.clone(), conv.clone());
             self.index_conversation(old.as_ref(), Some(conv));
         }

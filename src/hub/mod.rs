@@ -101,7 +101,7 @@ impl Hub {
                         !holders.is_empty()
                     });
                 }
-                for conv in world.conversations.iter().filter(|c| &c.workspace == ws) {
+                for conv in world.conversations_of(ws) {
                     self.index_add(&conv.id, ws);
                 }
             }

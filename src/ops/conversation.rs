@@ -148,7 +148,7 @@ impl Gateway {
             }
             ConversationKind::Group => actions::may_create_group(&settings, user)?,
             ConversationKind::Direct => {}
-            _ => {
+            ConversationKind::Customer | ConversationKind::Item => {
                 return Err(OpError::invalid(
                     "kind",
                     "agents create direct or group conversations only",

@@ -49,11 +49,7 @@ impl Log {
                     self.conversations.clear();
                     self.threads.clear();
                 }
-                for c in world
-                    .conversations
-                    .iter()
-                    .filter(|c| c.workspace == workspace)
-                {
+                for c in world.conversations_of(workspace) {
                     self.put_conversation(c);
                 }
             }

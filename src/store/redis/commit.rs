@@ -422,20 +422,20 @@ impl Inner {
                         plan.ops.push(Op::Forget { key, conversation });
                     }
                 }
-                for u in world.users.iter().filter(|u| u.workspace == ws) {
+                for u in world.users_of(ws) {
                     plan.hset(Hash::Users, &u.id, to_json(u)?);
                 }
-                for c in world.channels.iter().filter(|c| c.workspace == ws) {
+                for c in world.channels_of(ws) {
                     plan.hset(Hash::Channels, &c.id, to_json(c)?);
                 }
-                for k in world.contacts.iter().filter(|c| c.workspace == ws) {
+                for k in world.contacts_of(ws) {
                     plan.hset(Hash::Contacts, &k.id, to_json(k)?);
                 }
-                for c in world.conversations.iter().filter(|c| c.workspace == ws) {
+                for c in world.conversations_of(ws) {
                     // A replace clears the thread map first: nothing to release.
                     plan.conversation(c, !*replace)?;
                 }
-                if let Some(settings) = world.settings.iter().find(|s| s.id == ws) {
+                if let Some(settings) = world.settings_of(ws) {
                     plan.ops.push(Op::SetSettings {
                         json: to_json(settings)?,
                     });
