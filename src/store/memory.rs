@@ -169,7 +169,7 @@ impl MemoryStore {
                     return Err(StoreError::IdempotencyKeyReused);
                 }
                 return Ok(Outcome::Duplicate {
-                    message: first.clone(),
+                    message: Box::new(first.clone()),
                     seq: *seq,
                 });
             }

@@ -32,7 +32,7 @@ pub enum Outcome {
     /// new was stored. `message` is the first one without its content
     /// (`body` empty, no `meta`): the record keeps only a fingerprint.
     Duplicate {
-        message: Message,
+        message: Box<Message>,
         seq: u64,
     },
 }

@@ -369,7 +369,7 @@ impl Inner {
                     return Err(StoreError::IdempotencyKeyReused);
                 }
                 Ok(Outcome::Duplicate {
-                    message: without_content(&r.message),
+                    message: Box::new(without_content(&r.message)),
                     seq: r.seq,
                 })
             }
