@@ -1307,6 +1307,87 @@ mod tests {
         assert_eq!(parts["w4"].settings.len(), 1);
     }
 
+    #[test]
+    fn receipts_only_move_forward() {
+        use DeliveryStatus::*;
+        assert!(Sent.advances(None) && Failed.advances(None) && Read.advances(None));
+        assert!(Delivered.advances(Some(Sent)) && Read.advances(Some(Delivered)));
+        assert!(!Sent.advances(Some(Delivered)) && !Delivered.advances(Some(Read)));
+        assert!(
+            !Read.advances(Some(Read)),
+            "the same news again changes nothing"
+        );
+        assert!(Failed.advances(Some(Sent)) && !Failed.advances(Some(Delivered)));
+        assert!(!Delivered.advances(Some(Failed)) && !Failed.advances(Some(Failed)));
+    }
+
+    #[test]
+    fn only_agents_replies_on_a_channel_go_outbound() {
+        let customer = Conversation::new_customer("v".into(), "w".into(), "c".into(), "k".into());
+        let direct = Conversation::between_agents(
+            "d".into(),
+            "w".into(),
+            ConversationKind::Direct,
+            "u".into(),
+            vec!["u".into(), "x".into()],
+        );
+        let reply: Message = serde_json::from_value(serde_json::json!({
+            "id": "m", "conversation": "v", "sender": {"kind": "user", "id": "u"},
+            "body": "hi", "ts": 1
+        }))
+        .expect("a message");
+        assert!(reply.goes_outbound(&customer));
+        assert!(!reply.goes_outbound(&direct));
+        let note = Message {
+            note: true,
+            ..reply.clone()
+        };
+        assert!(!note.goes_outbound(&customer), "a note never goes outbound");
+        let inbound = Message {
+            sender: Sender::Contact(Some("k".into())),
+            ..reply
+        };
+        assert!(!inbound.goes_outbound(&customer));
+    }
+
+    #[test]
+    fn attachments_are_checked_naming_the_field() {
+        let ok = Attachment {
+            url: "https://files.example/a.png".into(),
+            name: "a.png".into(),
+            mime: "image/png".into(),
+            size: 10,
+        };
+        assert!(validate_attachments(std::slice::from_ref(&ok), 10).is_ok());
+        let field = |a: Attachment| {
+            validate_attachments(&[ok.clone(), a], 10)
+                .expect_err("refused")
+                .field
+        };
+        for url in ["ftp://x/y", "https://", "x", "https://a b"] {
+            let bad = Attachment {
+                url: url.into(),
+                ..ok.clone()
+            };
+            assert_eq!(field(bad), "attachments[1].url", "{url}");
+        }
+        let bad = Attachment {
+            mime: "".into(),
+            ..ok.clone()
+        };
+        assert_eq!(field(bad), "attachments[1].mime");
+        let bad = Attachment {
+            size: 11,
+            ..ok.clone()
+        };
+        assert_eq!(field(bad), "attachments[1].size");
+        let many = vec![ok; MAX_ATTACHMENTS + 1];
+        assert_eq!(
+            validate_attachments(&many, 10).expect_err("too many").field,
+            "attachments"
+        );
+    }
+
     /// The live API checks one entity's references with the same lists an
     /// import checks a whole world with.
     #[test]
