@@ -365,11 +365,16 @@ async fn receipts_reach_readers_only_history_keeps_the_latest_and_others_are_not
         assert_eq!(status, StatusCode::NOT_FOUND, "{id}: {v}");
         assert_eq!(v["error"]["code"], unknown.1["error"]["code"], "{v}");
     }
+    // Word for word the answer of an id never created.
     let (status, v) = receipt(&srv, W1_KEY, &w2_customer, json!({"status": "read"})).await;
     assert_eq!(
         v["error"]["message"].as_str().map(|m| m.contains("w2")),
         Some(false),
         "{status} {v}"
+    );
+    assert_eq!(
+        (status, v.to_string().replace(&w2_customer, "<id>")),
+        (unknown.0, unknown.1.to_string().replace("m-nope", "<id>")),
     );
     // The operator key finds it, but a customer's message has no delivery status.
     let (status, v) = receipt(&srv, ADAPTER_KEY, &w2_customer, json!({"status": "read"})).await;
