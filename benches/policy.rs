@@ -607,6 +607,9 @@ fn bench_index(c: &mut Criterion) {
             ts: 0,
             client_id: None,
             meta: None,
+            note: false,
+            attachments: Vec::new(),
+            delivery: None,
         };
         b.iter(|| {
             seq += 1;

@@ -16,6 +16,8 @@ pub const DEV_SECRET: &str = "dev-secret";
 pub struct Limits {
     pub max_frame_bytes: usize,
     pub max_body_bytes: usize,
+    /// Largest file a message may attach (by reference), in bytes.
+    pub max_attachment_bytes: u64,
     pub outbound_queue: usize,
     pub conn_rate_per_sec: u32,
     pub conn_burst: u32,
@@ -91,6 +93,9 @@ pub struct ServeArgs {
     /// Largest HTTP body [default: 1048576].
     #[arg(long, env = "SWITCHBOARD_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Largest attached file a message may name, in bytes [default: 104857600].
+    #[arg(long, env = "SWITCHBOARD_MAX_ATTACHMENT_BYTES")]
+    pub max_attachment_bytes: Option<u64>,
     /// Frames queued per connection before it is closed as a slow consumer [default: 1024].
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_QUEUE")]
     pub outbound_queue: Option<usize>,
@@ -137,6 +142,7 @@ struct FileConfig {
     history_len: Option<usize>,
     max_frame_bytes: Option<usize>,
     max_body_bytes: Option<usize>,
+    max_attachment_bytes: Option<u64>,
     outbound_queue: Option<usize>,
     conn_rate_per_sec: Option<u32>,
     conn_burst: Option<u32>,
@@ -177,6 +183,10 @@ impl Config {
                 .max_body_bytes
                 .or(file.max_body_bytes)
                 .unwrap_or(1024 * 1024),
+            max_attachment_bytes: args
+                .max_attachment_bytes
+                .or(file.max_attachment_bytes)
+                .unwrap_or(100 * 1024 * 1024),
             outbound_queue: args
                 .outbound_queue
                 .or(file.outbound_queue)
@@ -353,6 +363,7 @@ impl Explained {
             history_len,
             max_frame_bytes,
             max_body_bytes,
+            max_attachment_bytes,
             outbound_queue,
             conn_rate_per_sec,
             conn_burst,
@@ -462,6 +473,7 @@ impl Explained {
             ("history_len", c.history_len.to_string()),
             ("max_frame_bytes", l.max_frame_bytes.to_string()),
             ("max_body_bytes", l.max_body_bytes.to_string()),
+            ("max_attachment_bytes", l.max_attachment_bytes.to_string()),
             ("outbound_queue", l.outbound_queue.to_string()),
             ("conn_rate_per_sec", l.conn_rate_per_sec.to_string()),
             ("conn_burst", l.conn_burst.to_string()),

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    Channel, Contact, Conversation, Id, Message, Sender, User, WorkspaceSettings, World,
+    Channel, Contact, Conversation, Delivery, Id, Message, Sender, User, WorkspaceSettings, World,
 };
 
 /// Lifecycle events of a conversation (`status` frames).
@@ -93,6 +93,16 @@ pub enum Change {
         body: Option<String>,
         by: Id,
     },
+    /// A delivery receipt of a message; numbered, and a `message_status`
+    /// frame. The message as kept in history takes the receipt too (its
+    /// `delivery`, by [`record_delivery`]), so history shows the latest status.
+    MessageStatus {
+        conversation: Id,
+        message_id: Id,
+        /// The message's own seq, to find it in history.
+        message_seq: u64,
+        delivery: Delivery,
+    },
     /// A user's own marks on a conversation (read, mute, hide, archive).
     Mark {
         user: Id,
@@ -151,7 +161,8 @@ impl Change {
         match self {
             Change::Conversation { conversation, .. } => Some(&conversation.id),
             Change::Message { message, .. } => Some(&message.conversation),
-            Change::EditMessage { conversation, .. } => Some(conversation),
+            Change::EditMessage { conversation, .. }
+            | Change::MessageStatus { conversation, .. } => Some(conversation),
             _ => None,
         }
     }
@@ -171,9 +182,16 @@ pub struct Committed {
 /// already fixes). Hex SHA-256, so the record keeps no content and is the
 /// same on every node and version.
 pub fn fingerprint(message: &Message) -> String {
-    // serde_json maps keep their keys sorted: equal meta, equal bytes.
-    let bytes =
-        serde_json::to_vec(&(&message.body, &message.sender, &message.meta)).unwrap_or_default();
+    // serde_json maps keep their keys sorted: equal meta, equal bytes. A
+    // plain message hashes as before notes and attachments existed, so
+    // records written by older versions still match.
+    let plain = (&message.body, &message.sender, &message.meta);
+    let bytes = if !message.note && message.attachments.is_empty() {
+        serde_json::to_vec(&plain)
+    } else {
+        serde_json::to_vec(&(plain, message.note, &message.attachments))
+    }
+    .unwrap_or_default();
     ring::digest::digest(&ring::digest::SHA256, &bytes)
         .as_ref()
         .iter()
@@ -190,6 +208,7 @@ pub fn redact(change: &mut Change, id: &str, message_seq: u64, seq: u64) -> bool
         Change::Message { message, .. } if seq == message_seq && message.id == id => {
             message.body.clear();
             message.meta = None;
+            message.attachments.clear();
             true
         }
         Change::EditMessage {
@@ -198,6 +217,30 @@ pub fn redact(change: &mut Change, id: &str, message_seq: u64, seq: u64) -> bool
             ..
         } if message_id == id => {
             body.clear();
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Records a receipt on message `id` (stored at `message_seq`) if `change`,
+/// the history event at `seq`, is that message. Both stores keep a message's
+/// latest receipt with it through this (the Redis commit script swaps in
+/// the member rewritten here).
+pub fn record_delivery(
+    change: &mut Change,
+    id: &str,
+    message_seq: u64,
+    seq: u64,
+    delivery: &Delivery,
+) -> bool {
+    match change {
+        Change::Message { message, .. } if seq == message_seq && message.id == id => {
+            // Receipts racing each other: history keeps the furthest.
+            let current = message.delivery.as_ref().map(|d| d.status);
+            if delivery.status.advances(current) {
+                message.delivery = Some(delivery.clone());
+            }
             true
         }
         _ => false,
@@ -231,6 +274,7 @@ pub fn without_content(message: &Message) -> Message {
     Message {
         body: String::new(),
         meta: None,
+        attachments: Vec::new(),
         ..message.clone()
     }
 }

@@ -644,7 +644,141 @@ pub struct Message {
     pub client_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Value>,
+    /// An internal note: seen by the agents who can read the conversation,
+    /// never sent to the customer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub note: bool,
+    /// Files attached by reference (the gateway stores no file content).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// The latest delivery receipt the channel adapter reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
 }
+
+impl Message {
+    /// Whether the channel adapter must deliver this message to the
+    /// customer: an agent's reply (not a note) in a conversation carried by
+    /// a channel. The outbox asks this, and only this.
+    pub fn goes_outbound(&self, conv: &Conversation) -> bool {
+        !self.note && matches!(self.sender, Sender::User(_)) && conv.kind.on_channel()
+    }
+}
+
+/// A file attached to a message, by reference.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// `http` or `https` URL where the file lives.
+    pub url: String,
+    /// File name shown to people.
+    pub name: String,
+    /// Media type, e.g. `image/png`.
+    pub mime: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Attachments one message may carry.
+pub const MAX_ATTACHMENTS: usize = 10;
+/// Longest attachment URL.
+pub const MAX_ATTACHMENT_URL_BYTES: usize = 2048;
+/// Longest attachment name or media type.
+pub const MAX_ATTACHMENT_NAME_BYTES: usize = 256;
+
+/// Checks a message's attachments, naming the field at fault
+/// (`attachments[1].url`); `max_size` is the configured largest file.
+pub fn validate_attachments(list: &[Attachment], max_size: u64) -> Result<(), FieldError> {
+    if list.len() > MAX_ATTACHMENTS {
+        return Err(FieldError::new(
+            "attachments",
+            format!("at most {MAX_ATTACHMENTS} attachments"),
+        ));
+    }
+    for (i, a) in list.iter().enumerate() {
+        let field = |name: &str| format!("attachments[{i}].{name}");
+        let scheme = a.url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        let host = a.url.split_once("://").map_or("", |(_, rest)| rest);
+        if !matches!(scheme.as_deref(), Some("http" | "https")) || host.is_empty() {
+            return Err(FieldError::new(field("url"), "must be an http(s) URL"));
+        }
+        if a.url.len() > MAX_ATTACHMENT_URL_BYTES || a.url.chars().any(char::is_whitespace) {
+            return Err(FieldError::new(
+                field("url"),
+                format!("at most {MAX_ATTACHMENT_URL_BYTES} bytes, no spaces"),
+            ));
+        }
+        for (name, value) in [("name", &a.name), ("mime", &a.mime)] {
+            if value.trim().is_empty() {
+                return Err(FieldError::new(field(name), "must not be empty"));
+            }
+            if value.len() > MAX_ATTACHMENT_NAME_BYTES || value.chars().any(char::is_control) {
+                return Err(FieldError::new(
+                    field(name),
+                    format!("at most {MAX_ATTACHMENT_NAME_BYTES} bytes, no control characters"),
+                ));
+            }
+        }
+        if a.size > max_size {
+            return Err(FieldError::new(
+                field("size"),
+                format!("larger than the limit of {max_size} bytes"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Where an outbound message got to, as its channel adapter reports it.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl DeliveryStatus {
+    /// Whether a receipt of `self` moves a message on from `current`.
+    /// Receipts only go forward (`sent` → `delivered` → `read`), since
+    /// adapters' callbacks arrive out of order; `failed` can only follow
+    /// `sent` (a message that arrived did not fail), and nothing follows it.
+    pub fn advances(self, current: Option<DeliveryStatus>) -> bool {
+        use DeliveryStatus::*;
+        match (current, self) {
+            (None, _) => true,
+            (Some(Failed), _) | (_, Failed) => current == Some(Sent) && self == Failed,
+            (Some(now), next) => next.rank() > now.rank(),
+        }
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            DeliveryStatus::Sent | DeliveryStatus::Failed => 0,
+            DeliveryStatus::Delivered => 1,
+            DeliveryStatus::Read => 2,
+        }
+    }
+}
+
+/// A message's delivery receipt.
+#[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    pub status: DeliveryStatus,
+    /// Why it failed (`failed` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Milliseconds since the Unix epoch when the gateway recorded it.
+    pub ts: u64,
+}
+
+/// Longest error text of a `failed` receipt.
+pub const MAX_DELIVERY_ERROR_BYTES: usize = 1024;
 
 /// A whole world in the policy-case format. `expect`, `name` and `why` are
 /// accepted and ignored by the gateway (so is any other top-level key); the
@@ -1167,6 +1301,87 @@ mod tests {
         assert_eq!(parts["w2"].users.len(), 1);
         assert!(parts["w2"].channels.is_empty() && parts["w4"].users.is_empty());
         assert_eq!(parts["w4"].settings.len(), 1);
+    }
+
+    #[test]
+    fn receipts_only_move_forward() {
+        use DeliveryStatus::*;
+        assert!(Sent.advances(None) && Failed.advances(None) && Read.advances(None));
+        assert!(Delivered.advances(Some(Sent)) && Read.advances(Some(Delivered)));
+        assert!(!Sent.advances(Some(Delivered)) && !Delivered.advances(Some(Read)));
+        assert!(
+            !Read.advances(Some(Read)),
+            "the same news again changes nothing"
+        );
+        assert!(Failed.advances(Some(Sent)) && !Failed.advances(Some(Delivered)));
+        assert!(!Delivered.advances(Some(Failed)) && !Failed.advances(Some(Failed)));
+    }
+
+    #[test]
+    fn only_agents_replies_on_a_channel_go_outbound() {
+        let customer = Conversation::new_customer("v".into(), "w".into(), "c".into(), "k".into());
+        let direct = Conversation::between_agents(
+            "d".into(),
+            "w".into(),
+            ConversationKind::Direct,
+            "u".into(),
+            vec!["u".into(), "x".into()],
+        );
+        let reply: Message = serde_json::from_value(serde_json::json!({
+            "id": "m", "conversation": "v", "sender": {"kind": "user", "id": "u"},
+            "body": "hi", "ts": 1
+        }))
+        .expect("a message");
+        assert!(reply.goes_outbound(&customer));
+        assert!(!reply.goes_outbound(&direct));
+        let note = Message {
+            note: true,
+            ..reply.clone()
+        };
+        assert!(!note.goes_outbound(&customer), "a note never goes outbound");
+        let inbound = Message {
+            sender: Sender::Contact(Some("k".into())),
+            ..reply
+        };
+        assert!(!inbound.goes_outbound(&customer));
+    }
+
+    #[test]
+    fn attachments_are_checked_naming_the_field() {
+        let ok = Attachment {
+            url: "https://files.example/a.png".into(),
+            name: "a.png".into(),
+            mime: "image/png".into(),
+            size: 10,
+        };
+        assert!(validate_attachments(std::slice::from_ref(&ok), 10).is_ok());
+        let field = |a: Attachment| {
+            validate_attachments(&[ok.clone(), a], 10)
+                .expect_err("refused")
+                .field
+        };
+        for url in ["ftp://x/y", "https://", "x", "https://a b"] {
+            let bad = Attachment {
+                url: url.into(),
+                ..ok.clone()
+            };
+            assert_eq!(field(bad), "attachments[1].url", "{url}");
+        }
+        let bad = Attachment {
+            mime: "".into(),
+            ..ok.clone()
+        };
+        assert_eq!(field(bad), "attachments[1].mime");
+        let bad = Attachment {
+            size: 11,
+            ..ok.clone()
+        };
+        assert_eq!(field(bad), "attachments[1].size");
+        let many = vec![ok; MAX_ATTACHMENTS + 1];
+        assert_eq!(
+            validate_attachments(&many, 10).expect_err("too many").field,
+            "attachments"
+        );
     }
 
     /// The live API checks one entity's references with the same lists an

@@ -12,9 +12,9 @@ use serde::Deserialize;
 
 use super::{check_bearer, parse, Body, Path, Query};
 use crate::credentials::AdapterKey;
-use crate::domain::Contact;
+use crate::domain::{Attachment, Contact, DeliveryStatus};
 use crate::http::ApiError;
-use crate::ops::{Actor, Entity, Gateway, InboundContact, ThreadKey};
+use crate::ops::{Actor, Draft, Entity, Gateway, InboundContact, ThreadKey};
 
 /// The channel-adapter routes. The key is checked (and rate-limited) before
 /// anything of the request is parsed: a bad key is a 401 whatever the rest.
@@ -22,6 +22,7 @@ pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
     Router::new()
         .route("/v1/conversations/{id}/messages", post(post_message))
         .route("/v1/inbound", post(inbound))
+        .route("/v1/messages/{id}/status", post(message_status))
         .route_layer(middleware::from_fn_with_state(gw, authenticate))
 }
 
@@ -113,6 +114,9 @@ pub struct PostBody {
     body: String,
     sender: Option<String>,
     meta: Option<serde_json::Value>,
+    /// Files attached by reference (validated; no content is stored).
+    #[serde(default)]
+    attachments: Vec<Attachment>,
 }
 
 async fn post_message(
@@ -135,10 +139,14 @@ async fn post_message(
         .post_message(
             Actor::system(&ws),
             &id,
-            b.body,
+            Draft {
+                body: b.body,
+                meta: b.meta,
+                note: false,
+                attachments: b.attachments,
+            },
             b.sender,
             caller.idempotency,
-            b.meta,
         )
         .await?;
     let status = if posted.duplicate {
@@ -166,6 +174,8 @@ pub struct InboundBody {
     contact: ContactRef,
     body: String,
     meta: Option<serde_json::Value>,
+    #[serde(default)]
+    attachments: Vec<Attachment>,
 }
 
 async fn inbound(
@@ -198,9 +208,13 @@ async fn inbound(
                 thread: &b.thread,
             },
             contact,
-            b.body,
+            Draft {
+                body: b.body,
+                meta: b.meta,
+                note: false,
+                attachments: b.attachments,
+            },
             caller.idempotency,
-            b.meta,
         )
         .await?;
     let status = if posted.duplicate {
@@ -216,4 +230,38 @@ async fn inbound(
         })),
     )
         .into_response())
+}
+
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptBody {
+    status: DeliveryStatus,
+    /// Why delivery failed (`failed` only).
+    error: Option<String>,
+}
+
+/// A delivery receipt. Scoped like the other adapter routes: a message of a
+/// workspace or channel outside the key's reach is not found, like one that
+/// never existed.
+async fn message_status(
+    State(gw): State<Arc<Gateway>>,
+    Extension(caller): Extension<Caller>,
+    Path(id): Path<String>,
+    Query(q): Query<InWorkspace>,
+    Body(body): Body,
+) -> Result<Response, ApiError> {
+    let key = caller.key(&gw)?;
+    let ws = match key.workspace() {
+        None => gw.resolve_message(&id, q.workspace.as_deref()).await?,
+        Some(own) if q.workspace.as_deref().is_none_or(|n| n == own) => own.to_owned(),
+        Some(_) => return Err(ApiError::not_found("message", &id)),
+    };
+    let b: ReceiptBody = parse(&body)?;
+    let receipted = gw
+        .record_receipt(&ws, &id, b.status, b.error, |conv| {
+            key.reaches(&ws, conv.channel.as_deref())
+        })
+        .await?;
+    Ok((StatusCode::OK, axum::Json(receipted)).into_response())
 }

@@ -630,6 +630,10 @@ async fn history(
             Change::EditMessage { message_id, body: None, by, .. } => serde_json::json!({
                 "type": "message_deleted", "seq": c.seq, "message_id": message_id, "by": by
             }),
+            Change::MessageStatus { message_id, delivery, .. } => serde_json::json!({
+                "type": "message_status", "seq": c.seq, "message_id": message_id,
+                "status": delivery.status, "error": delivery.error, "ts": delivery.ts
+            }),
             _ => serde_json::Value::Null,
         })
         .collect();

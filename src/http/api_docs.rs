@@ -21,12 +21,12 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use crate::domain::StatusKind;
 use crate::domain::{Channel, Contact, Conversation, Message, User, WorkspaceSettings, World};
-use crate::http::adapter::{ContactRef, InboundBody, PostBody};
+use crate::domain::{DeliveryStatus, StatusKind};
+use crate::http::adapter::{ContactRef, InboundBody, PostBody, ReceiptBody};
 use crate::http::admin::{AssignBody, BulkAssignBody, PrivateBody, TeamBody, UserBody};
 use crate::ops::ItemResult;
-use crate::ops::Posted;
+use crate::ops::{Posted, Receipted};
 use crate::policy::{Access, Rule};
 
 /// The body of every HTTP 4xx/5xx answer (docs/protocol.md "Errors").
@@ -169,6 +169,14 @@ pub enum HistoryEvent {
         message_id: String,
         by: String,
     },
+    /// A delivery receipt (the message itself also carries the latest in `delivery`).
+    MessageStatus {
+        seq: u64,
+        message_id: String,
+        status: DeliveryStatus,
+        error: Option<String>,
+        ts: u64,
+    },
 }
 
 /// Answer of `GET /v1/admin/conversations/{id}/access/{user}`.
@@ -287,6 +295,14 @@ mod paths {
                   (status = 200, description = "idempotent repeat", body = InboundAnswer)),
         security(("adapter_key" = [])))]
     fn inbound() {}
+
+    /// Report the delivery status of an agent's reply (sent, delivered, read, failed).
+    #[utoipa::path(post, path = "/v1/messages/{id}/status", tag = "adapter",
+        params(("id" = String, Path, description = "message id"), WorkspaceParam),
+        request_body = ReceiptBody,
+        responses((status = 200, description = "recorded, or older news that changed nothing", body = Receipted)),
+        security(("adapter_key" = [])))]
+    fn message_status() {}
 
     // Agent WebSocket.
 
@@ -536,7 +552,7 @@ mod paths {
                        described by the JSON Schemas in docs/schemas/; the prose contract is docs/protocol.md."
     ),
     paths(
-        paths::post_message, paths::inbound, paths::ws, paths::import,
+        paths::post_message, paths::inbound, paths::message_status, paths::ws, paths::import,
         paths::get_user, paths::put_user, paths::patch_user, paths::delete_user,
         paths::get_channel, paths::put_channel, paths::patch_channel, paths::delete_channel,
         paths::get_contact, paths::put_contact, paths::patch_contact, paths::delete_contact,
@@ -552,7 +568,7 @@ mod paths {
     components(schemas(ErrorBody, ContactRef)),
     modifiers(&Conventions),
     tags(
-        (name = "adapter", description = "Channel adapters post inbound customer messages."),
+        (name = "adapter", description = "Channel adapters post inbound customer messages and report delivery receipts."),
         (name = "agent", description = "The agent WebSocket."),
         (name = "admin", description = "Directory and conversation administration."),
         (name = "operations", description = "Health, readiness, metrics, this document."),

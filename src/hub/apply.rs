@@ -69,6 +69,15 @@ impl WorkspaceState {
                     frames::message_edited(conversation, c.seq, message_id, body.as_deref(), by);
                 self.fan_out(conversation, c.seq, text);
             }
+            Change::MessageStatus {
+                conversation,
+                message_id,
+                delivery,
+                ..
+            } => {
+                let text = frames::message_status(conversation, c.seq, message_id, delivery);
+                self.fan_out(conversation, c.seq, text);
+            }
             Change::Mark {
                 user,
                 conversation,

@@ -5,7 +5,7 @@ use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::domain::StatusEvent;
-use crate::domain::{Conversation, Message};
+use crate::domain::{Conversation, Delivery, Message};
 use crate::policy::Access;
 
 fn render(value: &impl Serialize) -> Utf8Bytes {
@@ -91,6 +91,20 @@ pub fn message_edited(
             "message_id": message_id, "by": by,
         })),
     }
+}
+
+/// A delivery receipt of a message (the ticks of a chat UI).
+pub fn message_status(
+    conversation: &str,
+    seq: u64,
+    message_id: &str,
+    delivery: &Delivery,
+) -> Utf8Bytes {
+    render(&serde_json::json!({
+        "type": "message_status", "conversation": conversation, "seq": seq,
+        "message_id": message_id, "status": delivery.status, "error": delivery.error,
+        "ts": delivery.ts,
+    }))
 }
 
 pub fn notification(

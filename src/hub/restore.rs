@@ -76,6 +76,15 @@ impl WorkspaceState {
                 conversation.as_str(),
                 frames::message_edited(conversation, c.seq, message_id, body.as_deref(), by),
             ),
+            Change::MessageStatus {
+                conversation,
+                message_id,
+                delivery,
+                ..
+            } => (
+                conversation.as_str(),
+                frames::message_status(conversation, c.seq, message_id, delivery),
+            ),
             _ => return,
         };
         let frame = Arc::new(Frame {

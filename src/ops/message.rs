@@ -5,7 +5,8 @@ use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::domain::{
-    Change, Conversation, Id, Lookup, Message, Sender, Status, StatusEvent, StatusKind, User,
+    validate_attachments, Attachment, Change, Conversation, Delivery, DeliveryStatus, Id, Lookup,
+    Message, Sender, Status, StatusEvent, StatusKind, User, MAX_DELIVERY_ERROR_BYTES,
 };
 use crate::policy::{actions, Denial};
 use crate::store::{History, Outcome};
@@ -21,18 +22,51 @@ pub struct Posted {
     pub duplicate: bool,
 }
 
+/// What a new message says: its text and what comes with it.
+#[derive(Clone, Debug, Default)]
+pub struct Draft {
+    pub body: String,
+    pub meta: Option<serde_json::Value>,
+    /// An internal note (agents only).
+    pub note: bool,
+    pub attachments: Vec<Attachment>,
+}
+
+impl Draft {
+    pub fn text(body: String) -> Self {
+        Draft {
+            body,
+            ..Draft::default()
+        }
+    }
+}
+
+/// The answer to a delivery receipt.
+#[derive(utoipa::ToSchema)] // API schemas: src/http/api_docs.rs
+#[derive(Clone, Debug, Serialize)]
+pub struct Receipted {
+    pub message_id: Id,
+    pub conversation: Id,
+    /// The position of the receipt; `null` when it changed nothing.
+    pub seq: Option<u64>,
+    /// The message's delivery status now (the receipt's, unless it was older news).
+    pub status: DeliveryStatus,
+    /// Whether the receipt moved the message on (else nothing was stored).
+    pub changed: bool,
+}
+
 impl Gateway {
     /// Stores a message (adapter or agent) and returns once it is stored.
     pub async fn post_message(
         &self,
         actor: Actor,
         conversation: &str,
-        body: String,
+        draft: Draft,
         sender_contact: Option<Id>,
         idempotency_key: Option<String>,
-        meta: Option<serde_json::Value>,
     ) -> Result<Posted, OpError> {
         let ws = actor.workspace().to_owned();
+        self.check_draft(&actor, &draft)?;
         let conv = self.conversation_in(&ws, conversation)?;
         let sender = self.sender(&actor, &conv, sender_contact)?;
         if conv.status == Status::Closed {
@@ -59,13 +93,16 @@ impl Gateway {
             id: new_id("m"),
             conversation: conversation.to_owned(),
             sender,
-            body,
+            body: draft.body,
             ts: now_ms(),
             client_id: match &actor {
                 Actor::User { .. } => idempotency_key.clone(),
                 Actor::System { .. } => None,
             },
-            meta,
+            meta: draft.meta,
+            note: draft.note,
+            attachments: draft.attachments,
+            delivery: None,
         };
         let key = idempotency_key.map(|k| match &actor {
             Actor::User { id, .. } => format!("user:{id}:{k}"),
@@ -92,6 +129,133 @@ impl Gateway {
                 duplicate: true,
             }),
         }
+    }
+
+    /// The workspace of message `id` for an unscoped adapter key that names
+    /// none: the one whose store knows the id (one look-up per workspace, so
+    /// callers with many should name it with `?workspace=`).
+    pub async fn resolve_message(&self, id: &str, named: Option<&str>) -> Result<Id, OpError> {
+        if let Some(ws) = named {
+            return Ok(ws.to_owned());
+        }
+        let mut holders = Vec::new();
+        for ws in self.hub.workspace_ids() {
+            if self.store.locate_message(&ws, id).await?.is_some() {
+                holders.push(ws);
+            }
+        }
+        match holders.len() {
+            0 => Err(OpError::not_found("message", id)),
+            1 => Ok(holders.remove(0)),
+            _ => {
+                holders.sort();
+                Err(OpError::Ambiguous {
+                    what: "message",
+                    id: id.to_owned(),
+                    workspaces: holders,
+                })
+            }
+        }
+    }
+
+    /// A draft's own checks: attachments within limits, notes from agents only.
+    fn check_draft(&self, actor: &Actor, draft: &Draft) -> Result<(), OpError> {
+        if draft.note && matches!(actor, Actor::System { .. }) {
+            return Err(OpError::invalid("note", "only agents write internal notes"));
+        }
+        let max = self.config.limits.max_attachment_bytes;
+        Ok(validate_attachments(&draft.attachments, max)?)
+    }
+
+    /// Records a channel adapter's delivery receipt of message `id`. A
+    /// message the caller may not see (`reaches` says no to its
+    /// conversation), a note (never delivered, so never shown to adapters)
+    /// and one no longer in history are all not found, like an unknown id.
+    pub async fn record_receipt(
+        &self,
+        ws: &str,
+        id: &str,
+        status: DeliveryStatus,
+        error: Option<String>,
+        reaches: impl Fn(&Conversation) -> bool,
+    ) -> Result<Receipted, OpError> {
+        match (&error, status) {
+            (Some(_), s) if s != DeliveryStatus::Failed => {
+                return Err(OpError::invalid(
+                    "error",
+                    "only a failed receipt has an error",
+                ));
+            }
+            (Some(e), _) if e.len() > MAX_DELIVERY_ERROR_BYTES => {
+                return Err(OpError::invalid(
+                    "error",
+                    format!("longer than {MAX_DELIVERY_ERROR_BYTES} bytes"),
+                ));
+            }
+            _ => {}
+        }
+        let missing = || OpError::not_found("message", id);
+        let (conversation, message_seq) = self
+            .store
+            .locate_message(ws, id)
+            .await?
+            .ok_or_else(missing)?;
+        let conv = self
+            .conversation_in(ws, &conversation)
+            .map_err(|_| missing())?;
+        if !reaches(&conv) {
+            return Err(missing());
+        }
+        let history = self
+            .store
+            .history(ws, &conversation, message_seq.saturating_sub(1), 1)
+            .await?;
+        let message = history
+            .events
+            .into_iter()
+            .find_map(|c| match c.change {
+                Change::Message { message, .. } if c.seq == message_seq && message.id == id => {
+                    Some(message)
+                }
+                _ => None,
+            })
+            .filter(|m| !m.note)
+            .ok_or_else(missing)?;
+        if !message.goes_outbound(&conv) {
+            return Err(OpError::invalid(
+                "id",
+                "only agents' replies are delivered, so only they have a delivery status",
+            ));
+        }
+        let current = message.delivery.as_ref().map(|d| d.status);
+        let unchanged = |now: DeliveryStatus| Receipted {
+            message_id: id.to_owned(),
+            conversation: conversation.clone(),
+            seq: None,
+            status: now,
+            changed: false,
+        };
+        if !status.advances(current) {
+            return Ok(unchanged(current.unwrap_or(status)));
+        }
+        let change = Change::MessageStatus {
+            conversation: conversation.clone(),
+            message_id: id.to_owned(),
+            message_seq,
+            delivery: Delivery {
+                status,
+                error,
+                ts: now_ms(),
+            },
+        };
+        let seq = seq_of(self.commit(ws, change).await?);
+        Ok(Receipted {
+            message_id: id.to_owned(),
+            conversation,
+            seq: Some(seq),
+            status,
+            changed: true,
+        })
     }
 
     /// Who a message is from: an agent allowed to write, or for an adapter

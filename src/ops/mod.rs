@@ -34,8 +34,8 @@ use crate::store::{Outcome, Store};
 pub use conversation::Command;
 pub use error::{Conflict, OpError};
 pub use inbox::ItemResult;
-pub use message::Posted;
-pub use routing::{InboundContact, ThreadKey};
+pub use message::{Draft, Posted, Receipted};
+pub use routing::{InboundContact, Outreach, ThreadKey};
 
 fn new_id(prefix: &str) -> Id {
     format!("{prefix}-{}", uuid::Uuid::new_v4().simple())

@@ -3,11 +3,28 @@
 
 use crate::assign;
 use crate::domain::{
-    Change, Channel, Contact, Conversation, EntityKind, Id, Status, StatusEvent, StatusKind,
+    Change, Channel, Contact, Conversation, EntityKind, Id, Lookup, Status, StatusEvent,
+    StatusKind, User,
 };
+use crate::policy::{actions, Denial};
 use crate::store::StoreError;
 
+use super::message::Draft;
 use super::{new_id, Actor, Gateway, OpError, Posted};
+
+/// What an agent names to text a customer first (`create_conversation`
+/// with `kind: "customer"`).
+#[derive(Clone, Debug)]
+pub struct Outreach {
+    pub channel: Id,
+    pub contact: Id,
+    /// The adapter's thread key (e.g. the customer's number); without one
+    /// a new conversation always opens.
+    pub thread: Option<String>,
+    /// Privacy of a conversation this opens; an open conversation of the
+    /// thread keeps its own.
+    pub private: bool,
+}
 
 /// Where an inbound message goes: a channel and the adapter's thread key on it.
 #[derive(Clone, Copy, Debug)]
@@ -31,9 +48,8 @@ impl Gateway {
         ws: &str,
         at: ThreadKey<'_>,
         contact: InboundContact,
-        body: String,
+        draft: Draft,
         idempotency_key: Option<String>,
-        meta: Option<serde_json::Value>,
     ) -> Result<(Posted, bool), OpError> {
         let ThreadKey {
             channel: channel_id,
@@ -60,16 +76,25 @@ impl Gateway {
         };
         let (conversation, created) = match self.hub.thread_holder(&ws, channel_id, thread) {
             Some(id) => (id, false),
-            None => self.open_thread(&ws, &channel, thread, &contact_id).await?,
+            None => {
+                let mut conv = Conversation::new_customer(
+                    new_id("v"),
+                    ws.clone(),
+                    channel.id.clone(),
+                    contact_id.clone(),
+                );
+                conv.thread = Some(thread.to_owned());
+                conv.team = channel.team.clone();
+                self.open_thread(&ws, conv, None).await?
+            }
         };
         let posted = self
             .post_message(
                 Actor::system(&ws),
                 &conversation,
-                body,
+                draft,
                 Some(contact_id),
                 idempotency_key,
-                meta,
             )
             .await?;
         if created {
@@ -79,32 +104,84 @@ impl Gateway {
         Ok((posted, created))
     }
 
-    /// Opens a conversation for a thread, or joins the one another request
-    /// opened first; whether this call opened it.
+    /// An agent texts a customer first: the message joins the open
+    /// conversation of the (channel, thread) if there is one, its privacy
+    /// untouched (SMS threads by number pair: one thread, one conversation);
+    /// else a new conversation opens, assigned to the agent. The agent
+    /// needs write access to what the conversation would be
+    /// ([`actions::may_start_on_channel`]); joining, write access to the one
+    /// that is. Whether a conversation was opened.
+    pub async fn start_conversation(
+        &self,
+        user: &User,
+        to: Outreach,
+        draft: Draft,
+        client_id: Option<String>,
+    ) -> Result<(Posted, bool), OpError> {
+        let ws = user.workspace.clone();
+        let channel = self.get_channel(&ws, &to.channel).map_err(|_| {
+            OpError::invalid("channel", format!("unknown channel {:?}", to.channel))
+        })?;
+        self.get_contact(&ws, &to.contact).map_err(|_| {
+            OpError::invalid("contact", format!("unknown contact {:?}", to.contact))
+        })?;
+        if to.thread.as_ref().is_some_and(String::is_empty) {
+            return Err(OpError::invalid("thread", "empty thread key"));
+        }
+        let held = to
+            .thread
+            .as_deref()
+            .and_then(|t| self.hub.thread_holder(&ws, &channel.id, t));
+        let (conversation, created) = match held {
+            Some(id) => (id, false),
+            None => {
+                let mut conv = Conversation::new_customer(
+                    new_id("v"),
+                    ws.clone(),
+                    channel.id.clone(),
+                    to.contact.clone(),
+                );
+                conv.thread = to.thread.clone();
+                conv.team = channel.team.clone();
+                conv.assignee = Some(user.id.clone());
+                conv.private = to.private;
+                self.hub.read(&ws, |dir| {
+                    let me = dir.user(&user.id).ok_or(Denial::UnknownActor)?;
+                    actions::may_start_on_channel(dir, me, &conv)
+                })?;
+                self.open_thread(&ws, conv, Some(user.id.clone())).await?
+            }
+        };
+        let actor = Actor::agent(user);
+        let posted = self
+            .post_message(actor, &conversation, draft, None, client_id)
+            .await?;
+        Ok((posted, created))
+    }
+
+    /// Opens a conversation (for its thread, if it has one), or joins the
+    /// one another request opened for the thread first; whether this call
+    /// opened it.
     async fn open_thread(
         &self,
         ws: &str,
-        channel: &Channel,
-        thread: &str,
-        contact: &str,
+        conv: Conversation,
+        by: Option<Id>,
     ) -> Result<(Id, bool), OpError> {
-        let mut conv = Conversation::new_customer(
-            new_id("v"),
-            ws.to_owned(),
-            channel.id.clone(),
-            contact.to_owned(),
-        );
-        conv.thread = Some(thread.to_owned());
-        conv.team = channel.team.clone();
         let id = conv.id.clone();
+        let threaded = conv.thread.is_some();
         let change = Change::Conversation {
             conversation: conv,
             status: StatusEvent {
                 event: StatusKind::Created,
-                by: None,
+                by,
                 user: None,
             },
         };
+        if !threaded {
+            self.store.commit(ws, change).await?;
+            return Ok((id, true));
+        }
         // Atomic across nodes: of concurrent first messages of a
         // thread, one opens the conversation, the others join it.
         match self.store.commit_thread(ws, change).await {

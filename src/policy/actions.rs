@@ -65,6 +65,20 @@ pub fn may_write(dir: &impl Lookup, user: &User, conv: &Conversation, what: &str
     need(decide(dir, user, conv).access, Access::Write, what)
 }
 
+/// Start a customer conversation on a channel (an agent texts a customer
+/// first): the agent needs `write` to the conversation as it would open
+/// (`new`: open, on the channel, assigned to them, with the privacy asked
+/// for). The access rules then decide as for any conversation of the
+/// channel: a restricted channel needs a `read_write` or `full` grant (or
+/// the admin rule), a `read_only` grant is not enough.
+pub fn may_start_on_channel(dir: &impl Lookup, user: &User, new: &Conversation) -> Verdict {
+    need(
+        decide(dir, user, new).access,
+        Access::Write,
+        "starting a conversation on this channel",
+    )
+}
+
 /// The new assignee must hold `write` once the assignment is made.
 pub fn may_be_assigned(dir: &impl Lookup, assignee: &User, after: &Conversation) -> Verdict {
     if decide(dir, assignee, after).access == Access::Write {

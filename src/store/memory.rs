@@ -11,7 +11,8 @@ use parking_lot::{Mutex, RwLock};
 
 use super::{AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError, AUDIT_LEN};
 use crate::domain::{
-    fingerprint, redact, without_content, Change, Committed, Conversation, Ephemeral, Id, Message,
+    fingerprint, record_delivery, redact, without_content, Change, Committed, Conversation,
+    Ephemeral, Id, Message,
 };
 
 /// Events kept per conversation for `resume` and history.
@@ -32,6 +33,9 @@ struct Log {
     /// (channel, thread) → the open conversation routing it, kept like the
     /// hub's thread index (for `commit_thread`).
     threads: HashMap<(Id, String), Id>,
+    /// Message id → (conversation, seq) of the messages still in history
+    /// (for [`Store::locate_message`]).
+    messages: HashMap<Id, (Id, u64)>,
 }
 
 impl Log {
@@ -163,16 +167,18 @@ impl MemoryStore {
                     return Err(StoreError::IdempotencyKeyReused);
                 }
                 return Ok(Outcome::Duplicate {
-                    message: first.clone(),
+                    message: Box::new(first.clone()),
                     seq: *seq,
                 });
             }
         }
         if let Change::Import { replace: true, .. } = &change {
             log.history.clear();
+            log.messages.clear();
         }
         if let Change::DeleteConversation { id } = &change {
             log.history.remove(id);
+            log.messages.retain(|_, (conv, _)| conv != id);
         }
         let seq = match change.sequenced_conversation() {
             Some(conv) => {
@@ -218,12 +224,32 @@ impl MemoryStore {
                 }
             }
         }
+        if let Change::MessageStatus {
+            conversation,
+            message_id,
+            message_seq,
+            delivery,
+        } = &committed.change
+        {
+            if let Some(h) = log.history.get_mut(conversation) {
+                for c in h.iter_mut().filter(|c| c.seq == *message_seq) {
+                    record_delivery(&mut c.change, message_id, *message_seq, c.seq, delivery);
+                }
+            }
+        }
+        if let Change::Message { message, .. } = &committed.change {
+            let place = (message.conversation.clone(), seq);
+            log.messages.insert(message.id.clone(), place);
+        }
         if let Some(conv) = committed.change.sequenced_conversation() {
             let cap = self.history_len;
+            let log = &mut *log;
             let h = log.history.entry(conv.to_owned()).or_default();
             h.push_back((*committed).clone());
             while h.len() > cap {
-                h.pop_front();
+                if let Some(Change::Message { message, .. }) = h.pop_front().map(|c| c.change) {
+                    log.messages.remove(&message.id);
+                }
             }
         }
         log.track(workspace, &committed.change);
@@ -302,6 +328,14 @@ impl Store for MemoryStore {
                 .cloned()
                 .collect(),
         })
+    }
+
+    async fn locate_message(
+        &self,
+        workspace: &str,
+        id: &str,
+    ) -> Result<Option<(Id, u64)>, StoreError> {
+        Ok(self.log(workspace).lock().messages.get(id).cloned())
     }
 
     async fn rotate(

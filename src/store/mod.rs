@@ -32,7 +32,7 @@ pub enum Outcome {
     /// new was stored. `message` is the first one without its content
     /// (`body` empty, no `meta`): the record keeps only a fingerprint.
     Duplicate {
-        message: Message,
+        message: Box<Message>,
         seq: u64,
     },
 }
@@ -196,6 +196,13 @@ pub trait Store: Send + Sync + 'static {
         after_seq: u64,
         limit: usize,
     ) -> Result<History, StoreError>;
+    /// Where message `id` is kept: its conversation and seq, while it is in
+    /// history (a hint: the caller checks history still holds it there).
+    async fn locate_message(
+        &self,
+        workspace: &str,
+        id: &str,
+    ) -> Result<Option<(Id, u64)>, StoreError>;
     /// One round-robin step for a channel of a workspace (see
     /// [`crate::assign::rotate`]), atomic across nodes.
     async fn rotate(

@@ -12,9 +12,9 @@ use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
 use super::protocol::{self, reference_of, BulkAction, ClientFrame, Op};
 use super::replies;
 use super::session::Session;
-use crate::domain::{Change, ConversationKind, Mark};
+use crate::domain::{Attachment, Change, ConversationKind, Mark};
 use crate::hub::{close, frames};
-use crate::ops::{Actor, Command, ItemResult};
+use crate::ops::{Actor, Command, Draft, ItemResult, OpError, Outreach};
 
 /// Typing is relayed at most this often per conversation and connection.
 const TYPING_EVERY: Duration = Duration::from_secs(2);
@@ -40,8 +40,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 body,
                 client_id,
                 mentions,
+                note,
+                attachments,
             } => {
-                self.post(r, &conversation, body, client_id, &mentions)
+                let draft = Draft {
+                    body,
+                    meta: None,
+                    note,
+                    attachments,
+                };
+                self.post(r, &conversation, draft, client_id, &mentions)
                     .await
             }
             Op::Assign {
@@ -88,9 +96,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 conversation,
                 message_id,
             } => self.edit(r, &conversation, &message_id, None).await,
-            Op::CreateConversation { kind, participants } => {
-                self.create(r, kind, participants).await
+            Op::CreateConversation {
+                kind: ConversationKind::Customer,
+                participants,
+                channel,
+                contact,
+                thread,
+                private,
+                body,
+                attachments,
+                client_id,
+            } => {
+                let first = CustomerFirst {
+                    participants,
+                    channel,
+                    contact,
+                    thread,
+                    private,
+                    body,
+                    attachments,
+                    client_id,
+                };
+                self.reach_out(r, first).await
             }
+            Op::CreateConversation {
+                kind, participants, ..
+            } => self.create(r, kind, participants).await,
             Op::Bulk {
                 action,
                 conversations,
@@ -110,7 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         &mut self,
         r: Option<&str>,
         conversation: &str,
-        body: String,
+        mut draft: Draft,
         client_id: Option<String>,
         mentions: &[String],
     ) -> Utf8Bytes {
@@ -118,7 +149,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         let posted = match gw.check_mentions(&self.user, mentions) {
             Ok(meta) => {
                 let actor = Actor::agent(&self.user);
-                gw.post_message(actor, conversation, body, None, client_id, meta)
+                draft.meta = meta;
+                gw.post_message(actor, conversation, draft, None, client_id)
                     .await
             }
             Err(e) => Err(e),
@@ -195,6 +227,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
+    /// `create_conversation` of kind `customer`: an agent texts a customer first.
+    async fn reach_out(&mut self, r: Option<&str>, first: CustomerFirst) -> Utf8Bytes {
+        let required = |field: &str, v: Option<String>| {
+            v.ok_or_else(|| OpError::invalid(field, "required to start a customer conversation"))
+        };
+        let started = async {
+            if !first.participants.is_empty() {
+                return Err(OpError::invalid(
+                    "participants",
+                    "a customer conversation has a contact, not participants",
+                ));
+            }
+            let to = Outreach {
+                channel: required("channel", first.channel)?,
+                contact: required("contact", first.contact)?,
+                thread: first.thread,
+                private: first.private,
+            };
+            let draft = Draft {
+                body: required("body", first.body)?,
+                meta: None,
+                note: false,
+                attachments: first.attachments,
+            };
+            self.gw
+                .start_conversation(&self.user, to, draft, first.client_id)
+                .await
+        }
+        .await;
+        match started {
+            Ok((posted, _)) => replies::created(r, &posted.conversation, posted.seq),
+            Err(e) => replies::refused(r, &e),
+        }
+    }
+
     async fn bulk(
         &mut self,
         r: Option<&str>,
@@ -267,6 +334,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                         by,
                         ..
                     } => frames::message_edited(&conv, ev.seq, message_id, body.as_deref(), by),
+                    Change::MessageStatus {
+                        message_id,
+                        delivery,
+                        ..
+                    } => frames::message_status(&conv, ev.seq, message_id, delivery),
                     _ => continue,
                 };
                 if self.fresh(&Some((key.clone(), ev.seq))) {
@@ -285,4 +357,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         Ok(())
     }
+}
+
+/// The fields of a `create_conversation` of kind `customer`.
+struct CustomerFirst {
+    participants: Vec<String>,
+    channel: Option<String>,
+    contact: Option<String>,
+    thread: Option<String>,
+    private: bool,
+    body: Option<String>,
+    attachments: Vec<Attachment>,
+    client_id: Option<String>,
 }

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::domain::ConversationKind;
+use crate::domain::{Attachment, ConversationKind};
 use crate::policy::views::{Filter, View};
 
 /// A client frame: the `ref` any frame may carry (echoed in its reply) and
@@ -70,6 +70,13 @@ commands! {
         /// Users mentioned in the message (same workspace, `direct_messages` allowing).
         #[serde(default)]
         mentions: Vec<String>,
+        /// An internal note: shown to the agents who can read the
+        /// conversation, never sent to the customer.
+        #[serde(default)]
+        note: bool,
+        /// Files attached by reference.
+        #[serde(default)]
+        attachments: Vec<Attachment>,
     },
     Assign {
         conversation: String,
@@ -133,7 +140,26 @@ commands! {
     },
     CreateConversation {
         kind: ConversationKind,
+        /// The other agents of a `direct` or `group` conversation.
+        #[serde(default)]
         participants: Vec<String>,
+        /// `customer`: the channel to text the customer on.
+        channel: Option<String>,
+        /// `customer`: the customer.
+        contact: Option<String>,
+        /// `customer`: the adapter's thread key (e.g. the customer's number);
+        /// an open conversation of the thread is joined, not duplicated.
+        thread: Option<String>,
+        /// `customer`: privacy of a conversation this opens (a joined one keeps its own).
+        #[serde(default)]
+        private: bool,
+        /// `customer`: the first message.
+        body: Option<String>,
+        /// `customer`: files the first message attaches.
+        #[serde(default)]
+        attachments: Vec<Attachment>,
+        /// `customer`: the first message's idempotency key.
+        client_id: Option<String>,
     },
     Bulk {
         action: BulkAction,
@@ -289,7 +315,7 @@ mod tests {
             ),
             (
                 r#"{"type":"send","conversation":"c","body":"b","extra":1}"#,
-                "extra: unknown field `extra`, expected one of `ref`, `conversation`, `body`, `client_id`, `mentions`",
+                "extra: unknown field `extra`, expected one of `ref`, `conversation`, `body`, `client_id`, `mentions`, `note`, `attachments`",
                 Some("extra"),
             ),
             (

@@ -374,6 +374,19 @@ async fn real_answers_and_frames_match_the_published_schemas() {
     )
     .await;
     let mid = ack["message_id"].as_str().unwrap().to_owned();
+    // ---- a delivery receipt of that reply (a `message_status` frame).
+    let (s, _) = call(
+        c,
+        &srv,
+        Method::POST,
+        "/v1/messages/{id}/status",
+        &format!("/v1/messages/{mid}/status"),
+        Some(ADAPTER_KEY),
+        &[],
+        Some(json!({"status": "failed", "error": "unreachable"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
     // `typing` has no reply: it is relayed to the other readers.
     let typing = json!({"type": "typing", "conversation": "v1"});
     c.sent(&typing);

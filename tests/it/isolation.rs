@@ -506,6 +506,47 @@ async fn adapter_keys_are_scoped(s: &mut Scene<'_>) {
         "kb",
     )
     .await;
+    // Delivery receipts: a message of a channel outside a channel-scoped
+    // key, or named in another workspace, is as absent as a ghost.
+    let sent = s.a.send_message("v2", "a reply on ch2", None).await;
+    let ack = sent.last().cloned().unwrap_or_default();
+    let mid = ack["message_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{ack}"))
+        .to_owned();
+    let receipt = |path: &'static str| {
+        move |id: &str| {
+            (
+                path.replace("{id}", id),
+                Some(json!({"status": "delivered"})),
+            )
+        }
+    };
+    same_http(
+        srv,
+        Method::POST,
+        KEY_WA_CH,
+        receipt("/v1/messages/{id}/status"),
+        &mid,
+    )
+    .await;
+    same_http(
+        srv,
+        Method::POST,
+        KEY_WA,
+        receipt("/v1/messages/{id}/status?workspace=wb"),
+        &mid,
+    )
+    .await;
+    let (st, v) = request(
+        srv,
+        Method::POST,
+        &format!("/v1/messages/{mid}/status"),
+        KEY_WA,
+        Some(json!({"status": "delivered"})),
+    )
+    .await;
+    assert_eq!((st, &v["changed"]), (StatusCode::OK, &json!(true)), "{v}");
     // The unscoped key must say which workspace when an id is in several.
     let (st, v) = request(
         srv,

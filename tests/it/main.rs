@@ -33,6 +33,7 @@ mod gateway_policy_worlds;
 mod input_props;
 mod isolation;
 mod layers;
+mod messaging;
 mod observability;
 mod policy_cases;
 mod policy_props;

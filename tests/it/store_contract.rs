@@ -7,7 +7,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::json;
 use switchboard::domain::{
-    Change, Committed, Conversation, Ephemeral, Message, Status, StatusEvent, StatusKind,
+    Change, Committed, Conversation, Delivery, DeliveryStatus, Ephemeral, Message, Status,
+    StatusEvent, StatusKind,
 };
 use switchboard::store::memory::MemoryStore;
 use switchboard::store::redis::RedisStore;
@@ -107,6 +108,7 @@ contract!(
     audit_log_is_per_workspace_newest_first,
     every_consumer_sees_every_change_in_commit_order,
     a_replace_import_drops_every_history_and_keeps_numbering,
+    receipts_are_numbered_and_history_keeps_the_furthest,
 );
 
 fn conversation(id: &str, ws: &str) -> Conversation {
@@ -619,4 +621,56 @@ async fn a_replace_import_drops_every_history_and_keeps_numbering(s: Subject) {
         .commit_if("w1", upsert(&closed), Some(&imported))
         .await
         .expect("the imported conversation is current");
+}
+
+/// Issue 13: a receipt is a numbered event, the message in history keeps the
+/// furthest receipt (even when receipts arrive out of order), and a message
+/// is found by id in its workspace only.
+async fn receipts_are_numbered_and_history_keeps_the_furthest(s: Subject) {
+    let store = &*s.store;
+    stored_seq(store, "w1", post(message("m1", "v1", "hello"), None)).await;
+    stored_seq(store, "w1", post(message("m2", "v1", "other"), None)).await;
+    assert_eq!(
+        store.locate_message("w1", "m1").await.expect("locate"),
+        Some(("v1".to_owned(), 1))
+    );
+    assert_eq!(
+        store.locate_message("w2", "m1").await.expect("locate"),
+        None
+    );
+    assert_eq!(
+        store.locate_message("w1", "m9").await.expect("locate"),
+        None
+    );
+    let receipt = |status: DeliveryStatus| Change::MessageStatus {
+        conversation: "v1".into(),
+        message_id: "m1".into(),
+        message_seq: 1,
+        delivery: Delivery {
+            status,
+            error: None,
+            ts: 7,
+        },
+    };
+    assert_eq!(
+        stored_seq(store, "w1", receipt(DeliveryStatus::Read)).await,
+        3
+    );
+    assert_eq!(
+        stored_seq(store, "w1", receipt(DeliveryStatus::Delivered)).await,
+        4
+    );
+    let h = store.history("w1", "v1", 0, 10).await.expect("history");
+    assert_eq!(
+        h.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    for e in &h.events {
+        if let Change::Message { message, .. } = &e.change {
+            let status = message.delivery.as_ref().map(|d| d.status);
+            let want = (message.id == "m1").then_some(DeliveryStatus::Read);
+            assert_eq!(status, want, "{}", message.id);
+            assert!(!message.body.is_empty(), "content stays");
+        }
+    }
 }

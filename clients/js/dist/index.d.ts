@@ -48,7 +48,27 @@ export interface Message {
     ts: number;
     client_id?: string;
     meta?: Record<string, unknown>;
+    /** An internal note: seen by the agents who can read the conversation, never sent to the customer. */
+    note?: boolean;
+    /** Files attached by reference. */
+    attachments?: Attachment[];
+    /** The latest delivery receipt of an agent's reply. */
+    delivery?: {
+        status: DeliveryStatus;
+        error?: string;
+        ts: number;
+    };
 }
+/** A file attached to a message, by reference (the gateway stores no content). */
+export interface Attachment {
+    /** `http(s)://` URL of the file. */
+    url: string;
+    name: string;
+    mime: string;
+    /** Bytes; at most the gateway's `max_attachment_bytes`. */
+    size: number;
+}
+export type DeliveryStatus = "sent" | "delivered" | "read" | "failed";
 export interface Marks {
     read_seq: number;
     muted: boolean;
@@ -180,6 +200,15 @@ export interface MessageDeletedFrame {
     message_id: string;
     by: string;
 }
+export interface MessageStatusFrame {
+    type: "message_status";
+    conversation: string;
+    seq: number;
+    message_id: string;
+    status: DeliveryStatus;
+    error: string | null;
+    ts: number;
+}
 export interface TypingFrame {
     type: "typing";
     conversation: string;
@@ -200,7 +229,7 @@ export interface BulkResultFrame {
         message?: string;
     }[];
 }
-export type ServerFrame = HelloFrame | MessageFrame | StatusFrame | AccessGrantedFrame | AccessRevokedFrame | AckFrame | OkFrame | ErrorFrame | ReplayGapFrame | PongFrame | InboxFrame | ViewFrame | NotificationFrame | MarksFrame | MessageUpdatedFrame | MessageDeletedFrame | TypingFrame | PresenceFrame | BulkResultFrame;
+export type ServerFrame = HelloFrame | MessageFrame | StatusFrame | AccessGrantedFrame | AccessRevokedFrame | AckFrame | OkFrame | ErrorFrame | ReplayGapFrame | PongFrame | InboxFrame | ViewFrame | NotificationFrame | MarksFrame | MessageUpdatedFrame | MessageDeletedFrame | MessageStatusFrame | TypingFrame | PresenceFrame | BulkResultFrame;
 export type ConnectionState = "connecting" | "open" | "reconnecting" | "offline" | "closed";
 /** What a `replay_gap` asks the application to refetch. */
 export interface ReplayGap extends ReplayGapFrame {
@@ -225,6 +254,7 @@ export interface Events {
     notification: NotificationFrame;
     message_updated: MessageUpdatedFrame;
     message_deleted: MessageDeletedFrame;
+    message_status: MessageStatusFrame;
     typing: TypingFrame;
     presence: PresenceFrame;
     replay_gap: ReplayGap;
@@ -276,6 +306,23 @@ export interface SendOptions {
     /** Idempotency key; generated when absent (a send is retried with it after a reconnect). */
     clientId?: string;
     mentions?: string[];
+    /** Store an internal note instead of a reply. */
+    note?: boolean;
+    attachments?: Attachment[];
+}
+/** `create_conversation` of kind `customer`: text a customer first on a channel. */
+export interface CustomerConversationOptions {
+    channel: string;
+    contact: string;
+    /** The adapter's thread key (e.g. the customer's number): an open conversation of it is joined. */
+    thread?: string;
+    /** Privacy of a conversation this opens (a joined one keeps its own). */
+    private?: boolean;
+    /** The first message. */
+    body: string;
+    attachments?: Attachment[];
+    /** Idempotency key of the first message; generated when absent. */
+    clientId?: string;
 }
 export interface ViewOptions {
     filter?: {
@@ -310,6 +357,11 @@ export interface Client {
     editMessage(conversation: string, messageId: string, body: string): Promise<void>;
     deleteMessage(conversation: string, messageId: string): Promise<void>;
     createConversation(kind: "direct" | "group", participants: string[]): Promise<{
+        conversation: string;
+        seq: number;
+    }>;
+    /** Texts a customer first; `seq` is the first message's. */
+    startCustomerConversation(opts: CustomerConversationOptions): Promise<{
         conversation: string;
         seq: number;
     }>;
@@ -406,6 +458,7 @@ export declare class Inbox {
     private onState;
     private onMarks;
     private editMessage;
+    private onDelivery;
     private onTyping;
     private refreshTyping;
     private remove;

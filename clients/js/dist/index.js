@@ -77,7 +77,7 @@ function randomId() {
     return `c${Date.now().toString(36)}${Math.random().toString(36).slice(2)}${idCounter}`;
 }
 /** Frames that carry a conversation's `seq` and advance its position. */
-const SEQUENCED = new Set(["message", "status", "message_updated", "message_deleted"]);
+const SEQUENCED = new Set(["message", "status", "message_updated", "message_deleted", "message_status"]);
 /** Frames that answer a command. */
 const REPLIES = new Set(["ack", "ok", "view", "bulk_result", "pong"]);
 /** Above this length the resume positions go in a `resume` command instead of the URL. */
@@ -671,6 +671,10 @@ class ClientImpl {
         const frame = { type: "send", conversation, body, client_id: clientId };
         if (opts.mentions && opts.mentions.length)
             frame.mentions = opts.mentions;
+        if (opts.note)
+            frame.note = true;
+        if (opts.attachments && opts.attachments.length)
+            frame.attachments = opts.attachments;
         const a = await this.command(frame, true);
         return { messageId: a.message_id, seq: a.seq, duplicate: a.duplicate, clientId };
     }
@@ -727,6 +731,25 @@ class ClientImpl {
     }
     async createConversation(kind, participants) {
         const f = await this.command({ type: "create_conversation", kind, participants });
+        return { conversation: String(f.conversation), seq: Number(f.seq) };
+    }
+    async startCustomerConversation(opts) {
+        const frame = {
+            type: "create_conversation",
+            kind: "customer",
+            channel: opts.channel,
+            contact: opts.contact,
+            body: opts.body,
+            client_id: opts.clientId ?? randomId(),
+        };
+        if (opts.thread !== undefined)
+            frame.thread = opts.thread;
+        if (opts.private)
+            frame.private = true;
+        if (opts.attachments && opts.attachments.length)
+            frame.attachments = opts.attachments;
+        // Not retried after a reconnect: without a thread a retry would open a second conversation.
+        const f = await this.command(frame);
         return { conversation: String(f.conversation), seq: Number(f.seq) };
     }
     async view(view, opts = {}) {
@@ -809,6 +832,7 @@ export class Inbox {
         });
         on("message_updated", (f) => this.editMessage(f.conversation, f.seq, f.message_id, f.body));
         on("message_deleted", (f) => this.editMessage(f.conversation, f.seq, f.message_id, ""));
+        on("message_status", (f) => this.onDelivery(f));
         on("typing", (f) => this.onTyping(f));
         on("presence", (f) => {
             if (f.online)
@@ -1006,10 +1030,29 @@ export class Inbox {
         const i = list ? list.findIndex((m) => m.id === id) : -1;
         if (list && i >= 0) {
             const m = { ...list[i], body };
-            if (body === "")
+            if (body === "") {
                 delete m.meta;
+                delete m.attachments;
+            }
             list[i] = m;
             if (it && it.lastMessage && it.lastMessage.id === id)
+                it.lastMessage = m;
+            this.touch();
+        }
+    }
+    onDelivery(f) {
+        const it = this.conversations.get(f.conversation);
+        if (it)
+            it.seq = Math.max(it.seq, f.seq);
+        const list = this.msgs.get(f.conversation);
+        const i = list ? list.findIndex((m) => m.id === f.message_id) : -1;
+        if (list && i >= 0) {
+            const delivery = { status: f.status, ts: f.ts };
+            if (f.error !== null)
+                delivery.error = f.error;
+            const m = { ...list[i], delivery };
+            list[i] = m;
+            if (it && it.lastMessage && it.lastMessage.id === f.message_id)
                 it.lastMessage = m;
             this.touch();
         }

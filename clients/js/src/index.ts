@@ -67,7 +67,25 @@ export interface Message {
   ts: number;
   client_id?: string;
   meta?: Record<string, unknown>;
+  /** An internal note: seen by the agents who can read the conversation, never sent to the customer. */
+  note?: boolean;
+  /** Files attached by reference. */
+  attachments?: Attachment[];
+  /** The latest delivery receipt of an agent's reply. */
+  delivery?: { status: DeliveryStatus; error?: string; ts: number };
 }
+
+/** A file attached to a message, by reference (the gateway stores no content). */
+export interface Attachment {
+  /** `http(s)://` URL of the file. */
+  url: string;
+  name: string;
+  mime: string;
+  /** Bytes; at most the gateway's `max_attachment_bytes`. */
+  size: number;
+}
+
+export type DeliveryStatus = "sent" | "delivered" | "read" | "failed";
 
 export interface Marks {
   read_seq: number;
@@ -212,6 +230,15 @@ export interface MessageDeletedFrame {
   message_id: string;
   by: string;
 }
+export interface MessageStatusFrame {
+  type: "message_status";
+  conversation: string;
+  seq: number;
+  message_id: string;
+  status: DeliveryStatus;
+  error: string | null;
+  ts: number;
+}
 export interface TypingFrame {
   type: "typing";
   conversation: string;
@@ -245,6 +272,7 @@ export type ServerFrame =
   | MarksFrame
   | MessageUpdatedFrame
   | MessageDeletedFrame
+  | MessageStatusFrame
   | TypingFrame
   | PresenceFrame
   | BulkResultFrame;
@@ -273,6 +301,7 @@ export interface Events {
   notification: NotificationFrame;
   message_updated: MessageUpdatedFrame;
   message_deleted: MessageDeletedFrame;
+  message_status: MessageStatusFrame;
   typing: TypingFrame;
   presence: PresenceFrame;
   replay_gap: ReplayGap;
@@ -320,6 +349,24 @@ export interface SendOptions {
   /** Idempotency key; generated when absent (a send is retried with it after a reconnect). */
   clientId?: string;
   mentions?: string[];
+  /** Store an internal note instead of a reply. */
+  note?: boolean;
+  attachments?: Attachment[];
+}
+
+/** `create_conversation` of kind `customer`: text a customer first on a channel. */
+export interface CustomerConversationOptions {
+  channel: string;
+  contact: string;
+  /** The adapter's thread key (e.g. the customer's number): an open conversation of it is joined. */
+  thread?: string;
+  /** Privacy of a conversation this opens (a joined one keeps its own). */
+  private?: boolean;
+  /** The first message. */
+  body: string;
+  attachments?: Attachment[];
+  /** Idempotency key of the first message; generated when absent. */
+  clientId?: string;
 }
 
 export interface ViewOptions {
@@ -351,6 +398,8 @@ export interface Client {
   editMessage(conversation: string, messageId: string, body: string): Promise<void>;
   deleteMessage(conversation: string, messageId: string): Promise<void>;
   createConversation(kind: "direct" | "group", participants: string[]): Promise<{ conversation: string; seq: number }>;
+  /** Texts a customer first; `seq` is the first message's. */
+  startCustomerConversation(opts: CustomerConversationOptions): Promise<{ conversation: string; seq: number }>;
   view(view: ViewName | string, opts?: ViewOptions): Promise<ViewPage>;
   bulk(
     action: "assign" | "mute" | "unmute",
@@ -417,7 +466,7 @@ function randomId(): string {
 }
 
 /** Frames that carry a conversation's `seq` and advance its position. */
-const SEQUENCED = new Set(["message", "status", "message_updated", "message_deleted"]);
+const SEQUENCED = new Set(["message", "status", "message_updated", "message_deleted", "message_status"]);
 /** Frames that answer a command. */
 const REPLIES = new Set(["ack", "ok", "view", "bulk_result", "pong"]);
 /** Above this length the resume positions go in a `resume` command instead of the URL. */
@@ -978,6 +1027,8 @@ class ClientImpl implements Client {
     const clientId = opts.clientId ?? randomId();
     const frame: Record<string, unknown> = { type: "send", conversation, body, client_id: clientId };
     if (opts.mentions && opts.mentions.length) frame.mentions = opts.mentions;
+    if (opts.note) frame.note = true;
+    if (opts.attachments && opts.attachments.length) frame.attachments = opts.attachments;
     const a = await this.command<AckFrame>(frame, true);
     return { messageId: a.message_id, seq: a.seq, duplicate: a.duplicate, clientId };
   }
@@ -1035,6 +1086,24 @@ class ClientImpl implements Client {
     participants: string[],
   ): Promise<{ conversation: string; seq: number }> {
     const f = await this.command<OkFrame>({ type: "create_conversation", kind, participants });
+    return { conversation: String(f.conversation), seq: Number(f.seq) };
+  }
+  async startCustomerConversation(
+    opts: CustomerConversationOptions,
+  ): Promise<{ conversation: string; seq: number }> {
+    const frame: Record<string, unknown> = {
+      type: "create_conversation",
+      kind: "customer",
+      channel: opts.channel,
+      contact: opts.contact,
+      body: opts.body,
+      client_id: opts.clientId ?? randomId(),
+    };
+    if (opts.thread !== undefined) frame.thread = opts.thread;
+    if (opts.private) frame.private = true;
+    if (opts.attachments && opts.attachments.length) frame.attachments = opts.attachments;
+    // Not retried after a reconnect: without a thread a retry would open a second conversation.
+    const f = await this.command<OkFrame>(frame);
     return { conversation: String(f.conversation), seq: Number(f.seq) };
   }
   async view(view: ViewName | string, opts: ViewOptions = {}): Promise<ViewPage> {
@@ -1147,6 +1216,7 @@ export class Inbox {
     });
     on("message_updated", (f) => this.editMessage(f.conversation, f.seq, f.message_id, f.body));
     on("message_deleted", (f) => this.editMessage(f.conversation, f.seq, f.message_id, ""));
+    on("message_status", (f) => this.onDelivery(f));
     on("typing", (f) => this.onTyping(f));
     on("presence", (f) => {
       if (f.online) this.online.add(f.user);
@@ -1334,9 +1404,27 @@ export class Inbox {
     const i = list ? list.findIndex((m) => m.id === id) : -1;
     if (list && i >= 0) {
       const m = { ...list[i], body };
-      if (body === "") delete m.meta;
+      if (body === "") {
+        delete m.meta;
+        delete m.attachments;
+      }
       list[i] = m;
       if (it && it.lastMessage && it.lastMessage.id === id) it.lastMessage = m;
+      this.touch();
+    }
+  }
+
+  private onDelivery(f: MessageStatusFrame): void {
+    const it = this.conversations.get(f.conversation);
+    if (it) it.seq = Math.max(it.seq, f.seq);
+    const list = this.msgs.get(f.conversation);
+    const i = list ? list.findIndex((m) => m.id === f.message_id) : -1;
+    if (list && i >= 0) {
+      const delivery: NonNullable<Message["delivery"]> = { status: f.status, ts: f.ts };
+      if (f.error !== null) delivery.error = f.error;
+      const m = { ...list[i], delivery };
+      list[i] = m;
+      if (it && it.lastMessage && it.lastMessage.id === f.message_id) it.lastMessage = m;
       this.touch();
     }
   }

@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::domain::{Conversation, Message, StatusKind};
+use crate::domain::{Conversation, DeliveryStatus, Message, StatusKind};
 use crate::hub::marks::UserMarks;
 use crate::ops::ItemResult;
 use crate::policy::views::View;
@@ -138,6 +138,18 @@ pub enum ServerFrame {
         seq: u64,
         message_id: String,
         by: String,
+    },
+    /// A delivery receipt of an agent's reply, reported by the channel
+    /// adapter (the ticks of a chat UI); sequenced like an edit.
+    MessageStatus {
+        conversation: String,
+        seq: u64,
+        message_id: String,
+        status: DeliveryStatus,
+        /// Why delivery failed (`failed` only).
+        error: Option<String>,
+        /// When the gateway recorded it (ms since the epoch).
+        ts: u64,
     },
     /// Another agent is typing.
     Typing { conversation: String, user: String },

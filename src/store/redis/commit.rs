@@ -10,8 +10,8 @@ use super::keys::{mark_field, thread_field, Hash, Keys, WORKSPACES};
 use super::snapshot::HistoryEntry;
 use super::{bounded, corrupt, int, to_json, Inner};
 use crate::domain::{
-    fingerprint, redact, without_content, Activity, Change, Committed, Conversation, Id, Mark,
-    Message, Sender,
+    fingerprint, record_delivery, redact, without_content, Activity, Change, Committed,
+    Conversation, Delivery, Id, Mark, Message, Sender,
 };
 use crate::store::{Outcome, StoreError};
 
@@ -23,7 +23,7 @@ pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 /// whose conversation keeps moving, a replace import racing a new conversation.
 const ATTEMPTS: u32 = 5;
 /// `KEYS` the script always gets, in its order (see `lua/commit.lua`).
-const FIXED_KEYS: usize = 10;
+const FIXED_KEYS: usize = 11;
 
 pub(super) fn script() -> Script {
     Script::new(COMMIT)
@@ -257,7 +257,9 @@ impl Inner {
         // again (a few times).
         let replanned = matches!(
             change,
-            Change::EditMessage { body: None, .. } | Change::Import { replace: true, .. }
+            Change::EditMessage { body: None, .. }
+                | Change::MessageStatus { .. }
+                | Change::Import { replace: true, .. }
         );
         if !replanned {
             return self.commit_once(workspace, change, base, thread).await;
@@ -335,7 +337,8 @@ impl Inner {
         inv.key(keys.settings()).key(keys.hash(Hash::Threads));
         inv.key(keys.hash(Hash::Seqs)).key(keys.commits());
         inv.key(keys.hash(Hash::Activity))
-            .key(keys.hash(Hash::Marks));
+            .key(keys.hash(Hash::Marks))
+            .key(keys.hash(Hash::Messages));
         for key in &plan.extra_keys {
             inv.key(key);
         }
@@ -366,7 +369,7 @@ impl Inner {
                     return Err(StoreError::IdempotencyKeyReused);
                 }
                 Ok(Outcome::Duplicate {
-                    message: without_content(&r.message),
+                    message: Box::new(without_content(&r.message)),
                     seq: r.seq,
                 })
             }
@@ -481,6 +484,11 @@ impl Inner {
                     field: conv.clone(),
                     suffix: activity_suffix(message),
                 });
+                plan.ops.push(Op::SeqThen {
+                    hash: Hash::Messages,
+                    field: message.id.clone(),
+                    suffix: format!(" {conv}"),
+                });
                 if let Sender::User(u) = &message.sender {
                     // The hub counts one's own message as read.
                     plan.ops.push(Op::Max {
@@ -512,6 +520,26 @@ impl Inner {
                 plan.ops.extend(redactions);
             }
             Change::EditMessage { .. } => {}
+            Change::MessageStatus {
+                conversation,
+                message_id,
+                message_seq,
+                delivery,
+            } => {
+                let (latest, rewrite) = self
+                    .delivery(ws, conversation, message_id, *message_seq, delivery)
+                    .await?;
+                // Refused if anything was committed to the conversation since
+                // (e.g. another receipt): the rewrite would undo it.
+                if let Some(latest) = latest {
+                    plan.ops.push(Op::Expect {
+                        hash: Hash::Seqs,
+                        field: conversation.clone(),
+                        value: latest.to_string(),
+                    });
+                }
+                plan.ops.extend(rewrite);
+            }
             Change::Mark {
                 user,
                 conversation,
@@ -591,6 +619,67 @@ impl Inner {
             }
         }
         Ok((latest, out))
+    }
+}
+
+impl Inner {
+    /// The conversation's latest seq, and the rewrite of message `id`
+    /// (stored at `seq`) with its new receipt, by [`record_delivery`].
+    async fn delivery(
+        &self,
+        ws: &str,
+        conv: &str,
+        id: &str,
+        seq: u64,
+        delivery: &Delivery,
+    ) -> Result<(Option<u64>, Vec<Op>), StoreError> {
+        let keys = Keys::of(ws);
+        let mut conn = self.conn();
+        let (latest, found): (Option<u64>, Vec<String>) = bounded(
+            redis::pipe()
+                .atomic()
+                .hget(keys.hash(Hash::Seqs), conv)
+                .cmd("ZRANGEBYSCORE")
+                .arg(keys.history(conv))
+                .arg(seq)
+                .arg(seq)
+                .query_async(&mut conn),
+        )
+        .await?;
+        let mut out = Vec::new();
+        for member in found {
+            let Ok(mut entry) = serde_json::from_str::<HistoryEntry>(&member) else {
+                continue;
+            };
+            if record_delivery(&mut entry.change, id, seq, entry.seq, delivery) {
+                out.push(Op::Redact {
+                    seq: entry.seq,
+                    redacted: to_json(&entry)?,
+                    member,
+                });
+            }
+        }
+        Ok((latest, out))
+    }
+
+    /// [`crate::store::Store::locate_message`]: the `messages` hash.
+    pub(super) async fn locate_message(
+        &self,
+        ws: &str,
+        id: &str,
+    ) -> Result<Option<(Id, u64)>, StoreError> {
+        let mut conn = self.conn();
+        let place: Option<String> = bounded(
+            redis::cmd("HGET")
+                .arg(Keys::of(ws).hash(Hash::Messages))
+                .arg(id)
+                .query_async(&mut conn),
+        )
+        .await?;
+        Ok(place.and_then(|p| {
+            let (seq, conv) = p.split_once(' ')?;
+            Some((conv.to_owned(), seq.parse().ok()?))
+        }))
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Hash {
     Seqs,
     Activity,
     Marks,
+    /// Message id → `<seq> <conversation>` (for `locate_message`).
+    Messages,
 }
 
 impl Hash {
@@ -32,6 +34,7 @@ impl Hash {
             Hash::Seqs => "seqs",
             Hash::Activity => "activity",
             Hash::Marks => "marks",
+            Hash::Messages => "messages",
         }
     }
 }

@@ -1,7 +1,7 @@
 -- The commit script (see `commit.rs` and the module doc of `store::redis`).
 -- Every key comes in KEYS, all of one workspace (one hash tag):
 --   1 users, 2 channels, 3 contacts, 4 conversations, 5 settings, 6 threads,
---   7 seqs, 8 commits, 9 activity, 10 marks, then the optional keys named by
+--   7 seqs, 8 commits, 9 activity, 10 marks, 11 messages, then the optional keys named by
 --   index below (0 = none).
 -- ARGV: 1 bus channel, 2 change JSON, 3 sequenced conversation or "",
 -- 4 index of its history key, 5 index of the idempotency key, 6 its TTL,
@@ -20,8 +20,8 @@
 -- - `hseq`: sets hash `a` field `b` to this commit's seq followed by `c`;
 -- - `hlatest`: sets hash `a` field `b` to conversation `c`'s latest seq (0 if none);
 -- - `redact`: in the sequenced conversation's history, replaces the member
---   `b` (score `a`) by `c` (redacted by `domain::redact` in Rust) if it is
---   still there;
+--   `b` (score `a`) by `c` (redacted by `domain::redact`, or given its
+--   receipt by `domain::record_delivery`, in Rust) if it is still there;
 -- - `forget`: with a replace import, the history key KEYS[a] of conversation
 --   `b` is dropped; every conversation with a seq must be named (else {4}).
 -- Returns {0, commit, seq}, {1, idempotency record} for a duplicate, {2}
@@ -34,6 +34,7 @@
 local H = {
   users = KEYS[1], channels = KEYS[2], contacts = KEYS[3], conversations = KEYS[4],
   threads = KEYS[6], seqs = KEYS[7], activity = KEYS[9], marks = KEYS[10],
+  messages = KEYS[11],
 }
 local settings, commits = KEYS[5], KEYS[8]
 local conv = ARGV[3]
@@ -86,7 +87,7 @@ if conv ~= '' then seq = redis.call('HINCRBY', H.seqs, conv, 1) end
 local seqs = string.format('%d', seq)
 if replace then
   for _, k in pairs(forget) do redis.call('DEL', k) end
-  redis.call('DEL', H.users, H.channels, H.contacts, H.conversations, H.threads)
+  redis.call('DEL', H.users, H.channels, H.contacts, H.conversations, H.threads, H.messages)
   local keep = {}
   for i = 11, #ARGV, 4 do
     if ARGV[i] == 'hset' and ARGV[i + 1] == 'conversations' then keep[ARGV[i + 2]] = true end
