@@ -2,7 +2,6 @@
 //! fan-out hot path: a frame is built and serialized once per event and
 //! shared by every recipient's queue; recipients come from the audience index.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -96,19 +95,20 @@ impl WorkspaceState {
         let Some(conv) = self.dir.conversations.get(cid) else {
             return;
         };
-        let targets: Vec<Slot> = designated(conv)
+        // A handful of people: a sorted Vec rather than a set.
+        let mut targets: Vec<Slot> = designated(conv)
             .filter_map(|u| self.slots.get(u).copied())
             .filter(|s| self.online.contains_key(s))
-            .collect::<HashSet<Slot>>()
-            .into_iter()
-            .filter(|s| {
-                self.convs
-                    .get(cid)
-                    .is_some_and(|e| e.audience.get(*s).can_read())
-                    && !self.inbox.is_muted(*s, cid)
-                    && !self.inbox.is_focused(*s, cid)
-            })
             .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        targets.retain(|s| {
+            self.convs
+                .get(cid)
+                .is_some_and(|e| e.audience.get(*s).can_read())
+                && !self.inbox.is_muted(*s, cid)
+                && !self.inbox.is_focused(*s, cid)
+        });
         if targets.is_empty() {
             return;
         }

@@ -37,8 +37,16 @@ type Positions = HashMap<Arc<str>, u64, foldhash::fast::RandomState>;
 #[derive(Default)]
 pub struct Sent {
     current: Positions,
+    /// Made on the first rotation or `resume`: an idle connection carries
+    /// one empty map and a pointer.
+    more: Option<Box<More>>,
+}
+
+#[derive(Default)]
+struct More {
     previous: Positions,
-    /// When `current` started (its first entry).
+    /// When `current` started (or, before the first rotation, when it was
+    /// first full: a later start only keeps positions longer).
     since: Option<Instant>,
     /// When the last `resume` read stored events: a revocation applied
     /// before it may be written after the replay, which it must not undo.
@@ -59,9 +67,12 @@ impl Sent {
                 true
             }
             Place::Revoked(conv) => {
-                if self.last_replay.is_none_or(|replay| born >= replay) {
+                let replay = self.more.as_ref().and_then(|m| m.last_replay);
+                if replay.is_none_or(|replay| born >= replay) {
                     self.current.remove(conv);
-                    self.previous.remove(conv);
+                    if let Some(more) = &mut self.more {
+                        more.previous.remove(conv);
+                    }
                 }
                 true
             }
@@ -75,16 +86,20 @@ impl Sent {
 
     /// A `resume` is about to read stored events.
     pub fn replay_starts(&mut self, at: Instant) {
-        self.last_replay = Some(at);
+        self.more.get_or_insert_default().last_replay = Some(at);
     }
 
     /// Conversations remembered.
     pub fn len(&self) -> usize {
-        self.current.len() + self.previous.len()
+        self.current.len() + self.more.as_ref().map_or(0, |m| m.previous.len())
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    fn previous(&self) -> Option<&Positions> {
+        self.more.as_ref().map(|m| &m.previous)
     }
 
     fn advance(&mut self, conv: &Arc<str>, seq: u64) -> bool {
@@ -96,7 +111,8 @@ impl Sent {
             *last = seq;
             return true;
         }
-        if self.previous.get(conv).is_some_and(|last| *last >= seq) {
+        let older = self.previous().and_then(|p| p.get(conv));
+        if older.is_some_and(|last| *last >= seq) {
             return false;
         }
         self.record(conv, seq, Instant::now());
@@ -106,7 +122,7 @@ impl Sent {
     fn last(&self, conv: &str) -> Option<u64> {
         self.current
             .get(conv)
-            .or_else(|| self.previous.get(conv))
+            .or_else(|| self.previous().and_then(|p| p.get(conv)))
             .copied()
     }
 
@@ -115,12 +131,17 @@ impl Sent {
             *last = seq;
             return;
         }
-        let since = *self.since.get_or_insert(now);
-        if self.current.len() >= GENERATION && now.saturating_duration_since(since) >= MIN_AGE {
-            self.previous = std::mem::take(&mut self.current);
-            self.since = Some(now);
+        if self.current.len() >= GENERATION {
+            let more = self.more.get_or_insert_default();
+            let since = *more.since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= MIN_AGE {
+                more.previous = std::mem::take(&mut self.current);
+                more.since = Some(now);
+            }
         }
-        self.previous.remove(conv);
+        if let Some(more) = &mut self.more {
+            more.previous.remove(conv);
+        }
         self.current.insert(conv.clone(), seq);
     }
 }
@@ -215,13 +236,16 @@ mod tests {
         let start = Instant::now();
         let v = key(0);
         sent.record(&v, 3, start);
+        // Full at `start`; the next conversation, MIN_AGE later, starts a generation.
         for i in 1..=GENERATION {
-            sent.record(&key(i), 1, start + MIN_AGE);
+            sent.record(&key(i), 1, start);
         }
+        sent.record(&key(GENERATION + 1), 1, start + MIN_AGE);
+        assert!(sent.previous().is_some_and(|p| p.contains_key(&v)));
         // v is now in the previous generation; it is found and moves to the current one.
         assert!(!sent.live(&Place::Event(v.clone(), 3), start));
         assert!(sent.live(&Place::Event(v.clone(), 4), start));
         assert_eq!(sent.current.get(&v).copied(), Some(4));
-        assert!(!sent.previous.contains_key(&v));
+        assert!(!sent.previous().is_some_and(|p| p.contains_key(&v)));
     }
 }
