@@ -158,6 +158,8 @@ fn describe() {
 /// Handles of the hot paths, looked up once per process.
 pub struct Handles {
     pub connections: Gauge,
+    pub events: Counter,
+    pub deliveries: Counter,
     pub frames_in_text: Counter,
     pub frames_in_binary: Counter,
     pub frames_in_ping: Counter,
@@ -201,6 +203,8 @@ pub fn handles() -> &'static Handles {
         };
         Handles {
             connections: gauge!("switchboard_connections"),
+            events: counter!("switchboard_events_total"),
+            deliveries: counter!("switchboard_deliveries_total"),
             frames_in_text: frames("in", "text"),
             frames_in_binary: frames("in", "binary"),
             frames_in_ping: frames("in", "ping"),

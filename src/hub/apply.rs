@@ -11,10 +11,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::audience::{Audience, Slot};
-use super::conn::{close, Frame};
+use super::conn::{close, Frame, Place};
 use super::frames;
 use super::state::WorkspaceState;
 use crate::domain::{Change, Committed, Ephemeral, Mark, StatusEvent, StatusKind};
@@ -188,11 +187,8 @@ impl WorkspaceState {
         let entry = self.convs.entry(conv.id.clone()).or_default();
         entry.seq = entry.seq.max(seq);
         let old = std::mem::replace(&mut entry.audience, new);
-        let frame = Arc::new(Frame {
-            position: Some(self.position(&conv.id, seq)),
-            text: frames::status(seq, status, conv),
-            born: Instant::now(),
-        });
+        let (key, seq) = self.position(&conv.id, seq);
+        let frame = Frame::new(Place::Event(key, seq), frames::status(seq, status, conv));
         if status.event == StatusKind::Created || old_conv.is_none() {
             // Everyone in the audience learns of a new conversation the same way.
             let targets: Vec<Slot> = self.audience_online(&conv.id).collect();
@@ -210,11 +206,8 @@ impl WorkspaceState {
         self.index_conversation(old.as_ref(), None);
         self.inbox.forget_conversation(id);
         if let Some(entry) = self.convs.remove(id) {
-            let frame = Arc::new(Frame {
-                position: None,
-                text: frames::access_revoked(id),
-                born: Instant::now(),
-            });
+            let key = entry.key.clone().unwrap_or_else(|| Arc::from(id));
+            let frame = Frame::new(Place::Revoked(key), frames::access_revoked(id));
             for (s, _) in entry.audience.iter() {
                 self.send(s, &frame);
             }
@@ -272,11 +265,8 @@ impl WorkspaceState {
             .collect();
         for id in removed {
             if let Some(entry) = self.convs.remove(&id) {
-                let frame = Arc::new(Frame {
-                    position: None,
-                    text: frames::access_revoked(&id),
-                    born: Instant::now(),
-                });
+                let key = entry.key.clone().unwrap_or_else(|| Arc::from(id.as_str()));
+                let frame = Frame::new(Place::Revoked(key), frames::access_revoked(&id));
                 for (s, _) in before.get(&id).unwrap_or(&entry.audience).iter() {
                     self.send(s, &frame);
                 }
@@ -303,14 +293,7 @@ impl WorkspaceState {
                 .cloned()
                 .unwrap_or_default();
             let text = frames::marks(conversation, &marks, unread, my_unread);
-            self.send(
-                slot,
-                &Arc::new(Frame {
-                    position: None,
-                    text,
-                    born: Instant::now(),
-                }),
-            );
+            self.send(slot, &Frame::new(Place::Outside, text));
         }
     }
 
@@ -319,11 +302,7 @@ impl WorkspaceState {
             Ephemeral::Typing { user, conversation } => {
                 let me = self.slots.get(user).copied();
                 let text = frames::typing(conversation, user);
-                let frame = Arc::new(Frame {
-                    position: None,
-                    text,
-                    born: Instant::now(),
-                });
+                let frame = Frame::new(Place::Outside, text);
                 let targets: Vec<Slot> = self
                     .audience_online(conversation)
                     .filter(|s| Some(*s) != me)
@@ -343,11 +322,7 @@ impl WorkspaceState {
             }
             Ephemeral::Presence { user, online } => {
                 let me = self.slots.get(user).copied();
-                let frame = Arc::new(Frame {
-                    position: None,
-                    text: frames::presence(user, *online),
-                    born: Instant::now(),
-                });
+                let frame = Frame::new(Place::Outside, frames::presence(user, *online));
                 let targets: Vec<(Slot, u64)> = self
                     .inbox
                     .presence_subscribers

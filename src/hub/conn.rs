@@ -39,12 +39,40 @@ pub mod close {
 /// recipient's queue (a queue slot is one pointer).
 #[derive(Debug)]
 pub struct Frame {
-    /// Conversation and seq, for resume de-duplication; `None` for frames
-    /// outside a conversation sequence.
-    pub position: Option<(Arc<str>, u64)>,
+    /// Where the frame stands in its conversation's sequence, for the
+    /// session's de-duplication against `resume` replays.
+    pub place: Place,
     pub text: Utf8Bytes,
     /// When the event was applied, for the delivery latency histogram.
     pub born: std::time::Instant,
+}
+
+impl Frame {
+    pub fn new(place: Place, text: Utf8Bytes) -> Outbound {
+        Arc::new(Frame {
+            place,
+            text,
+            born: std::time::Instant::now(),
+        })
+    }
+}
+
+/// A frame's relation to a conversation's sequence. The hub queues each
+/// connection's frames of a conversation in increasing `seq`; only a
+/// `resume` replay can overlap them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// Outside any conversation's sequence.
+    Outside,
+    /// An event of the conversation, holding its `seq`: written at most once
+    /// per connection, never after a later one.
+    Event(Arc<str>, u64),
+    /// Access gained, as of the conversation's latest `seq`. It repeats no
+    /// event, so it is always written.
+    Granted(Arc<str>, u64),
+    /// Access lost: nothing more of the conversation follows until it is
+    /// granted again, so a session can forget what it sent of it.
+    Revoked(Arc<str>),
 }
 
 pub type Outbound = Arc<Frame>;

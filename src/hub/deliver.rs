@@ -2,14 +2,12 @@
 //! fan-out hot path: a frame is built and serialized once per event and
 //! shared by every recipient's queue; recipients come from the audience index.
 
-use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::audience::Slot;
-use super::conn::{ConnHandle, Frame, Outbound};
+use super::conn::{ConnHandle, Frame, Outbound, Place};
 use super::frames;
 use super::state::WorkspaceState;
 use crate::domain::{Id, Mark, Message, Sender};
@@ -88,28 +86,35 @@ impl WorkspaceState {
             self.inbox.mark(slot, cid, &Mark::Read { seq });
         }
         self.fan_out(cid, seq, frames::message(cid, seq, message));
-        self.mention_notifications(message, seq);
+        // Built once, and only if someone is notified.
+        let mut about = None;
+        self.mention_notifications(message, seq, &mut about);
         if !from_customer {
             return;
         }
         let Some(conv) = self.dir.conversations.get(cid) else {
             return;
         };
-        let targets: Vec<Slot> = designated(conv)
+        // A handful of people: a sorted Vec rather than a set.
+        let mut targets: Vec<Slot> = designated(conv)
             .filter_map(|u| self.slots.get(u).copied())
             .filter(|s| self.online.contains_key(s))
-            .collect::<HashSet<Slot>>()
-            .into_iter()
-            .filter(|s| {
-                self.convs
-                    .get(cid)
-                    .is_some_and(|e| e.audience.get(*s).can_read())
-                    && !self.inbox.is_muted(*s, cid)
-                    && !self.inbox.is_focused(*s, cid)
-            })
             .collect();
+        targets.sort_unstable();
+        targets.dedup();
+        targets.retain(|s| {
+            self.convs
+                .get(cid)
+                .is_some_and(|e| e.audience.get(*s).can_read())
+                && !self.inbox.is_muted(*s, cid)
+                && !self.inbox.is_focused(*s, cid)
+        });
+        if targets.is_empty() {
+            return;
+        }
+        let about = about.get_or_insert_with(|| frames::MessageRef::of(message));
         for s in targets {
-            self.notify(s, "new_message", cid, seq, Some(message));
+            self.notify(s, "new_message", cid, seq, Some(about));
         }
     }
 
@@ -119,11 +124,8 @@ impl WorkspaceState {
             return;
         };
         entry.seq = entry.seq.max(seq);
-        let frame = Arc::new(Frame {
-            position: Some(self.position(conversation, seq)),
-            text,
-            born: Instant::now(),
-        });
+        let (key, seq) = self.position(conversation, seq);
+        let frame = Frame::new(Place::Event(key, seq), text);
         let targets: Vec<Slot> = self.audience_online(conversation).collect();
         for s in targets {
             self.send(s, &frame);

@@ -107,18 +107,81 @@ pub fn message_status(
     }))
 }
 
+/// Longest `preview` of a message in a notification, in characters.
+pub const PREVIEW_CHARS: usize = 100;
+
+/// What a notification says of the message it is about: its id, sender and
+/// a short preview (the message itself arrives once, in its `message`
+/// frame). Rendered once per message, as JSON object members, and spliced
+/// into each recipient's notification, which differs only in its counters.
+pub struct MessageRef(String);
+
+impl MessageRef {
+    pub fn of(message: &Message) -> Self {
+        #[derive(Serialize)]
+        struct R<'a> {
+            message_id: &'a str,
+            sender: &'a crate::domain::Sender,
+            preview: &'a str,
+        }
+        let rendered = serde_json::to_string(&R {
+            message_id: &message.id,
+            sender: &message.sender,
+            preview: preview(&message.body),
+        })
+        .unwrap_or_default();
+        // The members without the enclosing braces.
+        let members = rendered
+            .strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+            .unwrap_or_default();
+        MessageRef(members.to_owned())
+    }
+}
+
+/// The first [`PREVIEW_CHARS`] characters of a body, cut on a char boundary.
+pub fn preview(body: &str) -> &str {
+    match body.char_indices().nth(PREVIEW_CHARS) {
+        Some((end, _)) => &body[..end],
+        None => body,
+    }
+}
+
 pub fn notification(
     kind: &str,
     conversation: &str,
     seq: u64,
     unread: usize,
     my_unread: usize,
-    message: Option<&Message>,
+    about: Option<&MessageRef>,
 ) -> Utf8Bytes {
-    render(&serde_json::json!({
-        "type": "notification", "kind": kind, "conversation": conversation, "seq": seq,
-        "unread": unread, "my_unread": my_unread, "message": message,
-    }))
+    #[derive(Serialize)]
+    struct F<'a> {
+        r#type: &'static str,
+        kind: &'a str,
+        conversation: &'a str,
+        seq: u64,
+        unread: usize,
+        my_unread: usize,
+    }
+    let mut text = serde_json::to_string(&F {
+        r#type: "notification",
+        kind,
+        conversation,
+        seq,
+        unread,
+        my_unread,
+    })
+    .unwrap_or_default();
+    if let Some(MessageRef(members)) = about.filter(|m| !m.0.is_empty()) {
+        if text.ends_with('}') {
+            text.pop();
+            text.push(',');
+            text.push_str(members);
+            text.push('}');
+        }
+    }
+    Utf8Bytes::from(text)
 }
 
 pub fn marks(
@@ -139,4 +202,57 @@ pub fn typing(conversation: &str, user: &str) -> Utf8Bytes {
 
 pub fn presence(user: &str, online: bool) -> Utf8Bytes {
     render(&serde_json::json!({"type": "presence", "user": user, "online": online}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Sender;
+
+    fn message(body: &str) -> Message {
+        Message {
+            id: "m1".into(),
+            conversation: "v1".into(),
+            sender: Sender::Contact(Some("k\"1".into())),
+            body: body.into(),
+            ts: 7,
+            client_id: None,
+            meta: Some(serde_json::json!({"big": "x".repeat(1000)})),
+            note: false,
+            attachments: Vec::new(),
+            delivery: None,
+        }
+    }
+
+    #[test]
+    fn preview_is_cut_on_a_char_boundary() {
+        assert_eq!(preview("short"), "short");
+        let long = "é".repeat(PREVIEW_CHARS + 5);
+        assert_eq!(preview(&long), "é".repeat(PREVIEW_CHARS));
+        let exact = "ü".repeat(PREVIEW_CHARS);
+        assert_eq!(preview(&exact), exact);
+    }
+
+    #[test]
+    fn a_notification_references_its_message() {
+        let body = format!("{}tail", "a\"b ".repeat(40));
+        let about = MessageRef::of(&message(&body));
+        let text = notification("new_message", "v1", 3, 2, 1, Some(&about));
+        let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "type": "notification", "kind": "new_message", "conversation": "v1",
+                "seq": 3, "unread": 2, "my_unread": 1, "message_id": "m1",
+                "sender": {"kind": "contact", "id": "k\"1"},
+                "preview": preview(&body),
+            })
+        );
+        let plain = notification("closed", "v1", 4, 0, 0, None);
+        let v: serde_json::Value = serde_json::from_str(&plain).expect("JSON");
+        assert!(
+            v.get("message_id").is_none() && v.get("preview").is_none(),
+            "{v}"
+        );
+    }
 }

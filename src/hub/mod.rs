@@ -24,7 +24,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-pub use conn::{close, ConnHandle, Control, Frame, Outbound};
+pub use conn::{close, ConnHandle, Control, Frame, Outbound, Place};
 pub use state::WorkspaceState;
 
 use crate::domain::WorkspaceSettings;
@@ -131,12 +131,17 @@ impl Hub {
 impl Sink for Hub {
     fn apply(&self, committed: Arc<Committed>) {
         let ws = self.workspace(&committed.workspace);
-        let mut state = ws.lock();
-        state.deliveries = 0;
-        state.apply(&committed);
-        self.index(&committed);
-        metrics::counter!("switchboard_events_total").increment(1);
-        metrics::counter!("switchboard_deliveries_total").increment(state.deliveries);
+        let deliveries = {
+            let mut state = ws.lock();
+            state.deliveries = 0;
+            state.apply(&committed);
+            self.index(&committed);
+            state.deliveries
+        };
+        // Outside the workspace's critical section, with handles looked up once.
+        let m = crate::metrics::handles();
+        m.events.increment(1);
+        m.deliveries.increment(deliveries);
     }
 
     fn replay(&self, committed: Arc<Committed>) {

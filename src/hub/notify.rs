@@ -3,12 +3,10 @@
 //! added/removed/closed/reopened).
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::Instant;
 
 use super::audience::{Audience, Slot};
-use super::conn::{Frame, Outbound};
-use super::frames;
+use super::conn::{Frame, Outbound, Place};
+use super::frames::{self, MessageRef};
 use super::state::WorkspaceState;
 use crate::domain::{Conversation, Id, Message, Sender, Status};
 use crate::policy::views::designated;
@@ -37,7 +35,7 @@ impl WorkspaceState {
                 gained.push((s, now));
             }
         });
-        let position = Some(self.position(id, seq));
+        let (key, _) = self.position(id, seq);
         if let Some(kept) = kept {
             let targets: Vec<Slot> = self
                 .audience_online(id)
@@ -48,11 +46,7 @@ impl WorkspaceState {
             }
         }
         if !lost.is_empty() {
-            let frame = Arc::new(Frame {
-                position: None,
-                text: frames::access_revoked(id),
-                born: Instant::now(),
-            });
+            let frame = Frame::new(Place::Revoked(key.clone()), frames::access_revoked(id));
             for s in lost {
                 self.send(s, &frame);
             }
@@ -69,11 +63,10 @@ impl WorkspaceState {
                 }
                 let k = usize::from(access == Access::Write);
                 let frame = rendered[k].get_or_insert_with(|| {
-                    Arc::new(Frame {
-                        position: position.clone(),
-                        text: frames::access_granted(seq, access, conv),
-                        born: Instant::now(),
-                    })
+                    Frame::new(
+                        Place::Granted(key.clone(), seq),
+                        frames::access_granted(seq, access, conv),
+                    )
                 });
                 sends.push((s, frame.clone()));
             }
@@ -95,22 +88,18 @@ impl WorkspaceState {
             return;
         }
         if now == Access::None {
-            let frame = Arc::new(Frame {
-                position: None,
-                text: frames::access_revoked(id),
-                born: Instant::now(),
-            });
+            let (key, _) = self.position(id, seq);
+            let frame = Frame::new(Place::Revoked(key), frames::access_revoked(id));
             self.send(slot, &frame);
         } else if old == Access::None {
-            let position = self.position(id, seq);
+            let (key, seq) = self.position(id, seq);
             let Some(conv) = self.dir.conversations.get(id) else {
                 return;
             };
-            let frame = Arc::new(Frame {
-                position: Some(position),
-                text: frames::access_granted(seq, now, conv),
-                born: Instant::now(),
-            });
+            let frame = Frame::new(
+                Place::Granted(key, seq),
+                frames::access_granted(seq, now, conv),
+            );
             self.send(slot, &frame);
         }
     }
@@ -121,26 +110,23 @@ impl WorkspaceState {
         kind: &str,
         conv: &str,
         seq: u64,
-        message: Option<&Message>,
+        about: Option<&MessageRef>,
     ) {
         if !self.online.contains_key(&slot) {
             return;
         }
-        let user = self.slot_ids[slot as usize].clone();
-        let (unread, my_unread) = self.unread(&user);
-        let text = frames::notification(kind, conv, seq, unread, my_unread, message);
-        self.send(
-            slot,
-            &Arc::new(Frame {
-                position: None,
-                text,
-                born: Instant::now(),
-            }),
-        );
+        let (unread, my_unread) = self.unread_of(slot);
+        let text = frames::notification(kind, conv, seq, unread, my_unread, about);
+        self.send(slot, &Frame::new(Place::Outside, text));
     }
 
     /// `mentioned` notifications for the users a message names (who can read it).
-    pub(super) fn mention_notifications(&mut self, message: &Message, seq: u64) {
+    pub(super) fn mention_notifications(
+        &mut self,
+        message: &Message,
+        seq: u64,
+        about: &mut Option<MessageRef>,
+    ) {
         let Some(list) = message
             .meta
             .as_ref()
@@ -164,8 +150,9 @@ impl WorkspaceState {
                     .is_some_and(|e| e.audience.get(*s).can_read())
             })
             .collect();
+        let about = about.get_or_insert_with(|| MessageRef::of(message));
         for s in targets {
-            self.notify(s, "mentioned", &message.conversation, seq, Some(message));
+            self.notify(s, "mentioned", &message.conversation, seq, Some(about));
         }
     }
 

@@ -1,11 +1,8 @@
 //! Start-up and resync from storage (seqs, activity, marks), and replay of
 //! stored events the bus missed.
 
-use std::sync::Arc;
-use std::time::Instant;
-
 use super::audience::Slot;
-use super::conn::Frame;
+use super::conn::{Frame, Place};
 use super::frames;
 use super::marks::UserMarks;
 use super::state::WorkspaceState;
@@ -87,11 +84,8 @@ impl WorkspaceState {
             ),
             _ => return,
         };
-        let frame = Arc::new(Frame {
-            position: Some(self.position(conversation, c.seq)),
-            text,
-            born: Instant::now(),
-        });
+        let (key, seq) = self.position(conversation, c.seq);
+        let frame = Frame::new(Place::Event(key, seq), text);
         let targets: Vec<Slot> = self.audience_online(conversation).collect();
         for s in targets {
             self.send(s, &frame);

@@ -3,7 +3,7 @@
 //! ([`crate::policy::views`]); this walks the index and pages the result.
 
 use super::state::{ConvEntry, WorkspaceState};
-use crate::domain::{Conversation, Lookup, Status};
+use crate::domain::{Conversation, Id, Lookup, Status};
 use crate::policy::views::{in_view, Filter, View, ViewFacts};
 
 impl WorkspaceState {
@@ -69,7 +69,15 @@ impl WorkspaceState {
     /// Unread figures of a user: conversations they are designated on with
     /// unread messages, and open ones assigned to them awaiting a reply.
     pub fn unread(&self, user: &str) -> (usize, usize) {
-        let Some(slot) = self.slots.get(user).copied() else {
+        match self.slots.get(user) {
+            Some(slot) => self.unread_of(*slot),
+            None => (0, 0),
+        }
+    }
+
+    /// [`Self::unread`] of a user's slot.
+    pub(super) fn unread_of(&self, slot: super::audience::Slot) -> (usize, usize) {
+        let Some(user) = self.slot_ids.get(slot as usize).map(Id::as_str) else {
             return (0, 0);
         };
         let mut unread = 0;

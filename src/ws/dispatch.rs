@@ -303,6 +303,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 .await?;
                 continue;
             }
+            self.sent.replay_starts(Instant::now());
             let history = match self.gw.store.history(&ws, &conv, after, usize::MAX).await {
                 Ok(h) => h,
                 Err(e) => {
@@ -341,7 +342,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     } => frames::message_status(&conv, ev.seq, message_id, delivery),
                     _ => continue,
                 };
-                if self.fresh(&Some((key.clone(), ev.seq))) {
+                if self.sent.replayed(&key, ev.seq) {
                     self.frames_out += 1;
                     crate::metrics::handles().frames_out_replay.increment(1);
                     self.ws

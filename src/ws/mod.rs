@@ -6,10 +6,12 @@
 //! - [`dispatch`]: one handler per client command;
 //! - [`replies`]: the frames that answer a request;
 //! - [`session`]: the connection loop (queue, reads, heartbeats, close).
+//! - [`sent`]: what a session wrote of each conversation, for resume de-duplication.
 
 pub mod dispatch;
 pub mod protocol;
 pub mod replies;
+pub mod sent;
 pub mod session;
 
 use std::sync::Arc;

@@ -17,6 +17,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use super::protocol::reference_of;
 use super::replies;
+use super::sent::Sent;
 use crate::domain::User;
 use crate::hub::{close, ConnHandle, Control, Outbound};
 use crate::ops::Gateway;
@@ -48,9 +49,9 @@ pub(super) struct Session<S> {
     /// Frames queued by the hub for this connection.
     rx: mpsc::Receiver<Outbound>,
     control: Arc<Control>,
-    /// Last seq written per conversation: replay and live never repeat or go back.
-    /// Looked up once per frame written, hence the fast hasher.
-    last_sent: HashMap<Arc<str>, u64, foldhash::fast::RandomState>,
+    /// What was written of each conversation's sequence: replay and live
+    /// never repeat or go back (bounded; see `ws::sent`).
+    pub(super) sent: Sent,
     limiter: DefaultDirectRateLimiter,
     strikes: u32,
     /// When typing was last relayed, per conversation.
@@ -149,7 +150,7 @@ where
         workspace,
         rx,
         control,
-        last_sent: HashMap::default(),
+        sent: Sent::default(),
         limiter: RateLimiter::direct(quota),
         strikes: 0,
         typing: HashMap::new(),
@@ -274,31 +275,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         );
     }
 
-    /// Whether a sequenced frame is new for this connection (and records it).
-    pub(super) fn fresh(&mut self, position: &Option<(Arc<str>, u64)>) -> bool {
-        let Some((conv, seq)) = position else {
-            return true;
-        };
-        match self.last_sent.get_mut(conv) {
-            Some(last) if *last >= *seq => false,
-            Some(last) => {
-                *last = *seq;
-                true
-            }
-            None => {
-                self.last_sent.insert(conv.clone(), *seq);
-                true
-            }
-        }
-    }
-
     /// Writes one queued frame and whatever else is already queued, then flushes once.
     async fn write_batch(&mut self, first: Outbound) -> Result<(), u16> {
         let mut next = Some(first);
         let mut n = 0;
         let mut oldest = None;
         while let Some(f) = next.take() {
-            if self.fresh(&f.position) {
+            if self.sent.live(&f.place, f.born) {
                 oldest.get_or_insert(f.born);
                 self.ws
                     .feed(WsMessage::Text(f.text.clone()))

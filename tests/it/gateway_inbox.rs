@@ -236,11 +236,31 @@ async fn notifications_follow_the_designated_people() {
     let f = sync(&srv, "mk", &mut cl).await;
     let n1: &[Note] = &[("new_message", "v1", 1, 1)];
     assert_notes("customer message", &cl, &f, &[n1, n1, none, none, none]);
+    // The notification references the message (one frame per delivery of
+    // the message itself): its id, seq, sender and a preview of the body.
     let n = of_type(&f[A1], "notification")[0];
+    let m = f[A1]
+        .iter()
+        .find(|x| is_message(x, "v1", "c1"))
+        .expect("the message frame");
     assert_eq!(
-        (n["seq"].as_u64(), n["message"]["body"].as_str()),
-        (Some(s1), Some("c1")),
+        (
+            n["seq"].as_u64(),
+            n["preview"].as_str(),
+            &n["message_id"],
+            &n["sender"]
+        ),
+        (
+            Some(s1),
+            Some("c1"),
+            &m["message"]["id"],
+            &m["message"]["sender"]
+        ),
         "{n}"
+    );
+    assert!(
+        n.get("message").is_none(),
+        "no second copy of the message: {n}"
     );
     for (i, frames) in f.iter().enumerate() {
         assert!(
@@ -1751,6 +1771,12 @@ async fn mentions_notify_readers_of_the_same_workspace_only() {
         })
         .await;
     assert_eq!(fb.last().unwrap()["conversation"], "v1");
+    let note = fb.last().unwrap();
+    assert_eq!(
+        (&note["preview"], &note["sender"]),
+        (&json!("hey"), &json!({"kind": "user", "id": "a"})),
+        "{note}"
+    );
     // x cannot read v1: no frame of it at all.
     let fx = x.recv_for(Duration::from_millis(300)).await;
     assert!(fx.iter().all(|v| v["conversation"] != "v1"), "{fx:?}");

@@ -512,3 +512,49 @@ async fn deleting_a_conversation_revokes_it_everywhere() {
         );
     }
 }
+
+/// Access regained with no event of the conversation since it was lost:
+/// `access_granted` carries the seq the connection already had, and still
+/// arrives (the connection forgets a conversation when it loses access).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_regained_without_new_events_is_announced() {
+    let srv = Server::start().await;
+    srv.import(&world()).await;
+    let mut vw = srv.connect("vw", "w1").await;
+    let seq = srv.post("v3", "before").await;
+    vw.recv_until("the message", |f| is_message(f, "v3", "before"))
+        .await;
+
+    let permissions = |p: Value| Some(json!({ "permissions": p }));
+    srv.admin_ok(Method::PATCH, "/users/vw", permissions(json!(["chats"])))
+        .await;
+    vw.recv_until("v3 revoked", |f| {
+        f["type"] == "access_revoked" && f["conversation"] == "v3"
+    })
+    .await;
+    srv.admin_ok(
+        Method::PATCH,
+        "/users/vw",
+        permissions(json!(["chats", "view_all"])),
+    )
+    .await;
+    let frames = vw
+        .recv_until("v3 granted", |f| {
+            f["type"] == "access_granted" && f["conversation"] == "v3"
+        })
+        .await;
+    let granted = frames.last().unwrap();
+    assert_eq!(granted["seq"].as_u64(), Some(seq), "{granted}");
+
+    // Later events follow, once each.
+    let next = srv.post("v3", "after").await;
+    let frames = vw
+        .recv_until("the next message", |f| is_message(f, "v3", "after"))
+        .await;
+    let of_v3: Vec<u64> = frames
+        .iter()
+        .filter(|f| f["conversation"] == "v3" && is_sequenced(f))
+        .filter_map(|f| f["seq"].as_u64())
+        .collect();
+    assert_eq!(of_v3, [next], "{frames:?}");
+}

@@ -177,7 +177,11 @@ export interface NotificationFrame {
     seq: number;
     unread: number;
     my_unread: number;
-    message?: Message;
+    /** `new_message` / `mentioned`: the message it is about (which arrives whole in its `message` frame). */
+    message_id?: string;
+    sender?: Message["sender"];
+    /** The body's first 100 characters, for a desktop notification. */
+    preview?: string;
 }
 export interface MarksFrame extends Marks {
     type: "marks";

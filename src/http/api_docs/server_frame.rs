@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use crate::domain::{Conversation, DeliveryStatus, Message, StatusKind};
+use crate::domain::{Conversation, DeliveryStatus, Message, Sender, StatusKind};
 use crate::hub::marks::UserMarks;
 use crate::ops::ItemResult;
 use crate::policy::views::View;
@@ -112,7 +112,15 @@ pub enum ServerFrame {
         seq: u64,
         unread: usize,
         my_unread: usize,
-        message: Option<Message>,
+        /// The message a `new_message` / `mentioned` notification is about
+        /// (it arrives whole once, in its `message` frame).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sender: Option<Sender>,
+        /// The message body's first 100 characters (no ellipsis added).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        preview: Option<String>,
     },
     /// The user's own marks of a conversation changed.
     Marks {
