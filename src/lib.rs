@@ -8,6 +8,8 @@
 //! - [`store`]: durable state behind one trait (memory, Redis) and the ordered
 //!   stream of committed changes;
 //! - [`hub`]: fan-out — per-workspace audiences and live connections;
+//! - [`outbound`]: delivery of agents' messages to channel adapters, from
+//!   the store's outbox;
 //! - [`ws`]: the agent WebSocket sessions;
 //! - [`http`]: admin, adapter and operations endpoints;
 //! - [`ops`]: the operations both APIs share (validate, check, commit), one
@@ -27,6 +29,7 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod ops;
+pub mod outbound;
 #[cfg(feature = "otel")]
 pub mod otel;
 pub mod policy;

@@ -298,6 +298,10 @@ trait DirectoryEntity: Serialize + DeserializeOwned + Send + 'static {
     /// The audit log's name of the kind (`user.put`, …).
     const NAME: &'static str;
     fn workspace(&self) -> &str;
+    /// As the API shows it (a channel without its outbound secrets).
+    fn shown(self) -> Self {
+        self
+    }
     fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError>;
     fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_;
     fn delete<'a>(
@@ -309,13 +313,16 @@ trait DirectoryEntity: Serialize + DeserializeOwned + Send + 'static {
 
 /// The impl of [`DirectoryEntity`] for one kind: its gateway operations.
 macro_rules! directory_entity {
-    ($ty:ty, $entity:expr, $name:literal, $get:ident, $put:ident, $delete:ident) => {
+    ($ty:ty, $entity:expr, $name:literal, $get:ident, $put:ident, $delete:ident $(, $shown:path)?) => {
         impl DirectoryEntity for $ty {
             const ENTITY: Entity = $entity;
             const NAME: &'static str = $name;
             fn workspace(&self) -> &str {
                 &self.workspace
             }
+            $(fn shown(self) -> Self {
+                $shown(self)
+            })?
             fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
                 Ok(gw.$get(ws, id)?)
             }
@@ -343,7 +350,8 @@ directory_entity!(
     "channel",
     get_channel,
     put_channel,
-    delete_channel
+    delete_channel,
+    Channel::redacted
 );
 directory_entity!(
     Contact,
@@ -360,7 +368,7 @@ async fn get_entity<T: DirectoryEntity>(
     Query(q): Ws,
 ) -> ApiResult {
     let ws = q.resolve(&gw, T::ENTITY, &id)?;
-    Ok(json(StatusCode::OK, T::get(&gw, &ws, &id)?))
+    Ok(json(StatusCode::OK, T::get(&gw, &ws, &id)?.shown()))
 }
 
 async fn put_entity<T: DirectoryEntity>(
@@ -374,7 +382,7 @@ async fn put_entity<T: DirectoryEntity>(
     let stored = T::put(&gw, v).await?;
     let action = format!("{}.put", T::NAME);
     record(&gw, stored.workspace(), &who, &action, vec![id], None).await;
-    Ok(json(StatusCode::OK, stored))
+    Ok(json(StatusCode::OK, stored.shown()))
 }
 
 async fn patch_entity<T: DirectoryEntity>(
@@ -389,7 +397,7 @@ async fn patch_entity<T: DirectoryEntity>(
     let stored = T::put(&gw, v).await?;
     let action = format!("{}.patch", T::NAME);
     record(&gw, stored.workspace(), &who, &action, vec![id], None).await;
-    Ok(json(StatusCode::OK, stored))
+    Ok(json(StatusCode::OK, stored.shown()))
 }
 
 async fn delete_entity<T: DirectoryEntity>(

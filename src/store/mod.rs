@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::domain::Activity;
 use crate::domain::{
-    Change, Committed, Conversation, Ephemeral, Id, Message, WorkspaceSettings, World,
+    Change, Committed, Conversation, Ephemeral, Id, Message, OutboxItem, WorkspaceSettings, World,
 };
 
 /// The result of a commit.
@@ -159,6 +159,31 @@ impl std::fmt::Display for AuditId {
     }
 }
 
+/// A delivery given up on, kept for operators until retried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub item: OutboxItem,
+    /// The last failure (a status and a short excerpt, or a transport error).
+    pub error: String,
+    pub attempts: u32,
+    /// Milliseconds since the epoch when dead-lettered.
+    pub at: u64,
+}
+
+/// Dead letters kept per channel; older ones are dropped.
+pub const DEAD_LETTERS: usize = 10_000;
+
+/// A channel's outbox as operators see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Recorded, not yet delivered nor dead-lettered (claimed ones included).
+    pub pending: u64,
+    /// Milliseconds since the epoch of the oldest pending delivery.
+    pub oldest_pending_ts: Option<u64>,
+    /// Newest first.
+    pub dead: Vec<DeadLetter>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Adds a consumer; every later commit (from any node) reaches every
@@ -248,4 +273,33 @@ pub trait Store: Send + Sync + 'static {
         before: Option<AuditId>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Outbox: takes up to `limit` recorded deliveries no other consumer
+    /// holds, waiting up to `wait` for one. Each is this node's until
+    /// acknowledged or dead-lettered (in a cluster: until this node is
+    /// silent for the claim timeout, then another node takes it over).
+    /// Per conversation, items come in `seq` order.
+    async fn outbox_claim(
+        &self,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// The adapter took the delivery: it leaves the outbox.
+    async fn outbox_ack(&self, item: &OutboxItem) -> Result<(), StoreError>;
+    /// Gives up on a delivery: it leaves the outbox for the channel's dead letters.
+    async fn outbox_dead(&self, dead: DeadLetter) -> Result<(), StoreError>;
+    /// A channel's pending deliveries and dead letters (at most `limit`).
+    async fn outbox_status(
+        &self,
+        workspace: &str,
+        channel: &str,
+        limit: usize,
+    ) -> Result<OutboxStatus, StoreError>;
+    /// Puts a channel's dead letters (all, or the one with delivery id `id`)
+    /// back in the outbox; answers how many.
+    async fn outbox_retry(
+        &self,
+        workspace: &str,
+        channel: &str,
+        id: Option<&str>,
+    ) -> Result<usize, StoreError>;
 }

@@ -140,6 +140,7 @@
 pub mod bus;
 pub mod commit;
 pub mod keys;
+pub mod outbox;
 pub mod presence;
 pub mod queues;
 pub mod snapshot;
@@ -526,6 +527,40 @@ impl Store for RedisStore {
                 Ok(e)
             })
             .collect()
+    }
+
+    async fn outbox_claim(
+        &self,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<crate::domain::OutboxItem>, StoreError> {
+        outbox::claim(self, limit, wait).await
+    }
+
+    async fn outbox_ack(&self, item: &crate::domain::OutboxItem) -> Result<(), StoreError> {
+        outbox::ack(self, item).await
+    }
+
+    async fn outbox_dead(&self, dead: super::DeadLetter) -> Result<(), StoreError> {
+        outbox::dead(self, dead).await
+    }
+
+    async fn outbox_status(
+        &self,
+        workspace: &str,
+        channel: &str,
+        limit: usize,
+    ) -> Result<super::OutboxStatus, StoreError> {
+        outbox::status(self, workspace, channel, limit).await
+    }
+
+    async fn outbox_retry(
+        &self,
+        workspace: &str,
+        channel: &str,
+        id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        outbox::retry(self, workspace, channel, id).await
     }
 
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
