@@ -303,11 +303,31 @@ impl Config {
                 .max(1),
             limits,
             outbound: OutboundSettings {
-                max_age_secs: args.outbound_max_age_secs.or(file.outbound_max_age_secs).unwrap_or(86400).max(1),
-                in_flight: args.outbound_in_flight.or(file.outbound_in_flight).unwrap_or(32).max(1),
-                timeout_ms: args.outbound_timeout_ms.or(file.outbound_timeout_ms).unwrap_or(10000).max(1),
-                retry_base_ms: args.outbound_retry_base_ms.or(file.outbound_retry_base_ms).unwrap_or(500).max(1),
-                secret_grace_secs: args.outbound_secret_grace_secs.or(file.outbound_secret_grace_secs).unwrap_or(86400).max(0),
+                max_age_secs: args
+                    .outbound_max_age_secs
+                    .or(file.outbound_max_age_secs)
+                    .unwrap_or(86400)
+                    .max(1),
+                in_flight: args
+                    .outbound_in_flight
+                    .or(file.outbound_in_flight)
+                    .unwrap_or(32)
+                    .max(1),
+                timeout_ms: args
+                    .outbound_timeout_ms
+                    .or(file.outbound_timeout_ms)
+                    .unwrap_or(10000)
+                    .max(1),
+                retry_base_ms: args
+                    .outbound_retry_base_ms
+                    .or(file.outbound_retry_base_ms)
+                    .unwrap_or(500)
+                    .max(1),
+                secret_grace_secs: args
+                    .outbound_secret_grace_secs
+                    .or(file.outbound_secret_grace_secs)
+                    .unwrap_or(86400)
+                    .max(0),
             },
         })
     }
@@ -531,8 +551,14 @@ impl Explained {
             ("outbound_max_age_secs", c.outbound.max_age_secs.to_string()),
             ("outbound_in_flight", c.outbound.in_flight.to_string()),
             ("outbound_timeout_ms", c.outbound.timeout_ms.to_string()),
-            ("outbound_retry_base_ms", c.outbound.retry_base_ms.to_string()),
-            ("outbound_secret_grace_secs", c.outbound.secret_grace_secs.to_string()),
+            (
+                "outbound_retry_base_ms",
+                c.outbound.retry_base_ms.to_string(),
+            ),
+            (
+                "outbound_secret_grace_secs",
+                c.outbound.secret_grace_secs.to_string(),
+            ),
         ];
         let mut settings: Vec<Setting> = rows
             .into_iter()

@@ -29,9 +29,9 @@ pub mod http;
 pub mod hub;
 pub mod metrics;
 pub mod ops;
-pub mod outbound;
 #[cfg(feature = "otel")]
 pub mod otel;
+pub mod outbound;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -90,10 +90,16 @@ impl Outbound {
             .ok_or_else(|| FieldError::new(&url_field, "expected an http:// or https:// URL"))?;
         let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
         if host.is_empty() || host.contains('@') {
-            return Err(FieldError::new(&url_field, "expected a host after the scheme"));
+            return Err(FieldError::new(
+                &url_field,
+                "expected a host after the scheme",
+            ));
         }
         if self.url.len() > MAX_URL_BYTES
-            || self.url.chars().any(|c| c.is_control() || c.is_whitespace())
+            || self
+                .url
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
         {
             return Err(FieldError::new(
                 &url_field,
@@ -141,7 +147,11 @@ impl Outbound {
     /// the retired one during its grace period.
     pub fn signing_secrets(&self, now_ms: u64) -> Vec<&str> {
         let mut out: Vec<&str> = self.secret.as_deref().into_iter().collect();
-        if let Some(p) = self.previous_secret.as_ref().filter(|p| p.until_ms > now_ms) {
+        if let Some(p) = self
+            .previous_secret
+            .as_ref()
+            .filter(|p| p.until_ms > now_ms)
+        {
             out.push(&p.secret);
         }
         out
@@ -314,8 +324,13 @@ mod tests {
 
     #[test]
     fn an_agent_message_is_delivered_a_customer_message_is_not() {
-        let item = delivery_for(&message(Sender::User("u1".into())), &conv(), &channel(None), 9)
-            .expect("a delivery");
+        let item = delivery_for(
+            &message(Sender::User("u1".into())),
+            &conv(),
+            &channel(None),
+            9,
+        )
+        .expect("a delivery");
         assert_eq!(item.id, delivery_id("w", "c1", 3));
         assert_eq!(item.seq, 3);
         let body: serde_json::Value = serde_json::from_str(&item.body).unwrap();
@@ -376,7 +391,10 @@ mod tests {
     fn validation_names_the_field() {
         let mut o = channel(None).outbound.unwrap();
         o.url = "ftp://x".into();
-        assert_eq!(o.validate("outbound", true).unwrap_err().field, "outbound.url");
+        assert_eq!(
+            o.validate("outbound", true).unwrap_err().field,
+            "outbound.url"
+        );
         o.url = "http://127.0.0.1:9/x".into();
         o.secret = None;
         assert_eq!(

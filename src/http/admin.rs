@@ -53,6 +53,8 @@ pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
                 .patch(patch_entity::<Channel>)
                 .delete(delete_entity::<Channel>),
         )
+        .route("/channels/{id}/outbound", get(outbound_status))
+        .route("/channels/{id}/outbound/retry", post(outbound_retry))
         .route(
             "/contacts/{id}",
             get(get_entity::<Contact>)
@@ -411,6 +413,86 @@ async fn delete_entity<T: DirectoryEntity>(
     let action = format!("{}.delete", T::NAME);
     record(&gw, &ws, &who, &action, vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Dead letters shown by `GET /channels/{id}/outbound`.
+const DEAD_LETTERS_SHOWN: usize = 100;
+
+/// A channel's outbox: queue depth, oldest pending, latest dead letters.
+async fn outbound_status(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    let channel = gw.get_channel(&ws, &id)?;
+    let status = gw.store.outbox_status(&ws, &id, DEAD_LETTERS_SHOWN).await?;
+    let now = crate::clock::now_ms();
+    let dead: Vec<serde_json::Value> = status
+        .dead
+        .iter()
+        .map(|d| {
+            let kind = serde_json::from_str::<serde_json::Value>(&d.item.body)
+                .ok()
+                .and_then(|b| b.get("type").cloned());
+            serde_json::json!({
+                "id": d.item.id, "type": kind, "conversation": d.item.conversation,
+                "seq": d.item.seq, "recorded_ts": d.item.ts, "dead_lettered_ts": d.at,
+                "attempts": d.attempts, "last_error": d.error,
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({
+            "channel": id,
+            "workspace": ws,
+            "configured": channel.outbound.is_some(),
+            "pending": status.pending,
+            "oldest_pending_ts": status.oldest_pending_ts,
+            "oldest_pending_age_ms": status.oldest_pending_ts.map(|t| now.saturating_sub(t)),
+            "dead_letters": dead,
+        }),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RetryBody {
+    /// One dead letter's delivery id; none = all of the channel's.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// Puts a channel's dead letters (all, or `{"id": …}`) back in its outbox.
+async fn outbound_retry(
+    State(gw): Gw,
+    who: Who,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    gw.get_channel(&ws, &id)?;
+    let asked: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        parse(&body)?
+    };
+    let retried = gw.store.outbox_retry(&ws, &id, asked.id.as_deref()).await?;
+    if let (Some(one), 0) = (&asked.id, retried) {
+        return Err(ApiError::not_found("dead letter", one));
+    }
+    let detail = serde_json::json!({ "retried": retried, "id": asked.id });
+    record(
+        &gw,
+        &ws,
+        &who,
+        "channel.outbound_retry",
+        vec![id],
+        Some(detail),
+    )
+    .await;
+    Ok(json(
+        StatusCode::OK,
+        serde_json::json!({ "retried": retried }),
+    ))
 }
 
 fn conversation_json(conv: &Conversation, seq: u64) -> serde_json::Value {

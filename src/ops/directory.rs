@@ -3,7 +3,8 @@
 
 use crate::domain::{
     validate_id, validate_key, validate_schedule, Change, Channel, Contact, Conversation,
-    Directory, EntityKind, Id, Outbound, Permission, StatusEvent, StatusKind, User, WorkspaceSettings, World,
+    Directory, EntityKind, Id, Outbound, Permission, StatusEvent, StatusKind, User,
+    WorkspaceSettings, World,
 };
 
 use super::{Conflict, Gateway, OpError};

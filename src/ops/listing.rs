@@ -255,7 +255,12 @@ fn export_of(state: &WorkspaceState) -> World {
     let d = &state.dir;
     let mut users: Vec<User> = d.users.values().cloned().collect();
     users.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut channels: Vec<Channel> = d.channels.values().cloned().map(Channel::redacted).collect();
+    let mut channels: Vec<Channel> = d
+        .channels
+        .values()
+        .cloned()
+        .map(Channel::redacted)
+        .collect();
     channels.sort_by(|a, b| a.id.cmp(&b.id));
     let mut contacts: Vec<Contact> = d.contacts.values().cloned().collect();
     contacts.sort_by(|a, b| a.id.cmp(&b.id));

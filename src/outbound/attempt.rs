@@ -25,7 +25,12 @@ pub fn verdict(status: u16, retry_after: Option<Duration>) -> Verdict {
 /// The wait before attempt `attempts + 1`: `base` doubled per attempt made,
 /// scaled by `jitter` ∈ [0, 1) into [half, whole] (so nodes retrying one
 /// adapter spread out), never shorter than the adapter's `Retry-After`.
-pub fn backoff(attempts: u32, base: Duration, retry_after: Option<Duration>, jitter: f64) -> Duration {
+pub fn backoff(
+    attempts: u32,
+    base: Duration,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
     let doubled = base.saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
     let spread = doubled.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0));
     spread.max(retry_after.unwrap_or(Duration::ZERO))
@@ -75,7 +80,10 @@ mod tests {
         assert_eq!(backoff(3, base, None, 0.0), Duration::from_millis(200));
         let after = Some(Duration::from_secs(2));
         assert_eq!(backoff(1, base, after, 0.5), Duration::from_secs(2));
-        assert!(backoff(200, base, None, 1.0) > Duration::from_secs(1000), "no overflow");
+        assert!(
+            backoff(200, base, None, 1.0) > Duration::from_secs(1000),
+            "no overflow"
+        );
     }
 
     #[test]

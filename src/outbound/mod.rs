@@ -166,7 +166,9 @@ impl Deliverer {
     fn outbound_of(&self, item: &OutboxItem) -> Option<Outbound> {
         self.hub
             .read(&item.workspace, |d| {
-                d.channels.get(&item.channel).and_then(|c| c.outbound.clone())
+                d.channels
+                    .get(&item.channel)
+                    .and_then(|c| c.outbound.clone())
             })
             .filter(|o| o.secret.is_some())
     }
@@ -201,8 +203,7 @@ impl Deliverer {
             match outcome {
                 Verdict::Done => {
                     let latency = crate::clock::now_ms().saturating_sub(item.ts);
-                    metrics::counter!("switchboard_outbound_delivered_total", &labels)
-                        .increment(1);
+                    metrics::counter!("switchboard_outbound_delivered_total", &labels).increment(1);
                     metrics::histogram!("switchboard_outbound_latency_seconds", &labels)
                         .record(latency as f64 / 1000.0);
                     self.acknowledge(item).await;

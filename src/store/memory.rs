@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 
 use super::{
-    AuditEntry, AuditId, DeadLetter, History, Outcome, OutboxStatus, Sink, Snapshot, Store,
+    AuditEntry, AuditId, DeadLetter, History, OutboxStatus, Outcome, Sink, Snapshot, Store,
     StoreError, AUDIT_LEN, DEAD_LETTERS,
 };
 use crate::domain::outbound::delivery_for;

@@ -34,6 +34,7 @@ mod input_props;
 mod isolation;
 mod layers;
 mod observability;
+mod outbound;
 mod policy_cases;
 mod policy_props;
 mod store_contract;
