@@ -54,6 +54,7 @@ pub struct OutboundSettings {
     pub timeout_ms: u64,
     pub retry_base_ms: u64,
     pub secret_grace_secs: u64,
+    pub lease_ms: u64,
 }
 
 impl Default for OutboundSettings {
@@ -64,6 +65,7 @@ impl Default for OutboundSettings {
             timeout_ms: 10000,
             retry_base_ms: 500,
             secret_grace_secs: 86400,
+            lease_ms: 10000,
         }
     }
 }
@@ -153,6 +155,9 @@ pub struct ServeArgs {
     /// Seconds a rotated-out outbound secret still signs deliveries [default: 86400].
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_SECRET_GRACE_SECS")]
     pub outbound_secret_grace_secs: Option<u64>,
+    /// Milliseconds a node holds a workspace's outbox without renewing (cluster: takeover time after a node dies) [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_LEASE_MS")]
+    pub outbound_lease_ms: Option<u64>,
 }
 
 /// The TOML file: the names of the flags (and of the variables without the
@@ -186,6 +191,7 @@ struct FileConfig {
     outbound_timeout_ms: Option<u64>,
     outbound_retry_base_ms: Option<u64>,
     outbound_secret_grace_secs: Option<u64>,
+    outbound_lease_ms: Option<u64>,
 }
 
 fn read_file(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
@@ -326,8 +332,12 @@ impl Config {
                 secret_grace_secs: args
                     .outbound_secret_grace_secs
                     .or(file.outbound_secret_grace_secs)
-                    .unwrap_or(86400)
-                    .max(0),
+                    .unwrap_or(86400),
+                lease_ms: args
+                    .outbound_lease_ms
+                    .or(file.outbound_lease_ms)
+                    .unwrap_or(10000)
+                    .max(300),
             },
         })
     }
@@ -436,6 +446,7 @@ impl Explained {
             outbound_timeout_ms,
             outbound_retry_base_ms,
             outbound_secret_grace_secs,
+            outbound_lease_ms,
         );
         let hostname = std::env::var("HOSTNAME").ok();
         let config_row = Setting {
@@ -559,6 +570,7 @@ impl Explained {
                 "outbound_secret_grace_secs",
                 c.outbound.secret_grace_secs.to_string(),
             ),
+            ("outbound_lease_ms", c.outbound.lease_ms.to_string()),
         ];
         let mut settings: Vec<Setting> = rows
             .into_iter()

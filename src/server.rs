@@ -158,6 +158,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         gw.hub.clone(),
         gw.config.outbound.clone(),
     );
+    gw.store.subscribe(deliverer.clone()).await?;
     let delivering = tokio::spawn(deliverer.run());
     let upkeep = crate::metrics::spawn_upkeep();
     let app = crate::http::router(gw.clone());

@@ -183,6 +183,9 @@ pub struct OutboxItem {
     pub ts: u64,
     /// The JSON body POSTed, serialized once.
     pub body: String,
+    /// Where the store keeps it (a Redis stream entry id; empty in memory).
+    #[serde(default)]
+    pub entry: String,
 }
 
 /// The delivery id of the change at `seq` of a conversation: hex of a hash,
@@ -197,23 +200,13 @@ pub fn delivery_id(workspace: &str, conversation: &str, seq: u64) -> String {
     format!("dlv_{hex}")
 }
 
-/// The delivery a committed change produces, if any: only for customer
-/// conversations on a channel with outbound settings that subscribe to the
-/// event; messages only when an agent wrote them. `conversation` is the
-/// conversation as stored after the change, `channel` its channel.
-pub fn delivery_for(
-    committed: &Committed,
-    conversation: &Conversation,
-    channel: &Channel,
-    now_ms: u64,
-) -> Option<OutboxItem> {
-    let outbound = channel.outbound.as_ref()?;
-    if conversation.kind != ConversationKind::Customer
-        || conversation.channel.as_deref() != Some(channel.id.as_str())
-    {
-        return None;
-    }
-    let (event, detail) = match &committed.change {
+/// The event a committed change means for its conversation's adapter, and
+/// the event's own fields of the body; `None` for changes never delivered.
+/// Messages count only when an agent wrote them. Both stores decide with
+/// this (the Redis commit script then checks the conversation and channel
+/// like [`delivery_for`]).
+pub fn delivery_event(change: &Change) -> Option<(OutboundEvent, serde_json::Value)> {
+    Some(match change {
         Change::Message { message, .. } => match &message.sender {
             Sender::User(_) => (
                 OutboundEvent::MessageCreated,
@@ -251,33 +244,89 @@ pub fn delivery_for(
             _ => return None,
         },
         _ => return None,
-    };
+    })
+}
+
+/// What an outbox keeps of a delivery: enough to build its body again, the
+/// same on every node (see [`OutboxRecord::item`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRecord {
+    pub workspace: Id,
+    pub channel: Id,
+    pub conversation: Id,
+    pub contact: Option<Id>,
+    pub thread: Option<String>,
+    pub seq: u64,
+    pub ts: u64,
+    pub event: String,
+    /// The event's own fields ([`delivery_event`]), as JSON text.
+    pub detail: String,
+}
+
+impl OutboxRecord {
+    /// The delivery: its stable id and the body POSTed (fields in a fixed
+    /// order, so every node and retry sends the same bytes).
+    pub fn item(&self, entry: String) -> OutboxItem {
+        let id = delivery_id(&self.workspace, &self.conversation, self.seq);
+        let mut body = serde_json::json!({
+            "id": id,
+            "type": self.event,
+            "workspace": self.workspace,
+            "channel": self.channel,
+            "conversation": self.conversation,
+            "thread": self.thread,
+            "contact": self.contact,
+            "seq": self.seq,
+        });
+        let detail: serde_json::Value = serde_json::from_str(&self.detail).unwrap_or_default();
+        if let (Some(b), Some(d)) = (body.as_object_mut(), detail.as_object()) {
+            b.extend(d.clone());
+        }
+        OutboxItem {
+            id,
+            entry,
+            workspace: self.workspace.clone(),
+            channel: self.channel.clone(),
+            conversation: self.conversation.clone(),
+            seq: self.seq,
+            ts: self.ts,
+            body: body.to_string(),
+        }
+    }
+}
+
+/// The delivery a committed change produces, if any: for customer
+/// conversations on a channel with outbound settings that subscribe to the
+/// event ([`delivery_event`]). `conversation` is the conversation as stored
+/// after the change, `channel` its channel.
+pub fn delivery_for(
+    committed: &Committed,
+    conversation: &Conversation,
+    channel: &Channel,
+    now_ms: u64,
+) -> Option<OutboxItem> {
+    let outbound = channel.outbound.as_ref()?;
+    if conversation.kind != ConversationKind::Customer
+        || conversation.channel.as_deref() != Some(channel.id.as_str())
+    {
+        return None;
+    }
+    let (event, detail) = delivery_event(&committed.change)?;
     if !outbound.subscribes(event) {
         return None;
     }
-    let id = delivery_id(&committed.workspace, &conversation.id, committed.seq);
-    let mut body = serde_json::json!({
-        "id": id,
-        "type": event.as_str(),
-        "workspace": committed.workspace,
-        "channel": channel.id,
-        "conversation": conversation.id,
-        "thread": conversation.thread,
-        "contact": conversation.contact,
-        "seq": committed.seq,
-    });
-    if let (Some(b), Some(d)) = (body.as_object_mut(), detail.as_object()) {
-        b.extend(d.clone());
-    }
-    Some(OutboxItem {
-        id,
+    let record = OutboxRecord {
         workspace: committed.workspace.clone(),
         channel: channel.id.clone(),
         conversation: conversation.id.clone(),
+        contact: conversation.contact.clone(),
+        thread: conversation.thread.clone(),
         seq: committed.seq,
         ts: now_ms,
-        body: body.to_string(),
-    })
+        event: event.as_str().to_owned(),
+        detail: detail.to_string(),
+    };
+    Some(record.item(String::new()))
 }
 
 #[cfg(test)]

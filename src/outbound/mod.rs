@@ -20,16 +20,18 @@ use tokio::sync::Semaphore;
 
 use self::attempt::{backoff, signature, verdict, Verdict};
 use crate::config::OutboundSettings;
+use crate::domain::Committed;
 use crate::domain::{Id, Outbound, OutboxItem};
 use crate::hub::Hub;
-use crate::store::{DeadLetter, Store};
+use crate::store::{DeadLetter, Sink, Store};
 
 /// Deliveries a node holds (claimed, not finished) at most: the bound of
 /// its lanes, whatever the backlog in the outbox.
 const MAX_HELD: usize = 10_000;
 /// Deliveries asked of the store at once.
 const CLAIM_BATCH: usize = 512;
-/// How long one claim waits for new deliveries.
+/// Longest wait between two claims (deliveries put back, taken over, or
+/// committed while this node's bus was down reach no [`Sink`]).
 const CLAIM_WAIT: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts (a `Retry-After` included).
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -46,7 +48,19 @@ pub struct Deliverer {
     /// (workspace, channel) → requests it may have in flight.
     channels: Mutex<HashMap<(Id, Id), Arc<Semaphore>>>,
     held: AtomicUsize,
-    room: tokio::sync::Notify,
+    /// Rung by committed changes that may have recorded a delivery, and when
+    /// a lane frees room.
+    wake: tokio::sync::Notify,
+}
+
+/// Fed every committed change: one that may have recorded a delivery wakes
+/// the claim loop (no polling delay on the way to the adapter).
+impl Sink for Deliverer {
+    fn apply(&self, committed: Arc<Committed>) {
+        if committed.seq > 0 {
+            self.wake.notify_one();
+        }
+    }
 }
 
 impl Deliverer {
@@ -65,31 +79,33 @@ impl Deliverer {
             lanes: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             held: AtomicUsize::new(0),
-            room: tokio::sync::Notify::new(),
+            wake: tokio::sync::Notify::new(),
         })
     }
 
-    /// Claims and delivers until the task is aborted.
+    /// Claims and delivers until the task is aborted. Claims also while
+    /// full (asking for none): that keeps this node's leases.
     pub async fn run(self: Arc<Self>) {
+        let lease = Duration::from_millis(self.settings.lease_ms);
+        let idle = CLAIM_WAIT.min(lease / 3);
         loop {
             let room = MAX_HELD.saturating_sub(self.held.load(Ordering::Acquire));
-            if room == 0 {
-                let _ = tokio::time::timeout(CLAIM_WAIT, self.room.notified()).await;
-                continue;
-            }
-            match self
-                .store
-                .outbox_claim(room.min(CLAIM_BATCH), CLAIM_WAIT)
-                .await
-            {
-                Ok(items) => {
+            match self.store.outbox_claim(room.min(CLAIM_BATCH), lease).await {
+                // A full batch: more may be waiting.
+                Ok(items) if items.len() == CLAIM_BATCH => {
                     for item in items {
                         self.enqueue(item);
                     }
                 }
+                Ok(items) => {
+                    for item in items {
+                        self.enqueue(item);
+                    }
+                    let _ = tokio::time::timeout(idle, self.wake.notified()).await;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox claim failed");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(idle).await;
                 }
             }
         }
@@ -126,8 +142,9 @@ impl Deliverer {
         if n > 0 {
             self.held.fetch_add(1, Ordering::AcqRel);
         } else {
-            self.held.fetch_sub(1, Ordering::AcqRel);
-            self.room.notify_one();
+            if self.held.fetch_sub(1, Ordering::AcqRel) == MAX_HELD {
+                self.wake.notify_one();
+            }
         }
         metrics::gauge!("switchboard_outbound_pending",
             "workspace" => item.workspace.clone(), "channel" => item.channel.clone())

@@ -129,7 +129,6 @@ pub struct MemoryStore {
     online: Mutex<HashMap<Id, HashSet<Id>>>,
     audit: Mutex<HashMap<Id, AuditLog>>,
     outbox: Mutex<Outbox>,
-    outbox_filled: tokio::sync::Notify,
 }
 
 /// The node's outbox: recorded deliveries, in commit order.
@@ -161,7 +160,6 @@ impl MemoryStore {
             online: Mutex::new(HashMap::new()),
             audit: Mutex::new(HashMap::new()),
             outbox: Mutex::new(Outbox::default()),
-            outbox_filled: tokio::sync::Notify::new(),
         }
     }
 
@@ -279,7 +277,6 @@ impl MemoryStore {
         // message is never missing from it.
         if let Some(item) = log.delivery(&committed) {
             self.outbox.lock().fresh.push_back(item);
-            self.outbox_filled.notify_one();
         }
         // Still holding the log lock: apply order = commit order.
         // A copy of the list: workspaces apply in parallel.
@@ -493,23 +490,15 @@ impl Store for MemoryStore {
     async fn outbox_claim(
         &self,
         limit: usize,
-        wait: std::time::Duration,
+        _lease: std::time::Duration,
     ) -> Result<Vec<OutboxItem>, StoreError> {
-        let take = || {
-            let mut outbox = self.outbox.lock();
-            let n = limit.min(outbox.fresh.len());
-            let items: Vec<OutboxItem> = outbox.fresh.drain(..n).collect();
-            for item in &items {
-                outbox.claimed.insert(item.id.clone(), item.clone());
-            }
-            items
-        };
-        let items = take();
-        if !items.is_empty() || limit == 0 {
-            return Ok(items);
+        let mut outbox = self.outbox.lock();
+        let n = limit.min(outbox.fresh.len());
+        let items: Vec<OutboxItem> = outbox.fresh.drain(..n).collect();
+        for item in &items {
+            outbox.claimed.insert(item.id.clone(), item.clone());
         }
-        let _ = tokio::time::timeout(wait, self.outbox_filled.notified()).await;
-        Ok(take())
+        Ok(items)
     }
 
     async fn outbox_ack(&self, item: &OutboxItem) -> Result<(), StoreError> {
@@ -572,10 +561,6 @@ impl Store for MemoryStore {
         letters.extend(kept);
         let n = again.len();
         outbox.fresh.extend(again.into_iter().map(|d| d.item));
-        drop(outbox);
-        if n > 0 {
-            self.outbox_filled.notify_one();
-        }
         Ok(n)
     }
 

@@ -273,15 +273,17 @@ pub trait Store: Send + Sync + 'static {
         before: Option<AuditId>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
-    /// Outbox: takes up to `limit` recorded deliveries no other consumer
-    /// holds, waiting up to `wait` for one. Each is this node's until
-    /// acknowledged or dead-lettered (in a cluster: until this node is
-    /// silent for the claim timeout, then another node takes it over).
+    /// Outbox: takes up to `limit` recorded deliveries no other node holds,
+    /// without waiting (consumers hear of new ones through [`Sink::apply`]).
+    /// Each is this node's until acknowledged or dead-lettered; in a cluster,
+    /// a node delivers a workspace while it holds its lease (kept by calling
+    /// this at least every `lease / 3`, with `limit` 0 when full), and a
+    /// node silent for `lease` loses it, with its deliveries, to another.
     /// Per conversation, items come in `seq` order.
     async fn outbox_claim(
         &self,
         limit: usize,
-        wait: std::time::Duration,
+        lease: std::time::Duration,
     ) -> Result<Vec<OutboxItem>, StoreError>;
     /// The adapter took the delivery: it leaves the outbox.
     async fn outbox_ack(&self, item: &OutboxItem) -> Result<(), StoreError>;

@@ -219,6 +219,21 @@ fn world(url: &str, other_url: &str) -> Value {
     })
 }
 
+/// `GET /channels/{channel}/outbound` once `done` holds (within 10 s).
+async fn status_until(srv: &Server, channel: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = srv
+            .admin_ok(Method::GET, &format!("/channels/{channel}/outbound"), None)
+            .await;
+        if done(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "outbox of {channel}: {s}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 const FAST_RETRY: &[(&str, &str)] = &[
     ("SWITCHBOARD_OUTBOUND_RETRY_BASE_MS", "20"),
     ("SWITCHBOARD_OUTBOUND_TIMEOUT_MS", "300"),
@@ -351,10 +366,9 @@ async fn retry_after_is_honoured_and_a_stuck_channel_holds_up_no_other() {
         .await;
     assert_eq!(mail["pending"], 3, "{mail}");
     assert!(mail["oldest_pending_ts"].as_u64().is_some(), "{mail}");
-    let sms = srv
-        .admin_ok(Method::GET, "/channels/sms/outbound", None)
-        .await;
-    assert_eq!(sms["pending"], 0, "{sms}");
+    // (Acknowledged just after the receiver answered.)
+    let sms = status_until(&srv, "sms", |s| s["pending"] == 0).await;
+    assert_eq!(sms["dead_letters"], json!([]), "{sms}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,17 +388,10 @@ async fn refusals_are_dead_lettered_and_retried_on_request() {
     let mut agent = srv.connect("r1", "w1").await;
     send(&mut agent, "v1", "one").await;
     send(&mut agent, "v1", "two").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let s = srv
-            .admin_ok(Method::GET, "/channels/sms/outbound", None)
-            .await;
-        if s["dead_letters"].as_array().is_some_and(|d| d.len() == 2) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "not dead-lettered: {s}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = status_until(&srv, "sms", |s| {
+        s["dead_letters"].as_array().is_some_and(|d| d.len() == 2)
+    })
+    .await;
     assert_eq!(rx.received().len(), 2, "a 400 is not retried");
     assert_eq!(status["pending"], 0, "{status}");
     let dead = &status["dead_letters"][0];
@@ -426,9 +433,7 @@ async fn refusals_are_dead_lettered_and_retried_on_request() {
         .await;
     assert_eq!(r["retried"], 1);
     rx.wait_delivered(2, Duration::from_secs(10)).await;
-    let after = srv
-        .admin_ok(Method::GET, "/channels/sms/outbound", None)
-        .await;
+    let after = status_until(&srv, "sms", |s| s["pending"] == 0).await;
     assert_eq!(after["dead_letters"], json!([]), "{after}");
 }
 

@@ -277,6 +277,8 @@ pub struct RedisStore {
     /// What the last `load` before the first `subscribe` contained.
     baseline: Mutex<bus::Baseline>,
     tasks: Vec<JoinHandle<()>>,
+    /// The outbox leases this node holds.
+    outbox: outbox::State,
 }
 
 impl Drop for RedisStore {
@@ -346,6 +348,7 @@ impl RedisStore {
             start: Mutex::new(Some(start_tx)),
             baseline: Mutex::new(bus::Baseline::default()),
             tasks,
+            outbox: outbox::State::default(),
         })
     }
 }
@@ -532,9 +535,9 @@ impl Store for RedisStore {
     async fn outbox_claim(
         &self,
         limit: usize,
-        wait: Duration,
+        lease: Duration,
     ) -> Result<Vec<crate::domain::OutboxItem>, StoreError> {
-        outbox::claim(self, limit, wait).await
+        outbox::claim(self, limit, lease).await
     }
 
     async fn outbox_ack(&self, item: &crate::domain::OutboxItem) -> Result<(), StoreError> {
