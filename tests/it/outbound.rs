@@ -510,3 +510,175 @@ async fn outbound_settings_are_checked_and_the_secret_never_shown() {
     assert_eq!(got[2].body["type"], "conversation.closed");
     assert!(got[2].body["seq"].as_u64() > got[1].body["seq"].as_u64());
 }
+
+// ---- cluster -------------------------------------------------------------
+
+/// Nodes on one private Redis, with fast retries and a short outbox lease.
+async fn cluster(n: usize, appendonly: bool) -> (Vec<Server>, crate::support::redis::Redis) {
+    let redis = crate::support::redis::Redis::start(appendonly);
+    let url = redis.url();
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let node = format!("node-{i}");
+        nodes.push(
+            Server::start_with(&[
+                ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                ("SWITCHBOARD_NODE_ID", node.as_str()),
+                ("SWITCHBOARD_OUTBOUND_RETRY_BASE_MS", "20"),
+                ("SWITCHBOARD_OUTBOUND_TIMEOUT_MS", "1000"),
+                ("SWITCHBOARD_OUTBOUND_LEASE_MS", "1000"),
+            ])
+            .await,
+        );
+    }
+    (nodes, redis)
+}
+
+/// Imports on node 0 and waits until every node knows the last conversation.
+async fn import_everywhere(nodes: &[Server], world: &Value) {
+    nodes[0].import(world).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for n in nodes {
+        while n.admin(Method::GET, "/conversations/v2", None).await.0 != StatusCode::OK {
+            assert!(Instant::now() < deadline, "node {} has the world", n.port);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Delivered bodies per conversation, first delivery of each id only; every
+/// delivery id's repeats must carry the same body.
+fn first_deliveries(got: &[Received]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut seen: std::collections::HashMap<String, String> = Default::default();
+    let mut out: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for r in got.iter().filter(|r| r.answered == 200) {
+        match seen.get(&r.delivery) {
+            Some(raw) => assert_eq!(raw, &r.raw, "a duplicate carries the same body"),
+            None => {
+                seen.insert(r.delivery.clone(), r.raw.clone());
+                let conv = r.body["conversation"].as_str().unwrap_or_default();
+                let body = r.body["message"]["body"].as_str().unwrap_or_default();
+                out.entry(conv.to_owned())
+                    .or_default()
+                    .push(body.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// The node whose log says it took the workspace's outbox lease last.
+async fn lease_holder(nodes: &[Server]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(i) = nodes
+            .iter()
+            .position(|n| n.log_text().contains("outbox lease taken"))
+        {
+            return i;
+        }
+        assert!(Instant::now() < deadline, "no node took the outbox lease");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn expected(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// The delivering node of a 3-node cluster is killed with SIGKILL while
+/// messages flow: another takes its lease and deliveries over; every
+/// acknowledged agent message reaches the adapter, in order per conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_delivering_node_loses_nothing_and_keeps_order() {
+    let rx = Receiver::start(|_, _| Answer::Status(200)).await;
+    let (mut nodes, _redis) = cluster(3, false).await;
+    import_everywhere(&nodes, &world(&rx.url, &rx.url)).await;
+    let victim = lease_holder(&nodes).await;
+    let sender = (victim + 1) % nodes.len();
+    let mut agent = nodes[sender].connect("r1", "w1").await;
+    for i in 0..10 {
+        send(&mut agent, "v1", &format!("a{i}")).await;
+        send(&mut agent, "v2", &format!("b{i}")).await;
+    }
+    rx.wait_delivered(5, Duration::from_secs(20)).await;
+    let pid = nodes[victim].pid();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let _ = nodes[victim].wait_exit(Duration::from_secs(5)).await;
+    for i in 10..20 {
+        send(&mut agent, "v1", &format!("a{i}")).await;
+        send(&mut agent, "v2", &format!("b{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let firsts = first_deliveries(&rx.received());
+        if firsts.values().map(Vec::len).sum::<usize>() >= 40 {
+            assert_eq!(firsts["v1"], expected("a", 20), "v1 in order, all there");
+            assert_eq!(firsts["v2"], expected("b", 20), "v2 in order, all there");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everything delivered after the kill: {firsts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let taker = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != victim)
+        .any(|(_, n)| n.log_text().contains("outbox lease taken"));
+    assert!(taker, "a surviving node took the lease over");
+    nodes.remove(victim);
+}
+
+/// Redis is killed with SIGKILL and restarted mid-stream: deliveries resume
+/// by themselves; every acknowledged agent message reaches the adapter, in
+/// order per conversation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_stream_loses_nothing() {
+    let rx = Receiver::start(|_, _| Answer::Status(200)).await;
+    let (nodes, mut redis) = cluster(2, true).await;
+    import_everywhere(&nodes, &world(&rx.url, &rx.url)).await;
+    let mut agent = nodes[1].connect("r1", "w1").await;
+    for i in 0..10 {
+        send(&mut agent, "v1", &format!("a{i}")).await;
+    }
+    redis.kill9();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    for n in &nodes {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !n
+            .http
+            .get(n.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+        {
+            assert!(Instant::now() < deadline, "ready again");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut agent = nodes[0].connect("r1", "w1").await;
+    for i in 10..20 {
+        send(&mut agent, "v1", &format!("a{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let firsts = first_deliveries(&rx.received());
+        if firsts.get("v1").map_or(0, Vec::len) >= 20 {
+            assert_eq!(firsts["v1"], expected("a", 20), "in order, all there");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not everything delivered after the restart: {firsts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
