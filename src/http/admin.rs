@@ -20,6 +20,9 @@ use crate::domain::{
     validate_id, Channel, Contact, Conversation, ConversationKind, Id, Status, User,
     WorkspaceSettings, World,
 };
+use crate::http::api_docs::{
+    DeadLetterAnswer, OutboundRetryAnswer, OutboundRetryBody, OutboundStatusAnswer,
+};
 use crate::http::ApiError;
 use crate::ops::listing::{self, ConversationFilter, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::ops::{Actor, Command, Entity, Gateway};
@@ -422,42 +425,39 @@ const DEAD_LETTERS_SHOWN: usize = 100;
 async fn outbound_status(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Channel, &id)?;
     let channel = gw.get_channel(&ws, &id)?;
-    let status = gw.store.outbox_status(&ws, &id, DEAD_LETTERS_SHOWN).await?;
+    let status = gw
+        .store
+        .outbox_status(&ws, &id, DEAD_LETTERS_SHOWN)
+        .await?;
     let now = crate::clock::now_ms();
-    let dead: Vec<serde_json::Value> = status
+    let dead_letters = status
         .dead
-        .iter()
-        .map(|d| {
-            let kind = serde_json::from_str::<serde_json::Value>(&d.item.body)
+        .into_iter()
+        .map(|d| DeadLetterAnswer {
+            kind: serde_json::from_str::<serde_json::Value>(&d.item.body)
                 .ok()
-                .and_then(|b| b.get("type").cloned());
-            serde_json::json!({
-                "id": d.item.id, "type": kind, "conversation": d.item.conversation,
-                "seq": d.item.seq, "recorded_ts": d.item.ts, "dead_lettered_ts": d.at,
-                "attempts": d.attempts, "last_error": d.error,
-            })
+                .and_then(|b| b.get("type")?.as_str().map(str::to_owned)),
+            id: d.item.id,
+            conversation: d.item.conversation,
+            seq: d.item.seq,
+            recorded_ts: d.item.ts,
+            dead_lettered_ts: d.at,
+            attempts: d.attempts,
+            last_error: d.error,
         })
         .collect();
     Ok(json(
         StatusCode::OK,
-        serde_json::json!({
-            "channel": id,
-            "workspace": ws,
-            "configured": channel.outbound.is_some(),
-            "pending": status.pending,
-            "oldest_pending_ts": status.oldest_pending_ts,
-            "oldest_pending_age_ms": status.oldest_pending_ts.map(|t| now.saturating_sub(t)),
-            "dead_letters": dead,
-        }),
+        OutboundStatusAnswer {
+            channel: id,
+            workspace: ws,
+            configured: channel.outbound.is_some(),
+            pending: status.pending,
+            oldest_pending_ts: status.oldest_pending_ts,
+            oldest_pending_age_ms: status.oldest_pending_ts.map(|t| now.saturating_sub(t)),
+            dead_letters,
+        },
     ))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct RetryBody {
-    /// One dead letter's delivery id; none = all of the channel's.
-    #[serde(default)]
-    id: Option<String>,
 }
 
 /// Puts a channel's dead letters (all, or `{"id": …}`) back in its outbox.
@@ -470,29 +470,21 @@ async fn outbound_retry(
 ) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Channel, &id)?;
     gw.get_channel(&ws, &id)?;
-    let asked: RetryBody = if body.iter().all(u8::is_ascii_whitespace) {
-        RetryBody::default()
+    let asked: OutboundRetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        OutboundRetryBody::default()
     } else {
         parse(&body)?
     };
-    let retried = gw.store.outbox_retry(&ws, &id, asked.id.as_deref()).await?;
+    let retried = gw
+        .store
+        .outbox_retry(&ws, &id, asked.id.as_deref())
+        .await?;
     if let (Some(one), 0) = (&asked.id, retried) {
         return Err(ApiError::not_found("dead letter", one));
     }
     let detail = serde_json::json!({ "retried": retried, "id": asked.id });
-    record(
-        &gw,
-        &ws,
-        &who,
-        "channel.outbound_retry",
-        vec![id],
-        Some(detail),
-    )
-    .await;
-    Ok(json(
-        StatusCode::OK,
-        serde_json::json!({ "retried": retried }),
-    ))
+    record(&gw, &ws, &who, "channel.outbound_retry", vec![id], Some(detail)).await;
+    Ok(json(StatusCode::OK, OutboundRetryAnswer { retried }))
 }
 
 fn conversation_json(conv: &Conversation, seq: u64) -> serde_json::Value {
