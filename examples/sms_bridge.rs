@@ -118,7 +118,11 @@ async fn hook(
         return StatusCode::UNAUTHORIZED; // dead-lettered by the gateway
     }
     let delivery = header("switchboard-delivery");
-    if !bridge.seen.lock().is_ok_and(|mut s| s.insert(delivery.clone())) {
+    if !bridge
+        .seen
+        .lock()
+        .is_ok_and(|mut s| s.insert(delivery.clone()))
+    {
         return StatusCode::OK; // a repeat (our answer was lost): already sent
     }
     let Ok(event) = serde_json::from_slice::<serde_json::Value>(&body) else {

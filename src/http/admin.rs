@@ -425,10 +425,7 @@ const DEAD_LETTERS_SHOWN: usize = 100;
 async fn outbound_status(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
     let ws = q.resolve(&gw, Entity::Channel, &id)?;
     let channel = gw.get_channel(&ws, &id)?;
-    let status = gw
-        .store
-        .outbox_status(&ws, &id, DEAD_LETTERS_SHOWN)
-        .await?;
+    let status = gw.store.outbox_status(&ws, &id, DEAD_LETTERS_SHOWN).await?;
     let now = crate::clock::now_ms();
     let dead_letters = status
         .dead
@@ -475,15 +472,20 @@ async fn outbound_retry(
     } else {
         parse(&body)?
     };
-    let retried = gw
-        .store
-        .outbox_retry(&ws, &id, asked.id.as_deref())
-        .await?;
+    let retried = gw.store.outbox_retry(&ws, &id, asked.id.as_deref()).await?;
     if let (Some(one), 0) = (&asked.id, retried) {
         return Err(ApiError::not_found("dead letter", one));
     }
     let detail = serde_json::json!({ "retried": retried, "id": asked.id });
-    record(&gw, &ws, &who, "channel.outbound_retry", vec![id], Some(detail)).await;
+    record(
+        &gw,
+        &ws,
+        &who,
+        "channel.outbound_retry",
+        vec![id],
+        Some(detail),
+    )
+    .await;
     Ok(json(StatusCode::OK, OutboundRetryAnswer { retried }))
 }
 
