@@ -122,7 +122,18 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 }
 
 pub async fn outbound(a: OutboundArgs) -> Result<Outcome> {
-    let c = &a.common;
+    let mut common = a.common.clone();
+    // Agents here send far more than a person: lift the per-connection
+    // frame limit of a spawned node (unless given).
+    for (k, v) in [
+        ("SWITCHBOARD_CONN_RATE_PER_SEC", "100000"),
+        ("SWITCHBOARD_CONN_BURST", "100000"),
+    ] {
+        if !common.gateway_env.iter().any(|e| e.starts_with(k)) {
+            common.gateway_env.push(format!("{k}={v}"));
+        }
+    }
+    let c = &common;
     let got = Arc::new(Received::default());
     let url = receiver(got.clone()).await?;
     let secrets = secrets(c)?;
