@@ -347,19 +347,16 @@ mod tests {
     }
 
     fn message(sender: Sender) -> Committed {
+        // From JSON: robust to fields added to `Message` later.
+        let message: Message = serde_json::from_value(serde_json::json!({
+            "id": "m1", "conversation": "c1", "sender": sender, "body": "hi", "ts": 5
+        }))
+        .unwrap();
         Committed {
             workspace: "w".into(),
             seq: 3,
             change: Change::Message {
-                message: Message {
-                    id: "m1".into(),
-                    conversation: "c1".into(),
-                    sender,
-                    body: "hi".into(),
-                    ts: 5,
-                    client_id: None,
-                    meta: None,
-                },
+                message,
                 idempotency_key: None,
             },
         }

@@ -35,6 +35,9 @@ const CLAIM_BATCH: usize = 512;
 const CLAIM_WAIT: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts (a `Retry-After` included).
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long after its commit a delivery waits for its channel's outbound
+/// settings to show on this node before it is dead-lettered.
+const UNCONFIGURED_MS: u64 = 60_000;
 /// Bytes of an adapter's answer kept in a dead letter's error.
 const ERROR_EXCERPT: usize = 200;
 
@@ -200,9 +203,11 @@ impl Deliverer {
         let mut attempts = 0u32;
         loop {
             let Some(outbound) = self.outbound_of(item) else {
-                // Read again later: a node may see the channel a moment after
-                // the commit; gone for the whole max age, it is dead.
-                if crate::clock::now_ms().saturating_sub(item.ts) >= max_age_ms {
+                // Read again later: a node may apply the channel a moment
+                // after the commit; still without settings a minute after
+                // the commit, the channel lost them (or was deleted).
+                let age = crate::clock::now_ms().saturating_sub(item.ts);
+                if age >= max_age_ms.min(UNCONFIGURED_MS) {
                     self.dead_letter(item, attempts, "the channel has no outbound settings")
                         .await;
                     return;

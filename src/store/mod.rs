@@ -3,9 +3,13 @@
 //!
 //! Every change to a workspace is a [`Change`]. [`Store::commit`] makes it
 //! durable, numbers it (per-conversation `seq`), and hands it to every
-//! [`Sink`] subscribed on the node (the hub; an outbox later) — on every node,
+//! [`Sink`] subscribed on the node (the hub, the outbound deliverer) — on every node,
 //! in commit order per workspace. That one ordered stream is what lets the
 //! hub promise "no event after the change that revoked access".
+//!
+//! The outbox of deliveries to channel adapters is written in the same commit
+//! as the change that produces it ([`crate::domain::outbound::delivery_for`])
+//! and read through [`Store::outbox_claim`] and its siblings.
 //!
 //! Storage never queries its consumers: the preconditions of
 //! [`Store::commit_if`] and [`Store::commit_thread`] are checked against the
@@ -37,7 +41,7 @@ pub enum Outcome {
     },
 }
 
-/// A consumer of committed changes (the hub; an outbox later). Fed only:
+/// A consumer of committed changes (the hub, the outbound deliverer). Fed only:
 /// storage never asks a consumer anything, so it never depends on one.
 pub trait Sink: Send + Sync + 'static {
     /// Every committed change, in commit order per workspace.

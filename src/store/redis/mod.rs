@@ -225,7 +225,7 @@ struct Inner {
     commit_script: Script,
     queues: queues::Scripts,
     presence_scripts: presence::Scripts,
-    /// Everyone fed by the bus (the hub; an outbox later).
+    /// Everyone fed by the bus (the hub, the outbound deliverer).
     consumers: Mutex<Vec<Arc<dyn Sink>>>,
     /// Latest seq per conversation the consumers were given (see [`bus::Delivered`]).
     delivered: Mutex<bus::Delivered>,
