@@ -234,6 +234,7 @@ pub fn generate_world(spec: &WorldSpec) -> World {
                 visibility: visibilities[rng.below(3)],
                 team: rng.chance(0.5).then(|| team_id(rng.below(spec.teams))),
                 auto_assign: None,
+                outbound: None,
             }
         })
         .collect();

@@ -45,6 +45,31 @@ pub struct Config {
     /// of their first request's headers; more are closed at accept.
     pub max_pending_per_ip: u32,
     pub limits: Limits,
+    pub outbound: OutboundSettings,
+}
+
+/// Delivery to channel adapters (`src/outbound/`).
+#[derive(Clone, Debug)]
+pub struct OutboundSettings {
+    pub max_age_secs: u64,
+    pub in_flight: usize,
+    pub timeout_ms: u64,
+    pub retry_base_ms: u64,
+    pub secret_grace_secs: u64,
+    pub lease_ms: u64,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        OutboundSettings {
+            max_age_secs: 86400,
+            in_flight: 32,
+            timeout_ms: 10000,
+            retry_base_ms: 500,
+            secret_grace_secs: 86400,
+            lease_ms: 10000,
+        }
+    }
 }
 
 /// Flags of `switchboard serve`; each also reads its `SWITCHBOARD_*` variable
@@ -120,6 +145,24 @@ pub struct ServeArgs {
     /// Connections per client address still sending their request headers [default: 1024].
     #[arg(long, env = "SWITCHBOARD_MAX_PENDING_PER_IP")]
     pub max_pending_per_ip: Option<u32>,
+    /// Seconds an adapter delivery is retried before it is dead-lettered [default: 86400].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_MAX_AGE_SECS")]
+    pub outbound_max_age_secs: Option<u64>,
+    /// Adapter deliveries in flight per channel (one per conversation at a time) [default: 32].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_IN_FLIGHT")]
+    pub outbound_in_flight: Option<usize>,
+    /// Milliseconds an adapter has to answer a delivery [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_TIMEOUT_MS")]
+    pub outbound_timeout_ms: Option<u64>,
+    /// First retry delay of an adapter delivery in milliseconds, doubled per attempt (with jitter) [default: 500].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_RETRY_BASE_MS")]
+    pub outbound_retry_base_ms: Option<u64>,
+    /// Seconds a rotated-out outbound secret still signs deliveries [default: 86400].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_SECRET_GRACE_SECS")]
+    pub outbound_secret_grace_secs: Option<u64>,
+    /// Milliseconds a node holds a workspace's outbox without renewing (cluster: takeover time after a node dies) [default: 10000].
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_LEASE_MS")]
+    pub outbound_lease_ms: Option<u64>,
 }
 
 /// The TOML file: the names of the flags (and of the variables without the
@@ -149,6 +192,12 @@ struct FileConfig {
     adapter_rate_per_sec: Option<u32>,
     heartbeat_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
+    outbound_max_age_secs: Option<u64>,
+    outbound_in_flight: Option<usize>,
+    outbound_timeout_ms: Option<u64>,
+    outbound_retry_base_ms: Option<u64>,
+    outbound_secret_grace_secs: Option<u64>,
+    outbound_lease_ms: Option<u64>,
 }
 
 fn read_file(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
@@ -269,6 +318,37 @@ impl Config {
                 .unwrap_or(1024)
                 .max(1),
             limits,
+            outbound: OutboundSettings {
+                max_age_secs: args
+                    .outbound_max_age_secs
+                    .or(file.outbound_max_age_secs)
+                    .unwrap_or(86400)
+                    .max(1),
+                in_flight: args
+                    .outbound_in_flight
+                    .or(file.outbound_in_flight)
+                    .unwrap_or(32)
+                    .max(1),
+                timeout_ms: args
+                    .outbound_timeout_ms
+                    .or(file.outbound_timeout_ms)
+                    .unwrap_or(10000)
+                    .max(1),
+                retry_base_ms: args
+                    .outbound_retry_base_ms
+                    .or(file.outbound_retry_base_ms)
+                    .unwrap_or(500)
+                    .max(1),
+                secret_grace_secs: args
+                    .outbound_secret_grace_secs
+                    .or(file.outbound_secret_grace_secs)
+                    .unwrap_or(86400),
+                lease_ms: args
+                    .outbound_lease_ms
+                    .or(file.outbound_lease_ms)
+                    .unwrap_or(10000)
+                    .max(300),
+            },
         })
     }
 }
@@ -372,6 +452,12 @@ impl Explained {
             idle_timeout_secs,
             header_read_timeout_secs,
             max_pending_per_ip,
+            outbound_max_age_secs,
+            outbound_in_flight,
+            outbound_timeout_ms,
+            outbound_retry_base_ms,
+            outbound_secret_grace_secs,
+            outbound_lease_ms,
         );
         let hostname = std::env::var("HOSTNAME").ok();
         let config_row = Setting {
@@ -485,6 +571,18 @@ impl Explained {
                 c.header_read_timeout_secs.to_string(),
             ),
             ("max_pending_per_ip", c.max_pending_per_ip.to_string()),
+            ("outbound_max_age_secs", c.outbound.max_age_secs.to_string()),
+            ("outbound_in_flight", c.outbound.in_flight.to_string()),
+            ("outbound_timeout_ms", c.outbound.timeout_ms.to_string()),
+            (
+                "outbound_retry_base_ms",
+                c.outbound.retry_base_ms.to_string(),
+            ),
+            (
+                "outbound_secret_grace_secs",
+                c.outbound.secret_grace_secs.to_string(),
+            ),
+            ("outbound_lease_ms", c.outbound.lease_ms.to_string()),
         ];
         let mut settings: Vec<Setting> = rows
             .into_iter()

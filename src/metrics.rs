@@ -53,6 +53,11 @@ pub const NAMES: &[&str] = &[
     "switchboard_store_commit_duration_seconds",
     "switchboard_redis_command_duration_seconds",
     "switchboard_redis_errors_total",
+    "switchboard_outbound_pending",
+    "switchboard_outbound_delivered_total",
+    "switchboard_outbound_retried_total",
+    "switchboard_outbound_dead_lettered_total",
+    "switchboard_outbound_latency_seconds",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_open_fds",
@@ -132,6 +137,27 @@ fn describe() {
     describe_counter!(
         "switchboard_redis_errors_total",
         "Redis commands that failed, by kind (error, timeout)."
+    );
+    describe_gauge!(
+        "switchboard_outbound_pending",
+        "Adapter deliveries this node holds (claimed, not yet delivered nor dead-lettered), by workspace and channel."
+    );
+    describe_counter!(
+        "switchboard_outbound_delivered_total",
+        "Adapter deliveries answered 2xx, by workspace and channel."
+    );
+    describe_counter!(
+        "switchboard_outbound_retried_total",
+        "Adapter delivery attempts that failed and will be tried again (429, 5xx, 408, 409, timeouts, connection errors), by workspace and channel."
+    );
+    describe_counter!(
+        "switchboard_outbound_dead_lettered_total",
+        "Adapter deliveries given up on (refused with another 4xx, or retried past outbound_max_age_secs), by workspace and channel."
+    );
+    describe_histogram!(
+        "switchboard_outbound_latency_seconds",
+        Unit::Seconds,
+        "Commit of a change to its adapter's 2xx, by workspace and channel (retries included)."
     );
     describe_counter!(
         "process_cpu_seconds_total",

@@ -153,6 +153,13 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("listen on {}: {e}", gw.config.listen))?;
     tracing::info!(listen = %gw.config.listen, node = %gw.config.node_id, redis = gw.config.redis_url.is_some(), "switchboard ready");
     let ticker = tokio::spawn(schedule_ticks(gw.clone()));
+    let deliverer = crate::outbound::Deliverer::new(
+        gw.store.clone(),
+        gw.hub.clone(),
+        gw.config.outbound.clone(),
+    );
+    gw.store.subscribe(deliverer.clone()).await?;
+    let delivering = tokio::spawn(deliverer.run());
     let upkeep = crate::metrics::spawn_upkeep();
     let app = crate::http::router(gw.clone());
     let drained = {
@@ -189,6 +196,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     };
     accept_loop(listener, app, &gw.config, drained).await;
     ticker.abort();
+    delivering.abort();
     if let Some(u) = upkeep {
         u.abort();
     }

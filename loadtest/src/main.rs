@@ -6,6 +6,7 @@ mod check;
 mod client;
 mod floor;
 mod oracle;
+mod outbound;
 mod poster;
 mod procfs;
 mod procs;
@@ -39,6 +40,8 @@ enum Command {
     Storm(scenario::StormArgs),
     /// 3 gateway nodes + a private redis-server: cross-node fan-out latency.
     Cluster(scenario::ClusterArgs),
+    /// Delivery to a channel adapter (a local receiver): deliveries/s and commit → adapter p50/p99.
+    Outbound(outbound::OutboundArgs),
     /// The floor server that `fanout --floor` starts (not meant to be run by hand).
     #[command(hide = true)]
     FloorServer(floor::FloorArgs),
@@ -93,6 +96,7 @@ fn main() -> ExitCode {
             Command::Fanout(a) => scenario::fanout(a).await,
             Command::Storm(a) => scenario::storm(a).await,
             Command::Cluster(a) => scenario::cluster(a).await,
+            Command::Outbound(a) => outbound::outbound(a).await,
             Command::World { .. } | Command::FloorServer(_) => unreachable!(),
         }
     });

@@ -230,6 +230,7 @@ fn gen_workspace(rng: &mut Rng, spec: &WorldSpec, w: usize, world: &mut World) {
             visibility: ChannelVisibility::All,
             team: None,
             auto_assign: None,
+            outbound: None,
         };
         if c % 3 == 1 {
             ch.team = Some(teams[c % teams.len()].clone());

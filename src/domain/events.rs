@@ -92,6 +92,9 @@ pub enum Change {
         message_seq: u64,
         body: Option<String>,
         by: Id,
+        /// The message is an internal note: its edits never go outbound either.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        note: bool,
     },
     /// A delivery receipt of a message; numbered, and a `message_status`
     /// frame. The message as kept in history takes the receipt too (its

@@ -4,6 +4,8 @@
 
 pub mod events;
 pub mod model;
+pub mod outbound;
 
 pub use events::*;
 pub use model::*;
+pub use outbound::{Outbound, OutboundEvent, OutboxItem};

@@ -270,6 +270,9 @@ pub struct Channel {
     pub team: Option<Id>,
     #[serde(default)]
     pub auto_assign: Option<AutoAssign>,
+    /// Where the channel's adapter receives agents' messages (issue 13).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound: Option<super::outbound::Outbound>,
 }
 
 impl Channel {

@@ -20,6 +20,9 @@ use crate::domain::{
     validate_id, Channel, Contact, Conversation, ConversationKind, Id, Status, User,
     WorkspaceSettings, World,
 };
+use crate::http::api_docs::{
+    DeadLetterAnswer, OutboundRetryAnswer, OutboundRetryBody, OutboundStatusAnswer,
+};
 use crate::http::ApiError;
 use crate::ops::listing::{self, ConversationFilter, DEFAULT_LIMIT, MAX_LIMIT};
 use crate::ops::{Actor, Command, Entity, Gateway};
@@ -53,6 +56,8 @@ pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
                 .patch(patch_entity::<Channel>)
                 .delete(delete_entity::<Channel>),
         )
+        .route("/channels/{id}/outbound", get(outbound_status))
+        .route("/channels/{id}/outbound/retry", post(outbound_retry))
         .route(
             "/contacts/{id}",
             get(get_entity::<Contact>)
@@ -298,6 +303,10 @@ trait DirectoryEntity: Serialize + DeserializeOwned + Send + 'static {
     /// The audit log's name of the kind (`user.put`, …).
     const NAME: &'static str;
     fn workspace(&self) -> &str;
+    /// As the API shows it (a channel without its outbound secrets).
+    fn shown(self) -> Self {
+        self
+    }
     fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError>;
     fn put(gw: &Gateway, v: Self) -> impl Future<Output = Result<Self, ApiError>> + Send + '_;
     fn delete<'a>(
@@ -309,13 +318,16 @@ trait DirectoryEntity: Serialize + DeserializeOwned + Send + 'static {
 
 /// The impl of [`DirectoryEntity`] for one kind: its gateway operations.
 macro_rules! directory_entity {
-    ($ty:ty, $entity:expr, $name:literal, $get:ident, $put:ident, $delete:ident) => {
+    ($ty:ty, $entity:expr, $name:literal, $get:ident, $put:ident, $delete:ident $(, $shown:path)?) => {
         impl DirectoryEntity for $ty {
             const ENTITY: Entity = $entity;
             const NAME: &'static str = $name;
             fn workspace(&self) -> &str {
                 &self.workspace
             }
+            $(fn shown(self) -> Self {
+                $shown(self)
+            })?
             fn get(gw: &Gateway, ws: &str, id: &str) -> Result<Self, ApiError> {
                 Ok(gw.$get(ws, id)?)
             }
@@ -343,7 +355,8 @@ directory_entity!(
     "channel",
     get_channel,
     put_channel,
-    delete_channel
+    delete_channel,
+    Channel::redacted
 );
 directory_entity!(
     Contact,
@@ -360,7 +373,7 @@ async fn get_entity<T: DirectoryEntity>(
     Query(q): Ws,
 ) -> ApiResult {
     let ws = q.resolve(&gw, T::ENTITY, &id)?;
-    Ok(json(StatusCode::OK, T::get(&gw, &ws, &id)?))
+    Ok(json(StatusCode::OK, T::get(&gw, &ws, &id)?.shown()))
 }
 
 async fn put_entity<T: DirectoryEntity>(
@@ -374,7 +387,7 @@ async fn put_entity<T: DirectoryEntity>(
     let stored = T::put(&gw, v).await?;
     let action = format!("{}.put", T::NAME);
     record(&gw, stored.workspace(), &who, &action, vec![id], None).await;
-    Ok(json(StatusCode::OK, stored))
+    Ok(json(StatusCode::OK, stored.shown()))
 }
 
 async fn patch_entity<T: DirectoryEntity>(
@@ -389,7 +402,7 @@ async fn patch_entity<T: DirectoryEntity>(
     let stored = T::put(&gw, v).await?;
     let action = format!("{}.patch", T::NAME);
     record(&gw, stored.workspace(), &who, &action, vec![id], None).await;
-    Ok(json(StatusCode::OK, stored))
+    Ok(json(StatusCode::OK, stored.shown()))
 }
 
 async fn delete_entity<T: DirectoryEntity>(
@@ -403,6 +416,77 @@ async fn delete_entity<T: DirectoryEntity>(
     let action = format!("{}.delete", T::NAME);
     record(&gw, &ws, &who, &action, vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Dead letters shown by `GET /channels/{id}/outbound`.
+const DEAD_LETTERS_SHOWN: usize = 100;
+
+/// A channel's outbox: queue depth, oldest pending, latest dead letters.
+async fn outbound_status(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    let channel = gw.get_channel(&ws, &id)?;
+    let status = gw.store.outbox_status(&ws, &id, DEAD_LETTERS_SHOWN).await?;
+    let now = crate::clock::now_ms();
+    let dead_letters = status
+        .dead
+        .into_iter()
+        .map(|d| DeadLetterAnswer {
+            kind: serde_json::from_str::<serde_json::Value>(&d.item.body)
+                .ok()
+                .and_then(|b| b.get("type")?.as_str().map(str::to_owned)),
+            id: d.item.id,
+            conversation: d.item.conversation,
+            seq: d.item.seq,
+            recorded_ts: d.item.ts,
+            dead_lettered_ts: d.at,
+            attempts: d.attempts,
+            last_error: d.error,
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        OutboundStatusAnswer {
+            channel: id,
+            workspace: ws,
+            configured: channel.outbound.is_some(),
+            pending: status.pending,
+            oldest_pending_ts: status.oldest_pending_ts,
+            oldest_pending_age_ms: status.oldest_pending_ts.map(|t| now.saturating_sub(t)),
+            dead_letters,
+        },
+    ))
+}
+
+/// Puts a channel's dead letters (all, or `{"id": …}`) back in its outbox.
+async fn outbound_retry(
+    State(gw): Gw,
+    who: Who,
+    Path(id): Path<String>,
+    Query(q): Ws,
+    Body(body): Body,
+) -> ApiResult {
+    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    gw.get_channel(&ws, &id)?;
+    let asked: OutboundRetryBody = if body.iter().all(u8::is_ascii_whitespace) {
+        OutboundRetryBody::default()
+    } else {
+        parse(&body)?
+    };
+    let retried = gw.store.outbox_retry(&ws, &id, asked.id.as_deref()).await?;
+    if let (Some(one), 0) = (&asked.id, retried) {
+        return Err(ApiError::not_found("dead letter", one));
+    }
+    let detail = serde_json::json!({ "retried": retried, "id": asked.id });
+    record(
+        &gw,
+        &ws,
+        &who,
+        "channel.outbound_retry",
+        vec![id],
+        Some(detail),
+    )
+    .await;
+    Ok(json(StatusCode::OK, OutboundRetryAnswer { retried }))
 }
 
 fn conversation_json(conv: &Conversation, seq: u64) -> serde_json::Value {

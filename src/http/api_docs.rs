@@ -106,6 +106,55 @@ impl ToSchema for ConversationAnswer {
     }
 }
 
+/// Answer of `GET /v1/admin/channels/{id}/outbound`: the channel's outbox.
+#[derive(Serialize, ToSchema)]
+pub struct OutboundStatusAnswer {
+    pub channel: String,
+    pub workspace: String,
+    /// Whether the channel has outbound settings.
+    pub configured: bool,
+    /// Deliveries recorded and not yet delivered nor dead-lettered.
+    pub pending: u64,
+    /// Milliseconds since the epoch when the oldest pending one was recorded.
+    pub oldest_pending_ts: Option<u64>,
+    pub oldest_pending_age_ms: Option<u64>,
+    /// The latest dead letters (at most 100), newest first.
+    pub dead_letters: Vec<DeadLetterAnswer>,
+}
+
+/// A delivery given up on.
+#[derive(Serialize, ToSchema)]
+pub struct DeadLetterAnswer {
+    /// The delivery id (`Switchboard-Delivery`).
+    pub id: String,
+    /// `message.created`, …
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub conversation: String,
+    pub seq: u64,
+    pub recorded_ts: u64,
+    pub dead_lettered_ts: u64,
+    pub attempts: u32,
+    /// The adapter's status and an excerpt of its answer, or the transport error.
+    pub last_error: String,
+}
+
+/// Body of `POST /v1/admin/channels/{id}/outbound/retry` (optional).
+#[derive(serde::Deserialize, Default, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundRetryBody {
+    /// One dead letter's delivery id; none = every dead letter of the channel.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// Answer of `POST /v1/admin/channels/{id}/outbound/retry`.
+#[derive(Serialize, ToSchema)]
+pub struct OutboundRetryAnswer {
+    /// Dead letters put back in the outbox.
+    pub retried: usize,
+}
+
 /// Answer of `POST /v1/admin/import`.
 #[derive(Serialize, ToSchema)]
 pub struct ImportAnswer {
@@ -391,6 +440,22 @@ mod paths {
         delete_conversation
     );
 
+    /// A channel's outbox: queue depth, oldest pending delivery, latest dead letters.
+    #[utoipa::path(get, path = "/v1/admin/channels/{id}/outbound", tag = "admin",
+        params(("id" = String, Path), WorkspaceParam),
+        responses((status = 200, description = "the channel's outbox", body = OutboundStatusAnswer)),
+        security(("admin_token" = [])))]
+    fn outbound_status() {}
+
+    /// Put a channel's dead letters (all, or the one named) back in its outbox.
+    #[utoipa::path(post, path = "/v1/admin/channels/{id}/outbound/retry", tag = "admin",
+        params(("id" = String, Path), WorkspaceParam),
+        request_body(content = OutboundRetryBody, description = "optional: `{\"id\": delivery id}`"),
+        responses((status = 200, description = "how many were put back", body = OutboundRetryAnswer),
+                  (status = 404, description = "no dead letter with that id", body = ErrorBody)),
+        security(("admin_token" = [])))]
+    fn outbound_retry() {}
+
     /// Assign the conversation (`null` unassigns).
     #[utoipa::path(post, path = "/v1/admin/conversations/{id}/assign", tag = "admin",
         params(("id" = String, Path), WorkspaceParam), request_body = AssignBody,
@@ -555,6 +620,7 @@ mod paths {
         paths::post_message, paths::inbound, paths::message_status, paths::ws, paths::import,
         paths::get_user, paths::put_user, paths::patch_user, paths::delete_user,
         paths::get_channel, paths::put_channel, paths::patch_channel, paths::delete_channel,
+        paths::outbound_status, paths::outbound_retry,
         paths::get_contact, paths::put_contact, paths::patch_contact, paths::delete_contact,
         paths::get_conversation, paths::put_conversation, paths::patch_conversation,
         paths::delete_conversation, paths::assign, paths::add_collaborator,

@@ -3,7 +3,8 @@
 
 use crate::domain::{
     validate_id, validate_key, validate_schedule, Change, Channel, Contact, Conversation,
-    Directory, EntityKind, Id, Permission, StatusEvent, StatusKind, User, WorkspaceSettings, World,
+    Directory, EntityKind, Id, Outbound, Permission, StatusEvent, StatusKind, User,
+    WorkspaceSettings, World,
 };
 
 use super::{Conflict, Gateway, OpError};
@@ -13,10 +14,20 @@ impl Gateway {
     /// and every reference inside its own workspace (an upsert may refer to
     /// objects already stored in that workspace). `replace` first clears the
     /// workspaces the world names and answers what it removed.
-    pub async fn import(&self, world: World, replace: bool) -> Result<serde_json::Value, OpError> {
+    pub async fn import(
+        &self,
+        mut world: World,
+        replace: bool,
+    ) -> Result<serde_json::Value, OpError> {
         world.validate_import(|kind, ws, id| {
             !replace && self.hub.read(ws, |d| d.contains(kind, id))
         })?;
+        for (i, channel) in world.channels.iter_mut().enumerate() {
+            // Even a replace keeps a stored secret: an export (which never
+            // shows one) imports back.
+            let stored = self.stored_outbound(&channel.workspace, &channel.id);
+            self.write_outbound(channel, stored, &format!("channels[{i}].outbound"))?;
+        }
         let parts = world.split_by_workspace();
         let mut removed = serde_json::Map::new();
         for (ws, part) in &parts {
@@ -110,9 +121,36 @@ impl Gateway {
         Ok(())
     }
 
-    pub async fn put_channel(&self, channel: Channel) -> Result<Channel, OpError> {
+    /// The outbound settings stored for a channel, secrets included.
+    fn stored_outbound(&self, ws: &str, id: &str) -> Option<Outbound> {
+        self.hub
+            .read(ws, |d| d.channels.get(id).and_then(|c| c.outbound.clone()))
+    }
+
+    /// Checks a channel's outbound settings as written by a client and
+    /// merges them with the stored ones (secret kept or rotated).
+    fn write_outbound(
+        &self,
+        channel: &mut Channel,
+        stored: Option<Outbound>,
+        field: &str,
+    ) -> Result<(), OpError> {
+        if let Some(outbound) = channel.outbound.take() {
+            let has_secret = stored.as_ref().is_some_and(|o| o.secret.is_some());
+            outbound.validate(field, has_secret)?;
+            let grace_ms = self.config.outbound.secret_grace_secs.saturating_mul(1000);
+            channel.outbound =
+                Some(outbound.written_over(stored.as_ref(), crate::clock::now_ms(), grace_ms));
+        }
+        Ok(())
+    }
+
+    /// Stores a channel; answers it as the API shows it (no secrets).
+    pub async fn put_channel(&self, mut channel: Channel) -> Result<Channel, OpError> {
         validate_key(&channel.workspace, &channel.id)?;
         self.check_references(&channel.workspace, channel.references())?;
+        let stored = self.stored_outbound(&channel.workspace, &channel.id);
+        self.write_outbound(&mut channel, stored, "outbound")?;
         let ws = channel.workspace.clone();
         self.commit(
             &ws,
@@ -122,7 +160,7 @@ impl Gateway {
         )
         .await?;
         self.drain_waiting(&ws).await;
-        Ok(channel)
+        Ok(channel.redacted())
     }
 
     pub async fn delete_channel(&self, ws: &str, id: &str) -> Result<(), OpError> {

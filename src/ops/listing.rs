@@ -63,12 +63,15 @@ pub fn users(hub: &Hub, ws: &str, after: Option<&str>, limit: usize) -> Page<Use
     })
 }
 
+/// Channels as the API shows them: no outbound secrets.
 pub fn channels(hub: &Hub, ws: &str, after: Option<&str>, limit: usize) -> Page<Channel> {
-    hub.read(ws, |d| {
+    let mut page = hub.read(ws, |d| {
         page_of(pick(d.channels.values(), |c| &c.id, after, limit), |c| {
             &c.id
         })
-    })
+    });
+    page.items = page.items.into_iter().map(Channel::redacted).collect();
+    page
 }
 
 pub fn contacts(hub: &Hub, ws: &str, after: Option<&str>, limit: usize) -> Page<Contact> {
@@ -252,7 +255,12 @@ fn export_of(state: &WorkspaceState) -> World {
     let d = &state.dir;
     let mut users: Vec<User> = d.users.values().cloned().collect();
     users.sort_by(|a, b| a.id.cmp(&b.id));
-    let mut channels: Vec<Channel> = d.channels.values().cloned().collect();
+    let mut channels: Vec<Channel> = d
+        .channels
+        .values()
+        .cloned()
+        .map(Channel::redacted)
+        .collect();
     channels.sort_by(|a, b| a.id.cmp(&b.id));
     let mut contacts: Vec<Contact> = d.contacts.values().cloned().collect();
     contacts.sort_by(|a, b| a.id.cmp(&b.id));

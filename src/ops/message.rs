@@ -332,6 +332,7 @@ impl Gateway {
             message_seq,
             body,
             by: user.id.clone(),
+            note: message.note,
         };
         Ok(seq_of(self.store.commit(&user.workspace, change).await?))
     }

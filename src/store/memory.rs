@@ -9,10 +9,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use parking_lot::{Mutex, RwLock};
 
-use super::{AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError, AUDIT_LEN};
+use super::{
+    AuditEntry, AuditId, DeadLetter, History, OutboxStatus, Outcome, Sink, Snapshot, Store,
+    StoreError, AUDIT_LEN, DEAD_LETTERS,
+};
+use crate::domain::outbound::delivery_for;
 use crate::domain::{
-    fingerprint, record_delivery, redact, without_content, Change, Committed, Conversation,
-    Ephemeral, Id, Message,
+    fingerprint, record_delivery, redact, without_content, Change, Channel, Committed,
+    Conversation, Ephemeral, Id, Message, OutboxItem,
 };
 
 /// Events kept per conversation for `resume` and history.
@@ -36,6 +40,8 @@ struct Log {
     /// Message id → (conversation, seq) of the messages still in history
     /// (for [`Store::locate_message`]).
     messages: HashMap<Id, (Id, u64)>,
+    /// Channels with outbound settings (for the outbox).
+    outbound: HashMap<Id, Channel>,
 }
 
 impl Log {
@@ -48,10 +54,18 @@ impl Log {
                     self.release_thread(&old);
                 }
             }
+            Change::UpsertChannel { channel } => self.put_channel(channel),
+            Change::DeleteChannel { id } => {
+                self.outbound.remove(id);
+            }
             Change::Import { world, replace } => {
                 if *replace {
                     self.conversations.clear();
                     self.threads.clear();
+                    self.outbound.clear();
+                }
+                for c in world.channels.iter().filter(|c| c.workspace == workspace) {
+                    self.put_channel(c);
                 }
                 for c in world.conversations_of(workspace) {
                     self.put_conversation(c);
@@ -59,6 +73,23 @@ impl Log {
             }
             _ => {}
         }
+    }
+
+    fn put_channel(&mut self, channel: &Channel) {
+        if channel.outbound.is_some() {
+            self.outbound.insert(channel.id.clone(), channel.clone());
+        } else {
+            self.outbound.remove(&channel.id);
+        }
+    }
+
+    /// The delivery a change just tracked produces, if any.
+    fn delivery(&self, committed: &Committed) -> Option<OutboxItem> {
+        let conv = self
+            .conversations
+            .get(committed.change.sequenced_conversation()?)?;
+        let channel = self.outbound.get(conv.channel.as_deref()?)?;
+        delivery_for(committed, conv, channel, crate::clock::now_ms())
     }
 
     fn put_conversation(&mut self, conversation: &Conversation) {
@@ -98,6 +129,17 @@ pub struct MemoryStore {
     waiting: Mutex<HashMap<(Id, Id), VecDeque<Id>>>,
     online: Mutex<HashMap<Id, HashSet<Id>>>,
     audit: Mutex<HashMap<Id, AuditLog>>,
+    outbox: Mutex<Outbox>,
+}
+
+/// The node's outbox: recorded deliveries, in commit order.
+#[derive(Default)]
+struct Outbox {
+    fresh: VecDeque<OutboxItem>,
+    /// Handed to the worker, by delivery id.
+    claimed: HashMap<String, OutboxItem>,
+    /// Per (workspace, channel), oldest first.
+    dead: HashMap<(Id, Id), VecDeque<DeadLetter>>,
 }
 
 /// A workspace's audit log: ids like a Redis stream's (`<ms>-<n>`, never
@@ -118,6 +160,7 @@ impl MemoryStore {
             waiting: Mutex::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
             audit: Mutex::new(HashMap::new()),
+            outbox: Mutex::new(Outbox::default()),
         }
     }
 
@@ -253,6 +296,11 @@ impl MemoryStore {
             }
         }
         log.track(workspace, &committed.change);
+        // In the outbox before anyone hears of the commit: an acknowledged
+        // message is never missing from it.
+        if let Some(item) = log.delivery(&committed) {
+            self.outbox.lock().fresh.push_back(item);
+        }
         // Still holding the log lock: apply order = commit order.
         for consumer in self.consumers.read().iter() {
             consumer.apply(committed.clone());
@@ -466,6 +514,83 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn outbox_claim(
+        &self,
+        limit: usize,
+        _lease: std::time::Duration,
+    ) -> Result<Vec<OutboxItem>, StoreError> {
+        let mut outbox = self.outbox.lock();
+        let n = limit.min(outbox.fresh.len());
+        let items: Vec<OutboxItem> = outbox.fresh.drain(..n).collect();
+        for item in &items {
+            outbox.claimed.insert(item.id.clone(), item.clone());
+        }
+        Ok(items)
+    }
+
+    async fn outbox_ack(&self, item: &OutboxItem) -> Result<(), StoreError> {
+        self.outbox.lock().claimed.remove(&item.id);
+        Ok(())
+    }
+
+    async fn outbox_dead(&self, dead: DeadLetter) -> Result<(), StoreError> {
+        let mut outbox = self.outbox.lock();
+        outbox.claimed.remove(&dead.item.id);
+        let key = (dead.item.workspace.clone(), dead.item.channel.clone());
+        let letters = outbox.dead.entry(key).or_default();
+        letters.push_back(dead);
+        while letters.len() > DEAD_LETTERS {
+            letters.pop_front();
+        }
+        Ok(())
+    }
+
+    async fn outbox_status(
+        &self,
+        workspace: &str,
+        channel: &str,
+        limit: usize,
+    ) -> Result<OutboxStatus, StoreError> {
+        let outbox = self.outbox.lock();
+        let mine = |i: &&OutboxItem| i.workspace == workspace && i.channel == channel;
+        let pending: Vec<&OutboxItem> = outbox
+            .fresh
+            .iter()
+            .filter(mine)
+            .chain(outbox.claimed.values().filter(mine))
+            .collect();
+        let dead = outbox
+            .dead
+            .get(&(workspace.to_owned(), channel.to_owned()))
+            .map(|d| d.iter().rev().take(limit).cloned().collect())
+            .unwrap_or_default();
+        Ok(OutboxStatus {
+            pending: pending.len() as u64,
+            oldest_pending_ts: pending.iter().map(|i| i.ts).min(),
+            dead,
+        })
+    }
+
+    async fn outbox_retry(
+        &self,
+        workspace: &str,
+        channel: &str,
+        id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        let mut outbox = self.outbox.lock();
+        let key = (workspace.to_owned(), channel.to_owned());
+        let Some(letters) = outbox.dead.get_mut(&key) else {
+            return Ok(0);
+        };
+        let (again, kept): (Vec<DeadLetter>, Vec<DeadLetter>) = letters
+            .drain(..)
+            .partition(|d| id.is_none_or(|id| d.item.id == id));
+        letters.extend(kept);
+        let n = again.len();
+        outbox.fresh.extend(again.into_iter().map(|d| d.item));
+        Ok(n)
     }
 
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {

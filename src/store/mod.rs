@@ -3,9 +3,13 @@
 //!
 //! Every change to a workspace is a [`Change`]. [`Store::commit`] makes it
 //! durable, numbers it (per-conversation `seq`), and hands it to every
-//! [`Sink`] subscribed on the node (the hub; an outbox later) — on every node,
+//! [`Sink`] subscribed on the node (the hub, the outbound deliverer) — on every node,
 //! in commit order per workspace. That one ordered stream is what lets the
 //! hub promise "no event after the change that revoked access".
+//!
+//! The outbox of deliveries to channel adapters is written in the same commit
+//! as the change that produces it ([`crate::domain::outbound::delivery_for`])
+//! and read through [`Store::outbox_claim`] and its siblings.
 //!
 //! Storage never queries its consumers: the preconditions of
 //! [`Store::commit_if`] and [`Store::commit_thread`] are checked against the
@@ -21,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::domain::Activity;
 use crate::domain::{
-    Change, Committed, Conversation, Ephemeral, Id, Message, WorkspaceSettings, World,
+    Change, Committed, Conversation, Ephemeral, Id, Message, OutboxItem, WorkspaceSettings, World,
 };
 
 /// The result of a commit.
@@ -37,7 +41,7 @@ pub enum Outcome {
     },
 }
 
-/// A consumer of committed changes (the hub; an outbox later). Fed only:
+/// A consumer of committed changes (the hub, the outbound deliverer). Fed only:
 /// storage never asks a consumer anything, so it never depends on one.
 pub trait Sink: Send + Sync + 'static {
     /// Every committed change, in commit order per workspace.
@@ -159,6 +163,31 @@ impl std::fmt::Display for AuditId {
     }
 }
 
+/// A delivery given up on, kept for operators until retried.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub item: OutboxItem,
+    /// The last failure (a status and a short excerpt, or a transport error).
+    pub error: String,
+    pub attempts: u32,
+    /// Milliseconds since the epoch when dead-lettered.
+    pub at: u64,
+}
+
+/// Dead letters kept per channel; older ones are dropped.
+pub const DEAD_LETTERS: usize = 10_000;
+
+/// A channel's outbox as operators see it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Recorded, not yet delivered nor dead-lettered (claimed ones included).
+    pub pending: u64,
+    /// Milliseconds since the epoch of the oldest pending delivery.
+    pub oldest_pending_ts: Option<u64>,
+    /// Newest first.
+    pub dead: Vec<DeadLetter>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Adds a consumer; every later commit (from any node) reaches every
@@ -255,4 +284,35 @@ pub trait Store: Send + Sync + 'static {
         before: Option<AuditId>,
         limit: usize,
     ) -> Result<Vec<AuditEntry>, StoreError>;
+    /// Outbox: takes up to `limit` recorded deliveries no other node holds,
+    /// without waiting (consumers hear of new ones through [`Sink::apply`]).
+    /// Each is this node's until acknowledged or dead-lettered; in a cluster,
+    /// a node delivers a workspace while it holds its lease (kept by calling
+    /// this at least every `lease / 3`, with `limit` 0 when full), and a
+    /// node silent for `lease` loses it, with its deliveries, to another.
+    /// Per conversation, items come in `seq` order.
+    async fn outbox_claim(
+        &self,
+        limit: usize,
+        lease: std::time::Duration,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// The adapter took the delivery: it leaves the outbox.
+    async fn outbox_ack(&self, item: &OutboxItem) -> Result<(), StoreError>;
+    /// Gives up on a delivery: it leaves the outbox for the channel's dead letters.
+    async fn outbox_dead(&self, dead: DeadLetter) -> Result<(), StoreError>;
+    /// A channel's pending deliveries and dead letters (at most `limit`).
+    async fn outbox_status(
+        &self,
+        workspace: &str,
+        channel: &str,
+        limit: usize,
+    ) -> Result<OutboxStatus, StoreError>;
+    /// Puts a channel's dead letters (all, or the one with delivery id `id`)
+    /// back in the outbox; answers how many.
+    async fn outbox_retry(
+        &self,
+        workspace: &str,
+        channel: &str,
+        id: Option<&str>,
+    ) -> Result<usize, StoreError>;
 }

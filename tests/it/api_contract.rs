@@ -962,10 +962,21 @@ async fn real_answers_and_frames_match_the_published_schemas() {
         ),
         ("/export", "/export?workspace=w1"),
         ("/audit", "/audit?workspace=w1&limit=5"),
+        ("/channels/{id}/outbound", "/channels/ch1/outbound"),
     ] {
         let (s, v) = admin(c, &srv, Method::GET, route, path, None).await;
         assert_eq!(s, StatusCode::OK, "{path}: {v}");
     }
+    let (s, v) = admin(
+        c,
+        &srv,
+        Method::POST,
+        "/channels/{id}/outbound/retry",
+        "/channels/ch1/outbound/retry",
+        None,
+    )
+    .await;
+    assert_eq!((s, &v["retried"]), (StatusCode::OK, &json!(0)), "{v}");
     let (s, _) = admin(
         c,
         &srv,

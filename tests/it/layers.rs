@@ -22,6 +22,7 @@ const RANKS: &[(&str, u8)] = &[
     ("otel", 2),
     ("store", 3),
     ("hub", 4),
+    ("outbound", 4),
     ("ops", 5),
     ("ws", 6),
     ("http", 7),

@@ -35,6 +35,7 @@ mod isolation;
 mod layers;
 mod messaging;
 mod observability;
+mod outbound;
 mod policy_cases;
 mod policy_props;
 mod store_contract;

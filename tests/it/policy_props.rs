@@ -445,6 +445,7 @@ fn arb_channel(p: Profile, n: usize) -> impl Strategy<Value = Channel> {
             visibility,
             team,
             auto_assign: None,
+            outbound: None,
         })
 }
 

@@ -6,13 +6,17 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::json;
+use serde_json::Value;
+use switchboard::domain::OutboxItem;
 use switchboard::domain::{
     Change, Committed, Conversation, Delivery, DeliveryStatus, Ephemeral, Message, Status,
     StatusEvent, StatusKind,
 };
 use switchboard::store::memory::MemoryStore;
 use switchboard::store::redis::RedisStore;
-use switchboard::store::{AuditEntry, AuditId, AuditWho, Outcome, Sink, Store, StoreError};
+use switchboard::store::{
+    AuditEntry, AuditId, AuditWho, DeadLetter, Outcome, Sink, Store, StoreError,
+};
 
 use crate::support::redis::Redis;
 
@@ -109,6 +113,8 @@ contract!(
     every_consumer_sees_every_change_in_commit_order,
     a_replace_import_drops_every_history_and_keeps_numbering,
     receipts_are_numbered_and_history_keeps_the_furthest,
+    the_outbox_records_agent_messages_with_their_commit,
+    outbox_dead_letters_are_kept_and_put_back,
 );
 
 fn conversation(id: &str, ws: &str) -> Conversation {
@@ -347,6 +353,7 @@ async fn history_is_capped_and_a_deletion_redacts_every_version(s: Subject) {
         message_seq: 1,
         body: body.map(str::to_owned),
         by: "u1".into(),
+        note: false,
     };
     assert_eq!(stored_seq(store, "w1", edit(Some("secret 2"))).await, 3);
     assert_eq!(stored_seq(store, "w1", edit(None)).await, 4);
@@ -673,4 +680,176 @@ async fn receipts_are_numbered_and_history_keeps_the_furthest(s: Subject) {
             assert!(!message.body.is_empty(), "content stays");
         }
     }
+}
+
+/// A channel `ch` of `ws` whose adapter takes `events` (none = the default).
+fn outbound_channel(ws: &str, events: Option<Value>) -> Change {
+    let mut outbound = json!({"url": "http://127.0.0.1:9/hook", "secret": "0123456789abcdef"});
+    if let Some(e) = events {
+        outbound["events"] = e;
+    }
+    Change::UpsertChannel {
+        channel: serde_json::from_value(json!({"id": "ch", "workspace": ws, "outbound": outbound}))
+            .expect("channel"),
+    }
+}
+
+fn agent_message(id: &str, conv: &str, body: &str) -> Message {
+    let mut m = message(id, conv, body);
+    m.sender = switchboard::domain::Sender::User("u1".into());
+    m
+}
+
+const LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Claims until `n` items came (the Redis lease is taken on the first claim).
+async fn claim_n(store: &dyn Store, n: usize) -> Vec<OutboxItem> {
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got.extend(store.outbox_claim(100, LEASE).await.expect("claim"));
+        if got.len() >= n {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    got
+}
+
+async fn the_outbox_records_agent_messages_with_their_commit(s: Subject) {
+    let store = &*s.store;
+    stored_seq(store, "w1", outbound_channel("w1", None)).await;
+    let conv = conversation("v1", "w1");
+    stored_seq(store, "w1", upsert(&conv)).await;
+    // A customer's message and a conversation update: nothing to deliver.
+    stored_seq(store, "w1", post(message("m0", "v1", "from k"), None)).await;
+    let s1 = stored_seq(store, "w1", post(agent_message("m1", "v1", "one"), None)).await;
+    let s2 = stored_seq(store, "w1", post(agent_message("m2", "v1", "two"), None)).await;
+    // Another workspace's conversation on a channel without outbound.
+    stored_seq(store, "w2", upsert(&conversation("v9", "w2"))).await;
+    stored_seq(store, "w2", post(agent_message("m9", "v9", "x"), None)).await;
+    let items = claim_n(store, 2).await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(
+        items.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        vec![s1, s2],
+        "in commit order"
+    );
+    let body: Value = serde_json::from_str(&items[0].body).expect("body");
+    assert_eq!(body["type"], "message.created");
+    assert_eq!(body["conversation"], "v1");
+    assert_eq!(body["channel"], "ch");
+    assert_eq!(body["contact"], "k");
+    assert_eq!(body["message"]["body"], "one");
+    assert_eq!(body["id"], items[0].id.as_str());
+    assert_eq!(
+        items[0].id,
+        switchboard::domain::outbound::delivery_id("w1", "v1", s1)
+    );
+    // Claimed ones are held: not handed out again, still pending.
+    assert!(store
+        .outbox_claim(100, LEASE)
+        .await
+        .expect("claim")
+        .is_empty());
+    let status = store.outbox_status("w1", "ch", 10).await.expect("status");
+    assert_eq!(status.pending, 2);
+    assert!(status.oldest_pending_ts.is_some());
+    store.outbox_ack(&items[0]).await.expect("ack");
+    assert_eq!(
+        store
+            .outbox_status("w1", "ch", 10)
+            .await
+            .expect("status")
+            .pending,
+        1
+    );
+    // Subscribed events only: a close is not delivered by default, then is.
+    let mut closed = conv.clone();
+    closed.status = Status::Closed;
+    let close = |c: &Conversation| Change::Conversation {
+        conversation: c.clone(),
+        status: StatusEvent {
+            event: StatusKind::Closed,
+            by: None,
+            user: None,
+        },
+    };
+    stored_seq(store, "w1", close(&closed)).await;
+    stored_seq(
+        store,
+        "w1",
+        outbound_channel("w1", Some(json!(["conversation.closed"]))),
+    )
+    .await;
+    let s4 = stored_seq(store, "w1", close(&closed)).await;
+    stored_seq(
+        store,
+        "w1",
+        post(agent_message("m3", "v1", "not subscribed"), None),
+    )
+    .await;
+    let items = claim_n(store, 1).await;
+    assert_eq!(items.len(), 1, "{items:?}");
+    assert_eq!(items[0].seq, s4);
+    assert!(items[0].body.contains("\"conversation.closed\""));
+}
+
+async fn outbox_dead_letters_are_kept_and_put_back(s: Subject) {
+    let store = &*s.store;
+    stored_seq(store, "w1", outbound_channel("w1", None)).await;
+    stored_seq(store, "w1", upsert(&conversation("v1", "w1"))).await;
+    for i in 0..3 {
+        stored_seq(
+            store,
+            "w1",
+            post(agent_message(&format!("m{i}"), "v1", "b"), None),
+        )
+        .await;
+    }
+    let items = claim_n(store, 3).await;
+    assert_eq!(items.len(), 3);
+    for (n, item) in items.iter().enumerate() {
+        let dead = DeadLetter {
+            item: item.clone(),
+            error: format!("HTTP 400: no {n}"),
+            attempts: 1,
+            at: 7,
+        };
+        store.outbox_dead(dead).await.expect("dead");
+    }
+    let status = store.outbox_status("w1", "ch", 2).await.expect("status");
+    assert_eq!(status.pending, 0);
+    assert_eq!(status.dead.len(), 2, "at most the limit");
+    assert_eq!(status.dead[0].error, "HTTP 400: no 2", "newest first");
+    assert_eq!(
+        store
+            .outbox_retry("w1", "ch", Some("nope"))
+            .await
+            .expect("retry"),
+        0
+    );
+    assert_eq!(
+        store
+            .outbox_retry("w1", "ch", Some(&items[1].id))
+            .await
+            .expect("retry"),
+        1
+    );
+    let again = claim_n(store, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, items[1].id, "the same delivery id");
+    assert_eq!(again[0].body, items[1].body, "the same body");
+    assert_eq!(
+        store.outbox_retry("w1", "ch", None).await.expect("retry"),
+        2
+    );
+    let rest = claim_n(store, 2).await;
+    assert_eq!(
+        rest.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        vec![items[0].seq, items[2].seq],
+        "oldest first"
+    );
+    let status = store.outbox_status("w1", "ch", 10).await.expect("status");
+    assert!(status.dead.is_empty());
+    assert_eq!(status.pending, 3);
 }

@@ -93,6 +93,13 @@ enum Op {
         key: usize,
         conversation: Id,
     },
+    /// Record a delivery in the outbox stream `KEYS[key]` if the sequenced
+    /// conversation's channel subscribes to `event` (checked by the script).
+    Outbox {
+        key: usize,
+        event: &'static str,
+        detail: String,
+    },
 }
 
 impl Op {
@@ -138,6 +145,9 @@ impl Op {
             } => [s("redact"), seq.to_string(), s(member), s(redacted)],
             Op::Forget { key, conversation } => {
                 [s("forget"), key.to_string(), s(conversation), String::new()]
+            }
+            Op::Outbox { key, event, detail } => {
+                [s("outbox"), key.to_string(), s(event), s(detail)]
             }
         }
     }
@@ -567,6 +577,15 @@ impl Inner {
                 }
             }
             Change::Ephemeral { .. } => {}
+        }
+        // Last: the script decides on the conversation as this change leaves it.
+        if let Some((event, detail)) = crate::domain::outbound::delivery_event(change) {
+            let key = plan.key(Keys::of(ws).outbox());
+            plan.ops.push(Op::Outbox {
+                key,
+                event: event.as_str(),
+                detail: detail.to_string(),
+            });
         }
         Ok(plan)
     }

@@ -92,6 +92,21 @@ impl<'a> Keys<'a> {
     pub fn audit(&self) -> String {
         self.key("audit")
     }
+
+    /// Deliveries to channel adapters (a stream, written by the commit script).
+    pub fn outbox(&self) -> String {
+        self.key("outbox")
+    }
+
+    /// The node delivering the workspace's outbox (a lease: `SET NX PX`).
+    pub fn outbox_lease(&self) -> String {
+        self.key("outbox:lease")
+    }
+
+    /// A channel's dead letters (a list, newest first).
+    pub fn outbox_dead(&self, channel: &str) -> String {
+        self.key(&format!("outbox:dead:{channel}"))
+    }
 }
 
 /// Field of the `threads` hash: `{byte length of channel}:{channel}{thread}`

@@ -30,6 +30,9 @@
 //! | `sb:{ws}:rr:{channel}` | list | round-robin rotation of a channel, least recently assigned first |
 //! | `sb:{ws}:wait:{channel}` | list | FIFO of a channel's conversations waiting for an agent |
 //! | `sb:{ws}:audit` | stream | audit log of admin changes: field `e` = entry JSON, the stream id is the entry's id; `XADD … MAXLEN` keeps exactly the newest [`AUDIT_LEN`](crate::store::AUDIT_LEN); a replace import leaves it alone |
+//! | `sb:{ws}:outbox` | stream | deliveries to channel adapters, added by the commit script with the change (fields `conversation channel seq ts type detail` and `contact` / `thread`; or `item` = a whole delivery put back from the dead letters); consumer group `deliverers`; an entry is deleted once delivered or dead-lettered (see [`outbox`]) |
+//! | `sb:{ws}:outbox:lease` | string, TTL | the node delivering the workspace's outbox (`SET NX PX`, renewed by it) |
+//! | `sb:{ws}:outbox:dead:{channel}` | list | a channel's dead letters, newest first, capped at [`DEAD_LETTERS`](crate::store::DEAD_LETTERS) |
 //! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
@@ -141,6 +144,7 @@
 pub mod bus;
 pub mod commit;
 pub mod keys;
+pub mod outbox;
 pub mod presence;
 pub mod queues;
 pub mod snapshot;
@@ -222,7 +226,7 @@ struct Inner {
     commit_script: Script,
     queues: queues::Scripts,
     presence_scripts: presence::Scripts,
-    /// Everyone fed by the bus (the hub; an outbox later).
+    /// Everyone fed by the bus (the hub, the outbound deliverer).
     consumers: parking_lot::RwLock<Vec<Arc<dyn Sink>>>,
     /// Latest seq per conversation the consumers were given (see [`bus::Delivered`]).
     delivered: Mutex<bus::Delivered>,
@@ -277,6 +281,8 @@ pub struct RedisStore {
     /// What the last `load` before the first `subscribe` contained.
     baseline: Mutex<bus::Baseline>,
     tasks: Vec<JoinHandle<()>>,
+    /// The outbox leases this node holds.
+    outbox: outbox::State,
 }
 
 impl Drop for RedisStore {
@@ -346,6 +352,7 @@ impl RedisStore {
             start: Mutex::new(Some(start_tx)),
             baseline: Mutex::new(bus::Baseline::default()),
             tasks,
+            outbox: outbox::State::default(),
         })
     }
 }
@@ -535,6 +542,40 @@ impl Store for RedisStore {
                 Ok(e)
             })
             .collect()
+    }
+
+    async fn outbox_claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+    ) -> Result<Vec<crate::domain::OutboxItem>, StoreError> {
+        outbox::claim(self, limit, lease).await
+    }
+
+    async fn outbox_ack(&self, item: &crate::domain::OutboxItem) -> Result<(), StoreError> {
+        outbox::ack(self, item).await
+    }
+
+    async fn outbox_dead(&self, dead: super::DeadLetter) -> Result<(), StoreError> {
+        outbox::dead(self, dead).await
+    }
+
+    async fn outbox_status(
+        &self,
+        workspace: &str,
+        channel: &str,
+        limit: usize,
+    ) -> Result<super::OutboxStatus, StoreError> {
+        outbox::status(self, workspace, channel, limit).await
+    }
+
+    async fn outbox_retry(
+        &self,
+        workspace: &str,
+        channel: &str,
+        id: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        outbox::retry(self, workspace, channel, id).await
     }
 
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {

@@ -23,7 +23,10 @@
 --   `b` (score `a`) by `c` (redacted by `domain::redact`, or given its
 --   receipt by `domain::record_delivery`, in Rust) if it is still there;
 -- - `forget`: with a replace import, the history key KEYS[a] of conversation
---   `b` is dropped; every conversation with a seq must be named (else {4}).
+--   `b` is dropped; every conversation with a seq must be named (else {4});
+-- - `outbox`: records a delivery of event `b` (fields `c`, JSON) in the
+--   stream KEYS[a] if the sequenced conversation is a customer's on a channel
+--   whose outbound settings subscribe to `b` (see `outbox_record`).
 -- Returns {0, commit, seq}, {1, idempotency record} for a duplicate, {2}
 -- when an `expect` failed, {3, holder, commit counter} when a `claim` failed,
 -- or {4} when a replace import did not name every history key (nothing
@@ -56,6 +59,34 @@ end
 local function holds(id, field)
   local f, open = thread_of(redis.call('HGET', H.conversations, id))
   return open and f == field
+end
+
+-- The Lua twin of the checks of `domain::outbound::delivery_for`; the
+-- stream entry holds the fields of `OutboxRecord` (see `redis/outbox.rs`).
+local function outbox_record(key, event, detail, seqs)
+  local okc, c = pcall(cjson.decode, redis.call('HGET', H.conversations, conv) or '')
+  if not okc or type(c) ~= 'table' or type(c.channel) ~= 'string' then return end
+  if c.kind ~= nil and c.kind ~= 'customer' then return end
+  local okh, ch = pcall(cjson.decode, redis.call('HGET', H.channels, c.channel) or '')
+  if not okh or type(ch) ~= 'table' or type(ch.outbound) ~= 'table' then return end
+  local events, on = ch.outbound.events, false
+  if type(events) == 'table' then
+    for _, e in ipairs(events) do if e == event then on = true end end
+  else
+    on = event == 'message.created'
+  end
+  if not on then return end
+  local t = redis.call('TIME')
+  local ts = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  local fields = {'conversation', conv, 'channel', c.channel, 'seq', seqs, 'ts', ts,
+    'type', event, 'detail', detail}
+  if type(c.contact) == 'string' then
+    fields[#fields + 1] = 'contact'; fields[#fields + 1] = c.contact
+  end
+  if type(c.thread) == 'string' then
+    fields[#fields + 1] = 'thread'; fields[#fields + 1] = c.thread
+  end
+  redis.call('XADD', key, '*', unpack(fields))
 end
 
 for i = 11, #ARGV, 4 do
@@ -126,6 +157,8 @@ for i = 11, #ARGV, 4 do
     if redis.call('ZREM', KEYS[hist], ARGV[i + 2]) == 1 then
       redis.call('ZADD', KEYS[hist], ARGV[i + 1], ARGV[i + 3])
     end
+  elseif op == 'outbox' and conv ~= '' then
+    outbox_record(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], seqs)
   end
 end
 if hist > 0 then

@@ -1,0 +1,362 @@
+//! Delivery to channel adapters: takes recorded deliveries from the store's
+//! outbox ([`Store::outbox_claim`]) and POSTs them to each channel's
+//! `outbound.url`, signed, until the adapter answers 2xx or the delivery is
+//! dead-lettered.
+//!
+//! Per conversation one delivery is in flight at a time, in `seq` order (a
+//! *lane*); conversations go in parallel, at most `outbound_in_flight`
+//! requests per channel. Nothing here blocks the hub: a slow adapter only
+//! holds its own lanes.
+
+pub mod attempt;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::Semaphore;
+
+use self::attempt::{backoff, signature, verdict, Verdict};
+use crate::config::OutboundSettings;
+use crate::domain::Committed;
+use crate::domain::{Id, Outbound, OutboxItem};
+use crate::hub::Hub;
+use crate::store::{DeadLetter, Sink, Store};
+
+/// Deliveries a node holds (claimed, not finished) at most: the bound of
+/// its lanes, whatever the backlog in the outbox.
+const MAX_HELD: usize = 10_000;
+/// Deliveries asked of the store at once.
+const CLAIM_BATCH: usize = 512;
+/// Longest wait between two claims (deliveries put back, taken over, or
+/// committed while this node's bus was down reach no [`Sink`]).
+const CLAIM_WAIT: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts (a `Retry-After` included).
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long after its commit a delivery waits for its channel's outbound
+/// settings to show on this node before it is dead-lettered.
+const UNCONFIGURED_MS: u64 = 60_000;
+/// Bytes of an adapter's answer kept in a dead letter's error.
+const ERROR_EXCERPT: usize = 200;
+
+pub struct Deliverer {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    settings: OutboundSettings,
+    client: reqwest::Client,
+    /// (workspace, conversation) → its claimed deliveries, the front in flight.
+    lanes: Mutex<HashMap<(Id, Id), VecDeque<OutboxItem>>>,
+    /// (workspace, channel) → requests it may have in flight.
+    channels: Mutex<HashMap<(Id, Id), Arc<Semaphore>>>,
+    held: AtomicUsize,
+    /// Rung by committed changes that may have recorded a delivery, and when
+    /// a lane frees room.
+    wake: tokio::sync::Notify,
+}
+
+/// Fed every committed change: one that may have recorded a delivery wakes
+/// the claim loop (no polling delay on the way to the adapter).
+impl Sink for Deliverer {
+    fn apply(&self, committed: Arc<Committed>) {
+        if committed.seq > 0 {
+            self.wake.notify_one();
+        }
+    }
+}
+
+impl Deliverer {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, settings: OutboundSettings) -> Arc<Self> {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(settings.timeout_ms))
+            .connect_timeout(Duration::from_millis(settings.timeout_ms))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap_or_default();
+        Arc::new(Deliverer {
+            store,
+            hub,
+            settings,
+            client,
+            lanes: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+            held: AtomicUsize::new(0),
+            wake: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Claims and delivers until the task is aborted. Claims also while
+    /// full (asking for none): that keeps this node's leases.
+    pub async fn run(self: Arc<Self>) {
+        let lease = Duration::from_millis(self.settings.lease_ms);
+        let idle = CLAIM_WAIT.min(lease / 3);
+        loop {
+            let room = MAX_HELD.saturating_sub(self.held.load(Ordering::Acquire));
+            match self.store.outbox_claim(room.min(CLAIM_BATCH), lease).await {
+                // A full batch: more may be waiting.
+                Ok(items) if items.len() == CLAIM_BATCH => {
+                    for item in items {
+                        self.enqueue(item);
+                    }
+                }
+                Ok(items) => {
+                    for item in items {
+                        self.enqueue(item);
+                    }
+                    let _ = tokio::time::timeout(idle, self.wake.notified()).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox claim failed");
+                    tokio::time::sleep(idle).await;
+                }
+            }
+        }
+    }
+
+    /// Queues a delivery in its conversation's lane, starting the lane if idle.
+    fn enqueue(self: &Arc<Self>, item: OutboxItem) {
+        let key = (item.workspace.clone(), item.conversation.clone());
+        let mut lanes = self.lanes.lock();
+        match lanes.get_mut(&key) {
+            Some(lane) => {
+                if lane.iter().any(|i| i.id == item.id) {
+                    return; // claimed again (taken over): already here
+                }
+                // In seq order behind the one in flight (a taken-over older
+                // delivery may arrive after newer ones).
+                let at = lane
+                    .iter()
+                    .skip(1)
+                    .position(|i| i.seq > item.seq)
+                    .map_or(lane.len(), |p| p + 1);
+                self.hold(&item, 1);
+                lane.insert(at, item);
+            }
+            None => {
+                self.hold(&item, 1);
+                lanes.insert(key.clone(), VecDeque::from([item]));
+                tokio::spawn(self.clone().drain(key));
+            }
+        }
+    }
+
+    fn hold(&self, item: &OutboxItem, n: isize) {
+        if n > 0 {
+            self.held.fetch_add(1, Ordering::AcqRel);
+        } else {
+            if self.held.fetch_sub(1, Ordering::AcqRel) == MAX_HELD {
+                self.wake.notify_one();
+            }
+        }
+        metrics::gauge!("switchboard_outbound_pending",
+            "workspace" => item.workspace.clone(), "channel" => item.channel.clone())
+        .increment(n as f64);
+    }
+
+    /// Delivers a lane's deliveries one after the other, then retires it.
+    async fn drain(self: Arc<Self>, key: (Id, Id)) {
+        loop {
+            let item = {
+                let mut lanes = self.lanes.lock();
+                match lanes.get(&key).and_then(|l| l.front().cloned()) {
+                    Some(item) => item,
+                    None => {
+                        lanes.remove(&key);
+                        return;
+                    }
+                }
+            };
+            self.deliver(&item).await;
+            if let Some(lane) = self.lanes.lock().get_mut(&key) {
+                lane.pop_front();
+            }
+            self.hold(&item, -1);
+        }
+    }
+
+    fn channel_slots(&self, item: &OutboxItem) -> Arc<Semaphore> {
+        self.channels
+            .lock()
+            .entry((item.workspace.clone(), item.channel.clone()))
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.in_flight)))
+            .clone()
+    }
+
+    fn outbound_of(&self, item: &OutboxItem) -> Option<Outbound> {
+        self.hub
+            .read(&item.workspace, |d| {
+                d.channels
+                    .get(&item.channel)
+                    .and_then(|c| c.outbound.clone())
+            })
+            .filter(|o| o.secret.is_some())
+    }
+
+    /// Attempts a delivery until the adapter takes it or it is dead-lettered.
+    async fn deliver(&self, item: &OutboxItem) {
+        let labels = [
+            ("workspace", item.workspace.clone()),
+            ("channel", item.channel.clone()),
+        ];
+        let max_age_ms = self.settings.max_age_secs.saturating_mul(1000);
+        let mut attempts = 0u32;
+        loop {
+            let Some(outbound) = self.outbound_of(item) else {
+                // Read again later: a node may apply the channel a moment
+                // after the commit; still without settings a minute after
+                // the commit, the channel lost them (or was deleted).
+                let age = crate::clock::now_ms().saturating_sub(item.ts);
+                if age >= max_age_ms.min(UNCONFIGURED_MS) {
+                    self.dead_letter(item, attempts, "the channel has no outbound settings")
+                        .await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            };
+            attempts += 1;
+            let slots = self.channel_slots(item);
+            let Ok(_slot) = slots.acquire().await else {
+                return;
+            };
+            let (outcome, error) = self.attempt(&outbound, item).await;
+            drop(_slot);
+            match outcome {
+                Verdict::Done => {
+                    let latency = crate::clock::now_ms().saturating_sub(item.ts);
+                    metrics::counter!("switchboard_outbound_delivered_total", &labels).increment(1);
+                    metrics::histogram!("switchboard_outbound_latency_seconds", &labels)
+                        .record(latency as f64 / 1000.0);
+                    self.acknowledge(item).await;
+                    return;
+                }
+                Verdict::Dead => {
+                    self.dead_letter(item, attempts, &error).await;
+                    return;
+                }
+                Verdict::Retry { after } => {
+                    let age = crate::clock::now_ms().saturating_sub(item.ts);
+                    if age >= max_age_ms {
+                        let why = format!("gave up after {attempts} attempts: {error}");
+                        self.dead_letter(item, attempts, &why).await;
+                        return;
+                    }
+                    metrics::counter!("switchboard_outbound_retried_total", &labels).increment(1);
+                    tracing::debug!(delivery = %item.id, attempts, error = %error, "delivery retried");
+                    let left = Duration::from_millis(max_age_ms - age);
+                    let delay = backoff(
+                        attempts,
+                        Duration::from_millis(self.settings.retry_base_ms),
+                        after,
+                        jitter(),
+                    )
+                    .min(MAX_BACKOFF)
+                    .min(left);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One POST; its verdict and, unless done, what went wrong (never the secret).
+    async fn attempt(&self, outbound: &Outbound, item: &OutboxItem) -> (Verdict, String) {
+        let now_ms = crate::clock::now_ms();
+        let sig = signature(&outbound.signing_secrets(now_ms), now_ms / 1000, &item.body);
+        let sent = self
+            .client
+            .post(&outbound.url)
+            .header("content-type", "application/json")
+            .header("switchboard-delivery", &item.id)
+            .header("switchboard-signature", sig)
+            .body(item.body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                let v = verdict(status, retry_after);
+                if v == Verdict::Done {
+                    return (v, String::new());
+                }
+                let text = resp.text().await.unwrap_or_default();
+                let excerpt: String = text.chars().take(ERROR_EXCERPT).collect();
+                (v, format!("HTTP {status}: {excerpt}"))
+            }
+            // Timeouts, refused and reset connections: worth another try.
+            Err(e) => (
+                Verdict::Retry { after: None },
+                format!("request failed: {}", without_url(&e)),
+            ),
+        }
+    }
+
+    /// Removes a delivered item from the outbox; retried while storage is
+    /// down (given up, it is delivered again later under the same id).
+    async fn acknowledge(&self, item: &OutboxItem) {
+        for wait in [0, 100, 500, 1000, 2000, 5000] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match self.store.outbox_ack(item).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(delivery = %item.id, error = %e, "outbox ack failed"),
+            }
+        }
+    }
+
+    async fn dead_letter(&self, item: &OutboxItem, attempts: u32, error: &str) {
+        metrics::counter!("switchboard_outbound_dead_lettered_total",
+            "workspace" => item.workspace.clone(), "channel" => item.channel.clone())
+        .increment(1);
+        tracing::warn!(delivery = %item.id, channel = %item.channel, attempts, error, "delivery dead-lettered");
+        let dead = DeadLetter {
+            item: item.clone(),
+            error: error.to_owned(),
+            attempts,
+            at: crate::clock::now_ms(),
+        };
+        for wait in [0, 100, 500, 1000, 2000, 5000] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            match self.store.outbox_dead(dead.clone()).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(delivery = %item.id, error = %e, "dead-lettering failed"),
+            }
+        }
+    }
+}
+
+/// A transport error without its URL (which may carry credentials).
+fn without_url(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else if e.is_body() || e.is_decode() {
+        "broken response"
+    } else {
+        "connection failed"
+    };
+    let mut source = std::error::Error::source(e);
+    let mut detail = String::new();
+    while let Some(s) = source {
+        detail = s.to_string();
+        source = s.source();
+    }
+    if detail.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind} ({detail})")
+    }
+}
+
+/// A fraction in [0, 1) from the system's random source.
+fn jitter() -> f64 {
+    let mut b = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
