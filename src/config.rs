@@ -24,6 +24,27 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
 }
 
+/// Which workspaces' changes a node takes from the Redis bus.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Subscribe {
+    /// Every workspace (`PSUBSCRIBE`): every node serves every workspace's
+    /// admin and adapter API from memory.
+    #[default]
+    All,
+    /// Only workspaces with a live connection or request on this node,
+    /// loaded when first needed and dropped after a while without one.
+    Interest,
+}
+
+impl Subscribe {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Subscribe::All => "all",
+            Subscribe::Interest => "interest",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -33,6 +54,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub adapter_keys: Vec<String>,
     pub redis_url: Option<String>,
+    /// Redis only: follow every workspace, or only those this node serves.
+    pub subscribe: Subscribe,
     pub node_id: String,
     pub log_format: String,
     pub shutdown_grace_secs: u64,
@@ -73,6 +96,9 @@ pub struct ServeArgs {
     /// Redis URL; unset = one node with embedded state.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis only: `all` workspaces' changes, or only the workspaces this node serves (`interest`) [default: all].
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE")]
+    pub subscribe: Option<String>,
     /// Name of this node [default: $HOSTNAME, then the host name].
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
@@ -129,6 +155,7 @@ struct FileConfig {
     admin_token: Option<String>,
     adapter_key: Option<String>,
     redis_url: Option<String>,
+    subscribe: Option<String>,
     node_id: Option<String>,
     log_format: Option<String>,
     shutdown_grace_secs: Option<u64>,
@@ -211,6 +238,11 @@ impl Config {
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log_format: expected text or json, got {log_format:?}");
         }
+        let subscribe = match args.subscribe.or(file.subscribe).as_deref() {
+            None | Some("" | "all") => Subscribe::All,
+            Some("interest") => Subscribe::Interest,
+            Some(other) => anyhow::bail!("subscribe: expected all or interest, got {other:?}"),
+        };
         // An empty value counts as unset (e.g. `SWITCHBOARD_ADMIN_TOKEN=`).
         let non_empty = |s: &String| !s.is_empty();
         Ok(Config {
@@ -241,6 +273,7 @@ impl Config {
                 })
                 .unwrap_or_default(),
             redis_url: args.redis_url.or(file.redis_url).filter(non_empty),
+            subscribe,
             node_id,
             log_format,
             shutdown_grace_secs: args
@@ -347,6 +380,7 @@ impl Explained {
             admin_token,
             adapter_key,
             redis_url,
+            subscribe,
             node_id,
             log_format,
             shutdown_grace_secs,
@@ -457,6 +491,7 @@ impl Explained {
                     _ => c.node_id.clone(),
                 },
             ),
+            ("subscribe", c.subscribe.as_str().to_owned()),
             ("log_format", c.log_format.clone()),
             ("shutdown_grace_secs", c.shutdown_grace_secs.to_string()),
             ("history_len", c.history_len.to_string()),
@@ -628,6 +663,7 @@ mod tests {
                 let value = match k.as_str() {
                     "listen" => "\"127.0.0.1:9\"".to_owned(),
                     "log_format" => "\"json\"".to_owned(),
+                    "subscribe" => "\"interest\"".to_owned(),
                     k if strings.contains(&k) => format!("\"{k}-value\""),
                     _ => "7".to_owned(),
                 };

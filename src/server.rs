@@ -103,7 +103,10 @@ pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
     crate::credentials::AdapterKey::parse_all(&config.adapter_keys)
         .map_err(|e| anyhow::anyhow!("SWITCHBOARD_ADAPTER_KEY: {e}"))?;
     let store: Arc<dyn Store> = match &config.redis_url {
-        Some(url) => crate::store::redis::connect(url, &config.node_id, config.history_len).await?,
+        Some(url) => {
+            let interest = config.subscribe == crate::config::Subscribe::Interest;
+            crate::store::redis::connect(url, &config.node_id, config.history_len, interest).await?
+        }
         None => Arc::new(MemoryStore::new(config.history_len)),
     };
     let hub = Arc::new(Hub::new());

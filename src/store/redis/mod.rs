@@ -154,7 +154,7 @@ use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 use serde::Serialize;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 pub use commit::{COMMIT, IDEMPOTENCY_TTL_SECS};
@@ -217,6 +217,12 @@ struct Inner {
     client: Client,
     conn: ConnectionManager,
     node: String,
+    /// Subscribe mode `interest`: follow only the workspaces held here.
+    interest: bool,
+    /// Workspaces held on this node, and (mode `interest`) followed.
+    follows: Mutex<HashMap<Id, bus::Follow>>,
+    /// To the bus task.
+    commands: mpsc::Sender<bus::Command>,
     history_len: usize,
     commit_script: Script,
     queues: queues::Scripts,
@@ -292,17 +298,29 @@ pub async fn connect(
     url: &str,
     node_id: &str,
     history_len: usize,
+    interest: bool,
 ) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(
-        RedisStore::connect(url, node_id, history_len).await?,
+        RedisStore::connect_with(url, node_id, history_len, interest).await?,
     ))
 }
 
 impl RedisStore {
+    /// Subscribe mode `all`.
     pub async fn connect(
         url: &str,
         node_id: &str,
         history_len: usize,
+    ) -> anyhow::Result<RedisStore> {
+        Self::connect_with(url, node_id, history_len, false).await
+    }
+
+    /// `interest`: subscribe mode `interest` (see the module doc), else `all`.
+    pub async fn connect_with(
+        url: &str,
+        node_id: &str,
+        history_len: usize,
+        interest: bool,
     ) -> anyhow::Result<RedisStore> {
         let client = Client::open(url).map_err(|e| anyhow::anyhow!("redis url: {e}"))?;
         let config = ConnectionManagerConfig::new()
@@ -314,14 +332,18 @@ impl RedisStore {
         let conn = bounded(ConnectionManager::new_with_config(client.clone(), config))
             .await
             .map_err(|e| anyhow::anyhow!("redis {}: {e}", client.get_connection_info().addr))?;
-        let first_bus = bus::open(&client)
+        let first_bus = bus::open(&client, interest, &[])
             .await
             .map_err(|e| anyhow::anyhow!("redis pub/sub: {e}"))?;
         let (applied_tx, _) = watch::channel(0);
+        let (commands, commands_rx) = mpsc::channel(bus::COMMANDS);
         let inner = Arc::new(Inner {
             client,
             conn,
             node: node_id.to_owned(),
+            interest,
+            follows: Mutex::new(HashMap::new()),
+            commands,
             history_len: history_len.max(1),
             commit_script: commit::script(),
             queues: queues::Scripts::new(),
@@ -337,7 +359,7 @@ impl RedisStore {
         });
         let (start_tx, start_rx) = oneshot::channel();
         let tasks = vec![
-            tokio::spawn(bus::run(inner.clone(), start_rx, first_bus)),
+            tokio::spawn(bus::run(inner.clone(), start_rx, first_bus, commands_rx)),
             tokio::spawn(presence::refresh(inner.clone())),
         ];
         Ok(RedisStore {
@@ -365,13 +387,74 @@ impl Store for RedisStore {
     }
 
     /// Also records the commit counters the snapshot contains: the bus then
-    /// skips those commits (only for the load before `subscribe`).
+    /// skips those commits (only for the load before `subscribe`). Mode
+    /// `interest` loads nothing: a workspace is loaded when first held.
     async fn load(&self) -> Result<Vec<Snapshot>, StoreError> {
+        if self.inner.interest {
+            return Ok(Vec::new());
+        }
         let (snaps, counters) = self.inner.load_all().await?;
         if self.start.lock().is_some() {
             *self.baseline.lock() = bus::Baseline::of(&snaps, counters);
         }
         Ok(snaps)
+    }
+
+    /// Mode `interest`: the first holder has the bus subscribe and restore
+    /// the workspace (through the bus task, so nothing published meanwhile
+    /// is lost); a later one only counts. Bounded by [`APPLY_WAIT`]: while
+    /// Redis or the bus is down the answer is `Unavailable`, never a hang.
+    async fn attend(&self, workspace: &str) -> Result<(), StoreError> {
+        {
+            let mut follows = self.inner.follows.lock();
+            let f = follows.entry(workspace.to_owned()).or_default();
+            f.holders += 1;
+            f.idle_since = None;
+            if !self.inner.interest || f.loaded {
+                return Ok(());
+            }
+        }
+        let (done, answer) = oneshot::channel();
+        let asked = async {
+            self.inner
+                .commands
+                .send(bus::Command::Follow {
+                    workspace: workspace.to_owned(),
+                    done,
+                })
+                .await
+                .map_err(|_| unavailable("bus task ended"))?;
+            answer.await.map_err(|_| unavailable("bus task ended"))?
+        };
+        let r = match tokio::time::timeout(APPLY_WAIT, asked).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "workspace {workspace:?} not loaded within {APPLY_WAIT:?} (redis bus down?)"
+            ))),
+        };
+        if r.is_err() {
+            self.leave(workspace);
+        }
+        r
+    }
+
+    fn leave(&self, workspace: &str) {
+        let mut follows = self.inner.follows.lock();
+        let Some(f) = follows.get_mut(workspace) else {
+            return;
+        };
+        f.holders = f.holders.saturating_sub(1);
+        if f.holders == 0 {
+            if self.inner.interest {
+                f.idle_since = Some(std::time::Instant::now());
+            } else {
+                follows.remove(workspace);
+            }
+        }
+    }
+
+    fn by_interest(&self) -> bool {
+        self.inner.interest
     }
 
     async fn commit_if(
@@ -381,7 +464,11 @@ impl Store for RedisStore {
         base: Option<&Conversation>,
     ) -> Result<Outcome, StoreError> {
         let start = std::time::Instant::now();
+        // Mode `interest`: a commit waits for its change through the bus,
+        // so the committing node follows the workspace (at least a while).
+        self.attend(workspace).await?;
         let r = self.inner.commit(workspace, change, base, false).await;
+        self.leave(workspace);
         crate::metrics::handles()
             .commit_redis
             .record(start.elapsed().as_secs_f64());
@@ -390,7 +477,9 @@ impl Store for RedisStore {
 
     async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
         let start = std::time::Instant::now();
+        self.attend(workspace).await?;
         let r = self.inner.commit(workspace, change, None, true).await;
+        self.leave(workspace);
         crate::metrics::handles()
             .commit_redis
             .record(start.elapsed().as_secs_f64());

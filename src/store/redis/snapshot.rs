@@ -70,7 +70,8 @@ impl Inner {
         })
     }
 
-    /// Every workspace's snapshot and commit counter, each read atomically.
+    /// Every listed workspace's snapshot and commit counter, each read
+    /// atomically (subscribe mode `all`).
     pub(super) async fn load_all(&self) -> Result<(Vec<Snapshot>, HashMap<Id, u64>), StoreError> {
         let mut conn = self.conn();
         let mut workspaces: Vec<Id> = bounded(
@@ -80,9 +81,30 @@ impl Inner {
         )
         .await?;
         workspaces.sort();
+        self.load_these(workspaces).await
+    }
+
+    /// These workspaces' snapshots and commit counters, each read atomically
+    /// (a workspace without data is an empty snapshot). Reads only keys of
+    /// the workspaces' own slots.
+    pub(super) async fn load_these(
+        &self,
+        workspaces: Vec<Id>,
+    ) -> Result<(Vec<Snapshot>, HashMap<Id, u64>), StoreError> {
         let mut snaps = Vec::with_capacity(workspaces.len());
         let mut counters = HashMap::new();
         for ws in workspaces {
+            let (snap, commits) = self.load_one(ws).await?;
+            counters.insert(snap.workspace.clone(), commits);
+            snaps.push(snap);
+        }
+        Ok((snaps, counters))
+    }
+
+    /// One workspace's snapshot and commit counter, read atomically.
+    pub(super) async fn load_one(&self, ws: Id) -> Result<(Snapshot, u64), StoreError> {
+        let mut conn = self.conn();
+        {
             let keys = Keys::of(&ws);
             type Raw = (
                 Vec<String>,
@@ -136,19 +158,18 @@ impl Inner {
                 .transpose()?;
             let mut seqs: Vec<(Id, u64)> = seqs.into_iter().collect();
             seqs.sort();
-            counters.insert(ws.clone(), commits.unwrap_or(0));
             let activity = decode_activity(&ws, &world, activity);
             let marks = decode_marks(&ws, &world, marks);
-            snaps.push(Snapshot {
+            let snap = Snapshot {
                 workspace: ws,
                 world,
                 settings,
                 seqs,
                 activity,
                 marks,
-            });
+            };
+            Ok((snap, commits.unwrap_or(0)))
         }
-        Ok((snaps, counters))
     }
 }
 
