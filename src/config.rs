@@ -32,15 +32,42 @@ pub enum Subscribe {
     #[default]
     All,
     /// Only workspaces with a live connection or request on this node,
-    /// loaded when first needed and dropped after a while without one.
-    Interest,
+    /// loaded when first needed and dropped `linger_secs` after the last.
+    Interest { linger_secs: u64 },
 }
 
 impl Subscribe {
-    pub fn as_str(self) -> &'static str {
+    /// Seconds a workspace nobody holds stays followed, by default.
+    pub const LINGER_SECS: u64 = 30;
+
+    /// `all`, `interest` or `interest:<linger seconds>`.
+    pub fn parse(s: &str) -> Option<Subscribe> {
+        match s.split_once(':') {
+            None if s.is_empty() || s == "all" => Some(Subscribe::All),
+            None if s == "interest" => Some(Subscribe::Interest {
+                linger_secs: Self::LINGER_SECS,
+            }),
+            Some(("interest", secs)) => Some(Subscribe::Interest {
+                linger_secs: secs.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn describe(self) -> String {
         match self {
-            Subscribe::All => "all",
-            Subscribe::Interest => "interest",
+            Subscribe::All => "all".to_owned(),
+            Subscribe::Interest { linger_secs } => format!("interest:{linger_secs}"),
+        }
+    }
+
+    /// How long an unheld workspace stays followed; `None` in mode `all`.
+    pub fn linger(self) -> Option<std::time::Duration> {
+        match self {
+            Subscribe::All => None,
+            Subscribe::Interest { linger_secs } => {
+                Some(std::time::Duration::from_secs(linger_secs))
+            }
         }
     }
 }
@@ -96,7 +123,7 @@ pub struct ServeArgs {
     /// Redis URL; unset = one node with embedded state.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Redis only: `all` workspaces' changes, or only the workspaces this node serves (`interest`) [default: all].
+    /// Redis only: `all` workspaces' changes, or only those this node serves: `interest` (`interest:<secs>`: kept that long after the last holder, default 30) [default: all].
     #[arg(long, env = "SWITCHBOARD_SUBSCRIBE")]
     pub subscribe: Option<String>,
     /// Name of this node [default: $HOSTNAME, then the host name].
@@ -238,10 +265,11 @@ impl Config {
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log_format: expected text or json, got {log_format:?}");
         }
-        let subscribe = match args.subscribe.or(file.subscribe).as_deref() {
-            None | Some("" | "all") => Subscribe::All,
-            Some("interest") => Subscribe::Interest,
-            Some(other) => anyhow::bail!("subscribe: expected all or interest, got {other:?}"),
+        let subscribe = match args.subscribe.or(file.subscribe) {
+            None => Subscribe::All,
+            Some(s) => Subscribe::parse(&s).ok_or_else(|| {
+                anyhow::anyhow!("subscribe: expected all, interest or interest:<secs>, got {s:?}")
+            })?,
         };
         // An empty value counts as unset (e.g. `SWITCHBOARD_ADMIN_TOKEN=`).
         let non_empty = |s: &String| !s.is_empty();
@@ -491,7 +519,7 @@ impl Explained {
                     _ => c.node_id.clone(),
                 },
             ),
-            ("subscribe", c.subscribe.as_str().to_owned()),
+            ("subscribe", c.subscribe.describe()),
             ("log_format", c.log_format.clone()),
             ("shutdown_grace_secs", c.shutdown_grace_secs.to_string()),
             ("history_len", c.history_len.to_string()),

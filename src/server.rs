@@ -104,8 +104,8 @@ pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
         .map_err(|e| anyhow::anyhow!("SWITCHBOARD_ADAPTER_KEY: {e}"))?;
     let store: Arc<dyn Store> = match &config.redis_url {
         Some(url) => {
-            let interest = config.subscribe == crate::config::Subscribe::Interest;
-            crate::store::redis::connect(url, &config.node_id, config.history_len, interest).await?
+            let linger = config.subscribe.linger();
+            crate::store::redis::connect(url, &config.node_id, config.history_len, linger).await?
         }
         None => Arc::new(MemoryStore::new(config.history_len)),
     };

@@ -26,7 +26,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const PATTERN: &str = "sb:ws:*";
 const PREFIX: &str = "sb:ws:";
 /// Subscribe mode `interest`: how long a workspace nobody on the node holds
-/// stays followed (a reconnecting client or the next request finds it warm).
+/// stays followed by default (a reconnecting client or the next request
+/// finds it warm).
 pub(super) const LINGER: Duration = Duration::from_secs(30);
 /// How often workspaces idle for [`LINGER`] are dropped.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -179,9 +180,7 @@ impl Inner {
         } else {
             1
         };
-        crate::metrics::handles()
-            .bus_subscriptions
-            .set(held as f64);
+        crate::metrics::handles().bus_subscriptions.set(held as f64);
     }
 }
 
@@ -220,7 +219,7 @@ async fn follow(
     Ok(())
 }
 
-/// Mode `interest`: drops the workspaces nobody held for [`LINGER`].
+/// Mode `interest`: drops the workspaces nobody held for `linger`.
 async fn sweep(inner: &Inner, ps: &mut PubSubSink, known: &mut HashSet<Id>) {
     let now = Instant::now();
     let gone: Vec<Id> = {
@@ -230,7 +229,7 @@ async fn sweep(inner: &Inner, ps: &mut PubSubSink, known: &mut HashSet<Id>) {
             .filter(|(_, f)| {
                 f.holders == 0
                     && f.idle_since
-                        .is_some_and(|t| now.saturating_duration_since(t) >= LINGER)
+                        .is_some_and(|t| now.saturating_duration_since(t) >= inner.linger)
             })
             .map(|(ws, _)| ws.clone())
             .collect();

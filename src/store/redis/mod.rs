@@ -219,6 +219,8 @@ struct Inner {
     node: String,
     /// Subscribe mode `interest`: follow only the workspaces held here.
     interest: bool,
+    /// Mode `interest`: how long a workspace nobody holds stays followed.
+    linger: Duration,
     /// Workspaces held on this node, and (mode `interest`) followed.
     follows: Mutex<HashMap<Id, bus::Follow>>,
     /// To the bus task.
@@ -298,10 +300,10 @@ pub async fn connect(
     url: &str,
     node_id: &str,
     history_len: usize,
-    interest: bool,
+    linger: Option<Duration>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(
-        RedisStore::connect_with(url, node_id, history_len, interest).await?,
+        RedisStore::connect_with(url, node_id, history_len, linger).await?,
     ))
 }
 
@@ -312,16 +314,18 @@ impl RedisStore {
         node_id: &str,
         history_len: usize,
     ) -> anyhow::Result<RedisStore> {
-        Self::connect_with(url, node_id, history_len, false).await
+        Self::connect_with(url, node_id, history_len, None).await
     }
 
-    /// `interest`: subscribe mode `interest` (see the module doc), else `all`.
+    /// With `linger`: subscribe mode `interest` (see the module doc), a
+    /// workspace staying followed that long after its last holder.
     pub async fn connect_with(
         url: &str,
         node_id: &str,
         history_len: usize,
-        interest: bool,
+        linger: Option<Duration>,
     ) -> anyhow::Result<RedisStore> {
+        let interest = linger.is_some();
         let client = Client::open(url).map_err(|e| anyhow::anyhow!("redis url: {e}"))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(1))
@@ -342,6 +346,7 @@ impl RedisStore {
             conn,
             node: node_id.to_owned(),
             interest,
+            linger: linger.unwrap_or(bus::LINGER),
             follows: Mutex::new(HashMap::new()),
             commands,
             history_len: history_len.max(1),
