@@ -36,6 +36,11 @@ struct Cluster {
 
 impl Cluster {
     async fn start(nodes: usize, appendonly: bool) -> Cluster {
+        Self::start_in(nodes, appendonly, "all").await
+    }
+
+    /// Nodes in a subscribe mode (`SWITCHBOARD_SUBSCRIBE`: `all`, `interest`).
+    async fn start_in(nodes: usize, appendonly: bool, subscribe: &str) -> Cluster {
         let redis = Redis::start(appendonly);
         let url = redis.url();
         let started = join_all((0..nodes).map(|i| {
@@ -45,6 +50,7 @@ impl Cluster {
                 Server::start_with(&[
                     ("SWITCHBOARD_REDIS_URL", url.as_str()),
                     ("SWITCHBOARD_NODE_ID", node.as_str()),
+                    ("SWITCHBOARD_SUBSCRIBE", subscribe),
                 ])
                 .await
             }
@@ -62,16 +68,19 @@ impl Cluster {
 
     /// Imports on node 0, then waits until every node has applied it (the
     /// import is one commit per workspace, so one known user is enough).
+    /// Naming the workspace makes a node of subscribe mode `interest` follow
+    /// it (for its linger, 30 s, or while its agents are connected).
     async fn import(&self, world: &Value) {
         self.node(0).import(world).await;
         let last = world["users"]
             .as_array()
             .and_then(|u| u.last())
-            .and_then(|u| u["id"].as_str())
             .expect("a world with users");
+        let ws = last["workspace"].as_str().unwrap_or("w1");
+        let last = last["id"].as_str().expect("a user id");
         for n in &self.nodes {
             until(LONG, &format!("node {} knows {last}", n.port), || async {
-                n.admin(Method::GET, &format!("/users/{last}"), None)
+                n.admin(Method::GET, &format!("/users/{last}?workspace={ws}"), None)
                     .await
                     .0
                     == StatusCode::OK
@@ -195,7 +204,16 @@ fn sigkill(pid: u32) {
 /// in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_delivery_follows_the_policy() {
-    let cl = Cluster::start(3, false).await;
+    cross_node_delivery_follows_the_policy_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_delivery_follows_the_policy_by_interest() {
+    cross_node_delivery_follows_the_policy_in("interest").await;
+}
+
+async fn cross_node_delivery_follows_the_policy_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [
             {"id": "adm", "role": "admin"},
@@ -372,7 +390,16 @@ async fn cross_node_delivery_follows_the_policy() {
 /// message, while the involved agent on node 1 gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_on_one_node_holds_on_the_others() {
-    let cl = Cluster::start(3, false).await;
+    revocation_on_one_node_holds_on_the_others_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_one_node_holds_on_the_others_by_interest() {
+    revocation_on_one_node_holds_on_the_others_in("interest").await;
+}
+
+async fn revocation_on_one_node_holds_on_the_others_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [{"id": "s1"}, {"id": "s2"}, {"id": "s3"}],
         "channels": [{"id": "ch1"}],
@@ -433,7 +460,16 @@ async fn revocation_on_one_node_holds_on_the_others() {
 /// online agents get equal shares (±1), the offline one none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_is_shared_and_fair_across_nodes() {
-    let cl = Cluster::start(3, false).await;
+    round_robin_is_shared_and_fair_across_nodes_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_shared_and_fair_across_nodes_by_interest() {
+    round_robin_is_shared_and_fair_across_nodes_in("interest").await;
+}
+
+async fn round_robin_is_shared_and_fair_across_nodes_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [{"id": "r1"}, {"id": "r2"}, {"id": "r3"}, {"id": "r4"}],
         "channels": [{"id": "rr", "auto_assign": {
@@ -516,7 +552,16 @@ async fn round_robin_is_shared_and_fair_across_nodes() {
 /// node 1 with `?resume=` and receives every missed event exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_of_a_killed_node_resume_elsewhere() {
-    let cl = Cluster::start(3, false).await;
+    agents_of_a_killed_node_resume_elsewhere_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_killed_node_resume_elsewhere_by_interest() {
+    agents_of_a_killed_node_resume_elsewhere_in("interest").await;
+}
+
+async fn agents_of_a_killed_node_resume_elsewhere_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [{"id": "x"}, {"id": "y"}],
         "channels": [{"id": "ch1"}],
@@ -627,7 +672,16 @@ async fn agents_of_a_killed_node_resume_elsewhere() {
 /// connection sees an event twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_is_survived() {
-    let mut cl = Cluster::start(2, true).await;
+    redis_restart_is_survived_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_is_survived_by_interest() {
+    redis_restart_is_survived_in("interest").await;
+}
+
+async fn redis_restart_is_survived_in(subscribe: &str) {
+    let mut cl = Cluster::start_in(2, true, subscribe).await;
     let world = json!({
         "users": [{"id": "z"}, {"id": "w"}],
         "channels": [{"id": "ch1"}],
