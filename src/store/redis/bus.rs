@@ -8,12 +8,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
-use redis::{Client, Value};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::conn::{BusConn, Heard, Target};
 use super::{bounded, Inner};
 use crate::domain::{Change, Committed, Id};
 use crate::store::{Sink, Snapshot, StoreError};
@@ -22,9 +20,13 @@ use crate::store::{Sink, Snapshot, StoreError};
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// The bus's channel pattern, and each workspace's channel prefix.
+/// The bus's channel pattern, and each workspace's channel prefix (one
+/// primary); a cluster's sharded channel is `sb:{ws}:bus` (the workspace's
+/// hash tag: the slot, so the shard, of its keys).
 const PATTERN: &str = "sb:ws:*";
 const PREFIX: &str = "sb:ws:";
+const SHARDED_PREFIX: &str = "sb:{";
+const SHARDED_SUFFIX: &str = "}:bus";
 /// Subscribe mode `interest`: how long a workspace nobody on the node holds
 /// stays followed by default (a reconnecting client or the next request
 /// finds it warm).
@@ -55,8 +57,21 @@ pub(super) enum Command {
 }
 
 /// The channel a workspace's changes are published on.
-pub(super) fn channel(workspace: &str) -> String {
-    format!("{PREFIX}{workspace}")
+pub(super) fn channel(sharded: bool, workspace: &str) -> String {
+    if sharded {
+        format!("{SHARDED_PREFIX}{workspace}{SHARDED_SUFFIX}")
+    } else {
+        format!("{PREFIX}{workspace}")
+    }
+}
+
+/// The workspace of a channel.
+fn workspace_of(channel: &str) -> Option<&str> {
+    channel.strip_prefix(PREFIX).or_else(|| {
+        channel
+            .strip_prefix(SHARDED_PREFIX)
+            .and_then(|c| c.strip_suffix(SHARDED_SUFFIX))
+    })
 }
 
 /// What the bus carries: the workspace's commit counter `n` (0 for an
@@ -100,20 +115,19 @@ impl Baseline {
 /// A bus connection: `PSUBSCRIBE` to every workspace (mode `all`), or
 /// `SUBSCRIBE` to each of `followed` (mode `interest`).
 pub(super) async fn open(
-    client: &Client,
+    target: &Target,
     interest: bool,
     followed: &[Id],
-) -> Result<(PubSubSink, PubSubStream), StoreError> {
-    let pubsub = bounded(client.get_async_pubsub()).await?;
-    let (mut sink, stream) = pubsub.split();
+) -> Result<BusConn, StoreError> {
+    let mut bus = bounded(target.bus()).await?;
     if interest {
         for ws in followed {
-            bounded(sink.subscribe(channel(ws))).await?;
+            bounded(bus.subscribe(&channel(target.is_cluster(), ws))).await?;
         }
     } else {
-        bounded(sink.psubscribe(PATTERN)).await?;
+        bounded(bus.subscribe_pattern(PATTERN)).await?;
     }
-    Ok((sink, stream))
+    Ok(bus)
 }
 
 impl Inner {
@@ -190,18 +204,18 @@ impl Inner {
 /// after, from the snapshot's commit counter on: none lost, none twice.
 async fn follow(
     inner: &Inner,
-    ps: &mut PubSubSink,
+    ps: &mut BusConn,
     known: &mut HashSet<Id>,
     ws: Id,
 ) -> Result<(), StoreError> {
     if inner.follows.lock().get(&ws).is_some_and(|f| f.loaded) {
         return Ok(());
     }
-    bounded(ps.subscribe(channel(&ws))).await?;
+    bounded(ps.subscribe(&inner.channel(&ws))).await?;
     let (snap, n) = match inner.load_one(ws.clone()).await {
         Ok(loaded) => loaded,
         Err(e) => {
-            let _ = bounded(ps.unsubscribe(channel(&ws))).await;
+            let _ = bounded(ps.unsubscribe(&inner.channel(&ws))).await;
             return Err(e);
         }
     };
@@ -220,7 +234,7 @@ async fn follow(
 }
 
 /// Mode `interest`: drops the workspaces nobody held for `linger`.
-async fn sweep(inner: &Inner, ps: &mut PubSubSink, known: &mut HashSet<Id>) {
+async fn sweep(inner: &Inner, ps: &mut BusConn, known: &mut HashSet<Id>) {
     let now = Instant::now();
     let gone: Vec<Id> = {
         let mut follows = inner.follows.lock();
@@ -244,7 +258,7 @@ async fn sweep(inner: &Inner, ps: &mut PubSubSink, known: &mut HashSet<Id>) {
     let consumers = inner.consumers();
     for ws in gone {
         // A failed UNSUBSCRIBE is harmless: what still comes is skipped.
-        let _ = bounded(ps.unsubscribe(channel(&ws))).await;
+        let _ = bounded(ps.unsubscribe(&inner.channel(&ws))).await;
         inner.applied.lock().remove(&ws);
         inner.delivered.lock().remove(&ws);
         known.remove(&ws);
@@ -261,7 +275,7 @@ async fn sweep(inner: &Inner, ps: &mut PubSubSink, known: &mut HashSet<Id>) {
 pub(super) async fn run(
     inner: Arc<Inner>,
     start: oneshot::Receiver<Baseline>,
-    first: (PubSubSink, PubSubStream),
+    first: BusConn,
     mut commands: mpsc::Receiver<Command>,
 ) {
     let Ok(baseline) = start.await else {
@@ -273,13 +287,13 @@ pub(super) async fn run(
     let mut bus = Some(first);
     let mut backoff = BACKOFF_MIN;
     loop {
-        let (mut ps, mut stream) = match bus.take() {
+        let mut ps = match bus.take() {
             Some(b) => b,
             None => {
                 inner.bus_up.store(false, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                let b = match open(&inner.client, inner.interest, &inner.followed()).await {
+                let b = match open(&inner.target, inner.interest, &inner.followed()).await {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(error = %e, "redis bus: reconnect failed");
@@ -312,7 +326,7 @@ pub(super) async fn run(
                     let _ = done.send(r);
                     if failed {
                         // Most likely the connection: check it now.
-                        if bounded(ps.ping::<Value>()).await.is_err() {
+                        if bounded(ps.ping()).await.is_err() {
                             tracing::warn!("redis bus: health ping failed");
                             break;
                         }
@@ -321,12 +335,20 @@ pub(super) async fn run(
                 _ = sweeping.tick(), if inner.interest => {
                     sweep(&inner, &mut ps, &mut known).await;
                 }
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        tracing::warn!("redis bus: connection lost");
-                        break;
+                heard = ps.next() => {
+                    let step = match heard {
+                        Heard::Message { channel, payload } => {
+                            on_message(&inner, &mut known, &channel, &payload)
+                        }
+                        // A cluster node's connection dropped (failover): the
+                        // client resubscribes, but messages may be lost.
+                        Heard::Disconnected => Step::Lost("a shard's connection dropped".into()),
+                        Heard::Closed => {
+                            tracing::warn!("redis bus: connection lost");
+                            break;
+                        }
                     };
-                    if let Step::Lost(why) = on_message(&inner, &mut known, &msg) {
+                    if let Step::Lost(why) = step {
                         tracing::warn!(reason = %why, "redis bus: changes lost; reloading");
                         if let Err(e) = resync(&inner, &mut known).await {
                             tracing::warn!(error = %e, "redis bus: reload failed");
@@ -335,7 +357,7 @@ pub(super) async fn run(
                     }
                 }
                 _ = health.tick() => {
-                    if bounded(ps.ping::<Value>()).await.is_err() {
+                    if bounded(ps.ping()).await.is_err() {
                         tracing::warn!("redis bus: health ping failed");
                         break;
                     }
@@ -346,9 +368,8 @@ pub(super) async fn run(
     }
 }
 
-fn on_message(inner: &Inner, known: &mut HashSet<Id>, msg: &redis::Msg) -> Step {
-    let channel = msg.get_channel_name();
-    let Some(ws) = channel.strip_prefix(PREFIX) else {
+fn on_message(inner: &Inner, known: &mut HashSet<Id>, channel: &str, payload: &[u8]) -> Step {
+    let Some(ws) = workspace_of(channel) else {
         return Step::Skipped;
     };
     let (held, loaded) = inner
@@ -366,7 +387,7 @@ fn on_message(inner: &Inner, known: &mut HashSet<Id>, msg: &redis::Msg) -> Step 
         // Still in flight when the workspace was dropped: not decoded.
         return Step::Skipped;
     }
-    let env: Envelope = match serde_json::from_slice(msg.get_payload_bytes()) {
+    let env: Envelope = match serde_json::from_slice(payload) {
         Ok(e) => e,
         Err(e) => return Step::Lost(format!("undecodable change on {channel}: {e}")),
     };

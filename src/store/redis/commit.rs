@@ -339,16 +339,20 @@ impl Inner {
         for key in &plan.extra_keys {
             inv.key(key);
         }
-        inv.arg(super::bus::channel(workspace))
-            .arg(&change_json)
-            .arg(plan.seq_conv.as_deref().unwrap_or(""))
-            .arg(history_key.unwrap_or(0))
-            .arg(idem_index.unwrap_or(0))
-            .arg(IDEMPOTENCY_TTL_SECS)
-            .arg(&idem_record)
-            .arg(self.history_len)
-            .arg(if plan.replace { "1" } else { "0" })
-            .arg(drop_index.unwrap_or(0));
+        inv.arg(format!(
+            "{} {}",
+            self.publish_command(),
+            self.channel(workspace)
+        ))
+        .arg(&change_json)
+        .arg(plan.seq_conv.as_deref().unwrap_or(""))
+        .arg(history_key.unwrap_or(0))
+        .arg(idem_index.unwrap_or(0))
+        .arg(IDEMPOTENCY_TTL_SECS)
+        .arg(&idem_record)
+        .arg(self.history_len)
+        .arg(if plan.replace { "1" } else { "0" })
+        .arg(drop_index.unwrap_or(0));
         for op in &plan.ops {
             inv.arg(&op.args()[..]);
         }

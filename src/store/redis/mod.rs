@@ -139,6 +139,7 @@
 
 pub mod bus;
 pub mod commit;
+pub mod conn;
 pub mod keys;
 pub mod presence;
 pub mod queues;
@@ -151,8 +152,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, Value};
+use redis::{Script, Value};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
@@ -214,8 +214,10 @@ async fn bounded<T>(
 
 /// State shared by the store and its tasks.
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    target: conn::Target,
+    conn: conn::Conn,
+    /// A Redis Cluster: sharded channels (`SPUBLISH` / `SSUBSCRIBE`).
+    sharded: bool,
     node: String,
     /// Subscribe mode `interest`: follow only the workspaces held here.
     interest: bool,
@@ -246,8 +248,22 @@ struct Inner {
 }
 
 impl Inner {
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> conn::Conn {
         self.conn.clone()
+    }
+
+    /// The channel a workspace's changes are published on.
+    fn channel(&self, workspace: &str) -> String {
+        bus::channel(self.sharded, workspace)
+    }
+
+    /// The publish command of the channels.
+    fn publish_command(&self) -> &'static str {
+        if self.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     fn set_applied(&self, ws: &str, n: u64) {
@@ -326,24 +342,27 @@ impl RedisStore {
         linger: Option<Duration>,
     ) -> anyhow::Result<RedisStore> {
         let interest = linger.is_some();
-        let client = Client::open(url).map_err(|e| anyhow::anyhow!("redis url: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(OP_TIMEOUT)
-            .set_number_of_retries(1)
-            .set_factor(100)
-            .set_max_delay(500);
-        let conn = bounded(ConnectionManager::new_with_config(client.clone(), config))
+        let target = conn::Target::parse(url).map_err(|e| anyhow::anyhow!("redis url: {e}"))?;
+        let sharded = target.is_cluster();
+        // Sharded channels have no patterns: a cluster is always followed by interest.
+        let interest = interest || sharded;
+        if sharded && linger.is_none() {
+            tracing::info!(
+                "redis cluster: subscribe mode interest (sharded channels have no patterns)"
+            );
+        }
+        let conn = bounded(target.commands())
             .await
-            .map_err(|e| anyhow::anyhow!("redis {}: {e}", client.get_connection_info().addr))?;
-        let first_bus = bus::open(&client, interest, &[])
+            .map_err(|e| anyhow::anyhow!("redis {}: {e}", target.describe()))?;
+        let first_bus = bus::open(&target, interest, &[])
             .await
             .map_err(|e| anyhow::anyhow!("redis pub/sub: {e}"))?;
         let (applied_tx, _) = watch::channel(0);
         let (commands, commands_rx) = mpsc::channel(bus::COMMANDS);
         let inner = Arc::new(Inner {
-            client,
+            target,
             conn,
+            sharded,
             node: node_id.to_owned(),
             interest,
             linger: linger.unwrap_or(bus::LINGER),
@@ -626,8 +645,8 @@ impl Store for RedisStore {
         let change = to_json(&Change::Ephemeral { event })?;
         let mut conn = self.inner.conn();
         bounded(
-            redis::cmd("PUBLISH")
-                .arg(bus::channel(workspace))
+            redis::cmd(self.inner.publish_command())
+                .arg(self.inner.channel(workspace))
                 .arg(bus::ephemeral_envelope(&change))
                 .query_async::<()>(&mut conn),
         )
