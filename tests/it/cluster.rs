@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::support::gateway::{token, unique, urlencode, Client, Event, Server};
 use crate::support::redis::Redis;
+use crate::support::redis_cluster::RedisCluster;
 
 /// Bound of waits for cross-node delivery and recovery.
 const LONG: Duration = Duration::from_secs(20);
@@ -31,7 +32,30 @@ const QUIET: Duration = Duration::from_millis(400);
 struct Cluster {
     // Nodes first: they are dropped (killed) before their Redis.
     nodes: Vec<Arc<Server>>,
-    redis: Redis,
+    redis: Backend,
+}
+
+/// What the nodes share: one Redis, or a Redis Cluster (3 primaries, 3 replicas).
+enum Backend {
+    Single(Redis),
+    Sharded(RedisCluster),
+}
+
+impl Backend {
+    fn url(&self) -> String {
+        match self {
+            Backend::Single(r) => r.url(),
+            Backend::Sharded(c) => c.url(),
+        }
+    }
+
+    /// The one Redis (tests that restart it).
+    fn single(&mut self) -> &mut Redis {
+        match self {
+            Backend::Single(r) => r,
+            Backend::Sharded(_) => panic!("not a single Redis"),
+        }
+    }
 }
 
 impl Cluster {
@@ -39,9 +63,19 @@ impl Cluster {
         Self::start_in(nodes, appendonly, "all").await
     }
 
-    /// Nodes in a subscribe mode (`SWITCHBOARD_SUBSCRIBE`: `all`, `interest`).
+    /// Nodes in a subscribe mode (`SWITCHBOARD_SUBSCRIBE`: `all`, `interest`),
+    /// or (`cluster`) on a Redis Cluster.
     async fn start_in(nodes: usize, appendonly: bool, subscribe: &str) -> Cluster {
-        let redis = Redis::start(appendonly);
+        let redis = if subscribe == "cluster" {
+            Backend::Sharded(RedisCluster::start())
+        } else {
+            Backend::Single(Redis::start(appendonly))
+        };
+        let subscribe = if subscribe == "cluster" {
+            "interest"
+        } else {
+            subscribe
+        };
         let url = redis.url();
         let started = join_all((0..nodes).map(|i| {
             let url = url.clone();
@@ -210,6 +244,11 @@ async fn cross_node_delivery_follows_the_policy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_delivery_follows_the_policy_by_interest() {
     cross_node_delivery_follows_the_policy_in("interest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_delivery_follows_the_policy_on_a_redis_cluster() {
+    cross_node_delivery_follows_the_policy_in("cluster").await;
 }
 
 async fn cross_node_delivery_follows_the_policy_in(subscribe: &str) {
@@ -398,6 +437,11 @@ async fn revocation_on_one_node_holds_on_the_others_by_interest() {
     revocation_on_one_node_holds_on_the_others_in("interest").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_one_node_holds_on_the_others_on_a_redis_cluster() {
+    revocation_on_one_node_holds_on_the_others_in("cluster").await;
+}
+
 async fn revocation_on_one_node_holds_on_the_others_in(subscribe: &str) {
     let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
@@ -466,6 +510,11 @@ async fn round_robin_is_shared_and_fair_across_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_is_shared_and_fair_across_nodes_by_interest() {
     round_robin_is_shared_and_fair_across_nodes_in("interest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_shared_and_fair_across_nodes_on_a_redis_cluster() {
+    round_robin_is_shared_and_fair_across_nodes_in("cluster").await;
 }
 
 async fn round_robin_is_shared_and_fair_across_nodes_in(subscribe: &str) {
@@ -558,6 +607,11 @@ async fn agents_of_a_killed_node_resume_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_of_a_killed_node_resume_elsewhere_by_interest() {
     agents_of_a_killed_node_resume_elsewhere_in("interest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_killed_node_resume_elsewhere_on_a_redis_cluster() {
+    agents_of_a_killed_node_resume_elsewhere_in("cluster").await;
 }
 
 async fn agents_of_a_killed_node_resume_elsewhere_in(subscribe: &str) {
@@ -655,7 +709,11 @@ async fn agents_of_a_killed_node_resume_elsewhere_in(subscribe: &str) {
         ("SWITCHBOARD_NODE_ID", "node-late"),
     ])
     .await;
-    assert_eq!(fresh.conversation("v1").await["seq"], final_seq);
+    // (Named: on a Redis Cluster a node follows workspaces by interest.)
+    let v1 = fresh
+        .admin_ok(Method::GET, "/conversations/v1?workspace=w1", None)
+        .await;
+    assert_eq!(v1["seq"], final_seq);
     let resume = urlencode(&json!({"v1": 0}).to_string());
     let mut late = fresh
         .connect_query("y", &format!("?token={}&resume={resume}", token("y", "w1")))
@@ -698,7 +756,7 @@ async fn redis_restart_is_survived_in(subscribe: &str) {
         acked.push(body);
     }
 
-    cl.redis.kill9();
+    cl.redis.single().kill9();
     for i in 0..4 {
         let started = std::time::Instant::now();
         let (status, v) = cl
@@ -728,7 +786,7 @@ async fn redis_restart_is_survived_in(subscribe: &str) {
         .await;
     }
 
-    cl.redis.restart();
+    cl.redis.single().restart();
     for n in &cl.nodes {
         until(LONG, "ready again after Redis restarted", || async {
             n.http
