@@ -43,6 +43,9 @@ impl RedisCluster {
                     "1000",
                     "--cluster-port",
                     &bus_port.to_string(),
+                    // Replicas in sync at once: one never synced cannot take over.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ]
                 .iter()
                 .map(|s| s.to_string())
@@ -79,13 +82,16 @@ impl RedisCluster {
     }
 
     /// Waits until every running node reports `cluster_state:ok` and sees
-    /// three primaries with slots.
+    /// three primaries with slots, and every replica is in sync.
     pub fn wait_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
             let ok = self.nodes.iter().filter(|n| n.is_running()).all(|n| {
+                let replication = cli_out(n.port, &["info", "replication"]);
                 cli_out(n.port, &["cluster", "info"]).contains("cluster_state:ok")
                     && self.primaries_seen_by(n.port) == 3
+                    && (replication.contains("role:master")
+                        || replication.contains("master_link_status:up"))
             });
             if ok {
                 return;
