@@ -1,5 +1,6 @@
 //! Subscribe mode `interest` on real processes: two nodes sharing a private
-//! Redis, each following only the workspaces it serves.
+//! Redis (or a Redis Cluster, sharded channels), each following only the
+//! workspaces it serves.
 //!
 //! Checked: a node with connections of workspace `wa` only never receives
 //! (so never decodes) an event of `wb` (counted by
@@ -16,6 +17,7 @@ use serde_json::{json, Value};
 
 use crate::support::gateway::{brief_all, token, urlencode, Client, Event, Server, ADAPTER_KEY};
 use crate::support::redis::Redis;
+use crate::support::redis_cluster::RedisCluster;
 
 /// Bound of waits for cross-node delivery.
 const LONG: Duration = Duration::from_secs(20);
@@ -32,9 +34,9 @@ fn world() -> Value {
     })
 }
 
-async fn node(redis: &Redis, name: &str) -> Server {
+async fn node(url: &str, name: &str) -> Server {
     Server::start_with(&[
-        ("SWITCHBOARD_REDIS_URL", redis.url().as_str()),
+        ("SWITCHBOARD_REDIS_URL", url),
         ("SWITCHBOARD_NODE_ID", name),
         // Dropped one second after the last holder: the test sees it happen.
         ("SWITCHBOARD_SUBSCRIBE", "interest:1"),
@@ -102,8 +104,18 @@ async fn bus_events(srv: &Server, interest: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_serving_one_workspace_never_receives_another() {
     let redis = Redis::start(false);
-    let n0 = node(&redis, "node-0").await;
-    let n1 = node(&redis, "node-1").await;
+    serving_one_workspace(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serving_one_workspace_never_receives_another_on_a_redis_cluster() {
+    let shards = RedisCluster::start();
+    serving_one_workspace(&shards.url()).await;
+}
+
+async fn serving_one_workspace(url: &str) {
+    let n0 = node(url, "node-0").await;
+    let n1 = node(url, "node-1").await;
     assert_eq!(n1.metric("switchboard_bus_subscriptions").await, 0.0);
     n0.import(&world()).await;
 
