@@ -1,6 +1,7 @@
-//! Cluster storage on Redis: every node of a cluster shares one Redis, and
-//! each node's consumers (the hub) learn of every commit (its own included)
-//! from the bus, in commit order.
+//! Cluster storage on Redis: every node of a cluster shares one Redis (one
+//! primary, or a Redis Cluster: [`conn`]), and each node's consumers (the
+//! hub) learn of every commit of the workspaces they follow (its own
+//! included) from the bus, in commit order.
 //!
 //! Parts: [`keys`] (the only place key names are spelled), [`commit`] (typed
 //! commit plans run by `lua/commit.lua`), [`bus`] (delivery to consumers,
@@ -15,7 +16,7 @@
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot) |
+//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot; read only by the start-up load of subscribe mode `all`, so not kept on a Redis Cluster) |
 //! | `sb:{ws}:users` / `:channels` / `:contacts` / `:conversations` | hash | id → entity JSON (world format) |
 //! | `sb:{ws}:settings` | string | workspace settings JSON |
 //! | `sb:{ws}:marks` | hash | `user \n conversation \n kind` → `read`: highest seq read (a user's own message counts as read); `hide`: the conversation's latest seq when hidden (a later message un-hides); `mute` / `archive`: `1` (removed when off). Values first stored as the `mark` change JSON are still read |
@@ -30,6 +31,7 @@
 //! | `sb:{ws}:wait:{channel}` | list | FIFO of a channel's conversations waiting for an agent |
 //! | `sb:{ws}:audit` | stream | audit log of admin changes: field `e` = entry JSON, the stream id is the entry's id; `XADD … MAXLEN` keeps exactly the newest [`AUDIT_LEN`](crate::store::AUDIT_LEN); a replace import leaves it alone |
 //! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
+//! | channel `sb:{ws}:bus` | sharded pub/sub | the same, on a Redis Cluster (`SPUBLISH`, on the workspace's slot) |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
 //! (their `marks` fields stay until a conversation with that id reappears).
@@ -71,16 +73,27 @@
 //!
 //! # Bus
 //!
-//! One task per node holds a dedicated pub/sub connection subscribed with
-//! `PSUBSCRIBE sb:ws:*`. Channels are per workspace; the node takes all of
-//! them because every node serves the admin and adapter APIs of every
-//! workspace from its hub's directory (the gateway locates entities across all
-//! workspaces), so the node must keep every workspace's directory current. The
-//! cost: every node decodes every workspace's events, messages included —
-//! O(nodes × events). Subscribing only to workspaces with local connections
-//! would cut that to the node's share, but needs workspace-affine routing of
-//! the HTTP APIs and on-demand loading of a workspace's directory; the channel
-//! layout already allows that change (`SUBSCRIBE sb:ws:{ws}` per workspace).
+//! One task per node holds a dedicated pub/sub connection. Channels are per
+//! workspace. In subscribe mode `all` it takes all of them (`PSUBSCRIBE
+//! sb:ws:*`) and the start-up load reads every listed workspace: every node
+//! serves the admin and adapter APIs of every workspace from its hub's
+//! directory, at the cost of decoding every workspace's events —
+//! O(nodes × events).
+//!
+//! In mode `interest` (always on a Redis Cluster) the node follows a
+//! workspace only while something on it holds the workspace
+//! ([`crate::store::Store::attend`]: a WebSocket session, a request naming
+//! the workspace, a commit). The first holder asks the bus task to
+//! `SUBSCRIBE` (`SSUBSCRIBE` on a cluster) to the workspace's channel, then
+//! read the workspace's snapshot and restore it into the consumers; the bus
+//! task does both before reading its next message, so changes published
+//! meanwhile wait in the subscription and are applied (or skipped, when the
+//! snapshot already has them) by the commit counter below. A workspace
+//! nobody held for the linger (30 s by default) is unsubscribed and its
+//! consumers told to [`crate::store::Sink::forget`] it. A message of a
+//! workspace not followed (in flight at an unsubscribe) is counted and
+//! dropped without being decoded. A client that connects to a node only now
+//! following its workspace resumes from history, as after any reconnect.
 //!
 //! The bus feeds every consumer subscribed on the node ([`Store::subscribe`]
 //! adds one; the first starts the bus), each in commit order per workspace.
@@ -93,9 +106,11 @@
 //! subscription is made before the start-up snapshot is read, so no commit
 //! falls between them.
 //!
-//! When the bus connection drops (Redis restart, or no answer to the 5 s
-//! health ping within 2 s), the task reconnects with backoff (0.1 s doubling
-//! to 2 s), subscribes again, reads a fresh snapshot and hands it to every consumer
+//! When the bus connection drops (Redis restart, a cluster node's connection
+//! lost in a failover, or no answer to the 5 s health ping within 2 s), the
+//! task reconnects with backoff (0.1 s doubling to 2 s), subscribes again,
+//! reads a fresh snapshot (of the followed workspaces, in mode `interest`)
+//! and hands it to every consumer
 //! ([`crate::store::Sink::restore`]): the hub re-imports each workspace as a replace, so
 //! revocations and grants made meanwhile reach live connections as diffs, and
 //! latest seqs, last messages and marks are restored. Events committed while
@@ -110,9 +125,10 @@
 //!
 //! # What Redis must be
 //!
-//! One primary (optionally with replicas / Sentinel): not Redis Cluster yet —
-//! the scripts keep to one slot, but the bus uses `PSUBSCRIBE` and the
-//! start-up load reads `sb:workspaces` with the workspaces' keys. `maxmemory-policy noeviction` (evicting a
+//! One primary (optionally with replicas / Sentinel), Redis ≥ 6.2; or a Redis
+//! Cluster, Redis ≥ 7 (sharded pub/sub over RESP3): every script keeps to one
+//! slot, and on a cluster the bus subscribes per workspace and nothing reads
+//! or writes a global key. `maxmemory-policy noeviction` (evicting a
 //! directory hash or a seq counter would silently corrupt state; under memory
 //! pressure commits fail instead, as 503). Durability of an acknowledged
 //! change is Redis's: `appendonly yes` with `appendfsync everysec` loses at
