@@ -208,3 +208,102 @@ async fn serving_one_workspace(url: &str) {
         brief_all(&more)
     );
 }
+
+/// Measurement, not a check (`cargo test --test it interest::decoded -- --ignored
+/// --nocapture`): 12 workspaces, 3 nodes, each node holding WebSockets of
+/// 4 of them; 10 posts per workspace. Prints, per subscribe mode, the events
+/// each node received from the bus ÷ the events published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn decoded_per_node_by_subscribe_mode() {
+    const WORKSPACES: usize = 12;
+    const NODES: usize = 3;
+    const POSTS: usize = 10;
+    // Linger 1 s: node 0 (which imported every workspace) lets go of the
+    // ones it does not serve before the measurement.
+    for (mode, on_cluster) in [("all", false), ("interest:1", false), ("interest:1", true)] {
+        let single = (!on_cluster).then(|| Redis::start(false));
+        let shards = on_cluster.then(RedisCluster::start);
+        let url = single
+            .as_ref()
+            .map(Redis::url)
+            .or_else(|| shards.as_ref().map(RedisCluster::url))
+            .expect("a backend");
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            nodes.push(
+                Server::start_with(&[
+                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                    ("SWITCHBOARD_NODE_ID", format!("node-{i}").as_str()),
+                    ("SWITCHBOARD_SUBSCRIBE", mode),
+                ])
+                .await,
+            );
+        }
+        let ws = |w: usize| format!("w{w}");
+        let mut users = Vec::new();
+        let mut channels = Vec::new();
+        let mut contacts = Vec::new();
+        let mut conversations = Vec::new();
+        for w in 0..WORKSPACES {
+            let ws = ws(w);
+            users.push(json!({"id": format!("u{w}"), "workspace": ws}));
+            channels.push(json!({"id": format!("ch{w}"), "workspace": ws}));
+            contacts.push(json!({"id": format!("k{w}"), "workspace": ws}));
+            conversations.push(json!({"id": format!("v{w}"), "workspace": ws, "channel": format!("ch{w}"), "contact": format!("k{w}"), "assignee": format!("u{w}")}));
+        }
+        nodes[0]
+            .import(&json!({"users": users, "channels": channels, "contacts": contacts, "conversations": conversations}))
+            .await;
+        // Workspace w is served by node w % NODES only.
+        let mut clients = Vec::new();
+        for w in 0..WORKSPACES {
+            clients.push(nodes[w % NODES].connect(&format!("u{w}"), &ws(w)).await);
+        }
+        if mode != "all" {
+            let deadline = tokio::time::Instant::now() + LONG;
+            while nodes[0].metric("switchboard_bus_subscriptions").await
+                != (WORKSPACES / NODES) as f64
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node 0 keeps following"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut before = Vec::new();
+        for n in &nodes {
+            before.push(n.metric("switchboard_bus_events_total").await);
+        }
+        // Posted on the node serving the workspace (workspace-affine routing).
+        for i in 0..POSTS {
+            for w in 0..WORKSPACES {
+                post(
+                    &nodes[w % NODES],
+                    &ws(w),
+                    &format!("v{w}"),
+                    &format!("m{i}"),
+                )
+                .await;
+            }
+        }
+        for (w, c) in clients.iter_mut().enumerate() {
+            message_seqs(c, &format!("v{w}"), POSTS).await;
+        }
+        let published = (WORKSPACES * POSTS) as f64;
+        let mut ratios = Vec::new();
+        for (n, b) in nodes.iter().zip(&before) {
+            ratios.push((n.metric("switchboard_bus_events_total").await - b) / published);
+        }
+        println!(
+            "subscribe={mode}{}: {WORKSPACES} workspaces, {NODES} nodes, {} events published; received per node ÷ published: {:?}",
+            if on_cluster { " (Redis Cluster)" } else { "" },
+            published,
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+        );
+    }
+}
