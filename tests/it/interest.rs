@@ -24,7 +24,11 @@ const LONG: Duration = Duration::from_secs(20);
 
 fn world() -> Value {
     json!({
-        "users": [{"id": "a", "workspace": "wa"}, {"id": "b", "workspace": "wb"}],
+        "users": [
+            {"id": "a", "workspace": "wa"},
+            {"id": "b", "workspace": "wb"},
+            {"id": "b2", "workspace": "wb", "role": "admin", "permissions": ["chats", "view_all"]}
+        ],
         "channels": [{"id": "cha", "workspace": "wa"}, {"id": "chb", "workspace": "wb"}],
         "contacts": [{"id": "ka", "workspace": "wa"}, {"id": "kb", "workspace": "wb"}],
         "conversations": [
@@ -206,6 +210,18 @@ async fn serving_one_workspace(url: &str) {
         !more.iter().any(|f| f["type"] == "message"),
         "a got more:{}",
         brief_all(&more)
+    );
+
+    // An ephemeral event (typing) crosses nodes on the workspace's channel too.
+    let mut b2 = n1.connect("b2", "wb").await;
+    b.send_json(&json!({"type": "typing", "conversation": "vb"}))
+        .await;
+    let frames = b2
+        .recv_until("typing of b", |f| f["type"] == "typing" && f["user"] == "b")
+        .await;
+    assert_eq!(
+        frames.last().map(|f| &f["conversation"]),
+        Some(&json!("vb"))
     );
 }
 
