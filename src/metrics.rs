@@ -129,11 +129,11 @@ fn describe() {
     describe_histogram!(
         "switchboard_redis_command_duration_seconds",
         Unit::Seconds,
-        "Latency of Redis commands and scripts, successful or not."
+        "Latency of Redis commands and scripts, successful or not; on a Redis Cluster, by shard (the primary of the workspace's slot)."
     );
     describe_counter!(
         "switchboard_redis_errors_total",
-        "Redis commands that failed, by kind (error, timeout)."
+        "Redis commands that failed, by kind (error, timeout); on a Redis Cluster, by shard."
     );
     describe_counter!(
         "switchboard_bus_events_total",

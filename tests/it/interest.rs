@@ -223,6 +223,25 @@ async fn serving_one_workspace(url: &str) {
         frames.last().map(|f| &f["conversation"]),
         Some(&json!("vb"))
     );
+
+    // On a Redis Cluster, Redis latency is measured per shard (its primary).
+    if url.starts_with("redis+cluster://") {
+        let text = n0
+            .http
+            .get(n0.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        assert!(
+            text.lines().any(|l| l
+                .starts_with("switchboard_redis_command_duration_seconds_count{")
+                && l.contains("shard=\"127.0.0.1:")),
+            "no per-shard Redis latency in:\n{text}"
+        );
+    }
 }
 
 /// Measurement, not a check (`cargo test --test it interest::decoded -- --ignored

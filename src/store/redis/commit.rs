@@ -359,7 +359,9 @@ impl Inner {
             inv.arg(&op.args()[..]);
         }
         let mut conn = self.conn();
-        let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn)).await?;
+        let reply: Vec<Value> = self
+            .bounded_in(workspace, inv.invoke_async(&mut conn))
+            .await?;
         match reply.as_slice() {
             [Value::Int(1), Value::BulkString(record)] => {
                 let r: IdempotencyRecord =

@@ -16,7 +16,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Client, Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Value};
 use tokio::sync::mpsc;
 
-use super::OP_TIMEOUT;
+use super::keys::Keys;
+use super::{bounded, Inner, OP_TIMEOUT};
 
 /// The scheme of a Redis Cluster URL.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
@@ -258,5 +259,81 @@ fn bytes(v: Value) -> Option<Vec<u8>> {
         Value::BulkString(b) => Some(b),
         Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
+    }
+}
+
+/// Which primary serves which slots of a Redis Cluster, as last read with
+/// `CLUSTER SLOTS`: the `shard` label of the Redis metrics.
+#[derive(Default)]
+pub struct Shards {
+    ranges: parking_lot::RwLock<Vec<(u16, u16, String)>>,
+}
+
+impl Shards {
+    /// `host:port` of the primary of a workspace's slot (`unknown` before the
+    /// first read).
+    pub fn of_workspace(&self, workspace: &str) -> String {
+        let slot = redis::cluster_routing::get_slot(Keys::of(workspace).commits().as_bytes());
+        self.ranges
+            .read()
+            .iter()
+            .find(|(start, end, _)| *start <= slot && slot <= *end)
+            .map_or_else(|| "unknown".to_owned(), |(_, _, addr)| addr.clone())
+    }
+
+    fn set(&self, reply: &Value) {
+        let Value::Array(ranges) = reply else {
+            return;
+        };
+        let int = |v: &Value| match v {
+            Value::Int(i) => u16::try_from(*i).ok(),
+            _ => None,
+        };
+        let text = |v: &Value| match v {
+            Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        };
+        let parsed: Vec<(u16, u16, String)> = ranges
+            .iter()
+            .filter_map(|r| {
+                let Value::Array(r) = r else { return None };
+                let (start, end) = (int(r.first()?)?, int(r.get(1)?)?);
+                let Value::Array(primary) = r.get(2)? else {
+                    return None;
+                };
+                let host = text(primary.first()?)?;
+                let port = match primary.get(1)? {
+                    Value::Int(p) => *p,
+                    _ => return None,
+                };
+                Some((start, end, format!("{host}:{port}")))
+            })
+            .collect();
+        if !parsed.is_empty() {
+            *self.ranges.write() = parsed;
+        }
+    }
+}
+
+/// How often the slot map of the metrics is read again (it changes on a
+/// failover or a resharding).
+const SHARDS_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps [`Inner::shards`] current.
+pub(super) async fn refresh_shards(inner: std::sync::Arc<Inner>) {
+    let mut tick = tokio::time::interval(SHARDS_EVERY);
+    loop {
+        tick.tick().await;
+        let mut conn = inner.conn();
+        if let Ok(reply) = bounded(
+            redis::cmd("CLUSTER")
+                .arg("SLOTS")
+                .query_async::<Value>(&mut conn),
+        )
+        .await
+        {
+            inner.shards.set(&reply);
+        }
     }
 }

@@ -208,19 +208,41 @@ fn int(v: &Value) -> Option<u64> {
 async fn bounded<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
+    bounded_on(None, f).await
+}
+
+/// [`bounded`], measured under the Redis Cluster primary that runs it
+/// (`shard` label), when known.
+async fn bounded_on<T>(
+    shard: Option<&str>,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
     // Every command goes through here: one place for latency and errors.
     let m = crate::metrics::handles();
     let start = std::time::Instant::now();
     let r = tokio::time::timeout(OP_TIMEOUT, f).await;
-    m.redis_command.record(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed().as_secs_f64();
+    let count = |kind: &'static str| match shard {
+        Some(s) => {
+            metrics::counter!("switchboard_redis_errors_total", "kind" => kind, "shard" => s.to_owned())
+                .increment(1);
+        }
+        None if kind == "error" => m.redis_error.increment(1),
+        None => m.redis_timeout.increment(1),
+    };
+    match shard {
+        Some(s) => metrics::histogram!("switchboard_redis_command_duration_seconds", "shard" => s.to_owned())
+            .record(elapsed),
+        None => m.redis_command.record(elapsed),
+    }
     match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            m.redis_error.increment(1);
+            count("error");
             Err(unavailable(e))
         }
         Err(_) => {
-            m.redis_timeout.increment(1);
+            count("timeout");
             Err(StoreError::Unavailable(format!(
                 "redis did not answer within {OP_TIMEOUT:?}"
             )))
@@ -239,6 +261,8 @@ struct Inner {
     interest: bool,
     /// Mode `interest`: how long a workspace nobody holds stays followed.
     linger: Duration,
+    /// Redis Cluster: which primary serves which slots (for the `shard` label).
+    shards: conn::Shards,
     /// Workspaces held on this node, and (mode `interest`) followed.
     follows: Mutex<HashMap<Id, bus::Follow>>,
     /// To the bus task.
@@ -266,6 +290,20 @@ struct Inner {
 impl Inner {
     fn conn(&self) -> conn::Conn {
         self.conn.clone()
+    }
+
+    /// [`bounded`], labelled with the shard of the workspace's slot on a
+    /// Redis Cluster.
+    async fn bounded_in<T>(
+        &self,
+        workspace: &str,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        if !self.sharded {
+            return bounded(f).await;
+        }
+        let shard = self.shards.of_workspace(workspace);
+        bounded_on(Some(&shard), f).await
     }
 
     /// The channel a workspace's changes are published on.
@@ -381,6 +419,7 @@ impl RedisStore {
             sharded,
             node: node_id.to_owned(),
             interest,
+            shards: conn::Shards::default(),
             linger: linger.unwrap_or(bus::LINGER),
             follows: Mutex::new(HashMap::new()),
             commands,
@@ -402,6 +441,10 @@ impl RedisStore {
             tokio::spawn(bus::run(inner.clone(), start_rx, first_bus, commands_rx)),
             tokio::spawn(presence::refresh(inner.clone())),
         ];
+        let mut tasks = tasks;
+        if sharded {
+            tasks.push(tokio::spawn(conn::refresh_shards(inner.clone())));
+        }
         Ok(RedisStore {
             inner,
             start: Mutex::new(Some(start_tx)),
@@ -611,17 +654,19 @@ impl Store for RedisStore {
     async fn audit(&self, workspace: &str, entry: AuditEntry) -> Result<String, StoreError> {
         let json = to_json(&entry)?;
         let mut conn = self.inner.conn();
-        bounded(
-            redis::cmd("XADD")
-                .arg(Keys::of(workspace).audit())
-                .arg("MAXLEN")
-                .arg(super::AUDIT_LEN)
-                .arg("*")
-                .arg("e")
-                .arg(json)
-                .query_async(&mut conn),
-        )
-        .await
+        self.inner
+            .bounded_in(
+                workspace,
+                redis::cmd("XADD")
+                    .arg(Keys::of(workspace).audit())
+                    .arg("MAXLEN")
+                    .arg(super::AUDIT_LEN)
+                    .arg("*")
+                    .arg("e")
+                    .arg(json)
+                    .query_async(&mut conn),
+            )
+            .await
     }
 
     async fn audit_log(
@@ -633,16 +678,19 @@ impl Store for RedisStore {
         let key = Keys::of(workspace).audit();
         let mut conn = self.inner.conn();
         let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
-        let raw: Vec<(String, Vec<String>)> = bounded(
-            redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg(end)
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let raw: Vec<(String, Vec<String>)> = self
+            .inner
+            .bounded_in(
+                workspace,
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
         raw.into_iter()
             .map(|(id, fields)| {
                 let json = fields
@@ -660,12 +708,14 @@ impl Store for RedisStore {
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
         let change = to_json(&Change::Ephemeral { event })?;
         let mut conn = self.inner.conn();
-        bounded(
-            redis::cmd(self.inner.publish_command())
-                .arg(self.inner.channel(workspace))
-                .arg(bus::ephemeral_envelope(&change))
-                .query_async::<()>(&mut conn),
-        )
-        .await
+        self.inner
+            .bounded_in(
+                workspace,
+                redis::cmd(self.inner.publish_command())
+                    .arg(self.inner.channel(workspace))
+                    .arg(bus::ephemeral_envelope(&change))
+                    .query_async::<()>(&mut conn),
+            )
+            .await
     }
 }

@@ -30,21 +30,23 @@ impl Inner {
         let key = keys.history(conversation);
         let limit = limit.min(self.history_len);
         let mut conn = self.conn();
-        let (latest, first, found): (Option<u64>, Vec<String>, Vec<String>) = bounded(
-            redis::pipe()
-                .atomic()
-                .hget(keys.hash(Hash::Seqs), conversation)
-                .zrange(&key, 0, 0)
-                .cmd("ZRANGEBYSCORE")
-                .arg(&key)
-                .arg(format!("({after_seq}"))
-                .arg("+inf")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let (latest, first, found): (Option<u64>, Vec<String>, Vec<String>) = self
+            .bounded_in(
+                workspace,
+                redis::pipe()
+                    .atomic()
+                    .hget(keys.hash(Hash::Seqs), conversation)
+                    .zrange(&key, 0, 0)
+                    .cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({after_seq}"))
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
         let decode = |s: &String| -> Result<HistoryEntry, StoreError> {
             serde_json::from_str(s).map_err(|e| corrupt(&format!("history of {conversation:?}"), e))
         };
@@ -127,21 +129,23 @@ impl Inner {
                 commits,
                 activity,
                 marks,
-            ): Raw = bounded(
-                redis::pipe()
-                    .atomic()
-                    .hvals(keys.hash(Hash::Users))
-                    .hvals(keys.hash(Hash::Channels))
-                    .hvals(keys.hash(Hash::Contacts))
-                    .hvals(keys.hash(Hash::Conversations))
-                    .get(keys.settings())
-                    .hgetall(keys.hash(Hash::Seqs))
-                    .get(keys.commits())
-                    .hgetall(keys.hash(Hash::Activity))
-                    .hgetall(keys.hash(Hash::Marks))
-                    .query_async(&mut conn),
-            )
-            .await?;
+            ): Raw = self
+                .bounded_in(
+                    &ws,
+                    redis::pipe()
+                        .atomic()
+                        .hvals(keys.hash(Hash::Users))
+                        .hvals(keys.hash(Hash::Channels))
+                        .hvals(keys.hash(Hash::Contacts))
+                        .hvals(keys.hash(Hash::Conversations))
+                        .get(keys.settings())
+                        .hgetall(keys.hash(Hash::Seqs))
+                        .get(keys.commits())
+                        .hgetall(keys.hash(Hash::Activity))
+                        .hgetall(keys.hash(Hash::Marks))
+                        .query_async(&mut conn),
+                )
+                .await?;
             let mut world = World {
                 users: decode_all(&ws, "user", &users)?,
                 channels: decode_all(&ws, "channel", &channels)?,
