@@ -8,6 +8,8 @@
 //! lives on the shard of the workspace's slot, so a commit's publish stays
 //! on the primary that ran its script.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, PubSubSink, PubSubStream};
@@ -123,15 +125,47 @@ impl Target {
                 Ok(BusConn::Single(sink, stream))
             }
             Target::Cluster(nodes) => {
-                let (tx, rx) = mpsc::unbounded_channel();
-                let c = Self::cluster_client(nodes, Some(tx))?;
-                Ok(BusConn::Cluster(c.get_async_connection().await?, rx))
+                let (tx, rx) = mpsc::channel(PUSH_QUEUE);
+                let overflowed = Arc::new(AtomicBool::new(false));
+                let push = PushSender {
+                    tx,
+                    overflowed: overflowed.clone(),
+                };
+                let c = Self::cluster_client(nodes, Some(push))?;
+                Ok(BusConn::Cluster(
+                    c.get_async_connection().await?,
+                    rx,
+                    overflowed,
+                ))
             }
         }
     }
 }
 
-type PushSender = mpsc::UnboundedSender<PushInfo>;
+/// Hands the cluster client's pushes to the bus. Never blocks the client's
+/// connection: a full queue drops the message and the bus reloads (as for
+/// any lost message).
+struct PushSender {
+    tx: mpsc::Sender<PushInfo>,
+    overflowed: Arc<AtomicBool>,
+}
+
+impl redis::aio::AsyncPushSender for PushSender {
+    fn send(&self, info: PushInfo) -> Result<(), redis::aio::SendError> {
+        match self.tx.try_send(info) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.overflowed.store(true, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(redis::aio::SendError),
+        }
+    }
+}
+
+/// Messages the cluster client may queue for the bus before it drops one
+/// (and the bus reloads).
+const PUSH_QUEUE: usize = 65_536;
 
 /// A command connection.
 #[derive(Clone)]
@@ -180,21 +214,21 @@ pub enum Heard {
 /// cluster (resubscribed by the client after a failover).
 pub enum BusConn {
     Single(PubSubSink, PubSubStream),
-    Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
+    Cluster(ClusterConnection, mpsc::Receiver<PushInfo>, Arc<AtomicBool>),
 }
 
 impl BusConn {
     pub async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             BusConn::Single(sink, _) => sink.subscribe(channel).await,
-            BusConn::Cluster(c, _) => c.ssubscribe(channel).await,
+            BusConn::Cluster(c, ..) => c.ssubscribe(channel).await,
         }
     }
 
     pub async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
             BusConn::Single(sink, _) => sink.unsubscribe(channel).await,
-            BusConn::Cluster(c, _) => c.sunsubscribe(channel).await,
+            BusConn::Cluster(c, ..) => c.sunsubscribe(channel).await,
         }
     }
 
@@ -213,7 +247,7 @@ impl BusConn {
     pub async fn ping(&mut self) -> redis::RedisResult<()> {
         match self {
             BusConn::Single(sink, _) => sink.ping::<Value>().await.map(drop),
-            BusConn::Cluster(c, _) => redis::cmd("PING").query_async::<Value>(c).await.map(drop),
+            BusConn::Cluster(c, ..) => redis::cmd("PING").query_async::<Value>(c).await.map(drop),
         }
     }
 
@@ -227,7 +261,10 @@ impl BusConn {
                 },
                 None => Heard::Closed,
             },
-            BusConn::Cluster(_, rx) => loop {
+            BusConn::Cluster(_, rx, overflowed) => loop {
+                if overflowed.swap(false, Ordering::Relaxed) {
+                    return Heard::Disconnected;
+                }
                 let Some(push) = rx.recv().await else {
                     return Heard::Closed;
                 };
