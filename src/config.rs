@@ -26,6 +26,54 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
 }
 
+/// Which workspaces' changes a node takes from the Redis bus.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Subscribe {
+    /// Every workspace (`PSUBSCRIBE`): every node serves every workspace's
+    /// admin and adapter API from memory.
+    #[default]
+    All,
+    /// Only workspaces with a live connection or request on this node,
+    /// loaded when first needed and dropped `linger_secs` after the last.
+    Interest { linger_secs: u64 },
+}
+
+impl Subscribe {
+    /// Seconds a workspace nobody holds stays followed, by default.
+    pub const LINGER_SECS: u64 = 30;
+
+    /// `all`, `interest` or `interest:<linger seconds>`.
+    pub fn parse(s: &str) -> Option<Subscribe> {
+        match s.split_once(':') {
+            None if s.is_empty() || s == "all" => Some(Subscribe::All),
+            None if s == "interest" => Some(Subscribe::Interest {
+                linger_secs: Self::LINGER_SECS,
+            }),
+            Some(("interest", secs)) => Some(Subscribe::Interest {
+                linger_secs: secs.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Subscribe::All => "all".to_owned(),
+            Subscribe::Interest { linger_secs } => format!("interest:{linger_secs}"),
+        }
+    }
+
+    /// How long an unheld workspace stays followed; `None` in mode `all`.
+    pub fn linger(self) -> Option<std::time::Duration> {
+        match self {
+            Subscribe::All => None,
+            Subscribe::Interest { linger_secs } => {
+                Some(std::time::Duration::from_secs(linger_secs))
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -35,6 +83,8 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub adapter_keys: Vec<String>,
     pub redis_url: Option<String>,
+    /// Redis only: follow every workspace, or only those this node serves.
+    pub subscribe: Subscribe,
     pub node_id: String,
     pub log_format: String,
     pub shutdown_grace_secs: u64,
@@ -100,6 +150,9 @@ pub struct ServeArgs {
     /// Redis URL; unset = one node with embedded state.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Redis only: `all` workspaces' changes, or only those this node serves: `interest` (`interest:<secs>`: kept that long after the last holder, default 30) [default: all].
+    #[arg(long, env = "SWITCHBOARD_SUBSCRIBE")]
+    pub subscribe: Option<String>,
     /// Name of this node [default: $HOSTNAME, then the host name].
     #[arg(long, env = "SWITCHBOARD_NODE_ID")]
     pub node_id: Option<String>,
@@ -177,6 +230,7 @@ struct FileConfig {
     admin_token: Option<String>,
     adapter_key: Option<String>,
     redis_url: Option<String>,
+    subscribe: Option<String>,
     node_id: Option<String>,
     log_format: Option<String>,
     shutdown_grace_secs: Option<u64>,
@@ -270,6 +324,12 @@ impl Config {
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log_format: expected text or json, got {log_format:?}");
         }
+        let subscribe = match args.subscribe.or(file.subscribe) {
+            None => Subscribe::All,
+            Some(s) => Subscribe::parse(&s).ok_or_else(|| {
+                anyhow::anyhow!("subscribe: expected all, interest or interest:<secs>, got {s:?}")
+            })?,
+        };
         // An empty value counts as unset (e.g. `SWITCHBOARD_ADMIN_TOKEN=`).
         let non_empty = |s: &String| !s.is_empty();
         Ok(Config {
@@ -300,6 +360,7 @@ impl Config {
                 })
                 .unwrap_or_default(),
             redis_url: args.redis_url.or(file.redis_url).filter(non_empty),
+            subscribe,
             node_id,
             log_format,
             shutdown_grace_secs: args
@@ -437,6 +498,7 @@ impl Explained {
             admin_token,
             adapter_key,
             redis_url,
+            subscribe,
             node_id,
             log_format,
             shutdown_grace_secs,
@@ -554,6 +616,7 @@ impl Explained {
                     _ => c.node_id.clone(),
                 },
             ),
+            ("subscribe", c.subscribe.describe()),
             ("log_format", c.log_format.clone()),
             ("shutdown_grace_secs", c.shutdown_grace_secs.to_string()),
             ("history_len", c.history_len.to_string()),
@@ -738,6 +801,7 @@ mod tests {
                 let value = match k.as_str() {
                     "listen" => "\"127.0.0.1:9\"".to_owned(),
                     "log_format" => "\"json\"".to_owned(),
+                    "subscribe" => "\"interest\"".to_owned(),
                     k if strings.contains(&k) => format!("\"{k}-value\""),
                     _ => "7".to_owned(),
                 };

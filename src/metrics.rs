@@ -58,6 +58,8 @@ pub const NAMES: &[&str] = &[
     "switchboard_outbound_retried_total",
     "switchboard_outbound_dead_lettered_total",
     "switchboard_outbound_latency_seconds",
+    "switchboard_bus_events_total",
+    "switchboard_bus_subscriptions",
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
     "process_open_fds",
@@ -132,11 +134,19 @@ fn describe() {
     describe_histogram!(
         "switchboard_redis_command_duration_seconds",
         Unit::Seconds,
-        "Latency of Redis commands and scripts, successful or not."
+        "Latency of Redis commands and scripts, successful or not; on a Redis Cluster, by shard (the primary of the workspace's slot)."
     );
     describe_counter!(
         "switchboard_redis_errors_total",
-        "Redis commands that failed, by kind (error, timeout)."
+        "Redis commands that failed, by kind (error, timeout); on a Redis Cluster, by shard."
+    );
+    describe_counter!(
+        "switchboard_bus_events_total",
+        "Changes this node received (and decoded) from the Redis bus, by the node's interest in their workspace: held (a live connection or request), idle (followed, nobody holding it), none (not followed)."
+    );
+    describe_gauge!(
+        "switchboard_bus_subscriptions",
+        "Redis pub/sub subscriptions this node's bus holds (one pattern in subscribe mode all, one channel per followed workspace in mode interest)."
     );
     describe_gauge!(
         "switchboard_outbound_pending",
@@ -202,6 +212,10 @@ pub struct Handles {
     pub redis_command: Histogram,
     pub redis_error: Counter,
     pub redis_timeout: Counter,
+    pub bus_events_held: Counter,
+    pub bus_events_idle: Counter,
+    pub bus_events_none: Counter,
+    pub bus_subscriptions: Gauge,
 }
 
 impl Handles {
@@ -256,6 +270,10 @@ pub fn handles() -> &'static Handles {
             redis_command: histogram!("switchboard_redis_command_duration_seconds"),
             redis_error: counter!("switchboard_redis_errors_total", "kind" => "error"),
             redis_timeout: counter!("switchboard_redis_errors_total", "kind" => "timeout"),
+            bus_events_held: counter!("switchboard_bus_events_total", "interest" => "held"),
+            bus_events_idle: counter!("switchboard_bus_events_total", "interest" => "idle"),
+            bus_events_none: counter!("switchboard_bus_events_total", "interest" => "none"),
+            bus_subscriptions: gauge!("switchboard_bus_subscriptions"),
         }
     })
 }

@@ -80,7 +80,9 @@ fn verifier(config: &mut Config) -> anyhow::Result<Verifier> {
 pub fn init_logging(format: &str) {
     use tracing_subscriber::prelude::*;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // The cluster client warns on every retry to a dead node (hundreds a
+        // second during a failover); the store's own warnings say enough.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,redis::cluster_async=error"));
     // Colour only on a terminal: log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = tracing_subscriber::fmt::layer()
@@ -103,7 +105,10 @@ pub async fn build(mut config: Config) -> anyhow::Result<Arc<Gateway>> {
     crate::credentials::AdapterKey::parse_all(&config.adapter_keys)
         .map_err(|e| anyhow::anyhow!("SWITCHBOARD_ADAPTER_KEY: {e}"))?;
     let store: Arc<dyn Store> = match &config.redis_url {
-        Some(url) => crate::store::redis::connect(url, &config.node_id, config.history_len).await?,
+        Some(url) => {
+            let linger = config.subscribe.linger();
+            crate::store::redis::connect(url, &config.node_id, config.history_len, linger).await?
+        }
         None => Arc::new(MemoryStore::new(config.history_len)),
     };
     let hub = Arc::new(Hub::new());

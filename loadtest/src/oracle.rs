@@ -22,6 +22,11 @@ pub struct Oracle {
     /// Users who may open a WebSocket (enabled, with `chats`), interleaved
     /// across workspaces so that the first N connections span every tenant.
     pub connectable: Vec<u32>,
+    /// Distinct workspaces, sorted; users' and conversations' index into it
+    /// (`cluster --by-workspace` routes by it).
+    pub ws_names: Vec<String>,
+    pub ws_of_user: Vec<u16>,
+    pub ws_of_conv: Vec<u16>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +88,25 @@ impl Oracle {
                 }
             }
         }
+        let mut ws_names: Vec<String> = world
+            .users
+            .iter()
+            .map(|u| u.workspace.clone())
+            .chain(world.conversations.iter().map(|c| c.workspace.clone()))
+            .collect();
+        ws_names.sort();
+        ws_names.dedup();
+        let index = |ws: &str| {
+            ws_names
+                .binary_search_by(|w| w.as_str().cmp(ws))
+                .unwrap_or(0) as u16
+        };
+        let ws_of_user = world.users.iter().map(|u| index(&u.workspace)).collect();
+        let ws_of_conv = world
+            .conversations
+            .iter()
+            .map(|c| index(&c.workspace))
+            .collect();
         Oracle {
             user_ids,
             user_ws,
@@ -91,6 +115,9 @@ impl Oracle {
             readable,
             readers,
             connectable,
+            ws_names,
+            ws_of_user,
+            ws_of_conv,
         }
     }
 

@@ -31,6 +31,9 @@ pub enum Route {
     /// Conversation index modulo the number of nodes (all posts of a
     /// conversation go to one node).
     ByConversation,
+    /// Workspace index modulo the number of nodes, the workspace named in
+    /// the request (workspace-affine routing, for `SWITCHBOARD_SUBSCRIBE=interest`).
+    ByWorkspace,
 }
 
 /// Outboxes of open connections by user, for agent `send`s.
@@ -247,6 +250,9 @@ impl Poster {
                 (Some(Some((_, node))), _) => *node,
                 (_, Route::RoundRobin) => (idx as usize % nodes) as u16,
                 (_, Route::ByConversation) => (conv as usize % nodes) as u16,
+                (_, Route::ByWorkspace) => {
+                    (self.inner.oracle.ws_of_conv[conv as usize] as usize % nodes) as u16
+                }
             };
             p.push(Posted {
                 conv,
@@ -293,10 +299,15 @@ impl Poster {
             return idx;
         }
         let node = self.posted.lock().unwrap()[idx as usize].node as usize;
-        let url = format!(
+        let mut url = format!(
             "{}/v1/conversations/{}/messages",
             self.bases[node], sh.conv_ids[conv as usize]
         );
+        if self.route == Route::ByWorkspace {
+            let o = &self.inner.oracle;
+            url.push_str("?workspace=");
+            url.push_str(&o.ws_names[o.ws_of_conv[conv as usize] as usize]);
+        }
         let req = self
             .client
             .post(url)

@@ -363,6 +363,8 @@ pub struct ConnSet {
     pub open_secs: f64,
     /// (user, outbox, node) of every Switchboard connection, for agent sends.
     outboxes: Vec<(u32, mpsc::UnboundedSender<String>, u16)>,
+    /// A user's connections go to the node of their workspace.
+    by_workspace: bool,
 }
 
 fn src_ip(i: usize, n: usize) -> Option<IpAddr> {
@@ -409,6 +411,7 @@ impl ConnSet {
             open_secs: 0.0,
             outboxes: Vec::new(),
             query: Arc::from(query),
+            by_workspace: false,
         }
     }
 
@@ -434,7 +437,11 @@ impl ConnSet {
                 )
             })
             .clone();
-        let node = index % self.nodes.len();
+        let node = if self.by_workspace {
+            oracle.ws_of_user[user as usize] as usize % self.nodes.len()
+        } else {
+            index % self.nodes.len()
+        };
         let spec = ConnSpec {
             index,
             user,
@@ -1017,6 +1024,7 @@ pub async fn bring_up(
         concurrency,
         &c.ws_query,
     );
+    conns.by_workspace = route == Route::ByWorkspace;
     // Connections from `churn_from` on may be closed and replaced (storm):
     // they are checked for leaks and order, not for misses.
     for i in 0..n {
@@ -1214,6 +1222,9 @@ pub struct FanoutArgs {
     /// Keep sweeping after two consecutive steps over the objective.
     #[arg(long)]
     pub no_early_stop: bool,
+    /// Route connections and posts by workspace (set by `cluster --by-workspace`).
+    #[arg(skip)]
+    pub by_workspace: bool,
 }
 
 pub async fn fanout(a: FanoutArgs) -> Result<Outcome> {
@@ -1244,6 +1255,11 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
             Err(e) => return setup_failure(scenario, c, &prep, &out, e),
         };
         bin = sys.bin.clone();
+        let route = if a.by_workspace {
+            Route::ByWorkspace
+        } else {
+            Route::RoundRobin
+        };
         lives.push(
             bring_up(
                 sys,
@@ -1252,7 +1268,7 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
                 c,
                 connections,
                 concurrency,
-                Route::RoundRobin,
+                route,
                 settle,
                 usize::MAX,
             )
@@ -1344,6 +1360,33 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
                 );
             }
         }
+    }
+    if run_switchboard && nodes > 1 {
+        let l = &lives[0];
+        let published = l
+            .poster
+            .posted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.seq > 0)
+            .count();
+        let received = bus_events(&l.sys.bases()).await;
+        let ratios: Vec<String> = received
+            .iter()
+            .map(|r| match r {
+                Some(n) if published > 0 => format!("{:.2}", n / published as f64),
+                _ => "?".into(),
+            })
+            .collect();
+        let note = format!(
+            "events received from the Redis bus per node (every kind: posts, agent sends, marks, presence, the import) ÷ adapter posts stored ({published}; {} workspaces, routing {}): [{}]",
+            prep.oracle.ws_names.len(),
+            if a.by_workspace { "by workspace" } else { "round robin" },
+            ratios.join(", ")
+        );
+        eprintln!("[switchboard] {note}");
+        prep.notes.lock().unwrap().push(note);
     }
     let mut results = Vec::new();
     let mut all_steps = Vec::new();
@@ -1705,6 +1748,32 @@ pub struct ClusterArgs {
     pub step_secs: f64,
     #[arg(long, default_value_t = 50.0)]
     pub slo_ms: f64,
+    /// Many-workspace mode: a user's connections and the posts of a
+    /// workspace go to the node of that workspace (workspace index modulo
+    /// nodes), posts naming their workspace. With `--gateway-env
+    /// SWITCHBOARD_SUBSCRIBE=interest` each node then follows only its
+    /// workspaces; the report notes events received per node ÷ published.
+    #[arg(long)]
+    pub by_workspace: bool,
+}
+
+/// Each node's `switchboard_bus_events_total` (all labels), `None` if unreadable.
+async fn bus_events(bases: &[String]) -> Vec<Option<f64>> {
+    let client = reqwest::Client::new();
+    let mut out = Vec::new();
+    for base in bases {
+        let text = match client.get(format!("{base}/metrics")).send().await {
+            Ok(r) => r.text().await.ok(),
+            Err(_) => None,
+        };
+        out.push(text.map(|t| {
+            t.lines()
+                .filter(|l| l.starts_with("switchboard_bus_events_total"))
+                .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+                .sum()
+        }));
+    }
+    out
 }
 
 pub async fn cluster(a: ClusterArgs) -> Result<Outcome> {
@@ -1720,6 +1789,7 @@ pub async fn cluster(a: ClusterArgs) -> Result<Outcome> {
         floor: false,
         floor_only: false,
         no_early_stop: false,
+        by_workspace: a.by_workspace,
     };
     sweep("cluster", f, a.nodes.max(1)).await
 }

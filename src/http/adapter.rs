@@ -37,8 +37,14 @@ struct Caller {
 async fn authenticate(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
     match caller(&gw, req.headers()) {
         Ok(c) => {
+            // Subscribe mode `interest`: a scoped key's workspace, or the
+            // one named, is followed while the request runs.
+            let named = gw.adapter_keys[c.key]
+                .workspace()
+                .map(str::to_owned)
+                .or_else(|| super::named_workspace(req.uri()));
             req.extensions_mut().insert(c);
-            next.run(req).await
+            super::holding(&gw, named.as_deref(), req, next).await
         }
         Err(e) => e.into_response(),
     }

@@ -90,10 +90,19 @@ pub fn router(gw: Arc<Gateway>) -> Router<Arc<Gateway>> {
 }
 
 async fn require_admin(State(gw): Gw, req: axum::extract::Request, next: Next) -> Response {
-    match check_bearer(req.headers(), gw.config.admin_token.as_deref()) {
-        Ok(_) => next.run(req).await,
-        Err(e) => e.into_response(),
+    if let Err(e) = check_bearer(req.headers(), gw.config.admin_token.as_deref()) {
+        return e.into_response();
     }
+    // Subscribe mode `interest`: the workspace named by `?workspace=` or
+    // `/workspaces/{id}` is followed while the request runs.
+    let named = super::named_workspace(req.uri()).or_else(|| {
+        req.uri()
+            .path()
+            .strip_prefix("/workspaces/")
+            .filter(|id| !id.is_empty() && !id.contains(['/', '%']))
+            .map(str::to_owned)
+    });
+    super::holding(&gw, named.as_deref(), req, next).await
 }
 
 fn json(status: StatusCode, v: impl Serialize) -> Response {

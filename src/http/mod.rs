@@ -46,6 +46,38 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .with_state(gw)
 }
 
+/// Runs a request with `workspace` held (subscribe mode `interest`: the
+/// node follows it, loading it first if need be, and for a while after).
+/// Unavailable storage is a 503, not a hang.
+pub(crate) async fn holding(
+    gw: &Gateway,
+    workspace: Option<&str>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(ws) = workspace.filter(|_| gw.store.by_interest()) else {
+        return next.run(req).await;
+    };
+    match crate::store::Lease::take(gw.store.clone(), ws).await {
+        Ok(lease) => {
+            let answer = next.run(req).await;
+            drop(lease);
+            answer
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// The `workspace` a request names in its query string, if any.
+pub(crate) fn named_workspace(uri: &axum::http::Uri) -> Option<String> {
+    let query = uri.query()?;
+    axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri)
+        .ok()
+        .and_then(|q| q.0.get("workspace").cloned())
+        .filter(|_| query.contains("workspace="))
+        .filter(|ws| !ws.is_empty())
+}
+
 /// Longest request target (path and query) served; longer is `414`. Not
 /// for `/v1/ws`, whose `?resume=` grows with the conversations resumed. (The
 /// HTTP parser itself refuses targets over 64 KiB before any of this runs.)

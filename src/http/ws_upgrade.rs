@@ -16,6 +16,7 @@ use super::Query;
 use crate::domain::{Permission, User};
 use crate::http::ApiError;
 use crate::ops::Gateway;
+use crate::store::Lease;
 
 #[derive(utoipa::IntoParams)] // API schemas: src/http/api_docs.rs
 #[derive(serde::Deserialize, Default)]
@@ -30,6 +31,21 @@ pub struct WsQuery {
     snapshot: Option<bool>,
     /// `true` subscribes to `presence` frames.
     presence: Option<bool>,
+}
+
+/// The token's workspace, held when the store follows workspaces by
+/// interest. A bad token holds nothing ([`authenticate`] answers it).
+async fn hold_workspace(gw: &Gateway, token: Option<&str>) -> Result<Option<Lease>, ApiError> {
+    if !gw.store.by_interest() {
+        return Ok(None);
+    }
+    let Some(claims) = token.and_then(|t| gw.verifier.verify(t).ok()) else {
+        return Ok(None);
+    };
+    Lease::take(gw.store.clone(), &claims.ws)
+        .await
+        .map(Some)
+        .map_err(ApiError::from)
 }
 
 /// Checks the token and the user; the error is the HTTP answer.
@@ -92,6 +108,12 @@ pub async fn upgrade(
         .as_deref()
         .or_else(|| crate::auth::bearer(req.headers()))
         .map(str::to_owned);
+    // Subscribe mode `interest`: the token's workspace is followed (loaded
+    // if need be) before the user is looked up, and while the session lives.
+    let lease = match hold_workspace(&gw, token.as_deref()).await {
+        Ok(lease) => lease,
+        Err(e) => return e.into_response(),
+    };
     let (user, exp) = match authenticate(&gw, token.as_deref()) {
         Ok(ok) => ok,
         Err(e) => {
@@ -133,7 +155,10 @@ pub async fn upgrade(
         snapshot,
         presence,
     };
-    tokio::spawn(crate::ws::serve(gw, on_upgrade, user, exp, options));
+    tokio::spawn(async move {
+        crate::ws::serve(gw, on_upgrade, user, exp, options).await;
+        drop(lease);
+    });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)
         .header(header::CONNECTION, "upgrade")

@@ -150,6 +150,20 @@ impl Sink for Hub {
         }
     }
 
+    /// Drops an unfollowed workspace's state, unless connections came back
+    /// (they hold it again, and a restore follows).
+    fn forget(&self, workspace: &str) {
+        let removed = self
+            .workspaces
+            .remove_if(workspace, |_, w| w.lock().connection_count() == 0);
+        if removed.is_some() {
+            self.conversation_workspaces.retain(|_, holders| {
+                holders.retain(|w| w != workspace);
+                !holders.is_empty()
+            });
+        }
+    }
+
     fn restore(&self, snapshot: Snapshot) {
         let ws = self.workspace(&snapshot.workspace);
         let mut state = ws.lock();

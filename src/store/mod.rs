@@ -55,6 +55,37 @@ pub trait Sink: Send + Sync + 'static {
     /// Delivers an already-stored event again (after a restore, the events
     /// the bus missed) without changing any state.
     fn replay(&self, _committed: Arc<Committed>) {}
+    /// The store stopped following a workspace (nobody on this node held it
+    /// for a while): the consumer may drop its view of it.
+    fn forget(&self, _workspace: &str) {}
+}
+
+/// A held [`Store::attend`]: the workspace is followed until this is dropped.
+pub struct Lease {
+    store: Arc<dyn Store>,
+    workspace: Id,
+}
+
+impl Lease {
+    pub async fn take(store: Arc<dyn Store>, workspace: &str) -> Result<Lease, StoreError> {
+        store.attend(workspace).await?;
+        Ok(Lease {
+            store,
+            workspace: workspace.to_owned(),
+        })
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.store.leave(&self.workspace);
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Lease({:?})", self.workspace)
+    }
 }
 
 /// What [`Store::history`] found.
@@ -194,7 +225,23 @@ pub trait Store: Send + Sync + 'static {
     /// consumer, in commit order per workspace.
     async fn subscribe(&self, sink: Arc<dyn Sink>) -> Result<(), StoreError>;
     /// Everything stored, per workspace (empty for a fresh memory store).
+    /// A store that follows workspaces by interest loads nothing here: see
+    /// [`Store::attend`].
     async fn load(&self) -> Result<Vec<Snapshot>, StoreError>;
+    /// Makes this node's consumers follow a workspace while it is held: the
+    /// first holder subscribes to its changes and restores its snapshot into
+    /// the consumers before this returns; [`Store::leave`] lets go (the store
+    /// drops the workspace a while after its last holder). Stores that give
+    /// their consumers every workspace anyway do nothing. Prefer [`Lease`].
+    async fn attend(&self, _workspace: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Ends one [`Store::attend`].
+    fn leave(&self, _workspace: &str) {}
+    /// Whether consumers only see the workspaces held with [`Store::attend`].
+    fn by_interest(&self) -> bool {
+        false
+    }
     /// Stores a change durably and returns once it is stored.
     async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
         self.commit_if(workspace, change, None).await

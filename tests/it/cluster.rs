@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 
 use crate::support::gateway::{token, unique, urlencode, Client, Event, Server};
 use crate::support::redis::Redis;
+use crate::support::redis_cluster::RedisCluster;
 
 /// Bound of waits for cross-node delivery and recovery.
 const LONG: Duration = Duration::from_secs(20);
@@ -31,12 +32,50 @@ const QUIET: Duration = Duration::from_millis(400);
 struct Cluster {
     // Nodes first: they are dropped (killed) before their Redis.
     nodes: Vec<Arc<Server>>,
-    redis: Redis,
+    redis: Backend,
+}
+
+/// What the nodes share: one Redis, or a Redis Cluster (3 primaries, 3 replicas).
+enum Backend {
+    Single(Redis),
+    Sharded(RedisCluster),
+}
+
+impl Backend {
+    fn url(&self) -> String {
+        match self {
+            Backend::Single(r) => r.url(),
+            Backend::Sharded(c) => c.url(),
+        }
+    }
+
+    /// The one Redis (tests that restart it).
+    fn single(&mut self) -> &mut Redis {
+        match self {
+            Backend::Single(r) => r,
+            Backend::Sharded(_) => panic!("not a single Redis"),
+        }
+    }
 }
 
 impl Cluster {
     async fn start(nodes: usize, appendonly: bool) -> Cluster {
-        let redis = Redis::start(appendonly);
+        Self::start_in(nodes, appendonly, "all").await
+    }
+
+    /// Nodes in a subscribe mode (`SWITCHBOARD_SUBSCRIBE`: `all`, `interest`),
+    /// or (`cluster`) on a Redis Cluster.
+    async fn start_in(nodes: usize, appendonly: bool, subscribe: &str) -> Cluster {
+        let redis = if subscribe == "cluster" {
+            Backend::Sharded(RedisCluster::start())
+        } else {
+            Backend::Single(Redis::start(appendonly))
+        };
+        let subscribe = if subscribe == "cluster" {
+            "interest"
+        } else {
+            subscribe
+        };
         let url = redis.url();
         let started = join_all((0..nodes).map(|i| {
             let url = url.clone();
@@ -45,6 +84,7 @@ impl Cluster {
                 Server::start_with(&[
                     ("SWITCHBOARD_REDIS_URL", url.as_str()),
                     ("SWITCHBOARD_NODE_ID", node.as_str()),
+                    ("SWITCHBOARD_SUBSCRIBE", subscribe),
                 ])
                 .await
             }
@@ -62,16 +102,19 @@ impl Cluster {
 
     /// Imports on node 0, then waits until every node has applied it (the
     /// import is one commit per workspace, so one known user is enough).
+    /// Naming the workspace makes a node of subscribe mode `interest` follow
+    /// it (for its linger, 30 s, or while its agents are connected).
     async fn import(&self, world: &Value) {
         self.node(0).import(world).await;
         let last = world["users"]
             .as_array()
             .and_then(|u| u.last())
-            .and_then(|u| u["id"].as_str())
             .expect("a world with users");
+        let ws = last["workspace"].as_str().unwrap_or("w1");
+        let last = last["id"].as_str().expect("a user id");
         for n in &self.nodes {
             until(LONG, &format!("node {} knows {last}", n.port), || async {
-                n.admin(Method::GET, &format!("/users/{last}"), None)
+                n.admin(Method::GET, &format!("/users/{last}?workspace={ws}"), None)
                     .await
                     .0
                     == StatusCode::OK
@@ -195,7 +238,21 @@ fn sigkill(pid: u32) {
 /// in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_node_delivery_follows_the_policy() {
-    let cl = Cluster::start(3, false).await;
+    cross_node_delivery_follows_the_policy_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_delivery_follows_the_policy_by_interest() {
+    cross_node_delivery_follows_the_policy_in("interest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_node_delivery_follows_the_policy_on_a_redis_cluster() {
+    cross_node_delivery_follows_the_policy_in("cluster").await;
+}
+
+async fn cross_node_delivery_follows_the_policy_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [
             {"id": "adm", "role": "admin"},
@@ -372,7 +429,21 @@ async fn cross_node_delivery_follows_the_policy() {
 /// message, while the involved agent on node 1 gets it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocation_on_one_node_holds_on_the_others() {
-    let cl = Cluster::start(3, false).await;
+    revocation_on_one_node_holds_on_the_others_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_one_node_holds_on_the_others_by_interest() {
+    revocation_on_one_node_holds_on_the_others_in("interest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_on_one_node_holds_on_the_others_on_a_redis_cluster() {
+    revocation_on_one_node_holds_on_the_others_in("cluster").await;
+}
+
+async fn revocation_on_one_node_holds_on_the_others_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [{"id": "s1"}, {"id": "s2"}, {"id": "s3"}],
         "channels": [{"id": "ch1"}],
@@ -433,7 +504,21 @@ async fn revocation_on_one_node_holds_on_the_others() {
 /// online agents get equal shares (±1), the offline one none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_is_shared_and_fair_across_nodes() {
-    let cl = Cluster::start(3, false).await;
+    round_robin_is_shared_and_fair_across_nodes_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_shared_and_fair_across_nodes_by_interest() {
+    round_robin_is_shared_and_fair_across_nodes_in("interest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_is_shared_and_fair_across_nodes_on_a_redis_cluster() {
+    round_robin_is_shared_and_fair_across_nodes_in("cluster").await;
+}
+
+async fn round_robin_is_shared_and_fair_across_nodes_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [{"id": "r1"}, {"id": "r2"}, {"id": "r3"}, {"id": "r4"}],
         "channels": [{"id": "rr", "auto_assign": {
@@ -516,7 +601,21 @@ async fn round_robin_is_shared_and_fair_across_nodes() {
 /// node 1 with `?resume=` and receives every missed event exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_of_a_killed_node_resume_elsewhere() {
-    let cl = Cluster::start(3, false).await;
+    agents_of_a_killed_node_resume_elsewhere_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_killed_node_resume_elsewhere_by_interest() {
+    agents_of_a_killed_node_resume_elsewhere_in("interest").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_of_a_killed_node_resume_elsewhere_on_a_redis_cluster() {
+    agents_of_a_killed_node_resume_elsewhere_in("cluster").await;
+}
+
+async fn agents_of_a_killed_node_resume_elsewhere_in(subscribe: &str) {
+    let cl = Cluster::start_in(3, false, subscribe).await;
     let world = json!({
         "users": [{"id": "x"}, {"id": "y"}],
         "channels": [{"id": "ch1"}],
@@ -610,7 +709,11 @@ async fn agents_of_a_killed_node_resume_elsewhere() {
         ("SWITCHBOARD_NODE_ID", "node-late"),
     ])
     .await;
-    assert_eq!(fresh.conversation("v1").await["seq"], final_seq);
+    // (Named: on a Redis Cluster a node follows workspaces by interest.)
+    let v1 = fresh
+        .admin_ok(Method::GET, "/conversations/v1?workspace=w1", None)
+        .await;
+    assert_eq!(v1["seq"], final_seq);
     let resume = urlencode(&json!({"v1": 0}).to_string());
     let mut late = fresh
         .connect_query("y", &format!("?token={}&resume={resume}", token("y", "w1")))
@@ -627,7 +730,16 @@ async fn agents_of_a_killed_node_resume_elsewhere() {
 /// connection sees an event twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restart_is_survived() {
-    let mut cl = Cluster::start(2, true).await;
+    redis_restart_is_survived_in("all").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_is_survived_by_interest() {
+    redis_restart_is_survived_in("interest").await;
+}
+
+async fn redis_restart_is_survived_in(subscribe: &str) {
+    let mut cl = Cluster::start_in(2, true, subscribe).await;
     let world = json!({
         "users": [{"id": "z"}, {"id": "w"}],
         "channels": [{"id": "ch1"}],
@@ -644,7 +756,7 @@ async fn redis_restart_is_survived() {
         acked.push(body);
     }
 
-    cl.redis.kill9();
+    cl.redis.single().kill9();
     for i in 0..4 {
         let started = std::time::Instant::now();
         let (status, v) = cl
@@ -674,7 +786,7 @@ async fn redis_restart_is_survived() {
         .await;
     }
 
-    cl.redis.restart();
+    cl.redis.single().restart();
     for n in &cl.nodes {
         until(LONG, "ready again after Redis restarted", || async {
             n.http
@@ -1647,4 +1759,147 @@ async fn admin_lists_export_and_audit_across_nodes() {
         .collect();
     assert_eq!(actions, ["import", "import"]);
     assert!(log["next_cursor"].is_string(), "{log}");
+}
+
+/// Reads `c` until it has the message of `final_seq`; when its connection
+/// ends or goes quiet first, reconnects on `node` with `resume` from the
+/// last seq seen. The message seqs of v1 received, in order.
+async fn read_through(node: &Server, c: Client, user: &str, final_seq: u64) -> Vec<u64> {
+    let mut c = c;
+    let mut got: Vec<u64> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.last() != Some(&final_seq) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user}: not all messages within 60 s: {got:?}"
+        );
+        match c.next_event(Duration::from_secs(5)).await {
+            Event::Frame(f) => {
+                if f["type"] == "message" && f["conversation"] == "v1" {
+                    got.push(f["seq"].as_u64().expect("seq"));
+                }
+            }
+            _ => {
+                let last = got.last().copied().unwrap_or(0);
+                let resume = urlencode(&json!({ "v1": last }).to_string());
+                c = node
+                    .connect_query(
+                        user,
+                        &format!("?token={}&resume={resume}", token(user, "w1")),
+                    )
+                    .await;
+            }
+        }
+    }
+    got
+}
+
+/// A Redis Cluster primary killed (SIGKILL) during a message stream: its
+/// replica takes over; meanwhile the adapter API answers 503 quickly (not a
+/// hang); posts retried with their idempotency key are stored once; the
+/// nodes reconnect and resubscribe by themselves, and agents (resuming if
+/// their connection went quiet) get every acknowledged message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_fails_over_on_a_redis_cluster() {
+    let mut cl = Cluster::start_in(2, false, "cluster").await;
+    let world = json!({
+        "users": [{"id": "x"}, {"id": "y"}],
+        "channels": [{"id": "ch1"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": [{"id": "v1", "channel": "ch1", "contact": "k1"}]
+    });
+    cl.import(&world).await;
+    let x = cl.node(0).connect("x", "w1").await;
+    let y = cl.node(1).connect("y", "w1").await;
+
+    const POSTS: usize = 40;
+    let poster = {
+        let node = cl.nodes[1].clone();
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut unavailable = 0;
+            let mut slowest = Duration::ZERO;
+            for i in 0..POSTS {
+                let key = format!("post-{i}");
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    let started = std::time::Instant::now();
+                    let (status, v) = node.adapter_post("v1", &format!("p{i}"), Some(&key)).await;
+                    slowest = slowest.max(started.elapsed());
+                    match status {
+                        StatusCode::CREATED | StatusCode::OK => {
+                            acked.push(v["seq"].as_u64().expect("seq"));
+                            break;
+                        }
+                        StatusCode::SERVICE_UNAVAILABLE => unavailable += 1,
+                        other => panic!("post {i}: {other} {v}"),
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "post {i} not stored within 60 s: {v}; log (end):\n{}",
+                        tail(&node.log_text(), 4000)
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+            (acked, unavailable, slowest)
+        })
+    };
+
+    // Kill the primary of w1's slot once some posts are through.
+    until(LONG, "10 posts stored", || async {
+        cl.node(0)
+            .admin(Method::GET, "/conversations/v1?workspace=w1", None)
+            .await
+            .1["seq"]
+            .as_u64()
+            .is_some_and(|s| s >= 10)
+    })
+    .await;
+    let Backend::Sharded(shards) = &mut cl.redis else {
+        unreachable!()
+    };
+    let primary = shards.primary_of("sb:{w1}:commits");
+    shards.nodes[primary].kill9();
+
+    let (acked, unavailable, slowest) = poster.await.expect("poster");
+    eprintln!("failover: {unavailable} answers 503, slowest attempt {slowest:?}");
+    assert!(
+        unavailable > 0,
+        "no post was refused while the slot had no primary"
+    );
+    assert!(
+        slowest < Duration::from_secs(10),
+        "an attempt took {slowest:?}: a hang, not a 503"
+    );
+    let mut distinct = acked.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        POSTS,
+        "a retried post stored twice: {acked:?}"
+    );
+    let final_seq = *distinct.last().expect("posts");
+
+    let sx = read_through(cl.node(0), x, "x", final_seq).await;
+    let sy = read_through(cl.node(1), y, "y", final_seq).await;
+    for (who, s) in [("x", &sx), ("y", &sy)] {
+        assert_eq!(s.first(), Some(&1), "{who}: {s:?}");
+        assert_consecutive(who, "v1", s);
+        assert!(
+            acked.iter().all(|a| s.contains(a)),
+            "{who} missed acknowledged posts: acked {acked:?}, got {s:?}"
+        );
+    }
+}
+
+/// The last `n` bytes of a text (at a character boundary).
+fn tail(text: &str, n: usize) -> &str {
+    let mut start = text.len().saturating_sub(n);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
 }

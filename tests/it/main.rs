@@ -31,6 +31,7 @@ mod gateway_live_access;
 mod gateway_ops;
 mod gateway_policy_worlds;
 mod input_props;
+mod interest;
 mod isolation;
 mod layers;
 mod messaging;

@@ -120,7 +120,7 @@ template that matters, so `helm template` fails early with a clear message.
 {{- if and (eq .Values.auth.jwtAlgorithm "HS256") .Values.auth.jwtPublicKey }}
 {{- fail "switchboard: auth.jwtPublicKey is only used with auth.jwtAlgorithm=RS256" }}
 {{- end }}
-{{- $managed := concat (values (include "switchboard.tomlIntKeys" . | fromYaml)) (list "log_format" "shutdown_grace_secs" "listen" "node_id" "redis_url" "jwt_public_key_file") }}
+{{- $managed := concat (values (include "switchboard.tomlIntKeys" . | fromYaml)) (list "log_format" "shutdown_grace_secs" "listen" "node_id" "redis_url" "subscribe" "jwt_public_key_file") }}
 {{- range $key, $_ := .Values.config.extra }}
 {{- if has $key $managed }}
 {{- fail (printf "switchboard: config.extra.%s is set by the chart (use the config.* value or env instead)" $key) }}

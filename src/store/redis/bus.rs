@@ -6,14 +6,12 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use redis::aio::{PubSubSink, PubSubStream};
-use redis::{Client, Value};
 use serde::Deserialize;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+use super::conn::{BusConn, Heard, Target};
 use super::{bounded, Inner};
 use crate::domain::{Change, Committed, Id};
 use crate::store::{Sink, Snapshot, StoreError};
@@ -22,13 +20,58 @@ use crate::store::{Sink, Snapshot, StoreError};
 const PING_EVERY: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// The bus's channel pattern, and each workspace's channel prefix.
+/// The bus's channel pattern, and each workspace's channel prefix (one
+/// primary); a cluster's sharded channel is `sb:{ws}:bus` (the workspace's
+/// hash tag: the slot, so the shard, of its keys).
 const PATTERN: &str = "sb:ws:*";
 const PREFIX: &str = "sb:ws:";
+const SHARDED_PREFIX: &str = "sb:{";
+const SHARDED_SUFFIX: &str = "}:bus";
+/// Subscribe mode `interest`: how long a workspace nobody on the node holds
+/// stays followed by default (a reconnecting client or the next request
+/// finds it warm).
+pub(super) const LINGER: Duration = Duration::from_secs(30);
+/// How often workspaces idle for [`LINGER`] are dropped.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Bound of the queue of [`Command`]s to the bus task.
+pub(super) const COMMANDS: usize = 1024;
+
+/// How this node follows one workspace.
+#[derive(Default)]
+pub(super) struct Follow {
+    /// Connections, requests and commits of this node holding it.
+    pub holders: usize,
+    /// Mode `interest`: subscribed, and restored into the consumers.
+    pub loaded: bool,
+    /// When the last holder let go.
+    pub idle_since: Option<Instant>,
+}
+
+/// What the store asks of the bus task (the one owner of the subscription).
+pub(super) enum Command {
+    /// Subscribe to a workspace's channel and restore its snapshot.
+    Follow {
+        workspace: Id,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
 
 /// The channel a workspace's changes are published on.
-pub(super) fn channel(workspace: &str) -> String {
-    format!("{PREFIX}{workspace}")
+pub(super) fn channel(sharded: bool, workspace: &str) -> String {
+    if sharded {
+        format!("{SHARDED_PREFIX}{workspace}{SHARDED_SUFFIX}")
+    } else {
+        format!("{PREFIX}{workspace}")
+    }
+}
+
+/// The workspace of a channel.
+fn workspace_of(channel: &str) -> Option<&str> {
+    channel.strip_prefix(PREFIX).or_else(|| {
+        channel
+            .strip_prefix(SHARDED_PREFIX)
+            .and_then(|c| c.strip_suffix(SHARDED_SUFFIX))
+    })
 }
 
 /// What the bus carries: the workspace's commit counter `n` (0 for an
@@ -69,11 +112,22 @@ impl Baseline {
     }
 }
 
-pub(super) async fn open(client: &Client) -> Result<(PubSubSink, PubSubStream), StoreError> {
-    let pubsub = bounded(client.get_async_pubsub()).await?;
-    let (mut sink, stream) = pubsub.split();
-    bounded(sink.psubscribe(PATTERN)).await?;
-    Ok((sink, stream))
+/// A bus connection: `PSUBSCRIBE` to every workspace (mode `all`), or
+/// `SUBSCRIBE` to each of `followed` (mode `interest`).
+pub(super) async fn open(
+    target: &Target,
+    interest: bool,
+    followed: &[Id],
+) -> Result<BusConn, StoreError> {
+    let mut bus = bounded(target.bus()).await?;
+    if interest {
+        for ws in followed {
+            bounded(bus.subscribe(&channel(target.is_cluster(), ws))).await?;
+        }
+    } else {
+        bounded(bus.subscribe_pattern(PATTERN)).await?;
+    }
+    Ok(bus)
 }
 
 impl Inner {
@@ -120,11 +174,109 @@ enum Step {
     Lost(String),
 }
 
-/// The bus task: applies published changes in order; reconnects and restores.
+impl Inner {
+    /// Workspaces subscribed and restored (mode `interest`).
+    fn followed(&self) -> Vec<Id> {
+        let mut ws: Vec<Id> = self
+            .follows
+            .lock()
+            .iter()
+            .filter(|(_, f)| f.loaded)
+            .map(|(ws, _)| ws.clone())
+            .collect();
+        ws.sort();
+        ws
+    }
+
+    fn count_subscriptions(&self) {
+        let held = if self.interest {
+            self.follows.lock().values().filter(|f| f.loaded).count()
+        } else {
+            1
+        };
+        crate::metrics::handles().bus_subscriptions.set(held as f64);
+    }
+}
+
+/// Mode `interest`: subscribes to a workspace's channel, then reads its
+/// snapshot and restores it into every consumer. Run by the bus task, so the
+/// changes published meanwhile wait in the subscription and are applied
+/// after, from the snapshot's commit counter on: none lost, none twice.
+async fn follow(
+    inner: &Inner,
+    ps: &mut BusConn,
+    known: &mut HashSet<Id>,
+    ws: Id,
+) -> Result<(), StoreError> {
+    if inner.follows.lock().get(&ws).is_some_and(|f| f.loaded) {
+        return Ok(());
+    }
+    bounded(ps.subscribe(&inner.channel(&ws))).await?;
+    let (snap, n) = match inner.load_one(ws.clone()).await {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            let _ = bounded(ps.unsubscribe(&inner.channel(&ws))).await;
+            return Err(e);
+        }
+    };
+    inner
+        .delivered
+        .lock()
+        .insert(ws.clone(), snap.seqs.iter().cloned().collect());
+    for consumer in inner.consumers() {
+        consumer.restore(snap.clone());
+    }
+    inner.set_applied(&ws, n);
+    known.insert(ws.clone());
+    inner.follows.lock().entry(ws).or_default().loaded = true;
+    inner.count_subscriptions();
+    Ok(())
+}
+
+/// Mode `interest`: drops the workspaces nobody held for `linger`.
+async fn sweep(inner: &Inner, ps: &mut BusConn, known: &mut HashSet<Id>) {
+    let now = Instant::now();
+    let gone: Vec<Id> = {
+        let mut follows = inner.follows.lock();
+        let gone: Vec<Id> = follows
+            .iter()
+            .filter(|(_, f)| {
+                f.holders == 0
+                    && f.idle_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= inner.linger)
+            })
+            .map(|(ws, _)| ws.clone())
+            .collect();
+        for ws in &gone {
+            follows.remove(ws);
+        }
+        gone
+    };
+    if gone.is_empty() {
+        return;
+    }
+    let consumers = inner.consumers();
+    for ws in gone {
+        // A failed UNSUBSCRIBE is harmless: what still comes is skipped.
+        let _ = bounded(ps.unsubscribe(&inner.channel(&ws))).await;
+        inner.applied.lock().remove(&ws);
+        inner.delivered.lock().remove(&ws);
+        known.remove(&ws);
+        for consumer in &consumers {
+            consumer.forget(&ws);
+        }
+        tracing::debug!(workspace = %ws, "redis bus: workspace no longer followed");
+    }
+    inner.count_subscriptions();
+}
+
+/// The bus task: applies published changes in order; follows and drops
+/// workspaces (mode `interest`); reconnects and restores.
 pub(super) async fn run(
     inner: Arc<Inner>,
     start: oneshot::Receiver<Baseline>,
-    first: (PubSubSink, PubSubStream),
+    first: BusConn,
+    mut commands: mpsc::Receiver<Command>,
 ) {
     let Ok(baseline) = start.await else {
         return;
@@ -135,13 +287,13 @@ pub(super) async fn run(
     let mut bus = Some(first);
     let mut backoff = BACKOFF_MIN;
     loop {
-        let (mut ps, mut stream) = match bus.take() {
+        let mut ps = match bus.take() {
             Some(b) => b,
             None => {
                 inner.bus_up.store(false, Ordering::Relaxed);
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
-                let b = match open(&inner.client).await {
+                let b = match open(&inner.target, inner.interest, &inner.followed()).await {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(error = %e, "redis bus: reconnect failed");
@@ -157,17 +309,46 @@ pub(super) async fn run(
             }
         };
         inner.bus_up.store(true, Ordering::Relaxed);
+        inner.count_subscriptions();
         backoff = BACKOFF_MIN;
         let mut health =
             tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        let mut sweeping = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
-                        tracing::warn!("redis bus: connection lost");
-                        break;
+                Some(cmd) = commands.recv() => {
+                    let Command::Follow { workspace, done } = cmd;
+                    if done.is_closed() {
+                        continue; // the caller gave up (timed out)
+                    }
+                    let r = follow(&inner, &mut ps, &mut known, workspace).await;
+                    let failed = r.is_err();
+                    let _ = done.send(r);
+                    if failed {
+                        // Most likely the connection: check it now.
+                        if bounded(ps.ping()).await.is_err() {
+                            tracing::warn!("redis bus: health ping failed");
+                            break;
+                        }
+                    }
+                }
+                _ = sweeping.tick(), if inner.interest => {
+                    sweep(&inner, &mut ps, &mut known).await;
+                }
+                heard = ps.next() => {
+                    let step = match heard {
+                        Heard::Message { channel, payload } => {
+                            on_message(&inner, &mut known, &channel, &payload)
+                        }
+                        // A cluster node's connection dropped (failover): the
+                        // client resubscribes, but messages may be lost.
+                        Heard::Disconnected => Step::Lost("a shard's connection dropped".into()),
+                        Heard::Closed => {
+                            tracing::warn!("redis bus: connection lost");
+                            break;
+                        }
                     };
-                    if let Step::Lost(why) = on_message(&inner, &mut known, &msg) {
+                    if let Step::Lost(why) = step {
                         tracing::warn!(reason = %why, "redis bus: changes lost; reloading");
                         if let Err(e) = resync(&inner, &mut known).await {
                             tracing::warn!(error = %e, "redis bus: reload failed");
@@ -176,7 +357,7 @@ pub(super) async fn run(
                     }
                 }
                 _ = health.tick() => {
-                    if bounded(ps.ping::<Value>()).await.is_err() {
+                    if bounded(ps.ping()).await.is_err() {
                         tracing::warn!("redis bus: health ping failed");
                         break;
                     }
@@ -187,12 +368,26 @@ pub(super) async fn run(
     }
 }
 
-fn on_message(inner: &Inner, known: &mut HashSet<Id>, msg: &redis::Msg) -> Step {
-    let channel = msg.get_channel_name();
-    let Some(ws) = channel.strip_prefix(PREFIX) else {
+fn on_message(inner: &Inner, known: &mut HashSet<Id>, channel: &str, payload: &[u8]) -> Step {
+    let Some(ws) = workspace_of(channel) else {
         return Step::Skipped;
     };
-    let env: Envelope = match serde_json::from_slice(msg.get_payload_bytes()) {
+    let (held, loaded) = inner
+        .follows
+        .lock()
+        .get(ws)
+        .map_or((false, false), |f| (f.holders > 0, f.loaded));
+    let m = crate::metrics::handles();
+    match (held, loaded) {
+        (true, _) => m.bus_events_held.increment(1),
+        (false, true) => m.bus_events_idle.increment(1),
+        (false, false) => m.bus_events_none.increment(1),
+    }
+    if inner.interest && !loaded {
+        // Still in flight when the workspace was dropped: not decoded.
+        return Step::Skipped;
+    }
+    let env: Envelope = match serde_json::from_slice(payload) {
         Ok(e) => e,
         Err(e) => return Step::Lost(format!("undecodable change on {channel}: {e}")),
     };
@@ -225,7 +420,11 @@ fn on_message(inner: &Inner, known: &mut HashSet<Id>, msg: &redis::Msg) -> Step 
 async fn resync(inner: &Inner, known: &mut HashSet<Id>) -> Result<(), StoreError> {
     // Redis may have lost the workspace list too: list again on next commit.
     inner.listed.lock().clear();
-    let (snaps, counters) = inner.load_all().await?;
+    let (snaps, counters) = if inner.interest {
+        inner.load_these(inner.followed()).await?
+    } else {
+        inner.load_all().await?
+    };
     let stored: HashSet<Id> = snaps.iter().map(|s| s.workspace.clone()).collect();
     let consumers = inner.consumers();
     for snap in snaps {

@@ -290,9 +290,11 @@ impl Inner {
     /// Lists the workspace in [`WORKSPACES`] (once per node and bus
     /// session) before its first commit: that key lies outside the
     /// workspace's slot, so the commit script may not write it. Listed
-    /// first, a workspace with data is always listed.
+    /// first, a workspace with data is always listed. Only the start-up load
+    /// of subscribe mode `all` reads the list, which a Redis Cluster never
+    /// runs: there, no commit touches a key outside its workspace's slot.
     async fn ensure_listed(&self, workspace: &str) -> Result<(), StoreError> {
-        if self.listed.lock().contains(workspace) {
+        if self.sharded || self.listed.lock().contains(workspace) {
             return Ok(());
         }
         let mut conn = self.conn();
@@ -352,21 +354,27 @@ impl Inner {
         for key in &plan.extra_keys {
             inv.key(key);
         }
-        inv.arg(super::bus::channel(workspace))
-            .arg(&change_json)
-            .arg(plan.seq_conv.as_deref().unwrap_or(""))
-            .arg(history_key.unwrap_or(0))
-            .arg(idem_index.unwrap_or(0))
-            .arg(IDEMPOTENCY_TTL_SECS)
-            .arg(&idem_record)
-            .arg(self.history_len)
-            .arg(if plan.replace { "1" } else { "0" })
-            .arg(drop_index.unwrap_or(0));
+        inv.arg(format!(
+            "{} {}",
+            self.publish_command(),
+            self.channel(workspace)
+        ))
+        .arg(&change_json)
+        .arg(plan.seq_conv.as_deref().unwrap_or(""))
+        .arg(history_key.unwrap_or(0))
+        .arg(idem_index.unwrap_or(0))
+        .arg(IDEMPOTENCY_TTL_SECS)
+        .arg(&idem_record)
+        .arg(self.history_len)
+        .arg(if plan.replace { "1" } else { "0" })
+        .arg(drop_index.unwrap_or(0));
         for op in &plan.ops {
             inv.arg(&op.args()[..]);
         }
         let mut conn = self.conn();
-        let reply: Vec<Value> = bounded(inv.invoke_async(&mut conn)).await?;
+        let reply: Vec<Value> = self
+            .bounded_in(workspace, inv.invoke_async(&mut conn))
+            .await?;
         match reply.as_slice() {
             [Value::Int(1), Value::BulkString(record)] => {
                 let r: IdempotencyRecord =

@@ -1,6 +1,7 @@
-//! Cluster storage on Redis: every node of a cluster shares one Redis, and
-//! each node's consumers (the hub) learn of every commit (its own included)
-//! from the bus, in commit order.
+//! Cluster storage on Redis: every node of a cluster shares one Redis (one
+//! primary, or a Redis Cluster: [`conn`]), and each node's consumers (the
+//! hub) learn of every commit of the workspaces they follow (its own
+//! included) from the bus, in commit order.
 //!
 //! Parts: [`keys`] (the only place key names are spelled), [`commit`] (typed
 //! commit plans run by `lua/commit.lua`), [`bus`] (delivery to consumers,
@@ -15,7 +16,7 @@
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot) |
+//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot; read only by the start-up load of subscribe mode `all`, so not kept on a Redis Cluster) |
 //! | `sb:{ws}:users` / `:channels` / `:contacts` / `:conversations` | hash | id → entity JSON (world format) |
 //! | `sb:{ws}:settings` | string | workspace settings JSON |
 //! | `sb:{ws}:marks` | hash | `user \n conversation \n kind` → `read`: highest seq read (a user's own message counts as read); `hide`: the conversation's latest seq when hidden (a later message un-hides); `mute` / `archive`: `1` (removed when off). Values first stored as the `mark` change JSON are still read |
@@ -34,6 +35,7 @@
 //! | `sb:{ws}:outbox:lease` | string, TTL | the node delivering the workspace's outbox (`SET NX PX`, renewed by it) |
 //! | `sb:{ws}:outbox:dead:{channel}` | list | a channel's dead letters, newest first, capped at [`DEAD_LETTERS`](crate::store::DEAD_LETTERS) |
 //! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
+//! | channel `sb:{ws}:bus` | sharded pub/sub | the same, on a Redis Cluster (`SPUBLISH`, on the workspace's slot) |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
 //! (their `marks` fields stay until a conversation with that id reappears).
@@ -75,16 +77,27 @@
 //!
 //! # Bus
 //!
-//! One task per node holds a dedicated pub/sub connection subscribed with
-//! `PSUBSCRIBE sb:ws:*`. Channels are per workspace; the node takes all of
-//! them because every node serves the admin and adapter APIs of every
-//! workspace from its hub's directory (the gateway locates entities across all
-//! workspaces), so the node must keep every workspace's directory current. The
-//! cost: every node decodes every workspace's events, messages included —
-//! O(nodes × events). Subscribing only to workspaces with local connections
-//! would cut that to the node's share, but needs workspace-affine routing of
-//! the HTTP APIs and on-demand loading of a workspace's directory; the channel
-//! layout already allows that change (`SUBSCRIBE sb:ws:{ws}` per workspace).
+//! One task per node holds a dedicated pub/sub connection. Channels are per
+//! workspace. In subscribe mode `all` it takes all of them (`PSUBSCRIBE
+//! sb:ws:*`) and the start-up load reads every listed workspace: every node
+//! serves the admin and adapter APIs of every workspace from its hub's
+//! directory, at the cost of decoding every workspace's events —
+//! O(nodes × events).
+//!
+//! In mode `interest` (always on a Redis Cluster) the node follows a
+//! workspace only while something on it holds the workspace
+//! ([`crate::store::Store::attend`]: a WebSocket session, a request naming
+//! the workspace, a commit). The first holder asks the bus task to
+//! `SUBSCRIBE` (`SSUBSCRIBE` on a cluster) to the workspace's channel, then
+//! read the workspace's snapshot and restore it into the consumers; the bus
+//! task does both before reading its next message, so changes published
+//! meanwhile wait in the subscription and are applied (or skipped, when the
+//! snapshot already has them) by the commit counter below. A workspace
+//! nobody held for the linger (30 s by default) is unsubscribed and its
+//! consumers told to [`crate::store::Sink::forget`] it. A message of a
+//! workspace not followed (in flight at an unsubscribe) is counted and
+//! dropped without being decoded. A client that connects to a node only now
+//! following its workspace resumes from history, as after any reconnect.
 //!
 //! The bus feeds every consumer subscribed on the node ([`Store::subscribe`]
 //! adds one; the first starts the bus), each in commit order per workspace.
@@ -97,9 +110,11 @@
 //! subscription is made before the start-up snapshot is read, so no commit
 //! falls between them.
 //!
-//! When the bus connection drops (Redis restart, or no answer to the 5 s
-//! health ping within 2 s), the task reconnects with backoff (0.1 s doubling
-//! to 2 s), subscribes again, reads a fresh snapshot and hands it to every consumer
+//! When the bus connection drops (Redis restart, a cluster node's connection
+//! lost in a failover, or no answer to the 5 s health ping within 2 s), the
+//! task reconnects with backoff (0.1 s doubling to 2 s), subscribes again,
+//! reads a fresh snapshot (of the followed workspaces, in mode `interest`)
+//! and hands it to every consumer
 //! ([`crate::store::Sink::restore`]): the hub re-imports each workspace as a replace, so
 //! revocations and grants made meanwhile reach live connections as diffs, and
 //! latest seqs, last messages and marks are restored. Events committed while
@@ -114,9 +129,10 @@
 //!
 //! # What Redis must be
 //!
-//! One primary (optionally with replicas / Sentinel): not Redis Cluster yet —
-//! the scripts keep to one slot, but the bus uses `PSUBSCRIBE` and the
-//! start-up load reads `sb:workspaces` with the workspaces' keys. `maxmemory-policy noeviction` (evicting a
+//! One primary (optionally with replicas / Sentinel), Redis ≥ 6.2; or a Redis
+//! Cluster, Redis ≥ 7 (sharded pub/sub over RESP3): every script keeps to one
+//! slot, and on a cluster the bus subscribes per workspace and nothing reads
+//! or writes a global key. `maxmemory-policy noeviction` (evicting a
 //! directory hash or a seq counter would silently corrupt state; under memory
 //! pressure commits fail instead, as 503). Durability of an acknowledged
 //! change is Redis's: `appendonly yes` with `appendfsync everysec` loses at
@@ -143,6 +159,7 @@
 
 pub mod bus;
 pub mod commit;
+pub mod conn;
 pub mod keys;
 pub mod outbox;
 pub mod presence;
@@ -156,10 +173,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, Script, Value};
+use redis::{Script, Value};
 use serde::Serialize;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 use tokio::task::JoinHandle;
 
 pub use commit::{COMMIT, IDEMPOTENCY_TTL_SECS};
@@ -197,19 +213,41 @@ fn int(v: &Value) -> Option<u64> {
 async fn bounded<T>(
     f: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> Result<T, StoreError> {
+    bounded_on(None, f).await
+}
+
+/// [`bounded`], measured under the Redis Cluster primary that runs it
+/// (`shard` label), when known.
+async fn bounded_on<T>(
+    shard: Option<&str>,
+    f: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, StoreError> {
     // Every command goes through here: one place for latency and errors.
     let m = crate::metrics::handles();
     let start = std::time::Instant::now();
     let r = tokio::time::timeout(OP_TIMEOUT, f).await;
-    m.redis_command.record(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed().as_secs_f64();
+    let count = |kind: &'static str| match shard {
+        Some(s) => {
+            metrics::counter!("switchboard_redis_errors_total", "kind" => kind, "shard" => s.to_owned())
+                .increment(1);
+        }
+        None if kind == "error" => m.redis_error.increment(1),
+        None => m.redis_timeout.increment(1),
+    };
+    match shard {
+        Some(s) => metrics::histogram!("switchboard_redis_command_duration_seconds", "shard" => s.to_owned())
+            .record(elapsed),
+        None => m.redis_command.record(elapsed),
+    }
     match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => {
-            m.redis_error.increment(1);
+            count("error");
             Err(unavailable(e))
         }
         Err(_) => {
-            m.redis_timeout.increment(1);
+            count("timeout");
             Err(StoreError::Unavailable(format!(
                 "redis did not answer within {OP_TIMEOUT:?}"
             )))
@@ -219,9 +257,21 @@ async fn bounded<T>(
 
 /// State shared by the store and its tasks.
 struct Inner {
-    client: Client,
-    conn: ConnectionManager,
+    target: conn::Target,
+    conn: conn::Conn,
+    /// A Redis Cluster: sharded channels (`SPUBLISH` / `SSUBSCRIBE`).
+    sharded: bool,
     node: String,
+    /// Subscribe mode `interest`: follow only the workspaces held here.
+    interest: bool,
+    /// Mode `interest`: how long a workspace nobody holds stays followed.
+    linger: Duration,
+    /// Redis Cluster: which primary serves which slots (for the `shard` label).
+    shards: conn::Shards,
+    /// Workspaces held on this node, and (mode `interest`) followed.
+    follows: Mutex<HashMap<Id, bus::Follow>>,
+    /// To the bus task.
+    commands: mpsc::Sender<bus::Command>,
     history_len: usize,
     commit_script: Script,
     queues: queues::Scripts,
@@ -243,8 +293,36 @@ struct Inner {
 }
 
 impl Inner {
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> conn::Conn {
         self.conn.clone()
+    }
+
+    /// [`bounded`], labelled with the shard of the workspace's slot on a
+    /// Redis Cluster.
+    async fn bounded_in<T>(
+        &self,
+        workspace: &str,
+        f: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, StoreError> {
+        if !self.sharded {
+            return bounded(f).await;
+        }
+        let shard = self.shards.of_workspace(workspace);
+        bounded_on(Some(&shard), f).await
+    }
+
+    /// The channel a workspace's changes are published on.
+    fn channel(&self, workspace: &str) -> String {
+        bus::channel(self.sharded, workspace)
+    }
+
+    /// The publish command of the channels.
+    fn publish_command(&self) -> &'static str {
+        if self.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     fn set_applied(&self, ws: &str, n: u64) {
@@ -299,36 +377,59 @@ pub async fn connect(
     url: &str,
     node_id: &str,
     history_len: usize,
+    linger: Option<Duration>,
 ) -> anyhow::Result<Arc<dyn Store>> {
     Ok(Arc::new(
-        RedisStore::connect(url, node_id, history_len).await?,
+        RedisStore::connect_with(url, node_id, history_len, linger).await?,
     ))
 }
 
 impl RedisStore {
+    /// Subscribe mode `all`.
     pub async fn connect(
         url: &str,
         node_id: &str,
         history_len: usize,
     ) -> anyhow::Result<RedisStore> {
-        let client = Client::open(url).map_err(|e| anyhow::anyhow!("redis url: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(1))
-            .set_response_timeout(OP_TIMEOUT)
-            .set_number_of_retries(1)
-            .set_factor(100)
-            .set_max_delay(500);
-        let conn = bounded(ConnectionManager::new_with_config(client.clone(), config))
+        Self::connect_with(url, node_id, history_len, None).await
+    }
+
+    /// With `linger`: subscribe mode `interest` (see the module doc), a
+    /// workspace staying followed that long after its last holder.
+    pub async fn connect_with(
+        url: &str,
+        node_id: &str,
+        history_len: usize,
+        linger: Option<Duration>,
+    ) -> anyhow::Result<RedisStore> {
+        let interest = linger.is_some();
+        let target = conn::Target::parse(url).map_err(|e| anyhow::anyhow!("redis url: {e}"))?;
+        let sharded = target.is_cluster();
+        // Sharded channels have no patterns: a cluster is always followed by interest.
+        let interest = interest || sharded;
+        if sharded && linger.is_none() {
+            tracing::info!(
+                "redis cluster: subscribe mode interest (sharded channels have no patterns)"
+            );
+        }
+        let conn = bounded(target.commands())
             .await
-            .map_err(|e| anyhow::anyhow!("redis {}: {e}", client.get_connection_info().addr))?;
-        let first_bus = bus::open(&client)
+            .map_err(|e| anyhow::anyhow!("redis {}: {e}", target.describe()))?;
+        let first_bus = bus::open(&target, interest, &[])
             .await
             .map_err(|e| anyhow::anyhow!("redis pub/sub: {e}"))?;
         let (applied_tx, _) = watch::channel(0);
+        let (commands, commands_rx) = mpsc::channel(bus::COMMANDS);
         let inner = Arc::new(Inner {
-            client,
+            target,
             conn,
+            sharded,
             node: node_id.to_owned(),
+            interest,
+            shards: conn::Shards::default(),
+            linger: linger.unwrap_or(bus::LINGER),
+            follows: Mutex::new(HashMap::new()),
+            commands,
             history_len: history_len.max(1),
             commit_script: commit::script(),
             queues: queues::Scripts::new(),
@@ -344,9 +445,13 @@ impl RedisStore {
         });
         let (start_tx, start_rx) = oneshot::channel();
         let tasks = vec![
-            tokio::spawn(bus::run(inner.clone(), start_rx, first_bus)),
+            tokio::spawn(bus::run(inner.clone(), start_rx, first_bus, commands_rx)),
             tokio::spawn(presence::refresh(inner.clone())),
         ];
+        let mut tasks = tasks;
+        if sharded {
+            tasks.push(tokio::spawn(conn::refresh_shards(inner.clone())));
+        }
         Ok(RedisStore {
             inner,
             start: Mutex::new(Some(start_tx)),
@@ -373,13 +478,74 @@ impl Store for RedisStore {
     }
 
     /// Also records the commit counters the snapshot contains: the bus then
-    /// skips those commits (only for the load before `subscribe`).
+    /// skips those commits (only for the load before `subscribe`). Mode
+    /// `interest` loads nothing: a workspace is loaded when first held.
     async fn load(&self) -> Result<Vec<Snapshot>, StoreError> {
+        if self.inner.interest {
+            return Ok(Vec::new());
+        }
         let (snaps, counters) = self.inner.load_all().await?;
         if self.start.lock().is_some() {
             *self.baseline.lock() = bus::Baseline::of(&snaps, counters);
         }
         Ok(snaps)
+    }
+
+    /// Mode `interest`: the first holder has the bus subscribe and restore
+    /// the workspace (through the bus task, so nothing published meanwhile
+    /// is lost); a later one only counts. Bounded by [`APPLY_WAIT`]: while
+    /// Redis or the bus is down the answer is `Unavailable`, never a hang.
+    async fn attend(&self, workspace: &str) -> Result<(), StoreError> {
+        {
+            let mut follows = self.inner.follows.lock();
+            let f = follows.entry(workspace.to_owned()).or_default();
+            f.holders += 1;
+            f.idle_since = None;
+            if !self.inner.interest || f.loaded {
+                return Ok(());
+            }
+        }
+        let (done, answer) = oneshot::channel();
+        let asked = async {
+            self.inner
+                .commands
+                .send(bus::Command::Follow {
+                    workspace: workspace.to_owned(),
+                    done,
+                })
+                .await
+                .map_err(|_| unavailable("bus task ended"))?;
+            answer.await.map_err(|_| unavailable("bus task ended"))?
+        };
+        let r = match tokio::time::timeout(APPLY_WAIT, asked).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "workspace {workspace:?} not loaded within {APPLY_WAIT:?} (redis bus down?)"
+            ))),
+        };
+        if r.is_err() {
+            self.leave(workspace);
+        }
+        r
+    }
+
+    fn leave(&self, workspace: &str) {
+        let mut follows = self.inner.follows.lock();
+        let Some(f) = follows.get_mut(workspace) else {
+            return;
+        };
+        f.holders = f.holders.saturating_sub(1);
+        if f.holders == 0 {
+            if self.inner.interest {
+                f.idle_since = Some(std::time::Instant::now());
+            } else {
+                follows.remove(workspace);
+            }
+        }
+    }
+
+    fn by_interest(&self) -> bool {
+        self.inner.interest
     }
 
     async fn commit_if(
@@ -389,7 +555,11 @@ impl Store for RedisStore {
         base: Option<&Conversation>,
     ) -> Result<Outcome, StoreError> {
         let start = std::time::Instant::now();
+        // Mode `interest`: a commit waits for its change through the bus,
+        // so the committing node follows the workspace (at least a while).
+        self.attend(workspace).await?;
         let r = self.inner.commit(workspace, change, base, false).await;
+        self.leave(workspace);
         crate::metrics::handles()
             .commit_redis
             .record(start.elapsed().as_secs_f64());
@@ -398,7 +568,9 @@ impl Store for RedisStore {
 
     async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
         let start = std::time::Instant::now();
+        self.attend(workspace).await?;
         let r = self.inner.commit(workspace, change, None, true).await;
+        self.leave(workspace);
         crate::metrics::handles()
             .commit_redis
             .record(start.elapsed().as_secs_f64());
@@ -498,17 +670,19 @@ impl Store for RedisStore {
     async fn audit(&self, workspace: &str, entry: AuditEntry) -> Result<String, StoreError> {
         let json = to_json(&entry)?;
         let mut conn = self.inner.conn();
-        bounded(
-            redis::cmd("XADD")
-                .arg(Keys::of(workspace).audit())
-                .arg("MAXLEN")
-                .arg(super::AUDIT_LEN)
-                .arg("*")
-                .arg("e")
-                .arg(json)
-                .query_async(&mut conn),
-        )
-        .await
+        self.inner
+            .bounded_in(
+                workspace,
+                redis::cmd("XADD")
+                    .arg(Keys::of(workspace).audit())
+                    .arg("MAXLEN")
+                    .arg(super::AUDIT_LEN)
+                    .arg("*")
+                    .arg("e")
+                    .arg(json)
+                    .query_async(&mut conn),
+            )
+            .await
     }
 
     async fn audit_log(
@@ -520,16 +694,19 @@ impl Store for RedisStore {
         let key = Keys::of(workspace).audit();
         let mut conn = self.inner.conn();
         let end = before.map_or_else(|| "+".to_owned(), |b| format!("({b}"));
-        let raw: Vec<(String, Vec<String>)> = bounded(
-            redis::cmd("XREVRANGE")
-                .arg(&key)
-                .arg(end)
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let raw: Vec<(String, Vec<String>)> = self
+            .inner
+            .bounded_in(
+                workspace,
+                redis::cmd("XREVRANGE")
+                    .arg(&key)
+                    .arg(end)
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
         raw.into_iter()
             .map(|(id, fields)| {
                 let json = fields
@@ -581,12 +758,14 @@ impl Store for RedisStore {
     async fn broadcast(&self, workspace: &str, event: Ephemeral) -> Result<(), StoreError> {
         let change = to_json(&Change::Ephemeral { event })?;
         let mut conn = self.inner.conn();
-        bounded(
-            redis::cmd("PUBLISH")
-                .arg(bus::channel(workspace))
-                .arg(bus::ephemeral_envelope(&change))
-                .query_async::<()>(&mut conn),
-        )
-        .await
+        self.inner
+            .bounded_in(
+                workspace,
+                redis::cmd(self.inner.publish_command())
+                    .arg(self.inner.channel(workspace))
+                    .arg(bus::ephemeral_envelope(&change))
+                    .query_async::<()>(&mut conn),
+            )
+            .await
     }
 }

@@ -59,7 +59,8 @@ impl Inner {
                 .insert(user.to_owned(), ttl);
             let mut inv = self.presence_scripts.set.key(key);
             inv.arg(ttl * 1000).arg(member);
-            bounded(inv.invoke_async::<()>(&mut conn)).await
+            self.bounded_in(workspace, inv.invoke_async::<()>(&mut conn))
+                .await
         } else {
             {
                 let mut p = self.presence.lock();
@@ -70,7 +71,8 @@ impl Inner {
                     }
                 }
             }
-            bounded(
+            self.bounded_in(
+                workspace,
                 redis::cmd("ZREM")
                     .arg(key)
                     .arg(member)
@@ -82,13 +84,15 @@ impl Inner {
 
     pub(super) async fn online_users(&self, workspace: &str) -> Result<Vec<Id>, StoreError> {
         let mut conn = self.conn();
-        let members: Vec<String> = bounded(
-            self.presence_scripts
-                .get
-                .key(Keys::of(workspace).online())
-                .invoke_async(&mut conn),
-        )
-        .await?;
+        let members: Vec<String> = self
+            .bounded_in(
+                workspace,
+                self.presence_scripts
+                    .get
+                    .key(Keys::of(workspace).online())
+                    .invoke_async(&mut conn),
+            )
+            .await?;
         let mut users: Vec<Id> = members
             .iter()
             .filter_map(|m| m.rsplit_once('@'))

@@ -3,7 +3,7 @@
 use redis::Script;
 
 use super::keys::Keys;
-use super::{bounded, Inner};
+use super::Inner;
 use crate::domain::Id;
 use crate::store::StoreError;
 
@@ -39,7 +39,8 @@ impl Inner {
             .key(Keys::of(workspace).rotation(channel));
         inv.arg(pool.len()).arg(pool).arg(eligible);
         let mut conn = self.conn();
-        bounded(inv.invoke_async(&mut conn)).await
+        self.bounded_in(workspace, inv.invoke_async(&mut conn))
+            .await
     }
 
     pub(super) async fn push_waiting(
@@ -54,7 +55,8 @@ impl Inner {
             .key(Keys::of(workspace).waiting(channel));
         inv.arg(conversation);
         let mut conn = self.conn();
-        bounded(inv.invoke_async::<()>(&mut conn)).await
+        self.bounded_in(workspace, inv.invoke_async::<()>(&mut conn))
+            .await
     }
 
     pub(super) async fn waiting(
@@ -63,7 +65,8 @@ impl Inner {
         channel: &str,
     ) -> Result<Vec<Id>, StoreError> {
         let mut conn = self.conn();
-        bounded(
+        self.bounded_in(
+            workspace,
             redis::cmd("LRANGE")
                 .arg(Keys::of(workspace).waiting(channel))
                 .arg(0)
@@ -80,14 +83,16 @@ impl Inner {
         conversation: &str,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn();
-        let removed: u64 = bounded(
-            redis::cmd("LREM")
-                .arg(Keys::of(workspace).waiting(channel))
-                .arg(0)
-                .arg(conversation)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let removed: u64 = self
+            .bounded_in(
+                workspace,
+                redis::cmd("LREM")
+                    .arg(Keys::of(workspace).waiting(channel))
+                    .arg(0)
+                    .arg(conversation)
+                    .query_async(&mut conn),
+            )
+            .await?;
         Ok(removed > 0)
     }
 }

@@ -30,21 +30,23 @@ impl Inner {
         let key = keys.history(conversation);
         let limit = limit.min(self.history_len);
         let mut conn = self.conn();
-        let (latest, first, found): (Option<u64>, Vec<String>, Vec<String>) = bounded(
-            redis::pipe()
-                .atomic()
-                .hget(keys.hash(Hash::Seqs), conversation)
-                .zrange(&key, 0, 0)
-                .cmd("ZRANGEBYSCORE")
-                .arg(&key)
-                .arg(format!("({after_seq}"))
-                .arg("+inf")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .query_async(&mut conn),
-        )
-        .await?;
+        let (latest, first, found): (Option<u64>, Vec<String>, Vec<String>) = self
+            .bounded_in(
+                workspace,
+                redis::pipe()
+                    .atomic()
+                    .hget(keys.hash(Hash::Seqs), conversation)
+                    .zrange(&key, 0, 0)
+                    .cmd("ZRANGEBYSCORE")
+                    .arg(&key)
+                    .arg(format!("({after_seq}"))
+                    .arg("+inf")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .query_async(&mut conn),
+            )
+            .await?;
         let decode = |s: &String| -> Result<HistoryEntry, StoreError> {
             serde_json::from_str(s).map_err(|e| corrupt(&format!("history of {conversation:?}"), e))
         };
@@ -70,7 +72,8 @@ impl Inner {
         })
     }
 
-    /// Every workspace's snapshot and commit counter, each read atomically.
+    /// Every listed workspace's snapshot and commit counter, each read
+    /// atomically (subscribe mode `all`).
     pub(super) async fn load_all(&self) -> Result<(Vec<Snapshot>, HashMap<Id, u64>), StoreError> {
         let mut conn = self.conn();
         let mut workspaces: Vec<Id> = bounded(
@@ -80,9 +83,30 @@ impl Inner {
         )
         .await?;
         workspaces.sort();
+        self.load_these(workspaces).await
+    }
+
+    /// These workspaces' snapshots and commit counters, each read atomically
+    /// (a workspace without data is an empty snapshot). Reads only keys of
+    /// the workspaces' own slots.
+    pub(super) async fn load_these(
+        &self,
+        workspaces: Vec<Id>,
+    ) -> Result<(Vec<Snapshot>, HashMap<Id, u64>), StoreError> {
         let mut snaps = Vec::with_capacity(workspaces.len());
         let mut counters = HashMap::new();
         for ws in workspaces {
+            let (snap, commits) = self.load_one(ws).await?;
+            counters.insert(snap.workspace.clone(), commits);
+            snaps.push(snap);
+        }
+        Ok((snaps, counters))
+    }
+
+    /// One workspace's snapshot and commit counter, read atomically.
+    pub(super) async fn load_one(&self, ws: Id) -> Result<(Snapshot, u64), StoreError> {
+        let mut conn = self.conn();
+        {
             let keys = Keys::of(&ws);
             type Raw = (
                 Vec<String>,
@@ -105,21 +129,23 @@ impl Inner {
                 commits,
                 activity,
                 marks,
-            ): Raw = bounded(
-                redis::pipe()
-                    .atomic()
-                    .hvals(keys.hash(Hash::Users))
-                    .hvals(keys.hash(Hash::Channels))
-                    .hvals(keys.hash(Hash::Contacts))
-                    .hvals(keys.hash(Hash::Conversations))
-                    .get(keys.settings())
-                    .hgetall(keys.hash(Hash::Seqs))
-                    .get(keys.commits())
-                    .hgetall(keys.hash(Hash::Activity))
-                    .hgetall(keys.hash(Hash::Marks))
-                    .query_async(&mut conn),
-            )
-            .await?;
+            ): Raw = self
+                .bounded_in(
+                    &ws,
+                    redis::pipe()
+                        .atomic()
+                        .hvals(keys.hash(Hash::Users))
+                        .hvals(keys.hash(Hash::Channels))
+                        .hvals(keys.hash(Hash::Contacts))
+                        .hvals(keys.hash(Hash::Conversations))
+                        .get(keys.settings())
+                        .hgetall(keys.hash(Hash::Seqs))
+                        .get(keys.commits())
+                        .hgetall(keys.hash(Hash::Activity))
+                        .hgetall(keys.hash(Hash::Marks))
+                        .query_async(&mut conn),
+                )
+                .await?;
             let mut world = World {
                 users: decode_all(&ws, "user", &users)?,
                 channels: decode_all(&ws, "channel", &channels)?,
@@ -136,19 +162,18 @@ impl Inner {
                 .transpose()?;
             let mut seqs: Vec<(Id, u64)> = seqs.into_iter().collect();
             seqs.sort();
-            counters.insert(ws.clone(), commits.unwrap_or(0));
             let activity = decode_activity(&ws, &world, activity);
             let marks = decode_marks(&ws, &world, marks);
-            snaps.push(Snapshot {
+            let snap = Snapshot {
                 workspace: ws,
                 world,
                 settings,
                 seqs,
                 activity,
                 marks,
-            });
+            };
+            Ok((snap, commits.unwrap_or(0)))
         }
-        Ok((snaps, counters))
     }
 }
 

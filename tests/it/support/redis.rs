@@ -19,6 +19,8 @@ pub struct Redis {
     pub port: u16,
     pub dir: PathBuf,
     appendonly: bool,
+    /// More `redis-server` arguments (e.g. cluster mode).
+    extra: Vec<String>,
 }
 
 fn binary() -> PathBuf {
@@ -42,7 +44,7 @@ fn binary() -> PathBuf {
     );
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
     l.local_addr().expect("local address").port()
 }
@@ -67,6 +69,11 @@ impl Redis {
     /// Starts a server; `appendonly` makes its data survive a `kill -9`
     /// (`appendfsync always`).
     pub fn start(appendonly: bool) -> Redis {
+        Self::start_with(appendonly, &[])
+    }
+
+    /// A server with more `redis-server` arguments.
+    pub fn start_with(appendonly: bool, extra: &[String]) -> Redis {
         let bin = binary();
         let mut last = String::new();
         for _ in 0..5 {
@@ -80,6 +87,7 @@ impl Redis {
                 port,
                 dir,
                 appendonly,
+                extra: extra.to_vec(),
             };
             match r.spawn(&bin) {
                 Ok(()) => return r,
@@ -103,6 +111,7 @@ impl Redis {
             .args(["--appendfsync", "always"])
             .args(["--dir", &self.dir.to_string_lossy()])
             .args(["--daemonize", "no"])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::null())

@@ -3,7 +3,8 @@
 --   1 users, 2 channels, 3 contacts, 4 conversations, 5 settings, 6 threads,
 --   7 seqs, 8 commits, 9 activity, 10 marks, 11 messages, then the optional keys named by
 --   index below (0 = none).
--- ARGV: 1 bus channel, 2 change JSON, 3 sequenced conversation or "",
+-- ARGV: 1 publish command and bus channel (`PUBLISH sb:ws:W`, or
+-- `SPUBLISH sb:{W}:bus` on a Redis Cluster), 2 change JSON, 3 sequenced conversation or "",
 -- 4 index of its history key, 5 index of the idempotency key, 6 its TTL,
 -- 7 the idempotency record's fields after `seq` (`"message":…,"fp":…`),
 -- 8 history length, 9 "1" to clear the directory (replace import),
@@ -171,6 +172,7 @@ if idem > 0 then
   redis.call('SET', KEYS[idem], '{"seq":' .. seqs .. ',' .. ARGV[7] .. '}', 'EX', ARGV[6])
 end
 local n = redis.call('INCR', commits)
-redis.call('PUBLISH', ARGV[1],
+local publish, channel = string.match(ARGV[1], '^(%u+) (.*)$')
+redis.call(publish, channel,
   '{"n":' .. string.format('%d', n) .. ',"seq":' .. seqs .. ',"change":' .. ARGV[2] .. '}')
 return {0, n, seq}

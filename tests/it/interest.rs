@@ -1,0 +1,344 @@
+//! Subscribe mode `interest` on real processes: two nodes sharing a private
+//! Redis (or a Redis Cluster, sharded channels), each following only the
+//! workspaces it serves.
+//!
+//! Checked: a node with connections of workspace `wa` only never receives
+//! (so never decodes) an event of `wb` (counted by
+//! `switchboard_bus_events_total`) while its agent gets every event of `wa`
+//! posted on the other node; an admin request naming `wb` loads it on
+//! demand; a workspace nobody holds is dropped after the linger, and an
+//! agent reconnecting later (the node subscribes again, late) resumes
+//! exactly what it missed, nothing lost or twice.
+
+use std::time::Duration;
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+use crate::support::gateway::{brief_all, token, urlencode, Client, Event, Server, ADAPTER_KEY};
+use crate::support::redis::Redis;
+use crate::support::redis_cluster::RedisCluster;
+
+/// Bound of waits for cross-node delivery.
+const LONG: Duration = Duration::from_secs(20);
+
+fn world() -> Value {
+    json!({
+        "users": [
+            {"id": "a", "workspace": "wa"},
+            {"id": "b", "workspace": "wb"},
+            {"id": "b2", "workspace": "wb", "role": "admin", "permissions": ["chats", "view_all"]}
+        ],
+        "channels": [{"id": "cha", "workspace": "wa"}, {"id": "chb", "workspace": "wb"}],
+        "contacts": [{"id": "ka", "workspace": "wa"}, {"id": "kb", "workspace": "wb"}],
+        "conversations": [
+            {"id": "va", "workspace": "wa", "channel": "cha", "contact": "ka", "assignee": "a"},
+            {"id": "vb", "workspace": "wb", "channel": "chb", "contact": "kb", "assignee": "b"}
+        ]
+    })
+}
+
+async fn node(url: &str, name: &str) -> Server {
+    Server::start_with(&[
+        ("SWITCHBOARD_REDIS_URL", url),
+        ("SWITCHBOARD_NODE_ID", name),
+        // Dropped one second after the last holder: the test sees it happen.
+        ("SWITCHBOARD_SUBSCRIBE", "interest:1"),
+    ])
+    .await
+}
+
+/// An adapter post to a conversation of a named workspace; its seq.
+async fn post(srv: &Server, ws: &str, conv: &str, body: &str) -> u64 {
+    let (status, v) = srv
+        .request(
+            Method::POST,
+            &format!("/v1/conversations/{conv}/messages?workspace={ws}"),
+            Some(ADAPTER_KEY),
+            &[],
+            Some(serde_json::to_vec(&json!({ "body": body })).expect("json")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "posting to {conv}: {v}");
+    v["seq"].as_u64().unwrap_or_else(|| panic!("no seq in {v}"))
+}
+
+/// The seqs of `message` frames of `conv`, until `n` arrived.
+async fn message_seqs(c: &mut Client, conv: &str, n: usize) -> Vec<u64> {
+    let deadline = tokio::time::Instant::now() + LONG;
+    let mut frames = Vec::new();
+    let mut seqs = Vec::new();
+    while seqs.len() < n {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match c.next_event(left).await {
+            Event::Frame(f) => {
+                if f["type"] == "message" && f["conversation"] == conv {
+                    seqs.push(f["seq"].as_u64().expect("seq"));
+                }
+                frames.push(f);
+            }
+            other => panic!(
+                "{}: waiting for {n} messages of {conv}: {other:?}; frames:{}",
+                c.user,
+                brief_all(&frames)
+            ),
+        }
+    }
+    seqs
+}
+
+/// The `switchboard_bus_events_total` sample of one interest label.
+async fn bus_events(srv: &Server, interest: &str) -> f64 {
+    let text = srv
+        .http
+        .get(srv.url("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    let label = format!("interest=\"{interest}\"");
+    text.lines()
+        .filter(|l| l.starts_with("switchboard_bus_events_total{") && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serving_one_workspace_never_receives_another() {
+    let redis = Redis::start(false);
+    serving_one_workspace(&redis.url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_serving_one_workspace_never_receives_another_on_a_redis_cluster() {
+    let shards = RedisCluster::start();
+    serving_one_workspace(&shards.url()).await;
+}
+
+async fn serving_one_workspace(url: &str) {
+    let n0 = node(url, "node-0").await;
+    let n1 = node(url, "node-1").await;
+    assert_eq!(n1.metric("switchboard_bus_subscriptions").await, 0.0);
+    n0.import(&world()).await;
+
+    // Agent a of wa on node 1, agent b of wb on node 0.
+    let mut a = n1.connect("a", "wa").await;
+    let mut b = n0.connect("b", "wb").await;
+    assert_eq!(n1.metric("switchboard_bus_subscriptions").await, 1.0);
+    let before = n1.metric("switchboard_bus_events_total").await;
+
+    // Posted on node 0: 20 events of wb, 5 of wa, interleaved.
+    for i in 0..20 {
+        post(&n0, "wb", "vb", &format!("b{i}")).await;
+        if i % 4 == 0 {
+            post(&n0, "wa", "va", &format!("a{i}")).await;
+        }
+    }
+    let got_b = message_seqs(&mut b, "vb", 20).await;
+    assert_eq!(got_b, (1..=20).collect::<Vec<u64>>());
+    let got_a = message_seqs(&mut a, "va", 5).await;
+    assert_eq!(got_a, (1..=5).collect::<Vec<u64>>());
+
+    // Node 1 received exactly wa's five events, all for a workspace it holds.
+    assert_eq!(
+        n1.metric("switchboard_bus_events_total").await - before,
+        5.0
+    );
+    assert_eq!(bus_events(&n1, "none").await, 0.0);
+    assert_eq!(n1.metric("switchboard_bus_subscriptions").await, 1.0);
+
+    // Node 1 does not know wb by itself; naming it loads it on demand.
+    let (status, _) = n1.admin(Method::GET, "/conversations/vb", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, conv) = n1
+        .admin(Method::GET, "/conversations/vb?workspace=wb", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{conv}");
+    assert_eq!(conv["seq"], 20, "{conv}");
+
+    // A post on node 1 reaches b on node 0.
+    assert_eq!(post(&n1, "wb", "vb", "from node 1").await, 21);
+    assert_eq!(message_seqs(&mut b, "vb", 1).await, [21]);
+
+    // Nobody on node 1 holds wb any more: it is dropped after the linger.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while n1.metric("switchboard_bus_subscriptions").await != 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 still follows wb"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let none_before = bus_events(&n1, "none").await;
+    let idle_before = bus_events(&n1, "idle").await;
+    for i in 0..5 {
+        post(&n0, "wb", "vb", &format!("later{i}")).await;
+    }
+    assert_eq!(message_seqs(&mut b, "vb", 5).await, [22, 23, 24, 25, 26]);
+    // Delivered on node 0 means published: node 1 had its chance to get them.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bus_events(&n1, "none").await, none_before);
+    assert_eq!(bus_events(&n1, "idle").await, idle_before);
+
+    // a leaves node 1 (wa is dropped too); messages meanwhile; a comes back
+    // to node 1 with resume: exactly the missed ones, then live ones.
+    a.close().await;
+    let deadline = tokio::time::Instant::now() + LONG;
+    while n1.metric("switchboard_bus_subscriptions").await != 0.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node 1 still follows wa"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 0..3 {
+        post(&n0, "wa", "va", &format!("missed{i}")).await;
+    }
+    let query = format!(
+        "?token={}&resume={}",
+        token("a", "wa"),
+        urlencode(&json!({"va": 5}).to_string())
+    );
+    let mut a = n1.connect_query("a", &query).await;
+    assert_eq!(message_seqs(&mut a, "va", 3).await, [6, 7, 8]);
+    post(&n0, "wa", "va", "live").await;
+    assert_eq!(message_seqs(&mut a, "va", 1).await, [9]);
+    let more = a.recv_for(Duration::from_millis(400)).await;
+    assert!(
+        !more.iter().any(|f| f["type"] == "message"),
+        "a got more:{}",
+        brief_all(&more)
+    );
+
+    // An ephemeral event (typing) crosses nodes on the workspace's channel too.
+    let mut b2 = n1.connect("b2", "wb").await;
+    b.send_json(&json!({"type": "typing", "conversation": "vb"}))
+        .await;
+    let frames = b2
+        .recv_until("typing of b", |f| f["type"] == "typing" && f["user"] == "b")
+        .await;
+    assert_eq!(
+        frames.last().map(|f| &f["conversation"]),
+        Some(&json!("vb"))
+    );
+
+    // On a Redis Cluster, Redis latency is measured per shard (its primary).
+    if url.starts_with("redis+cluster://") {
+        let text = n0
+            .http
+            .get(n0.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body");
+        assert!(
+            text.lines().any(|l| l
+                .starts_with("switchboard_redis_command_duration_seconds_count{")
+                && l.contains("shard=\"127.0.0.1:")),
+            "no per-shard Redis latency in:\n{text}"
+        );
+    }
+}
+
+/// Measurement, not a check (`cargo test --test it interest::decoded -- --ignored
+/// --nocapture`): 12 workspaces, 3 nodes, each node holding WebSockets of
+/// 4 of them; 10 posts per workspace. Prints, per subscribe mode, the events
+/// each node received from the bus ÷ the events published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn decoded_per_node_by_subscribe_mode() {
+    const WORKSPACES: usize = 12;
+    const NODES: usize = 3;
+    const POSTS: usize = 10;
+    // Linger 1 s: node 0 (which imported every workspace) lets go of the
+    // ones it does not serve before the measurement.
+    for (mode, on_cluster) in [("all", false), ("interest:1", false), ("interest:1", true)] {
+        let single = (!on_cluster).then(|| Redis::start(false));
+        let shards = on_cluster.then(RedisCluster::start);
+        let url = single
+            .as_ref()
+            .map(Redis::url)
+            .or_else(|| shards.as_ref().map(RedisCluster::url))
+            .expect("a backend");
+        let mut nodes = Vec::new();
+        for i in 0..NODES {
+            nodes.push(
+                Server::start_with(&[
+                    ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                    ("SWITCHBOARD_NODE_ID", format!("node-{i}").as_str()),
+                    ("SWITCHBOARD_SUBSCRIBE", mode),
+                ])
+                .await,
+            );
+        }
+        let ws = |w: usize| format!("w{w}");
+        let mut users = Vec::new();
+        let mut channels = Vec::new();
+        let mut contacts = Vec::new();
+        let mut conversations = Vec::new();
+        for w in 0..WORKSPACES {
+            let ws = ws(w);
+            users.push(json!({"id": format!("u{w}"), "workspace": ws}));
+            channels.push(json!({"id": format!("ch{w}"), "workspace": ws}));
+            contacts.push(json!({"id": format!("k{w}"), "workspace": ws}));
+            conversations.push(json!({"id": format!("v{w}"), "workspace": ws, "channel": format!("ch{w}"), "contact": format!("k{w}"), "assignee": format!("u{w}")}));
+        }
+        nodes[0]
+            .import(&json!({"users": users, "channels": channels, "contacts": contacts, "conversations": conversations}))
+            .await;
+        // Workspace w is served by node w % NODES only.
+        let mut clients = Vec::new();
+        for w in 0..WORKSPACES {
+            clients.push(nodes[w % NODES].connect(&format!("u{w}"), &ws(w)).await);
+        }
+        if mode != "all" {
+            let deadline = tokio::time::Instant::now() + LONG;
+            while nodes[0].metric("switchboard_bus_subscriptions").await
+                != (WORKSPACES / NODES) as f64
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "node 0 keeps following"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let mut before = Vec::new();
+        for n in &nodes {
+            before.push(n.metric("switchboard_bus_events_total").await);
+        }
+        // Posted on the node serving the workspace (workspace-affine routing).
+        for i in 0..POSTS {
+            for w in 0..WORKSPACES {
+                post(
+                    &nodes[w % NODES],
+                    &ws(w),
+                    &format!("v{w}"),
+                    &format!("m{i}"),
+                )
+                .await;
+            }
+        }
+        for (w, c) in clients.iter_mut().enumerate() {
+            message_seqs(c, &format!("v{w}"), POSTS).await;
+        }
+        let published = (WORKSPACES * POSTS) as f64;
+        let mut ratios = Vec::new();
+        for (n, b) in nodes.iter().zip(&before) {
+            ratios.push((n.metric("switchboard_bus_events_total").await - b) / published);
+        }
+        println!(
+            "subscribe={mode}{}: {WORKSPACES} workspaces, {NODES} nodes, {} events published; received per node ÷ published: {:?}",
+            if on_cluster { " (Redis Cluster)" } else { "" },
+            published,
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+        );
+    }
+}
