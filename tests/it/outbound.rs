@@ -682,3 +682,36 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// On a Redis Cluster (3 primaries, 3 replicas) agents' replies reach the
+/// adapter too, in order: the deliverer finds the workspace's outbox there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_delivered_on_a_redis_cluster() {
+    let rx = Receiver::start(|_, _| Answer::Status(200)).await;
+    let shards = crate::support::redis_cluster::RedisCluster::start();
+    let url = shards.url();
+    let node = Server::start_with(&[
+        ("SWITCHBOARD_REDIS_URL", url.as_str()),
+        ("SWITCHBOARD_OUTBOUND_RETRY_BASE_MS", "20"),
+        ("SWITCHBOARD_OUTBOUND_LEASE_MS", "1000"),
+    ])
+    .await;
+    node.import(&world(&rx.url, &rx.url)).await;
+    let mut agent = node.connect("r1", "w1").await;
+    for i in 0..5 {
+        send(&mut agent, "v1", &format!("a{i}")).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let firsts = first_deliveries(&rx.received());
+        if firsts.get("v1").map_or(0, Vec::len) >= 5 {
+            assert_eq!(firsts["v1"], expected("a", 5), "v1 in order, all there");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replies not delivered on the cluster: {firsts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -290,11 +290,12 @@ impl Inner {
     /// Lists the workspace in [`WORKSPACES`] (once per node and bus
     /// session) before its first commit: that key lies outside the
     /// workspace's slot, so the commit script may not write it. Listed
-    /// first, a workspace with data is always listed. Only the start-up load
-    /// of subscribe mode `all` reads the list, which a Redis Cluster never
-    /// runs: there, no commit touches a key outside its workspace's slot.
+    /// first, a workspace with data is always listed. The start-up load of
+    /// subscribe mode `all` and the outbound deliverer (which workspaces
+    /// have an outbox) read it, on a Redis Cluster too; no commit script
+    /// touches it, and a node writes it once per workspace.
     async fn ensure_listed(&self, workspace: &str) -> Result<(), StoreError> {
-        if self.sharded || self.listed.lock().contains(workspace) {
+        if self.listed.lock().contains(workspace) {
             return Ok(());
         }
         let mut conn = self.conn();

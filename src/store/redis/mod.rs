@@ -16,7 +16,7 @@
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot; read only by the start-up load of subscribe mode `all`, so not kept on a Redis Cluster) |
+//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot; read by the start-up load of subscribe mode `all` and by the outbound deliverer, to find the outboxes; kept on a Redis Cluster too, where it lives in its own slot) |
 //! | `sb:{ws}:users` / `:channels` / `:contacts` / `:conversations` | hash | id → entity JSON (world format) |
 //! | `sb:{ws}:settings` | string | workspace settings JSON |
 //! | `sb:{ws}:marks` | hash | `user \n conversation \n kind` → `read`: highest seq read (a user's own message counts as read); `hide`: the conversation's latest seq when hidden (a later message un-hides); `mute` / `archive`: `1` (removed when off). Values first stored as the `mark` change JSON are still read |
