@@ -343,6 +343,15 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
         lease: std::time::Duration,
     ) -> Result<Vec<OutboxItem>, StoreError>;
+    /// Whether this node may still deliver the workspace's claimed items:
+    /// `Some(tenure)` while it holds the lease (taken or renewed less than
+    /// `lease` ago, by its own clock), `None` once it may have lost it. The
+    /// tenure changes each time the lease is taken again, so items claimed
+    /// under an older one are not this node's to send any more (the holder
+    /// re-claims them). Reads local state only. A single node always holds.
+    fn outbox_tenure(&self, _workspace: &str) -> Option<u64> {
+        Some(0)
+    }
     /// The adapter took the delivery: it leaves the outbox.
     async fn outbox_ack(&self, item: &OutboxItem) -> Result<(), StoreError>;
     /// Gives up on a delivery: it leaves the outbox for the channel's dead letters.

@@ -729,6 +729,10 @@ impl Store for RedisStore {
         outbox::claim(self, limit, lease).await
     }
 
+    fn outbox_tenure(&self, workspace: &str) -> Option<u64> {
+        outbox::tenure(self, workspace)
+    }
+
     async fn outbox_ack(&self, item: &crate::domain::OutboxItem) -> Result<(), StoreError> {
         outbox::ack(self, item).await
     }

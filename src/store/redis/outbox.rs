@@ -9,11 +9,16 @@
 //! (`SET NX PX`, renewed while the node lives). A node that takes a lease
 //! over first takes every entry still pending for others (`XAUTOCLAIM`) and
 //! reads its own pending list, then new entries: a node that died (kill -9)
-//! leaves its deliveries to whoever gets the lease after it expired. A
-//! duplicate POST is possible only for a delivery in flight when its node
-//! died or lost the lease, and carries the same delivery id.
+//! leaves its deliveries to whoever gets the lease after it expired. A node
+//! that did not renew in time (paused, cut off from Redis) counts the lease
+//! as lost by its own clock, whether or not another node took it: its
+//! deliverer drops what it queued under that tenure ([`tenure`]) and, if it
+//! gets the lease again, reads its pending list afresh. A duplicate POST is
+//! possible only for a delivery in flight when its node died or lost the
+//! lease, and carries the same delivery id.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -40,12 +45,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0";
 
+/// A lease this node holds, as far as it knows.
+struct Held {
+    /// When the last successful take or renewal was sent (Redis counts the
+    /// lease from a moment no earlier than this).
+    renewed: Instant,
+    /// Past this, another node may hold the lease: nothing more goes out.
+    until: Instant,
+    /// Whether this node has read its pending list since taking the lease.
+    caught_up: bool,
+    tenure: u64,
+}
+
 /// What a node knows of the leases it holds.
 pub struct State {
     renew: Script,
-    /// Workspace → when its lease was last taken or renewed, and whether this
-    /// node has read its pending list since taking it.
-    owned: Mutex<HashMap<Id, (Instant, bool)>>,
+    owned: Mutex<HashMap<Id, Held>>,
+    /// The last tenure handed out (one per lease taken).
+    tenures: AtomicU64,
     /// Workspace → last attempt to take its lease.
     tried: Mutex<HashMap<Id, Instant>>,
     workspaces: Mutex<(Option<Instant>, Vec<Id>)>,
@@ -56,6 +73,7 @@ impl Default for State {
         State {
             renew: Script::new(RENEW),
             owned: Mutex::new(HashMap::new()),
+            tenures: AtomicU64::new(0),
             tried: Mutex::new(HashMap::new()),
             workspaces: Mutex::new((None, Vec::new())),
         }
@@ -89,18 +107,35 @@ async fn leases(store: &RedisStore, lease: Duration) -> Result<Vec<Id>, StoreErr
     let every = lease / 3;
     for ws in workspaces(store).await? {
         let keys = Keys::of(&ws);
-        let owned = store.outbox.owned.lock().get(&ws).map(|(t, _)| *t);
+        let owned = {
+            let mut owned = store.outbox.owned.lock();
+            let renewed = owned.get(&ws).map(|h| (h.renewed, h.until));
+            match renewed {
+                // Not renewed in time (paused, or cut off from Redis): someone
+                // else may have it now. Take it afresh, as a new tenure, so
+                // the pending list is read again.
+                Some((_, until)) if Instant::now() >= until => {
+                    tracing::warn!(workspace = %ws, "outbox lease expired before renewal");
+                    owned.remove(&ws);
+                    store.outbox.tried.lock().remove(&ws);
+                    None
+                }
+                other => other.map(|(renewed, _)| renewed),
+            }
+        };
         let mut conn = store.inner.conn();
         match owned {
             Some(at) if at.elapsed() < every => {}
             Some(_) => {
+                let sent = Instant::now();
                 let mut inv = store.outbox.state_renew().key(keys.outbox_lease());
                 inv.arg(node).arg(lease_ms);
                 let kept: i64 = bounded(inv.invoke_async(&mut conn)).await?;
                 let mut owned = store.outbox.owned.lock();
                 if kept == 1 {
-                    if let Some(o) = owned.get_mut(&ws) {
-                        o.0 = Instant::now();
+                    if let Some(held) = owned.get_mut(&ws) {
+                        held.renewed = sent;
+                        held.until = sent + lease;
                     }
                 } else {
                     tracing::warn!(workspace = %ws, "outbox lease lost");
@@ -117,7 +152,8 @@ async fn leases(store: &RedisStore, lease: Duration) -> Result<Vec<Id>, StoreErr
                 if recently {
                     continue;
                 }
-                store.outbox.tried.lock().insert(ws.clone(), Instant::now());
+                let sent = Instant::now();
+                store.outbox.tried.lock().insert(ws.clone(), sent);
                 let taken: Option<String> = bounded(
                     redis::cmd("SET")
                         .arg(keys.outbox_lease())
@@ -136,17 +172,31 @@ async fn leases(store: &RedisStore, lease: Duration) -> Result<Vec<Id>, StoreErr
                 };
                 if ours {
                     take_over(store, &ws).await?;
-                    store
-                        .outbox
-                        .owned
-                        .lock()
-                        .insert(ws.clone(), (Instant::now(), false));
+                    let tenure = store.outbox.tenures.fetch_add(1, Ordering::Relaxed) + 1;
+                    let held = Held {
+                        renewed: sent,
+                        until: sent + lease,
+                        caught_up: false,
+                        tenure,
+                    };
+                    store.outbox.owned.lock().insert(ws.clone(), held);
                     tracing::info!(workspace = %ws, "outbox lease taken");
                 }
             }
         }
     }
     Ok(store.outbox.owned.lock().keys().cloned().collect())
+}
+
+/// See [`Store::outbox_tenure`](crate::store::Store::outbox_tenure).
+pub fn tenure(store: &RedisStore, workspace: &str) -> Option<u64> {
+    store
+        .outbox
+        .owned
+        .lock()
+        .get(workspace)
+        .filter(|held| Instant::now() < held.until)
+        .map(|held| held.tenure)
 }
 
 impl State {
@@ -286,7 +336,12 @@ pub async fn claim(
             break;
         }
         let key = Keys::of(&ws).outbox();
-        let caught_up = store.outbox.owned.lock().get(&ws).is_some_and(|(_, c)| *c);
+        let caught_up = store
+            .outbox
+            .owned
+            .lock()
+            .get(&ws)
+            .is_some_and(|held| held.caught_up);
         // After taking the lease: this node's pending list first (oldest).
         let mut from = if caught_up {
             ">".to_owned()
@@ -339,8 +394,8 @@ pub async fn claim(
                 break;
             }
             if n == 0 {
-                if let Some(o) = store.outbox.owned.lock().get_mut(&ws) {
-                    o.1 = true;
+                if let Some(held) = store.outbox.owned.lock().get_mut(&ws) {
+                    held.caught_up = true;
                 }
                 from = ">".to_owned();
             }
