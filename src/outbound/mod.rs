@@ -7,6 +7,12 @@
 //! *lane*); conversations go in parallel, at most `outbound_in_flight`
 //! requests per channel. Nothing here blocks the hub: a slow adapter only
 //! holds its own lanes.
+//!
+//! Items are claimed under a lease *tenure* ([`Store::outbox_tenure`]). Once
+//! the node may have lost a workspace's lease, its queued items from that
+//! tenure are dropped unsent and their retries stop: the new holder claims
+//! them again. An attempt already in flight may still finish (and be
+//! acknowledged): the at-least-once case, same delivery id.
 
 pub mod attempt;
 
@@ -41,13 +47,29 @@ const UNCONFIGURED_MS: u64 = 60_000;
 /// Bytes of an adapter's answer kept in a dead letter's error.
 const ERROR_EXCERPT: usize = 200;
 
+/// A claimed delivery and the lease tenure it was claimed under.
+#[derive(Clone)]
+struct Queued {
+    item: OutboxItem,
+    tenure: u64,
+}
+
+/// How [`Deliverer::deliver`] left a delivery.
+#[derive(PartialEq, Eq)]
+enum Delivery {
+    /// Taken, or dead-lettered: out of the outbox.
+    Finished,
+    /// Not this node's any more (lease lost): left for the holder.
+    Abandoned,
+}
+
 pub struct Deliverer {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     settings: OutboundSettings,
     client: reqwest::Client,
     /// (workspace, conversation) → its claimed deliveries, the front in flight.
-    lanes: Mutex<HashMap<(Id, Id), VecDeque<OutboxItem>>>,
+    lanes: Mutex<HashMap<(Id, Id), VecDeque<Queued>>>,
     /// (workspace, channel) → requests it may have in flight.
     channels: Mutex<HashMap<(Id, Id), Arc<Semaphore>>>,
     held: AtomicUsize,
@@ -93,7 +115,10 @@ impl Deliverer {
         let idle = CLAIM_WAIT.min(lease / 3);
         loop {
             let room = MAX_HELD.saturating_sub(self.held.load(Ordering::Acquire));
-            match self.store.outbox_claim(room.min(CLAIM_BATCH), lease).await {
+            let claimed = self.store.outbox_claim(room.min(CLAIM_BATCH), lease).await;
+            // Also when the claim failed: a lease may have run out meanwhile.
+            self.drop_lost();
+            match claimed {
                 // A full batch: more may be waiting.
                 Ok(items) if items.len() == CLAIM_BATCH => {
                     for item in items {
@@ -116,27 +141,54 @@ impl Deliverer {
 
     /// Queues a delivery in its conversation's lane, starting the lane if idle.
     fn enqueue(self: &Arc<Self>, item: OutboxItem) {
+        // Claimed just now; a lease already run out leaves it to the holder.
+        let Some(tenure) = self.store.outbox_tenure(&item.workspace) else {
+            return;
+        };
         let key = (item.workspace.clone(), item.conversation.clone());
         let mut lanes = self.lanes.lock();
         match lanes.get_mut(&key) {
             Some(lane) => {
-                if lane.iter().any(|i| i.id == item.id) {
-                    return; // claimed again (taken over): already here
+                if let Some(queued) = lane.iter_mut().find(|q| q.item.id == item.id) {
+                    // Claimed again (taken over, or the lease taken anew):
+                    // already here, and this node's under the new tenure.
+                    queued.tenure = tenure;
+                    return;
                 }
                 // In seq order behind the one in flight (a taken-over older
                 // delivery may arrive after newer ones).
                 let at = lane
                     .iter()
                     .skip(1)
-                    .position(|i| i.seq > item.seq)
+                    .position(|q| q.item.seq > item.seq)
                     .map_or(lane.len(), |p| p + 1);
                 self.hold(&item, 1);
-                lane.insert(at, item);
+                lane.insert(at, Queued { item, tenure });
             }
             None => {
                 self.hold(&item, 1);
-                lanes.insert(key.clone(), VecDeque::from([item]));
+                lanes.insert(key.clone(), VecDeque::from([Queued { item, tenure }]));
                 tokio::spawn(self.clone().drain(key));
+            }
+        }
+    }
+
+    /// Drops the queued deliveries this node no longer holds the lease for
+    /// (the front of a lane is its drain's to drop: it may be in flight).
+    fn drop_lost(&self) {
+        let mut tenures: HashMap<Id, Option<u64>> = HashMap::new();
+        let mut lanes = self.lanes.lock();
+        for ((ws, _), lane) in lanes.iter_mut() {
+            let now = *tenures
+                .entry(ws.clone())
+                .or_insert_with(|| self.store.outbox_tenure(ws));
+            let dropped = drop_stale(lane, now, 1);
+            for q in &dropped {
+                self.hold(&q.item, -1);
+            }
+            if !dropped.is_empty() {
+                tracing::warn!(workspace = %ws, dropped = dropped.len(),
+                    "outbox lease lost: queued deliveries left to its holder");
             }
         }
     }
@@ -159,20 +211,46 @@ impl Deliverer {
         loop {
             let item = {
                 let mut lanes = self.lanes.lock();
-                match lanes.get(&key).and_then(|l| l.front().cloned()) {
-                    Some(item) => item,
+                let Some(lane) = lanes.get_mut(&key) else {
+                    return;
+                };
+                let now = self.store.outbox_tenure(&key.0);
+                let dropped = drop_stale(lane, now, 0);
+                for q in &dropped {
+                    self.hold(&q.item, -1);
+                }
+                if !dropped.is_empty() {
+                    tracing::warn!(workspace = %key.0, dropped = dropped.len(),
+                        "outbox lease lost: queued deliveries left to its holder");
+                }
+                match lane.front() {
+                    Some(q) => q.item.clone(),
                     None => {
                         lanes.remove(&key);
                         return;
                     }
                 }
             };
-            self.deliver(&item).await;
-            if let Some(lane) = self.lanes.lock().get_mut(&key) {
-                lane.pop_front();
+            // Abandoned, the front stays for the check above: it may have
+            // been claimed again under a new tenure meanwhile.
+            if self.deliver(&key, &item).await == Delivery::Finished {
+                if let Some(lane) = self.lanes.lock().get_mut(&key) {
+                    lane.pop_front();
+                }
+                self.hold(&item, -1);
             }
-            self.hold(&item, -1);
         }
+    }
+
+    /// Whether the lane's front is `item`, claimed under the lease tenure
+    /// this node holds now.
+    fn still_ours(&self, key: &(Id, Id), item: &OutboxItem) -> bool {
+        let now = self.store.outbox_tenure(&key.0);
+        self.lanes
+            .lock()
+            .get(key)
+            .and_then(|l| l.front())
+            .is_some_and(|q| q.item.id == item.id && Some(q.tenure) == now)
     }
 
     fn channel_slots(&self, item: &OutboxItem) -> Arc<Semaphore> {
@@ -193,8 +271,9 @@ impl Deliverer {
             .filter(|o| o.secret.is_some())
     }
 
-    /// Attempts a delivery until the adapter takes it or it is dead-lettered.
-    async fn deliver(&self, item: &OutboxItem) {
+    /// Attempts a delivery until the adapter takes it, it is dead-lettered,
+    /// or this node no longer holds its workspace's lease.
+    async fn deliver(&self, key: &(Id, Id), item: &OutboxItem) -> Delivery {
         let labels = [
             ("workspace", item.workspace.clone()),
             ("channel", item.channel.clone()),
@@ -202,6 +281,9 @@ impl Deliverer {
         let max_age_ms = self.settings.max_age_secs.saturating_mul(1000);
         let mut attempts = 0u32;
         loop {
+            if !self.still_ours(key, item) {
+                return Delivery::Abandoned;
+            }
             let Some(outbound) = self.outbound_of(item) else {
                 // Read again later: a node may apply the channel a moment
                 // after the commit; still without settings a minute after
@@ -210,7 +292,7 @@ impl Deliverer {
                 if age >= max_age_ms.min(UNCONFIGURED_MS) {
                     self.dead_letter(item, attempts, "the channel has no outbound settings")
                         .await;
-                    return;
+                    return Delivery::Finished;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
@@ -218,8 +300,12 @@ impl Deliverer {
             attempts += 1;
             let slots = self.channel_slots(item);
             let Ok(_slot) = slots.acquire().await else {
-                return;
+                return Delivery::Finished;
             };
+            // The wait for a slot may have outlasted the lease.
+            if !self.still_ours(key, item) {
+                return Delivery::Abandoned;
+            }
             let (outcome, error) = self.attempt(&outbound, item).await;
             drop(_slot);
             match outcome {
@@ -229,18 +315,18 @@ impl Deliverer {
                     metrics::histogram!("switchboard_outbound_latency_seconds", &labels)
                         .record(latency as f64 / 1000.0);
                     self.acknowledge(item).await;
-                    return;
+                    return Delivery::Finished;
                 }
                 Verdict::Dead => {
                     self.dead_letter(item, attempts, &error).await;
-                    return;
+                    return Delivery::Finished;
                 }
                 Verdict::Retry { after } => {
                     let age = crate::clock::now_ms().saturating_sub(item.ts);
                     if age >= max_age_ms {
                         let why = format!("gave up after {attempts} attempts: {error}");
                         self.dead_letter(item, attempts, &why).await;
-                        return;
+                        return Delivery::Finished;
                     }
                     metrics::counter!("switchboard_outbound_retried_total", &labels).increment(1);
                     tracing::debug!(delivery = %item.id, attempts, error = %error, "delivery retried");
@@ -330,6 +416,23 @@ impl Deliverer {
     }
 }
 
+/// Removes from `lane`, past its first `keep`, the deliveries not claimed
+/// under the tenure held `now` (`None`: the lease may be lost); answers them.
+/// Those still pending come back when the lease is taken anew.
+fn drop_stale(lane: &mut VecDeque<Queued>, now: Option<u64>, keep: usize) -> Vec<Queued> {
+    let stale = |q: &Queued| Some(q.tenure) != now;
+    let mut dropped = Vec::new();
+    let mut i = keep;
+    while i < lane.len() {
+        if stale(&lane[i]) {
+            dropped.extend(lane.remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    dropped
+}
+
 /// A transport error without its URL (which may carry credentials).
 fn without_url(e: &reqwest::Error) -> String {
     let kind = if e.is_timeout() {
@@ -359,4 +462,56 @@ fn jitter() -> f64 {
     let mut b = [0u8; 4];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(id: &str, tenure: u64) -> Queued {
+        let item = OutboxItem {
+            id: id.into(),
+            workspace: "w1".into(),
+            channel: "sms".into(),
+            conversation: "v1".into(),
+            seq: 1,
+            ts: 0,
+            body: "{}".into(),
+            entry: String::new(),
+        };
+        Queued { item, tenure }
+    }
+
+    fn ids(lane: &VecDeque<Queued>) -> Vec<&str> {
+        lane.iter().map(|q| q.item.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_lost_lease_drops_every_queued_item_but_the_kept_front() {
+        let mut lane = VecDeque::from([queued("a", 1), queued("b", 1), queued("c", 1)]);
+        let dropped = drop_stale(&mut lane, None, 1);
+        assert_eq!(ids(&lane), ["a"], "the front may be in flight");
+        assert_eq!(dropped.len(), 2);
+        let dropped = drop_stale(&mut lane, None, 0);
+        assert_eq!(dropped.len(), 1);
+        assert!(lane.is_empty());
+    }
+
+    #[test]
+    fn a_new_tenure_keeps_what_was_claimed_again_under_it() {
+        // Taken anew as tenure 2: "b" was read again, "a" and "c" not yet.
+        let mut lane = VecDeque::from([queued("a", 1), queued("b", 2), queued("c", 1)]);
+        let dropped = drop_stale(&mut lane, Some(2), 0);
+        assert_eq!(ids(&lane), ["b"]);
+        assert_eq!(
+            dropped
+                .iter()
+                .map(|q| q.item.id.as_str())
+                .collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        let mut held = VecDeque::from([queued("a", 2), queued("b", 2)]);
+        assert!(drop_stale(&mut held, Some(2), 0).is_empty());
+        assert_eq!(ids(&held), ["a", "b"], "the lease held: nothing dropped");
+    }
 }
