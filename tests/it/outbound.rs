@@ -27,6 +27,8 @@ enum Answer {
     Close,
     /// Waits this long, then answers 200; recorded as unanswered.
     Slow(Duration),
+    /// Waits this long, then answers 200; recorded as delivered.
+    Late(Duration),
 }
 
 /// One request as received.
@@ -84,6 +86,7 @@ impl Receiver {
                     let answered = match &answer {
                         Answer::Status(s) => *s,
                         Answer::TooMany(_) => 429,
+                        Answer::Late(_) => 200,
                         // Never answered in time (these tests make sure).
                         Answer::Close | Answer::Slow(_) => 0,
                     };
@@ -103,7 +106,7 @@ impl Receiver {
                             "HTTP/1.1 429 X\r\nretry-after: {secs}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                         ),
                         Answer::Close => return,
-                        Answer::Slow(d) => {
+                        Answer::Slow(d) | Answer::Late(d) => {
                             tokio::time::sleep(d).await;
                             "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                                 .to_owned()
@@ -634,6 +637,75 @@ async fn a_killed_delivering_node_loses_nothing_and_keeps_order() {
         .any(|(_, n)| n.log_text().contains("outbox lease taken"));
     assert!(taker, "a surviving node took the lease over");
     nodes.remove(victim);
+}
+
+/// The delivering node is paused (SIGSTOP) longer than its lease while it
+/// has deliveries queued: the other node takes the lease and delivers them;
+/// resumed, the paused node sends nothing more (it drops what it had queued
+/// under the lost lease): no duplicates after it, order kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_that_lost_its_lease_sends_nothing_after_it_resumes() {
+    // Slow enough that the delivering node still has most queued when paused.
+    let rx = Receiver::start(|_, _| Answer::Late(Duration::from_millis(150))).await;
+    let (nodes, _redis) = cluster(2, false).await;
+    import_everywhere(&nodes, &world(&rx.url, &rx.url)).await;
+    let paused = lease_holder(&nodes).await;
+    let other = 1 - paused;
+    let mut agent = nodes[other].connect("r1", "w1").await;
+    for i in 0..12 {
+        send(&mut agent, "v1", &format!("a{i}")).await;
+        send(&mut agent, "v2", &format!("b{i}")).await;
+    }
+    rx.wait_delivered(4, Duration::from_secs(20)).await;
+    let pid = nodes[paused].pid().to_string();
+    let signal = |sig: &str| {
+        let sent = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(sent.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    // The other node takes the lease over and delivers everything.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let firsts = first_deliveries(&rx.received());
+        if firsts.values().map(Vec::len).sum::<usize>() >= 24 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            signal("-CONT");
+            panic!("not everything delivered while paused: {firsts:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = rx.received().len();
+    signal("-CONT");
+    let resumed = Instant::now();
+    // Time for its lanes to wake and its claim loop to run a few rounds.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after: Vec<(Value, u16)> = rx.received()[before..]
+        .iter()
+        .map(|r| (r.body["message"]["body"].clone(), r.answered))
+        .collect();
+    assert!(
+        after.is_empty(),
+        "no POST after the paused node resumed ({:?} in): {after:?}",
+        resumed.elapsed()
+    );
+    let firsts = first_deliveries(&rx.received());
+    assert_eq!(firsts["v1"], expected("a", 12), "v1 in order, all there");
+    assert_eq!(firsts["v2"], expected("b", 12), "v2 in order, all there");
+    assert!(
+        nodes[other].log_text().contains("outbox lease taken"),
+        "the other node took the lease over"
+    );
+    assert!(
+        nodes[paused]
+            .log_text()
+            .contains("outbox lease expired before renewal"),
+        "the paused node saw its lease run out"
+    );
 }
 
 /// Redis is killed with SIGKILL and restarted mid-stream: deliveries resume
