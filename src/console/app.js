@@ -421,7 +421,11 @@ function renderList() {
     const li = row(ids[active]);
     li.dataset.index = String(active);
     li.style.top = `${active * ROW}px`;
+    // Its place too: a burst can move it far from where it was last drawn.
+    li.setAttribute("aria-posinset", String(active + 1));
+    li.setAttribute("aria-setsize", String(ids.length));
     li.setAttribute("aria-selected", "true");
+    li.classList.toggle("active", ids[active] === open);
     wanted.push(li);
   }
   const kids = spacer.children;
