@@ -664,7 +664,15 @@ impl Message {
     /// customer: an agent's reply (not a note) in a conversation carried by
     /// a channel. The outbox asks this, and only this.
     pub fn goes_outbound(&self, conv: &Conversation) -> bool {
-        !self.note && matches!(self.sender, Sender::User(_)) && conv.kind.on_channel()
+        self.is_reply() && conv.kind.on_channel()
+    }
+
+    /// An agent's message meant for the customer (not an internal note):
+    /// the half of [`Message::goes_outbound`] a change can answer without
+    /// its conversation (the Redis commit plan asks it; the script checks the
+    /// conversation's channel).
+    pub fn is_reply(&self) -> bool {
+        !self.note && matches!(self.sender, Sender::User(_))
     }
 }
 

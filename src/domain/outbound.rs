@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::events::{Change, Committed, StatusKind};
-use super::model::{Channel, Conversation, ConversationKind, FieldError, Id, Sender};
+use super::model::{Channel, Conversation, FieldError, Id};
 
 /// What an adapter can subscribe to.
 #[derive(utoipa::ToSchema, schemars::JsonSchema)] // API schemas: src/http/api_docs.rs
@@ -209,13 +209,10 @@ pub fn delivery_event(change: &Change) -> Option<(OutboundEvent, serde_json::Val
     Some(match change {
         // Whether the conversation is on a channel is checked with the
         // conversation (`Message::goes_outbound` is the whole rule).
-        Change::Message { message, .. } => match &message.sender {
-            Sender::User(_) if !message.note => (
-                OutboundEvent::MessageCreated,
-                serde_json::json!({ "message": message }),
-            ),
-            Sender::User(_) | Sender::Contact(_) => return None,
-        },
+        Change::Message { message, .. } if message.is_reply() => (
+            OutboundEvent::MessageCreated,
+            serde_json::json!({ "message": message }),
+        ),
         Change::EditMessage { note: true, .. } => return None,
         Change::EditMessage {
             message_id,
@@ -309,7 +306,7 @@ pub fn delivery_for(
     now_ms: u64,
 ) -> Option<OutboxItem> {
     let outbound = channel.outbound.as_ref()?;
-    if conversation.kind != ConversationKind::Customer
+    if !conversation.kind.on_channel()
         || conversation.channel.as_deref() != Some(channel.id.as_str())
     {
         return None;
@@ -335,7 +332,7 @@ pub fn delivery_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Message, StatusEvent};
+    use crate::domain::{Message, Sender, StatusEvent};
 
     fn channel(events: Option<Vec<OutboundEvent>>) -> Channel {
         let mut ch: Channel =

@@ -385,6 +385,32 @@ pub async fn connect(
 }
 
 impl RedisStore {
+    /// One commit, timed. In mode `interest` a commit waits for its change
+    /// through the bus, so the committing node follows the workspace (at
+    /// least a while); in mode `all` it follows everything already, and the
+    /// commit path takes no shared lock for it.
+    async fn timed_commit(
+        &self,
+        workspace: &str,
+        change: Change,
+        base: Option<&Conversation>,
+        thread: bool,
+    ) -> Result<Outcome, StoreError> {
+        let start = std::time::Instant::now();
+        let follow = self.inner.interest;
+        if follow {
+            self.attend(workspace).await?;
+        }
+        let r = self.inner.commit(workspace, change, base, thread).await;
+        if follow {
+            self.leave(workspace);
+        }
+        crate::metrics::handles()
+            .commit_redis
+            .record(start.elapsed().as_secs_f64());
+        r
+    }
+
     /// Subscribe mode `all`.
     pub async fn connect(
         url: &str,
@@ -554,27 +580,11 @@ impl Store for RedisStore {
         change: Change,
         base: Option<&Conversation>,
     ) -> Result<Outcome, StoreError> {
-        let start = std::time::Instant::now();
-        // Mode `interest`: a commit waits for its change through the bus,
-        // so the committing node follows the workspace (at least a while).
-        self.attend(workspace).await?;
-        let r = self.inner.commit(workspace, change, base, false).await;
-        self.leave(workspace);
-        crate::metrics::handles()
-            .commit_redis
-            .record(start.elapsed().as_secs_f64());
-        r
+        self.timed_commit(workspace, change, base, false).await
     }
 
     async fn commit_thread(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {
-        let start = std::time::Instant::now();
-        self.attend(workspace).await?;
-        let r = self.inner.commit(workspace, change, None, true).await;
-        self.leave(workspace);
-        crate::metrics::handles()
-            .commit_redis
-            .record(start.elapsed().as_secs_f64());
-        r
+        self.timed_commit(workspace, change, None, true).await
     }
 
     async fn history(
