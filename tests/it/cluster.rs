@@ -10,7 +10,9 @@
 //! themselves, nothing acknowledged is lost and nothing is delivered twice;
 //! a node started later has the same inbox (marks, unread figures, order) as
 //! one that saw every change live; concurrent first messages of a thread on
-//! several nodes open exactly one conversation.
+//! several nodes open exactly one conversation; a primary killed on a Redis
+//! Cluster or behind Redis Sentinel fails over (503 meanwhile, nothing
+//! acknowledged lost or delivered twice).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use serde_json::{json, Value};
 use crate::support::gateway::{token, unique, urlencode, Client, Event, Server};
 use crate::support::redis::Redis;
 use crate::support::redis_cluster::RedisCluster;
+use crate::support::redis_sentinel::RedisSentinel;
 
 /// Bound of waits for cross-node delivery and recovery.
 const LONG: Duration = Duration::from_secs(20);
@@ -35,10 +38,12 @@ struct Cluster {
     redis: Backend,
 }
 
-/// What the nodes share: one Redis, or a Redis Cluster (3 primaries, 3 replicas).
+/// What the nodes share: one Redis, a Redis Cluster (3 primaries, 3
+/// replicas), or a primary and a replica behind 3 sentinels.
 enum Backend {
     Single(Redis),
     Sharded(RedisCluster),
+    Sentinel(RedisSentinel),
 }
 
 impl Backend {
@@ -46,6 +51,22 @@ impl Backend {
         match self {
             Backend::Single(r) => r.url(),
             Backend::Sharded(c) => c.url(),
+            Backend::Sentinel(s) => s.url(),
+        }
+    }
+
+    /// SIGKILLs the primary that holds `key` (one that has a replica to
+    /// take over).
+    fn kill_primary_of(&mut self, key: &str) {
+        match self {
+            Backend::Sharded(c) => {
+                let primary = c.primary_of(key);
+                c.nodes[primary].kill9();
+            }
+            Backend::Sentinel(s) => {
+                s.kill_primary();
+            }
+            Backend::Single(_) => panic!("a single Redis has no replica to take over"),
         }
     }
 
@@ -53,7 +74,7 @@ impl Backend {
     fn single(&mut self) -> &mut Redis {
         match self {
             Backend::Single(r) => r,
-            Backend::Sharded(_) => panic!("not a single Redis"),
+            Backend::Sharded(_) | Backend::Sentinel(_) => panic!("not a single Redis"),
         }
     }
 }
@@ -64,17 +85,13 @@ impl Cluster {
     }
 
     /// Nodes in a subscribe mode (`SWITCHBOARD_SUBSCRIBE`: `all`, `interest`),
-    /// or (`cluster`) on a Redis Cluster.
+    /// or (`cluster`) on a Redis Cluster, or (`sentinel`, mode `all`) behind
+    /// Redis Sentinel.
     async fn start_in(nodes: usize, appendonly: bool, subscribe: &str) -> Cluster {
-        let redis = if subscribe == "cluster" {
-            Backend::Sharded(RedisCluster::start())
-        } else {
-            Backend::Single(Redis::start(appendonly))
-        };
-        let subscribe = if subscribe == "cluster" {
-            "interest"
-        } else {
-            subscribe
+        let (redis, subscribe) = match subscribe {
+            "cluster" => (Backend::Sharded(RedisCluster::start()), "interest"),
+            "sentinel" => (Backend::Sentinel(RedisSentinel::start()), "all"),
+            _ => (Backend::Single(Redis::start(appendonly)), subscribe),
         };
         let url = redis.url();
         let started = join_all((0..nodes).map(|i| {
@@ -221,6 +238,18 @@ fn readable(world: &Value) -> HashMap<String, HashSet<String>> {
             (u.id.clone(), convs)
         })
         .collect()
+}
+
+/// Waits until the node answers `/readyz` with 200 (its bus is up).
+async fn until_ready(n: &Server, what: &str) {
+    until(LONG, what, || async {
+        n.http
+            .get(n.url("/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == StatusCode::OK)
+    })
+    .await;
 }
 
 fn sigkill(pid: u32) {
@@ -788,14 +817,7 @@ async fn redis_restart_is_survived_in(subscribe: &str) {
 
     cl.redis.single().restart();
     for n in &cl.nodes {
-        until(LONG, "ready again after Redis restarted", || async {
-            n.http
-                .get(n.url("/readyz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK)
-        })
-        .await;
+        until_ready(n, "ready again after Redis restarted").await;
     }
     for n in &cl.nodes {
         assert!(
@@ -1801,7 +1823,19 @@ async fn read_through(node: &Server, c: Client, user: &str, final_seq: u64) -> V
 /// their connection went quiet) get every acknowledged message exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_primary_fails_over_on_a_redis_cluster() {
-    let mut cl = Cluster::start_in(2, false, "cluster").await;
+    a_killed_primary_fails_over_in("cluster").await;
+}
+
+/// The same behind Redis Sentinel: the sentinels promote the replica, and
+/// the nodes (on the `redis+sentinel://` URL) ask them for the new primary
+/// when their command connection and their bus reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_fails_over_behind_sentinel() {
+    a_killed_primary_fails_over_in("sentinel").await;
+}
+
+async fn a_killed_primary_fails_over_in(backend: &str) {
+    let mut cl = Cluster::start_in(2, false, backend).await;
     let world = json!({
         "users": [{"id": "x"}, {"id": "y"}],
         "channels": [{"id": "ch1"}],
@@ -1847,7 +1881,7 @@ async fn a_killed_primary_fails_over_on_a_redis_cluster() {
         })
     };
 
-    // Kill the primary of w1's slot once some posts are through.
+    // Kill the primary (of w1's slot) once some posts are through.
     until(LONG, "10 posts stored", || async {
         cl.node(0)
             .admin(Method::GET, "/conversations/v1?workspace=w1", None)
@@ -1857,17 +1891,18 @@ async fn a_killed_primary_fails_over_on_a_redis_cluster() {
             .is_some_and(|s| s >= 10)
     })
     .await;
-    let Backend::Sharded(shards) = &mut cl.redis else {
-        unreachable!()
-    };
-    let primary = shards.primary_of("sb:{w1}:commits");
-    shards.nodes[primary].kill9();
+    cl.redis.kill_primary_of("sb:{w1}:commits");
+    let killed = std::time::Instant::now();
 
     let (acked, unavailable, slowest) = poster.await.expect("poster");
-    eprintln!("failover: {unavailable} answers 503, slowest attempt {slowest:?}");
+    eprintln!(
+        "failover ({backend}): {unavailable} answers 503, slowest attempt {slowest:?}, \
+         posts done {:?} after the kill",
+        killed.elapsed()
+    );
     assert!(
         unavailable > 0,
-        "no post was refused while the slot had no primary"
+        "no post was refused while there was no primary"
     );
     assert!(
         slowest < Duration::from_secs(10),
@@ -1885,6 +1920,17 @@ async fn a_killed_primary_fails_over_on_a_redis_cluster() {
 
     let sx = read_through(cl.node(0), x, "x", final_seq).await;
     let sy = read_through(cl.node(1), y, "y", final_seq).await;
+    for n in &cl.nodes {
+        until_ready(n, "ready after the failover").await;
+        if backend == "sentinel" {
+            // The bus lost the killed primary: it asked the sentinels again.
+            assert!(
+                n.log_text().contains("redis bus: reconnected and reloaded"),
+                "{}",
+                tail(&n.log_text(), 4000)
+            );
+        }
+    }
     for (who, s) in [("x", &sx), ("y", &sy)] {
         assert_eq!(s.first(), Some(&1), "{who}: {s:?}");
         assert_consecutive(who, "v1", s);

@@ -1,6 +1,7 @@
-//! What the store talks to: one Redis primary (optionally behind Sentinel's
-//! address) or a Redis Cluster, for commands ([`Conn`]) and for the bus
-//! ([`BusConn`]). Nothing above this file knows which.
+//! What the store talks to: one Redis primary (named directly, or found
+//! through Redis Sentinel: [`sentinel`]) or a Redis Cluster, for commands
+//! ([`Conn`]) and for the bus ([`BusConn`]). Nothing above this file knows
+//! which.
 //!
 //! A cluster is named `redis+cluster://[user:password@]host1:7000,host2:7001,…`
 //! (any subset of its nodes; the rest is discovered). Its bus uses sharded
@@ -21,6 +22,9 @@ use tokio::sync::mpsc;
 use super::keys::Keys;
 use super::{bounded, Inner, OP_TIMEOUT};
 
+pub mod sentinel;
+use sentinel::Sentinels;
+
 /// The scheme of a Redis Cluster URL.
 pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 
@@ -29,10 +33,15 @@ pub const CLUSTER_SCHEME: &str = "redis+cluster://";
 pub enum Target {
     Single(Client),
     Cluster(Vec<String>),
+    /// One primary, wherever the sentinels say it is.
+    Sentinel(Arc<Sentinels>),
 }
 
 impl Target {
     pub fn parse(url: &str) -> Result<Target, String> {
+        if let Some(sentinels) = Sentinels::parse(url) {
+            return sentinels.map(|s| Target::Sentinel(Arc::new(s)));
+        }
         let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
             return Client::open(url)
                 .map(Target::Single)
@@ -76,6 +85,7 @@ impl Target {
                     .collect();
                 format!("cluster {}", hosts.join(","))
             }
+            Target::Sentinel(s) => s.describe(),
         }
     }
 
@@ -114,6 +124,11 @@ impl Target {
                 let c = Self::cluster_client(nodes, None)?;
                 Ok(Conn::Cluster(c.get_async_connection().await?))
             }
+            Target::Sentinel(s) => {
+                // Connect now: a URL that leads nowhere fails at start.
+                s.command(&redis::cmd("PING")).await?;
+                Ok(Conn::Sentinel(s.clone()))
+            }
         }
     }
 
@@ -122,7 +137,13 @@ impl Target {
         match self {
             Target::Single(client) => {
                 let (sink, stream) = client.get_async_pubsub().await?.split();
-                Ok(BusConn::Single(sink, stream))
+                Ok(BusConn::Single(sink, stream, None))
+            }
+            Target::Sentinel(s) => {
+                let client = s.resolve().await?;
+                let primary = client.get_connection_info().addr.to_string();
+                let (sink, stream) = client.get_async_pubsub().await?.split();
+                Ok(BusConn::Single(sink, stream, Some((s.clone(), primary))))
             }
             Target::Cluster(nodes) => {
                 let (tx, rx) = mpsc::channel(PUSH_QUEUE);
@@ -172,6 +193,7 @@ const PUSH_QUEUE: usize = 65_536;
 pub enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(Arc<Sentinels>),
 }
 
 impl ConnectionLike for Conn {
@@ -179,6 +201,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(s) => Box::pin(s.command(cmd)),
         }
     }
 
@@ -191,6 +214,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(s) => Box::pin(s.pipeline(cmd, offset, count)),
         }
     }
 
@@ -198,6 +222,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(s) => s.db(),
         }
     }
 }
@@ -211,23 +236,25 @@ pub enum Heard {
 }
 
 /// The bus connection: classic pub/sub on one primary, sharded pub/sub on a
-/// cluster (resubscribed by the client after a failover).
+/// cluster (resubscribed by the client after a failover). Behind Sentinel,
+/// the primary it is on: its health ping fails once the command connection
+/// found another, so the bus reconnects (and resolves) too.
 pub enum BusConn {
-    Single(PubSubSink, PubSubStream),
+    Single(PubSubSink, PubSubStream, Option<(Arc<Sentinels>, String)>),
     Cluster(ClusterConnection, mpsc::Receiver<PushInfo>, Arc<AtomicBool>),
 }
 
 impl BusConn {
     pub async fn subscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
-            BusConn::Single(sink, _) => sink.subscribe(channel).await,
+            BusConn::Single(sink, ..) => sink.subscribe(channel).await,
             BusConn::Cluster(c, ..) => c.ssubscribe(channel).await,
         }
     }
 
     pub async fn unsubscribe(&mut self, channel: &str) -> redis::RedisResult<()> {
         match self {
-            BusConn::Single(sink, _) => sink.unsubscribe(channel).await,
+            BusConn::Single(sink, ..) => sink.unsubscribe(channel).await,
             BusConn::Cluster(c, ..) => c.sunsubscribe(channel).await,
         }
     }
@@ -236,7 +263,7 @@ impl BusConn {
     /// no patterns).
     pub async fn subscribe_pattern(&mut self, pattern: &str) -> redis::RedisResult<()> {
         match self {
-            BusConn::Single(sink, _) => sink.psubscribe(pattern).await,
+            BusConn::Single(sink, ..) => sink.psubscribe(pattern).await,
             BusConn::Cluster(..) => Err(redis::RedisError::from((
                 redis::ErrorKind::InvalidClientConfig,
                 "a Redis Cluster has no pattern subscription for sharded channels",
@@ -246,7 +273,18 @@ impl BusConn {
 
     pub async fn ping(&mut self) -> redis::RedisResult<()> {
         match self {
-            BusConn::Single(sink, _) => sink.ping::<Value>().await.map(drop),
+            BusConn::Single(sink, _, sentinel) => {
+                if let Some((sentinels, on)) = sentinel {
+                    if let Some(primary) = sentinels.primary_addr().filter(|p| p != on) {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::IoError,
+                            "the primary moved",
+                            format!("bus on {on}, commands on {primary}"),
+                        )));
+                    }
+                }
+                sink.ping::<Value>().await.map(drop)
+            }
             BusConn::Cluster(c, ..) => redis::cmd("PING").query_async::<Value>(c).await.map(drop),
         }
     }
@@ -254,7 +292,7 @@ impl BusConn {
     pub async fn next(&mut self) -> Heard {
         use futures_util::StreamExt;
         match self {
-            BusConn::Single(_, stream) => match stream.next().await {
+            BusConn::Single(_, stream, _) => match stream.next().await {
                 Some(msg) => Heard::Message {
                     channel: msg.get_channel_name().to_owned(),
                     payload: msg.get_payload_bytes().to_vec(),

@@ -1,4 +1,5 @@
 pub mod gateway;
 pub mod redis;
 pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod worlds;

@@ -21,6 +21,8 @@ pub struct Redis {
     appendonly: bool,
     /// More `redis-server` arguments (e.g. cluster mode).
     extra: Vec<String>,
+    /// A sentinel: the `sentinel …` lines of its config file.
+    sentinel: Option<String>,
 }
 
 fn binary() -> PathBuf {
@@ -74,6 +76,16 @@ impl Redis {
 
     /// A server with more `redis-server` arguments.
     pub fn start_with(appendonly: bool, extra: &[String]) -> Redis {
+        Self::start_as(appendonly, extra, None)
+    }
+
+    /// A Redis Sentinel (`redis-server <conf> --sentinel`) with these
+    /// `sentinel …` lines in its config file (which it rewrites).
+    pub fn start_sentinel(conf: &str) -> Redis {
+        Self::start_as(false, &[], Some(conf.to_owned()))
+    }
+
+    fn start_as(appendonly: bool, extra: &[String], sentinel: Option<String>) -> Redis {
         let bin = binary();
         let mut last = String::new();
         for _ in 0..5 {
@@ -88,6 +100,7 @@ impl Redis {
                 dir,
                 appendonly,
                 extra: extra.to_vec(),
+                sentinel: sentinel.clone(),
             };
             match r.spawn(&bin) {
                 Ok(()) => return r,
@@ -103,7 +116,13 @@ impl Redis {
             .append(true)
             .open(self.dir.join("redis.log"))
             .map_err(|e| format!("redis log: {e}"))?;
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(conf) = &self.sentinel {
+            let file = self.dir.join("sentinel.conf");
+            std::fs::write(&file, conf).map_err(|e| format!("sentinel.conf: {e}"))?;
+            cmd.arg(file).arg("--sentinel");
+        }
+        let child = cmd
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
