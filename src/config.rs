@@ -864,6 +864,10 @@ mod tests {
         assert_eq!(mask_url("redis://:pw@h:6379/0"), "redis://****@h:6379/0");
         assert_eq!(mask_url("redis://u:p@ss@h"), "redis://****@h");
         assert_eq!(mask_url("redis://h:6379"), "redis://h:6379");
+        assert_eq!(
+            mask_url("redis+sentinel://:pw@h1:26379,h2/m?sentinel_auth=none"),
+            "redis+sentinel://****@h1:26379,h2/m?sentinel_auth=none"
+        );
     }
 
     #[test]
