@@ -127,6 +127,7 @@ impl Target {
             Target::Sentinel(s) => {
                 // Connect now: a URL that leads nowhere fails at start.
                 s.command(&redis::cmd("PING")).await?;
+                sentinel::watch(s);
                 Ok(Conn::Sentinel(s.clone()))
             }
         }
@@ -292,13 +293,23 @@ impl BusConn {
     pub async fn next(&mut self) -> Heard {
         use futures_util::StreamExt;
         match self {
-            BusConn::Single(_, stream, _) => match stream.next().await {
-                Some(msg) => Heard::Message {
-                    channel: msg.get_channel_name().to_owned(),
-                    payload: msg.get_payload_bytes().to_vec(),
-                },
-                None => Heard::Closed,
-            },
+            BusConn::Single(_, stream, sentinel) => {
+                let heard = match sentinel {
+                    Some((sentinels, on)) => tokio::select! {
+                        heard = stream.next() => heard,
+                        // A failover was announced: follow it now.
+                        () = sentinels.moved_from(on) => None,
+                    },
+                    None => stream.next().await,
+                };
+                match heard {
+                    Some(msg) => Heard::Message {
+                        channel: msg.get_channel_name().to_owned(),
+                        payload: msg.get_payload_bytes().to_vec(),
+                    },
+                    None => Heard::Closed,
+                }
+            }
             BusConn::Cluster(_, rx, overflowed) => loop {
                 if overflowed.swap(false, Ordering::Relaxed) {
                     return Heard::Disconnected;

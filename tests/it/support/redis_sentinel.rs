@@ -125,6 +125,26 @@ impl RedisSentinel {
         }
     }
 
+    /// `SENTINEL FAILOVER`: the replica becomes the primary while the old
+    /// one stays up. Returns the new primary's port once every sentinel
+    /// names it.
+    pub fn switchover(&self) -> u16 {
+        let old = self
+            .primary_port()
+            .expect("the sentinels agree on a primary");
+        let mut cmd = redis::cmd("SENTINEL");
+        cmd.arg("FAILOVER").arg(MASTER);
+        query(self.sentinels[0].port, &cmd).expect("SENTINEL FAILOVER");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(new) = self.primary_port().filter(|p| *p != old) {
+                return new;
+            }
+            assert!(Instant::now() < deadline, "no switchover within 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILLs the current primary; returns its port.
     pub fn kill_primary(&mut self) -> u16 {
         let port = self

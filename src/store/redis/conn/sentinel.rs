@@ -13,9 +13,20 @@
 //! commands fail at once with the last reason for [`RETRY_AFTER`], so a
 //! failover costs every caller one fast 503, not a hang and not a storm of
 //! questions to the sentinels.
+//!
+//! A sentinel announces a failover on its channel `+switch-master`; one of
+//! them is listened to ([`watch`]), and the announcement drops the command
+//! connection and closes the bus at once. Without it, after a `SENTINEL
+//! FAILOVER` (a switchover: the old primary stays up) the node would keep
+//! writing to the old primary until the sentinels turn it into a replica,
+//! about 10 s later, and those writes would be discarded then.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::sync::watch as announce;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::sentinel::SentinelNodeConnectionInfo;
@@ -49,6 +60,8 @@ pub struct Sentinels {
     /// One connect at a time; the last failure and when it happened.
     connecting: tokio::sync::Mutex<Option<(Instant, String)>>,
     generation: AtomicU64,
+    /// The primary the sentinels last announced (`host:port`).
+    announced: announce::Sender<Option<String>>,
 }
 
 /// A connection to the primary the sentinels named.
@@ -141,6 +154,7 @@ impl Sentinels {
             current: parking_lot::RwLock::new(None),
             connecting: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
+            announced: announce::Sender::new(None),
         })
     }
 
@@ -162,7 +176,17 @@ impl Sentinels {
             )
             .await
             {
-                Ok(Ok(client)) => return Ok(client),
+                Ok(Ok(client)) => {
+                    // The latest word on the primary (a stale announcement
+                    // must not close a bus that is on the right one).
+                    let addr = client.get_connection_info().addr.to_string();
+                    self.announced.send_if_modified(|a| {
+                        let changed = a.as_deref() != Some(addr.as_str());
+                        *a = Some(addr);
+                        changed
+                    });
+                    return Ok(client);
+                }
                 Ok(Err(e)) => reasons.push(format!("{}: {e}", info.addr)),
                 Err(_) => reasons.push(format!("{}: no answer within {ASK_EACH:?}", info.addr)),
             }
@@ -171,6 +195,26 @@ impl Sentinels {
             "no sentinel names an available primary",
             format!("{} ({})", self.master, reasons.join("; ")),
         ))
+    }
+
+    /// Resolves once the sentinels announced a primary other than `on`.
+    pub async fn moved_from(&self, on: &str) {
+        let mut rx = self.announced.subscribe();
+        // An error means the sender is gone (never, while `self` lives).
+        let _ = rx.wait_for(|a| a.as_deref().is_some_and(|a| a != on)).await;
+    }
+
+    /// The sentinels announced `primary`: the command connection leaves
+    /// any other node, the bus follows ([`Sentinels::moved_from`]).
+    fn switched(&self, primary: String) {
+        {
+            let mut current = self.current.write();
+            if current.as_ref().is_some_and(|p| p.addr != primary) {
+                *current = None;
+            }
+        }
+        tracing::info!(%primary, master = %self.master, "redis sentinel: the sentinels announced a new primary");
+        self.announced.send_replace(Some(primary));
     }
 
     /// `host:port` of the primary the command connection is on, if connected.
@@ -236,6 +280,68 @@ impl Sentinels {
 
     pub fn db(&self) -> i64 {
         self.node.redis_connection_info.as_ref().map_or(0, |r| r.db)
+    }
+}
+
+/// How long the announcement listener waits before checking that its
+/// store still exists, and before trying the sentinels again.
+const LISTEN_TICK: Duration = Duration::from_secs(2);
+
+/// Listens to the sentinels' `+switch-master` announcements (one sentinel
+/// at a time, the next when its connection fails) while `sentinels` lives.
+pub fn watch(sentinels: &Arc<Sentinels>) {
+    let weak = Arc::downgrade(sentinels);
+    tokio::spawn(async move {
+        let Some(list) = weak.upgrade().map(|s| s.sentinels.clone()) else {
+            return;
+        };
+        for info in list.iter().cycle() {
+            match listen(&weak, info).await {
+                Listened::Gone => return,
+                Listened::Failed(e) => {
+                    tracing::debug!(sentinel = %info.addr, error = %e, "redis sentinel: announcements not heard");
+                    tokio::time::sleep(LISTEN_TICK).await;
+                }
+            }
+        }
+    });
+}
+
+enum Listened {
+    Gone,
+    Failed(String),
+}
+
+async fn listen(weak: &Weak<Sentinels>, info: &ConnectionInfo) -> Listened {
+    let connect = async {
+        let mut ps = Client::open(info.clone())?.get_async_pubsub().await?;
+        ps.subscribe("+switch-master").await?;
+        Ok::<_, RedisError>(ps)
+    };
+    let mut ps = match tokio::time::timeout(ASK_EACH, connect).await {
+        Ok(Ok(ps)) => ps,
+        Ok(Err(e)) => return Listened::Failed(e.to_string()),
+        Err(_) => return Listened::Failed("no answer".into()),
+    };
+    let mut messages = ps.on_message();
+    loop {
+        let heard = tokio::time::timeout(LISTEN_TICK, messages.next()).await;
+        let Some(sentinels) = weak.upgrade() else {
+            return Listened::Gone;
+        };
+        let msg = match heard {
+            Err(_) => continue, // quiet: the store still exists, listen on
+            Ok(None) => return Listened::Failed("connection lost".into()),
+            Ok(Some(msg)) => msg,
+        };
+        let text: String = msg.get_payload().unwrap_or_default();
+        // `<master> <old ip> <old port> <new ip> <new port>`
+        let words: Vec<&str> = text.split_whitespace().collect();
+        if let [master, _, _, ip, port] = words[..] {
+            if master == sentinels.master {
+                sentinels.switched(format!("{ip}:{port}"));
+            }
+        }
     }
 }
 
