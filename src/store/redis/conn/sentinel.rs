@@ -14,12 +14,16 @@
 //! failover costs every caller one fast 503, not a hang and not a storm of
 //! questions to the sentinels.
 //!
-//! A sentinel announces a failover on its channel `+switch-master`; one of
-//! them is listened to ([`watch`]), and the announcement drops the command
-//! connection and closes the bus at once. Without it, after a `SENTINEL
-//! FAILOVER` (a switchover: the old primary stays up) the node would keep
-//! writing to the old primary until the sentinels turn it into a replica,
-//! about 10 s later, and those writes would be discarded then.
+//! The sentinels announce a failover's steps on their pub/sub channels; a
+//! node listens to every sentinel ([`watch`]). When the leader is about to
+//! promote a replica (`+failover-state-send-slaveof-noone`), commands stop
+//! at once (503) until the sentinels name the new primary
+//! (`+switch-master`: the command connection and the bus move there), the
+//! failover ends or is given up, or [`PAUSE_MAX`] passed. Without this, in a
+//! switchover (`SENTINEL FAILOVER`: the old primary stays up) the node
+//! would write to the old primary after the replica's promotion — for about
+//! 10 s, until the sentinels turn it into a replica — and those writes,
+//! acknowledged, would be discarded then (and their seqs given again).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -62,6 +66,8 @@ pub struct Sentinels {
     generation: AtomicU64,
     /// The primary the sentinels last announced (`host:port`).
     announced: announce::Sender<Option<String>>,
+    /// Until when commands are refused: a failover is under way.
+    paused: parking_lot::RwLock<Option<Instant>>,
 }
 
 /// A connection to the primary the sentinels named.
@@ -155,6 +161,7 @@ impl Sentinels {
             connecting: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             announced: announce::Sender::new(None),
+            paused: parking_lot::RwLock::new(None),
         })
     }
 
@@ -213,6 +220,7 @@ impl Sentinels {
                 *current = None;
             }
         }
+        self.resume();
         tracing::info!(%primary, master = %self.master, "redis sentinel: the sentinels announced a new primary");
         self.announced.send_replace(Some(primary));
     }
@@ -224,6 +232,12 @@ impl Sentinels {
 
     /// The command connection; resolves and connects when there is none.
     async fn primary(&self) -> RedisResult<Primary> {
+        if self.is_paused() {
+            return Err(error(
+                "redis primary unavailable",
+                "a failover is under way".into(),
+            ));
+        }
         if let Some(p) = self.current.read().clone() {
             return Ok(p);
         }
@@ -283,28 +297,43 @@ impl Sentinels {
     }
 }
 
-/// How long the announcement listener waits before checking that its
-/// store still exists, and before trying the sentinels again.
+/// How long an announcement listener waits before checking that its
+/// store still exists, and before asking its sentinel again.
 const LISTEN_TICK: Duration = Duration::from_secs(2);
+/// Longest pause of commands while a failover is under way (the sentinels
+/// usually finish it within a second or two).
+pub const PAUSE_MAX: Duration = Duration::from_secs(10);
+/// What a sentinel announces of a failover (on channels of these names):
+/// the leader is about to promote a replica; the sentinels name the new
+/// primary; the failover ended or was given up.
+const SLAVEOF_NO_ONE: &str = "+failover-state-send-slaveof-noone";
+const SWITCH_MASTER: &str = "+switch-master";
+const ENDED: [&str; 4] = [
+    "+failover-end",
+    "-failover-abort-not-elected",
+    "-failover-abort-slave-timeout",
+    "-failover-abort-no-good-slave",
+];
 
-/// Listens to the sentinels' `+switch-master` announcements (one sentinel
-/// at a time, the next when its connection fails) while `sentinels` lives.
+/// Listens to every sentinel's failover announcements (one connection per
+/// sentinel: only the leader of a failover announces its steps) while
+/// `sentinels` lives.
 pub fn watch(sentinels: &Arc<Sentinels>) {
-    let weak = Arc::downgrade(sentinels);
-    tokio::spawn(async move {
-        let Some(list) = weak.upgrade().map(|s| s.sentinels.clone()) else {
-            return;
-        };
-        for info in list.iter().cycle() {
-            match listen(&weak, info).await {
-                Listened::Gone => return,
-                Listened::Failed(e) => {
-                    tracing::debug!(sentinel = %info.addr, error = %e, "redis sentinel: announcements not heard");
-                    tokio::time::sleep(LISTEN_TICK).await;
+    for info in &sentinels.sentinels {
+        let weak = Arc::downgrade(sentinels);
+        let info = info.clone();
+        tokio::spawn(async move {
+            loop {
+                match listen(&weak, &info).await {
+                    Listened::Gone => return,
+                    Listened::Failed(e) => {
+                        tracing::debug!(sentinel = %info.addr, error = %e, "redis sentinel: announcements not heard");
+                        tokio::time::sleep(LISTEN_TICK).await;
+                    }
                 }
             }
-        }
-    });
+        });
+    }
 }
 
 enum Listened {
@@ -315,9 +344,14 @@ enum Listened {
 async fn listen(weak: &Weak<Sentinels>, info: &ConnectionInfo) -> Listened {
     let connect = async {
         let mut ps = Client::open(info.clone())?.get_async_pubsub().await?;
-        ps.subscribe("+switch-master").await?;
+        let mut channels = vec![SLAVEOF_NO_ONE, SWITCH_MASTER];
+        channels.extend(ENDED);
+        ps.subscribe(channels).await?;
         Ok::<_, RedisError>(ps)
     };
+    if weak.strong_count() == 0 {
+        return Listened::Gone;
+    }
     let mut ps = match tokio::time::timeout(ASK_EACH, connect).await {
         Ok(Ok(ps)) => ps,
         Ok(Err(e)) => return Listened::Failed(e.to_string()),
@@ -335,13 +369,56 @@ async fn listen(weak: &Weak<Sentinels>, info: &ConnectionInfo) -> Listened {
             Ok(Some(msg)) => msg,
         };
         let text: String = msg.get_payload().unwrap_or_default();
-        // `<master> <old ip> <old port> <new ip> <new port>`
+        sentinels.heard(msg.get_channel_name(), &text);
+    }
+}
+
+/// The master an announcement is about: the name after `@` (an event about
+/// a replica: `slave <ip:port> <ip> <port> @ <master> <ip> <port>`), after
+/// `master` (`master <master> <ip> <port>`), or first (`+switch-master`).
+fn master_of(words: &[&str]) -> Option<String> {
+    let at = match words.iter().position(|w| *w == "@") {
+        Some(at) => at + 1,
+        None if words.first() == Some(&"master") => 1,
+        None => 0,
+    };
+    words.get(at).map(|w| (*w).to_owned())
+}
+
+impl Sentinels {
+    /// One failover announcement.
+    fn heard(&self, channel: &str, text: &str) {
         let words: Vec<&str> = text.split_whitespace().collect();
-        if let [master, _, _, ip, port] = words[..] {
-            if master == sentinels.master {
-                sentinels.switched(format!("{ip}:{port}"));
-            }
+        if master_of(&words).as_deref() != Some(self.master.as_str()) {
+            return;
         }
+        match (channel, &words[..]) {
+            (SLAVEOF_NO_ONE, _) => self.pause(),
+            // `<master> <old ip> <old port> <new ip> <new port>`
+            (SWITCH_MASTER, [_, _, _, ip, port]) => self.switched(format!("{ip}:{port}")),
+            (channel, _) if ENDED.contains(&channel) => self.resume(),
+            _ => {}
+        }
+    }
+
+    /// A replica is being promoted: no command goes to the old primary any
+    /// more (it would accept writes the promoted replica never gets) until
+    /// the new one is named, the failover ends, or [`PAUSE_MAX`].
+    fn pause(&self) {
+        *self.paused.write() = Some(Instant::now() + PAUSE_MAX);
+        *self.current.write() = None;
+        tracing::warn!(master = %self.master, "redis sentinel: failover under way; commands answer unavailable until it ends");
+    }
+
+    fn resume(&self) {
+        self.paused.write().take();
+    }
+
+    /// Whether commands are paused for a failover.
+    fn is_paused(&self) -> bool {
+        self.paused
+            .read()
+            .is_some_and(|until| Instant::now() < until)
     }
 }
 
@@ -441,6 +518,30 @@ mod tests {
                 "{bad} was accepted"
             );
         }
+    }
+
+    #[test]
+    fn announcements_of_this_master_pause_and_move_it() {
+        let s = parsed("redis+sentinel://h1/m");
+        s.heard(
+            "+failover-state-send-slaveof-noone",
+            "slave 10.0.0.2:6379 10.0.0.2 6379 @ other 10.0.0.1 6379",
+        );
+        assert!(!s.is_paused(), "another master's failover");
+        s.heard(
+            "+failover-state-send-slaveof-noone",
+            "slave 10.0.0.2:6379 10.0.0.2 6379 @ m 10.0.0.1 6379",
+        );
+        assert!(s.is_paused());
+        s.heard("+switch-master", "m 10.0.0.1 6379 10.0.0.2 6379");
+        assert!(!s.is_paused());
+        assert_eq!(*s.announced.borrow(), Some("10.0.0.2:6379".to_owned()));
+        s.heard(
+            "+failover-state-send-slaveof-noone",
+            "slave 10.0.0.1:6379 10.0.0.1 6379 @ m 10.0.0.2 6379",
+        );
+        s.heard("-failover-abort-slave-timeout", "master m 10.0.0.2 6379");
+        assert!(!s.is_paused(), "an abandoned failover resumes");
     }
 
     #[test]
