@@ -68,6 +68,9 @@ pub struct Sentinels {
     announced: announce::Sender<Option<String>>,
     /// Until when commands are refused: a failover is under way.
     paused: parking_lot::RwLock<Option<Instant>>,
+    /// Bumped by every failover announcement: an answer of the sentinels
+    /// asked before it may be stale.
+    epoch: AtomicU64,
 }
 
 /// A connection to the primary the sentinels named.
@@ -162,6 +165,7 @@ impl Sentinels {
             generation: AtomicU64::new(0),
             announced: announce::Sender::new(None),
             paused: parking_lot::RwLock::new(None),
+            epoch: AtomicU64::new(0),
         })
     }
 
@@ -174,6 +178,7 @@ impl Sentinels {
     /// The current primary, as the first sentinel that knows one reports it
     /// (checked with `ROLE`), asking each in turn.
     pub async fn resolve(&self) -> RedisResult<Client> {
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let mut reasons = Vec::new();
         for info in &self.sentinels {
             let mut one = redis::sentinel::Sentinel::build(vec![info.clone()])?;
@@ -184,12 +189,16 @@ impl Sentinels {
             .await
             {
                 Ok(Ok(client)) => {
-                    // The latest word on the primary (a stale announcement
-                    // must not close a bus that is on the right one).
+                    // The latest word on the primary, unless an announcement
+                    // came meanwhile (an old announcement must not close a
+                    // bus that is on the right primary).
                     let addr = client.get_connection_info().addr.to_string();
                     self.announced.send_if_modified(|a| {
-                        let changed = a.as_deref() != Some(addr.as_str());
-                        *a = Some(addr);
+                        let fresh = self.epoch.load(Ordering::SeqCst) == epoch;
+                        let changed = fresh && a.as_deref() != Some(addr.as_str());
+                        if changed {
+                            *a = Some(addr);
+                        }
                         changed
                     });
                     return Ok(client);
@@ -214,6 +223,7 @@ impl Sentinels {
     /// The sentinels announced `primary`: the command connection leaves
     /// any other node, the bus follows ([`Sentinels::moved_from`]).
     fn switched(&self, primary: String) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         {
             let mut current = self.current.write();
             if current.as_ref().is_some_and(|p| p.addr != primary) {
@@ -250,7 +260,14 @@ impl Sentinels {
                 return Err(error("redis primary unavailable", why.clone()));
             }
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         match self.connect().await {
+            // A failover was announced while connecting: the sentinels'
+            // answer may name the old primary.
+            Ok(_) if self.epoch.load(Ordering::SeqCst) != epoch => Err(error(
+                "redis primary unavailable",
+                "a failover was announced while connecting".into(),
+            )),
             Ok(p) => {
                 tracing::info!(primary = %p.addr, master = %self.master, "redis sentinel: connected to the primary");
                 *failed = None;
@@ -405,6 +422,7 @@ impl Sentinels {
     /// more (it would accept writes the promoted replica never gets) until
     /// the new one is named, the failover ends, or [`PAUSE_MAX`].
     fn pause(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         *self.paused.write() = Some(Instant::now() + PAUSE_MAX);
         *self.current.write() = None;
         tracing::warn!(master = %self.master, "redis sentinel: failover under way; commands answer unavailable until it ends");
