@@ -407,11 +407,12 @@ async fn following_nothing(srv: &Server) {
     }
 }
 
-/// The same read on the node that follows nothing (asked first) and on the
-/// node of mode `all`: the same status and body. Returns them.
+/// The same read on the node that follows nothing (asked first) and, if
+/// there is one, on the node of mode `all`: the same status and body.
+/// Returns them.
 async fn same_read(
     interest: &Server,
-    all: &Server,
+    all: Option<&Server>,
     path: &str,
     bearer: &str,
 ) -> (StatusCode, Value) {
@@ -419,10 +420,12 @@ async fn same_read(
     let got = interest
         .request(Method::GET, path, Some(bearer), &[], None)
         .await;
-    let want = all
-        .request(Method::GET, path, Some(bearer), &[], None)
-        .await;
-    assert_eq!(got, want, "GET {path}: interest node vs all node");
+    if let Some(all) = all {
+        let want = all
+            .request(Method::GET, path, Some(bearer), &[], None)
+            .await;
+        assert_eq!(got, want, "GET {path}: interest node vs all node");
+    }
     got
 }
 
@@ -431,19 +434,35 @@ async fn same_read(
 /// pick (or refuse to pick) the same workspace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_following_nothing_resolves_bare_ids_like_mode_all() {
-    use crate::support::gateway::ADMIN_TOKEN;
     let redis = Redis::start(false);
     let (n, all) = interest_and_all(&redis).await;
+    resolves_bare_ids(&n, Some(&all)).await;
+}
+
+/// The same on a Redis Cluster (where mode `all` does not exist: the
+/// answers are checked against what mode `all` gives on one primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_following_nothing_resolves_bare_ids_on_a_redis_cluster() {
+    let shards = RedisCluster::start();
+    let n = node(&shards.url(), "node-interest").await;
+    resolves_bare_ids(&n, None).await;
+}
+
+/// Imports through `all` (else through `n`, then waits until `n` lets go).
+async fn resolves_bare_ids(n: &Server, all: Option<&Server>) {
+    use crate::support::gateway::ADMIN_TOKEN;
     let admin = |p: &str| format!("/v1/admin{p}");
+    let importer = all.unwrap_or(n);
 
     // One workspace stored: the list picks it, as mode `all` does.
-    all.import(&json!({"users": [{"id": "solo", "workspace": "ws1"}]}))
+    importer
+        .import(&json!({"users": [{"id": "solo", "workspace": "ws1"}]}))
         .await;
-    let (status, v) = same_read(&n, &all, &admin("/users"), ADMIN_TOKEN).await;
+    let (status, v) = same_read(n, all, &admin("/users"), ADMIN_TOKEN).await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["items"][0]["id"], "solo", "{v}");
 
-    import_shared_ids(&all).await;
+    import_shared_ids(importer).await;
     for (path, want) in [
         ("/users/only", StatusCode::OK),
         ("/users/u", StatusCode::CONFLICT),
@@ -460,18 +479,25 @@ async fn a_node_following_nothing_resolves_bare_ids_like_mode_all() {
         ("/users", StatusCode::UNPROCESSABLE_ENTITY),
         ("/conversations", StatusCode::UNPROCESSABLE_ENTITY),
     ] {
-        let (status, v) = same_read(&n, &all, &admin(path), ADMIN_TOKEN).await;
+        let (status, v) = same_read(n, all, &admin(path), ADMIN_TOKEN).await;
         assert_eq!(status, want, "GET {path}: {v}");
+        if status == StatusCode::CONFLICT {
+            let message = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains("wa") && message.contains("wb"),
+                "GET {path}: {v}"
+            );
+        }
     }
 
     // An unscoped adapter key posts to bare conversation ids (an
     // inbound message too, by a bare channel id).
     for (conv, want) in [("vb", StatusCode::CREATED), ("dup", StatusCode::CONFLICT)] {
-        following_nothing(&n).await;
+        following_nothing(n).await;
         let (status, v) = n.adapter_post(conv, "hi", None).await;
         assert_eq!(status, want, "posting to {conv}: {v}");
     }
-    following_nothing(&n).await;
+    following_nothing(n).await;
     let (status, v) = n.inbound("chb", "+1555", json!("kb"), "hello").await;
     assert_eq!(status, StatusCode::CREATED, "{v}");
     assert_eq!(v["created"], true, "{v}");
