@@ -597,3 +597,58 @@ async fn interest_is_the_default_with_redis() {
     let n = Server::start_with(&[("SWITCHBOARD_REDIS_URL", url.as_str())]).await;
     assert_eq!(n.metric("switchboard_bus_subscriptions").await, 0.0);
 }
+
+/// Measurement, not a check (`cargo test --test it interest::bare_id_cost --
+/// --ignored --nocapture`): what a bare conversation id costs an adapter
+/// post against one naming `?workspace=`, per subscribe mode and number of
+/// stored workspaces (one Redis, one node, 200 sequential posts each).
+/// Prints p50 / p99 of the post's answer time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bare_id_cost_per_subscribe_mode() {
+    const POSTS: usize = 200;
+    for workspaces in [1usize, 100] {
+        for mode in ["all", "interest"] {
+            let redis = Redis::start(false);
+            let url = redis.url();
+            let n = Server::start_with(&[
+                ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                ("SWITCHBOARD_SUBSCRIBE", mode),
+            ])
+            .await;
+            let mut channels = Vec::new();
+            let mut contacts = Vec::new();
+            let mut conversations = Vec::new();
+            for w in 0..workspaces {
+                let ws = format!("w{w}");
+                channels.push(json!({"id": format!("ch{w}"), "workspace": ws}));
+                contacts.push(json!({"id": format!("k{w}"), "workspace": ws}));
+                conversations.push(json!({"id": format!("v{w}"), "workspace": ws, "channel": format!("ch{w}"), "contact": format!("k{w}")}));
+            }
+            n.import(&json!({"channels": channels, "contacts": contacts, "conversations": conversations}))
+                .await;
+            for (what, path) in [
+                ("bare", "/v1/conversations/v0/messages"),
+                ("named", "/v1/conversations/v0/messages?workspace=w0"),
+            ] {
+                let mut took = Vec::with_capacity(POSTS);
+                for i in 0..POSTS {
+                    let body =
+                        serde_json::to_vec(&json!({ "body": format!("m{i}") })).expect("json");
+                    let start = std::time::Instant::now();
+                    let (status, v) = n
+                        .request(Method::POST, path, Some(ADAPTER_KEY), &[], Some(body))
+                        .await;
+                    took.push(start.elapsed());
+                    assert_eq!(status, StatusCode::CREATED, "{v}");
+                }
+                took.sort();
+                println!(
+                    "subscribe={mode} workspaces={workspaces} {what}: p50 {:.2} ms, p99 {:.2} ms ({POSTS} posts)",
+                    took[POSTS / 2].as_secs_f64() * 1e3,
+                    took[POSTS * 99 / 100].as_secs_f64() * 1e3
+                );
+            }
+        }
+    }
+}

@@ -148,7 +148,8 @@ impl Inner {
     }
 
     /// See [`crate::store::Store::workspaces_holding`]: one `HEXISTS` per
-    /// listed workspace, on its own slot.
+    /// listed workspace, on its own slot (on one primary, all in one
+    /// pipeline: one round trip).
     pub(super) async fn workspaces_holding(
         &self,
         kind: IdKind,
@@ -161,17 +162,33 @@ impl Inner {
             IdKind::Conversation => Hash::Conversations,
             IdKind::Message => Hash::Messages,
         };
+        let hexists = |ws: &str| {
+            let mut cmd = redis::cmd("HEXISTS");
+            cmd.arg(Keys::of(ws).hash(hash)).arg(id);
+            cmd
+        };
+        if !self.sharded {
+            let workspaces = self.listed_workspaces().await?;
+            if workspaces.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for ws in &workspaces {
+                pipe.add_command(hexists(ws));
+            }
+            let mut conn = self.conn();
+            let holds: Vec<bool> = bounded(pipe.query_async(&mut conn)).await?;
+            return Ok(workspaces
+                .into_iter()
+                .zip(holds)
+                .filter_map(|(ws, holds)| holds.then_some(ws))
+                .collect());
+        }
         let found = self
             .each_workspace(|ws| async move {
                 let mut conn = self.conn();
                 let holds: bool = self
-                    .bounded_in(
-                        &ws,
-                        redis::cmd("HEXISTS")
-                            .arg(Keys::of(&ws).hash(hash))
-                            .arg(id)
-                            .query_async(&mut conn),
-                    )
+                    .bounded_in(&ws, hexists(&ws).query_async(&mut conn))
                     .await?;
                 Ok(holds.then_some(ws))
             })
