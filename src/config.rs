@@ -905,6 +905,39 @@ mod tests {
         assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (7, 9));
     }
 
+    /// Subscribe mode `interest` is the default with Redis (set by flag or
+    /// file), `all` without; an empty value is unset; `all` stays selectable.
+    #[test]
+    fn subscribe_defaults_to_interest_with_redis() {
+        let interest = Subscribe::Interest {
+            linger_secs: Subscribe::LINGER_SECS,
+        };
+        let mode = |flags: &[&str], file: &str| {
+            let file = toml::from_str::<FileConfig>(file).expect("file");
+            Config::merge(parse_flags(flags), file)
+                .expect("config")
+                .subscribe
+        };
+        assert_eq!(mode(&[], ""), Subscribe::All);
+        assert_eq!(mode(&["--redis-url", ""], ""), Subscribe::All);
+        assert_eq!(mode(&["--redis-url", "redis://r:6379"], ""), interest);
+        assert_eq!(mode(&[], "redis_url = \"redis://r:6379\"\n"), interest);
+        let url = ["--redis-url", "redis://r:6379"];
+        assert_eq!(
+            mode(&[&url[..], &["--subscribe", ""]].concat(), ""),
+            interest
+        );
+        assert_eq!(
+            mode(&[&url[..], &["--subscribe", "all"]].concat(), ""),
+            Subscribe::All
+        );
+        assert_eq!(
+            mode(&url, "subscribe = \"interest:5\"\n"),
+            Subscribe::Interest { linger_secs: 5 }
+        );
+        assert!(Subscribe::parse("").is_none());
+    }
+
     #[test]
     fn unknown_file_key_is_refused() {
         let e = toml::from_str::<FileConfig>("jwt_secrett = \"x\"\n").err();
