@@ -652,3 +652,40 @@ async fn bare_id_cost_per_subscribe_mode() {
         }
     }
 }
+
+/// The console's development sign-in (loopback, development secret) on a
+/// node following nothing lists the workspaces and users a node of mode
+/// `all` lists, and mints tokens for users of workspaces it does not follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_signin_on_a_node_following_nothing_is_like_mode_all() {
+    let redis = Redis::start(false);
+    let url = redis.url();
+    let dev = |mode: &'static str, name: &'static str| {
+        let url = url.clone();
+        async move {
+            Server::start_with(&[
+                ("SWITCHBOARD_JWT_SECRET", ""),
+                ("SWITCHBOARD_REDIS_URL", url.as_str()),
+                ("SWITCHBOARD_NODE_ID", name),
+                ("SWITCHBOARD_SUBSCRIBE", mode),
+            ])
+            .await
+        }
+    };
+    let n = dev("interest:1", "node-interest").await;
+    let all = dev("all", "node-all").await;
+    import_shared_ids(&all).await;
+    for path in ["/console/dev/users", "/console/dev/users?workspace=wb"] {
+        following_nothing(&n).await;
+        let got = n.request(Method::GET, path, None, &[], None).await;
+        let want = all.request(Method::GET, path, None, &[], None).await;
+        assert_eq!(got, want, "GET {path}");
+        assert_eq!(got.0, StatusCode::OK, "{}", got.1);
+    }
+    following_nothing(&n).await;
+    let body = serde_json::to_vec(&json!({"workspace": "wb", "user": "only"})).expect("json");
+    let (status, v) = n
+        .request(Method::POST, "/console/dev/token", None, &[], Some(body))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
