@@ -689,3 +689,28 @@ async fn dev_signin_on_a_node_following_nothing_is_like_mode_all() {
         .await;
     assert_eq!(status, StatusCode::OK, "{v}");
 }
+
+/// With Redis gone, a bare id asked of a node that follows nothing is a
+/// prompt `503` (the look-up is bounded), not a hang and not a `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_id_lookups_without_redis_are_503() {
+    let mut redis = Redis::start(false);
+    let n = node(&redis.url(), "node-interest").await;
+    import_shared_ids(&n).await;
+    following_nothing(&n).await;
+    redis.kill9();
+    for path in ["/v1/admin/conversations/vb", "/v1/admin/users"] {
+        let start = std::time::Instant::now();
+        let (status, v) = n
+            .request(
+                Method::GET,
+                path,
+                Some(crate::support::gateway::ADMIN_TOKEN),
+                &[],
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {v}");
+        assert!(start.elapsed() < LONG / 2, "{path}: {:?}", start.elapsed());
+    }
+}
