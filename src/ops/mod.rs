@@ -124,12 +124,6 @@ pub struct Held {
     _lease: Option<Lease>,
 }
 
-impl Held {
-    pub fn id(&self) -> &str {
-        &self.workspace
-    }
-}
-
 impl std::ops::Deref for Held {
     type Target = str;
     fn deref(&self) -> &str {
