@@ -26,15 +26,20 @@ pub struct Limits {
     pub idle_timeout_secs: u64,
 }
 
-/// Which workspaces' changes a node takes from the Redis bus.
+/// Which workspaces' changes a node takes from the Redis bus. Both answer
+/// every HTTP and WebSocket request the same: a node that does not follow a
+/// workspace asks Redis (bare ids, lists) and follows it while it serves it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Subscribe {
-    /// Every workspace (`PSUBSCRIBE`): every node serves every workspace's
-    /// admin and adapter API from memory.
+    /// Every workspace (`PSUBSCRIBE`): every node decodes every workspace's
+    /// events and answers from memory. The default without Redis (where
+    /// the node has every workspace anyway).
     #[default]
     All,
     /// Only workspaces with a live connection or request on this node,
     /// loaded when first needed and dropped `linger_secs` after the last.
+    /// The default with Redis: a node's bus cost grows with the workspaces
+    /// it serves, not with the whole cluster's traffic.
     Interest { linger_secs: u64 },
 }
 
@@ -42,10 +47,21 @@ impl Subscribe {
     /// Seconds a workspace nobody holds stays followed, by default.
     pub const LINGER_SECS: u64 = 30;
 
+    /// The mode when none is set: `interest` with Redis, else `all`.
+    pub fn default_for(with_redis: bool) -> Subscribe {
+        if with_redis {
+            Subscribe::Interest {
+                linger_secs: Self::LINGER_SECS,
+            }
+        } else {
+            Subscribe::All
+        }
+    }
+
     /// `all`, `interest` or `interest:<linger seconds>`.
     pub fn parse(s: &str) -> Option<Subscribe> {
         match s.split_once(':') {
-            None if s.is_empty() || s == "all" => Some(Subscribe::All),
+            None if s == "all" => Some(Subscribe::All),
             None if s == "interest" => Some(Subscribe::Interest {
                 linger_secs: Self::LINGER_SECS,
             }),
@@ -150,7 +166,7 @@ pub struct ServeArgs {
     /// Redis URL; unset = one node with embedded state.
     #[arg(long, env = "SWITCHBOARD_REDIS_URL")]
     pub redis_url: Option<String>,
-    /// Redis only: `all` workspaces' changes, or only those this node serves: `interest` (`interest:<secs>`: kept that long after the last holder, default 30) [default: all].
+    /// Redis only: `interest` = follow only the workspaces this node serves (`interest:<secs>`: each until that long after its last holder, default 30); `all` = every workspace's changes. Answers are the same in both; `interest` scales with the node's own workspaces [default: interest].
     #[arg(long, env = "SWITCHBOARD_SUBSCRIBE")]
     pub subscribe: Option<String>,
     /// Name of this node [default: $HOSTNAME, then the host name].
@@ -324,14 +340,19 @@ impl Config {
         if log_format != "text" && log_format != "json" {
             anyhow::bail!("log_format: expected text or json, got {log_format:?}");
         }
-        let subscribe = match args.subscribe.or(file.subscribe) {
-            None => Subscribe::All,
+        // An empty value counts as unset (e.g. `SWITCHBOARD_ADMIN_TOKEN=`).
+        let non_empty = |s: &String| !s.is_empty();
+        let with_redis = args
+            .redis_url
+            .as_ref()
+            .or(file.redis_url.as_ref())
+            .is_some_and(non_empty);
+        let subscribe = match args.subscribe.or(file.subscribe).filter(non_empty) {
+            None => Subscribe::default_for(with_redis),
             Some(s) => Subscribe::parse(&s).ok_or_else(|| {
                 anyhow::anyhow!("subscribe: expected all, interest or interest:<secs>, got {s:?}")
             })?,
         };
-        // An empty value counts as unset (e.g. `SWITCHBOARD_ADMIN_TOKEN=`).
-        let non_empty = |s: &String| !s.is_empty();
         Ok(Config {
             listen: args
                 .listen
@@ -886,6 +907,39 @@ mod tests {
         let args = parse_flags(&["--max-pending-per-ip", "9"]);
         let c = Config::merge(args, file()).expect("config");
         assert_eq!((c.header_read_timeout_secs, c.max_pending_per_ip), (7, 9));
+    }
+
+    /// Subscribe mode `interest` is the default with Redis (set by flag or
+    /// file), `all` without; an empty value is unset; `all` stays selectable.
+    #[test]
+    fn subscribe_defaults_to_interest_with_redis() {
+        let interest = Subscribe::Interest {
+            linger_secs: Subscribe::LINGER_SECS,
+        };
+        let mode = |flags: &[&str], file: &str| {
+            let file = toml::from_str::<FileConfig>(file).expect("file");
+            Config::merge(parse_flags(flags), file)
+                .expect("config")
+                .subscribe
+        };
+        assert_eq!(mode(&[], ""), Subscribe::All);
+        assert_eq!(mode(&["--redis-url", ""], ""), Subscribe::All);
+        assert_eq!(mode(&["--redis-url", "redis://r:6379"], ""), interest);
+        assert_eq!(mode(&[], "redis_url = \"redis://r:6379\"\n"), interest);
+        let url = ["--redis-url", "redis://r:6379"];
+        assert_eq!(
+            mode(&[&url[..], &["--subscribe", ""]].concat(), ""),
+            interest
+        );
+        assert_eq!(
+            mode(&[&url[..], &["--subscribe", "all"]].concat(), ""),
+            Subscribe::All
+        );
+        assert_eq!(
+            mode(&url, "subscribe = \"interest:5\"\n"),
+            Subscribe::Interest { linger_secs: 5 }
+        );
+        assert!(Subscribe::parse("").is_none());
     }
 
     #[test]

@@ -367,7 +367,11 @@ async fn accept_error(e: std::io::Error) {
     tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
-/// Working schedules start and end with the clock: retry waiting queues regularly.
+/// Working schedules start and end with the clock: retry waiting queues
+/// regularly. Each node drains the workspaces it follows: in subscribe mode
+/// `interest` only those it serves, which is enough, since round robin
+/// picks only agents online, and an online agent's workspace is followed
+/// by the node holding their connection (which drains it).
 async fn schedule_ticks(gw: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_secs(30));
     loop {

@@ -14,7 +14,7 @@ use super::{check_bearer, parse, Body, Path, Query};
 use crate::credentials::AdapterKey;
 use crate::domain::{Attachment, Contact, DeliveryStatus};
 use crate::http::ApiError;
-use crate::ops::{Actor, Draft, Entity, Gateway, InboundContact, ThreadKey};
+use crate::ops::{Actor, Draft, Entity, Gateway, Held, InboundContact, ThreadKey};
 
 /// The channel-adapter routes. The key is checked (and rate-limited) before
 /// anything of the request is parsed: a bad key is a 401 whatever the rest.
@@ -95,19 +95,20 @@ impl Caller {
             .ok_or_else(|| ApiError::unauthorized("wrong credentials"))
     }
 
-    /// The workspace the request acts in, for an id of `entity`. Anything
-    /// outside a scoped key's reach is not found, like an id never created.
-    fn workspace(
+    /// The workspace the request acts in, for an id of `entity`, held.
+    /// Anything outside a scoped key's reach is not found, like an id never
+    /// created.
+    async fn workspace(
         &self,
         gw: &Gateway,
         entity: Entity,
         id: &str,
         named: Option<&str>,
-    ) -> Result<String, ApiError> {
+    ) -> Result<Held, ApiError> {
         let missing = || ApiError::not_found(entity.as_str(), id);
         match self.key(gw)?.workspace() {
-            None => Ok(gw.resolve(entity, id, named)?),
-            Some(own) if named.is_none_or(|n| n == own) => Ok(own.to_owned()),
+            None => Ok(gw.resolve(entity, id, named).await?),
+            Some(own) if named.is_none_or(|n| n == own) => Ok(gw.hold(own).await?),
             Some(_) => Err(missing()),
         }
     }
@@ -132,7 +133,9 @@ async fn post_message(
     Query(q): Query<InWorkspace>,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
-    let ws = caller.workspace(&gw, Entity::Conversation, &id, q.workspace.as_deref())?;
+    let ws = caller
+        .workspace(&gw, Entity::Conversation, &id, q.workspace.as_deref())
+        .await?;
     let key = caller.key(&gw)?;
     if key.limits_channels() {
         let channel = gw.get_conversation(&ws, &id)?.0.channel;
@@ -195,6 +198,7 @@ async fn inbound(
     let unknown = || ApiError::invalid("channel", format!("unknown channel {:?}", b.channel));
     let ws = caller
         .workspace(&gw, Entity::Channel, &b.channel, q.workspace.as_deref())
+        .await
         .map_err(|e| if e.code == "not_found" { unknown() } else { e })?;
     if !caller.key(&gw)?.reaches(&ws, Some(&b.channel)) {
         return Err(unknown());
@@ -258,11 +262,9 @@ async fn message_status(
     Body(body): Body,
 ) -> Result<Response, ApiError> {
     let key = caller.key(&gw)?;
-    let ws = match key.workspace() {
-        None => gw.resolve_message(&id, q.workspace.as_deref()).await?,
-        Some(own) if q.workspace.as_deref().is_none_or(|n| n == own) => own.to_owned(),
-        Some(_) => return Err(ApiError::not_found("message", &id)),
-    };
+    let ws = caller
+        .workspace(&gw, Entity::Message, &id, q.workspace.as_deref())
+        .await?;
     let b: ReceiptBody = parse(&body)?;
     let receipted = gw
         .record_receipt(&ws, &id, b.status, b.error, |conv| {

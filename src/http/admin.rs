@@ -25,7 +25,7 @@ use crate::http::api_docs::{
 };
 use crate::http::ApiError;
 use crate::ops::listing::{self, ConversationFilter, DEFAULT_LIMIT, MAX_LIMIT};
-use crate::ops::{Actor, Command, Entity, Gateway};
+use crate::ops::{Actor, Command, Entity, Gateway, Held};
 use crate::ops::{ItemResult, OpError};
 use crate::store::{AuditEntry, AuditId, AuditWho};
 
@@ -182,8 +182,8 @@ struct InWorkspace {
 type Ws = Query<InWorkspace>;
 
 impl InWorkspace {
-    fn resolve(&self, gw: &Gateway, entity: Entity, id: &str) -> Result<String, OpError> {
-        gw.resolve(entity, id, self.workspace.as_deref())
+    async fn resolve(&self, gw: &Gateway, entity: Entity, id: &str) -> Result<Held, OpError> {
+        gw.resolve(entity, id, self.workspace.as_deref()).await
     }
 }
 
@@ -381,7 +381,7 @@ async fn get_entity<T: DirectoryEntity>(
     Path(id): Path<String>,
     Query(q): Ws,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, T::ENTITY, &id)?;
+    let ws = q.resolve(&gw, T::ENTITY, &id).await?;
     Ok(json(StatusCode::OK, T::get(&gw, &ws, &id)?.shown()))
 }
 
@@ -393,6 +393,8 @@ async fn put_entity<T: DirectoryEntity>(
     Body(body): Body,
 ) -> ApiResult {
     let v: T = with_id(&id, q.workspace.as_deref(), &body)?;
+    // Checked against the workspace's stored state (the body may name it).
+    let _held = gw.hold(v.workspace()).await?;
     let stored = T::put(&gw, v).await?;
     let action = format!("{}.put", T::NAME);
     record(&gw, stored.workspace(), &who, &action, vec![id], None).await;
@@ -406,7 +408,7 @@ async fn patch_entity<T: DirectoryEntity>(
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, T::ENTITY, &id)?;
+    let ws = q.resolve(&gw, T::ENTITY, &id).await?;
     let v: T = merged(&T::get(&gw, &ws, &id)?, &id, &ws, &body)?;
     let stored = T::put(&gw, v).await?;
     let action = format!("{}.patch", T::NAME);
@@ -420,7 +422,7 @@ async fn delete_entity<T: DirectoryEntity>(
     Path(id): Path<String>,
     Query(q): Ws,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, T::ENTITY, &id)?;
+    let ws = q.resolve(&gw, T::ENTITY, &id).await?;
     T::delete(&gw, &ws, &id).await?;
     let action = format!("{}.delete", T::NAME);
     record(&gw, &ws, &who, &action, vec![id], None).await;
@@ -432,7 +434,7 @@ const DEAD_LETTERS_SHOWN: usize = 100;
 
 /// A channel's outbox: queue depth, oldest pending, latest dead letters.
 async fn outbound_status(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    let ws = q.resolve(&gw, Entity::Channel, &id).await?;
     let channel = gw.get_channel(&ws, &id)?;
     let status = gw.store.outbox_status(&ws, &id, DEAD_LETTERS_SHOWN).await?;
     let now = crate::clock::now_ms();
@@ -456,7 +458,7 @@ async fn outbound_status(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) ->
         StatusCode::OK,
         OutboundStatusAnswer {
             channel: id,
-            workspace: ws,
+            workspace: ws.to_string(),
             configured: channel.outbound.is_some(),
             pending: status.pending,
             oldest_pending_ts: status.oldest_pending_ts,
@@ -474,7 +476,7 @@ async fn outbound_retry(
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Channel, &id)?;
+    let ws = q.resolve(&gw, Entity::Channel, &id).await?;
     gw.get_channel(&ws, &id)?;
     let asked: OutboundRetryBody = if body.iter().all(u8::is_ascii_whitespace) {
         OutboundRetryBody::default()
@@ -507,7 +509,7 @@ fn conversation_json(conv: &Conversation, seq: u64) -> serde_json::Value {
 }
 
 async fn get_conversation(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    let ws = q.resolve(&gw, Entity::Conversation, &id).await?;
     let (conv, seq) = gw.get_conversation(&ws, &id)?;
     Ok(json(StatusCode::OK, conversation_json(&conv, seq)))
 }
@@ -519,6 +521,8 @@ async fn put_conversation(
     Body(body): Body,
 ) -> ApiResult {
     let conv: Conversation = with_id(&id, q.workspace.as_deref(), &body)?;
+    // Checked against the workspace's stored state (the body may name it).
+    let _held = gw.hold(&conv.workspace).await?;
     let seq = gw.put_conversation(conv.clone()).await?;
     record(
         &gw,
@@ -538,7 +542,7 @@ async fn patch_conversation(
     Query(q): Ws,
     Body(body): Body,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    let ws = q.resolve(&gw, Entity::Conversation, &id).await?;
     let conv = merged(&gw.get_conversation(&ws, &id)?.0, &id, &ws, &body)?;
     let seq = gw.put_conversation(conv.clone()).await?;
     record(&gw, &ws, &who, "conversation.patch", vec![id], None).await;
@@ -550,7 +554,7 @@ async fn delete_conversation(
     Path(id): Path<String>,
     Query(q): Ws,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    let ws = q.resolve(&gw, Entity::Conversation, &id).await?;
     gw.delete_conversation(&ws, &id).await?;
     record(&gw, &ws, &who, "conversation.delete", vec![id], None).await;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -566,7 +570,7 @@ async fn run(
     action: &str,
     detail: Option<serde_json::Value>,
 ) -> ApiResult {
-    let ws = q.resolve(gw, Entity::Conversation, id)?;
+    let ws = q.resolve(gw, Entity::Conversation, id).await?;
     let seq = gw.command(Actor::system(&ws), id, cmd).await?;
     record(gw, &ws, who, action, vec![id.to_owned()], detail).await;
     let (conv, _) = gw.get_conversation(&ws, id)?;
@@ -700,7 +704,9 @@ async fn history(
     Path(id): Path<String>,
     Query(q): Query<HistoryQuery>,
 ) -> ApiResult {
-    let ws = gw.resolve(Entity::Conversation, &id, q.workspace.as_deref())?;
+    let ws = gw
+        .resolve(Entity::Conversation, &id, q.workspace.as_deref())
+        .await?;
     let h = gw
         .history(
             &ws,
@@ -741,7 +747,7 @@ async fn explain(
     Path((id, user)): Path<(String, String)>,
     Query(q): Ws,
 ) -> ApiResult {
-    let ws = q.resolve(&gw, Entity::Conversation, &id)?;
+    let ws = q.resolve(&gw, Entity::Conversation, &id).await?;
     Ok(json(StatusCode::OK, gw.explain(&ws, &id, &user)?))
 }
 
@@ -770,37 +776,31 @@ fn team_members(gw: &Gateway, ws: &str, team: &str) -> Vec<User> {
     out
 }
 
-/// The workspace of a team request: the one named, else the only workspace
-/// where the team has members (or, for a new team, where the listed members
-/// are); teams are per workspace, like every id.
-fn team_workspace(
+/// The workspace of a team request, held: the one named, else the only
+/// workspace where the team has members (or, for a new team, where the
+/// listed members are); teams are per workspace, like every id.
+async fn team_workspace(
     gw: &Gateway,
     q: &InWorkspace,
     team: &str,
     members: &[String],
-) -> Result<String, ApiError> {
+) -> Result<Held, ApiError> {
     if let Some(ws) = &q.workspace {
-        return Ok(ws.clone());
+        return Ok(gw.hold(ws).await?);
     }
-    let mut holders: Vec<String> = gw
-        .hub
-        .workspace_ids()
-        .into_iter()
-        .filter(|ws| {
-            gw.hub.read(ws, |d| {
-                d.users.values().any(|u| u.in_team(team))
-                    || members.iter().any(|m| d.users.contains_key(m))
-            })
+    let mut holders = gw
+        .workspaces_where(|d| {
+            d.users.values().any(|u| u.in_team(team))
+                || members.iter().any(|m| d.users.contains_key(m))
         })
-        .collect();
-    holders.sort();
+        .await?;
     match holders.len() {
-        0 if members.is_empty() => Ok(crate::domain::World::default_workspace()),
+        0 if members.is_empty() => Ok(gw.hold(&crate::domain::World::default_workspace()).await?),
         0 => Err(ApiError::invalid(
             "members[0]",
             format!("unknown user {:?}", members[0]),
         )),
-        1 => Ok(holders.remove(0)),
+        1 => Ok(gw.hold(&holders.remove(0)).await?),
         _ => Err(ApiError::ambiguous(format!(
             "team {team:?} is in several workspaces ({}); name one with ?workspace=",
             holders.join(", ")
@@ -809,7 +809,7 @@ fn team_workspace(
 }
 
 async fn get_team(State(gw): Gw, Path(id): Path<String>, Query(q): Ws) -> ApiResult {
-    let ws = team_workspace(&gw, &q, &id, &[])?;
+    let ws = team_workspace(&gw, &q, &id, &[]).await?;
     team_answer(&gw, &ws, &id)
 }
 
@@ -829,7 +829,7 @@ async fn put_team(
     Query(q): Ws,
     Json(b): Json<TeamBody>,
 ) -> ApiResult {
-    let ws = team_workspace(&gw, &q, &id, &b.members)?;
+    let ws = team_workspace(&gw, &q, &id, &b.members).await?;
     let mut changes = Vec::new();
     for (i, m) in b.members.iter().enumerate() {
         let mut u = gw.get_user(&ws, m).map_err(|_| {
@@ -889,7 +889,7 @@ async fn bulk_assign(
     // The conversations assigned, per workspace: one audit entry each.
     let mut done: BTreeMap<Id, Vec<Id>> = BTreeMap::new();
     for c in &b.conversations {
-        match q.resolve(&gw, Entity::Conversation, c) {
+        match q.resolve(&gw, Entity::Conversation, c).await {
             Ok(ws) => {
                 let items = gw
                     .bulk_assign(
@@ -899,7 +899,7 @@ async fn bulk_assign(
                     )
                     .await;
                 if items.iter().any(|(_, r)| r.is_ok()) {
-                    done.entry(ws).or_default().push(c.clone());
+                    done.entry(ws.to_string()).or_default().push(c.clone());
                 }
                 results.extend(
                     items
@@ -976,32 +976,24 @@ impl ListQuery {
         Ok(q)
     }
 
-    /// The workspace listed: the one named, else the only one this node
-    /// holds anything of (objects or settings; a lookup of an unknown
+    /// The workspace listed, held: the one named, else the only one there
+    /// is that holds anything (objects or settings; a lookup of an unknown
     /// workspace leaves an empty one behind, which does not count); with
     /// none or several, `workspace` is required (422).
-    fn workspace(&self, gw: &Gateway) -> Result<Id, ApiError> {
+    async fn workspace(&self, gw: &Gateway) -> Result<Held, ApiError> {
         if let Some(ws) = &self.workspace {
             validate_id("workspace", ws, true)?;
-            return Ok(ws.clone());
+            return Ok(gw.hold(ws).await?);
         }
         let mut all: Vec<Id> = gw
-            .hub
-            .workspace_ids()
+            .workspaces()
+            .await?
             .into_iter()
-            .filter(|ws| {
-                gw.hub.read_state(ws, |s| {
-                    let d = &s.dir;
-                    !(d.users.is_empty()
-                        && d.channels.is_empty()
-                        && d.contacts.is_empty()
-                        && d.conversations.is_empty())
-                        || s.settings != WorkspaceSettings::new(ws.clone())
-                })
-            })
+            .filter(|w| w.in_use())
+            .map(|w| w.workspace)
             .collect();
         match all.len() {
-            1 => Ok(all.remove(0)),
+            1 => Ok(gw.hold(&all.remove(0)).await?),
             0 => Err(ApiError::invalid(
                 "workspace",
                 "required: no workspace is loaded",
@@ -1020,13 +1012,13 @@ impl ListQuery {
 type Pairs = Query<Vec<(String, String)>>;
 
 /// One page of a list that takes no filter (users, channels, contacts, teams).
-fn list_page<T: Serialize>(
+async fn list_page<T: Serialize>(
     gw: &Gateway,
     pairs: Vec<(String, String)>,
     page: fn(&crate::hub::Hub, &str, Option<&str>, usize) -> listing::Page<T>,
 ) -> ApiResult {
     let q = ListQuery::parse(pairs, &[])?;
-    let ws = q.workspace(gw)?;
+    let ws = q.workspace(gw).await?;
     Ok(json(
         StatusCode::OK,
         page(&gw.hub, &ws, q.cursor.as_deref(), q.limit),
@@ -1034,16 +1026,16 @@ fn list_page<T: Serialize>(
 }
 
 async fn list_users(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    list_page(&gw, pairs, listing::users)
+    list_page(&gw, pairs, listing::users).await
 }
 async fn list_channels(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    list_page(&gw, pairs, listing::channels)
+    list_page(&gw, pairs, listing::channels).await
 }
 async fn list_contacts(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    list_page(&gw, pairs, listing::contacts)
+    list_page(&gw, pairs, listing::contacts).await
 }
 async fn list_teams(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
-    list_page(&gw, pairs, listing::teams)
+    list_page(&gw, pairs, listing::teams).await
 }
 
 /// A filter value of the conversation list, parsed as its JSON string form
@@ -1094,7 +1086,7 @@ async fn list_conversations(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
         private: filter_bool(f, "private")?,
         kind: filter_enum::<ConversationKind>(f, "kind", "customer, direct, group or item")?,
     };
-    let ws = q.workspace(&gw)?;
+    let ws = q.workspace(&gw).await?;
     let page = listing::conversations(&gw.hub, &ws, &filter, q.cursor.as_deref(), q.limit)?;
     Ok(json(StatusCode::OK, page))
 }
@@ -1112,7 +1104,7 @@ async fn export(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
             "export is not paginated",
         ));
     }
-    let ws = q.workspace(&gw)?;
+    let ws = q.workspace(&gw).await?;
     let world =
         listing::export(&gw.hub, &ws).ok_or_else(|| ApiError::not_found("workspace", &ws))?;
     Ok(json(StatusCode::OK, world))
@@ -1122,7 +1114,7 @@ async fn export(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
 /// entry of the previous page.
 async fn audit_log(State(gw): Gw, Query(pairs): Pairs) -> ApiResult {
     let q = ListQuery::parse(pairs, &[])?;
-    let ws = q.workspace(&gw)?;
+    let ws = q.workspace(&gw).await?;
     let before = q
         .cursor
         .as_deref()

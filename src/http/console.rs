@@ -110,27 +110,24 @@ struct UsersQuery {
     workspace: Option<String>,
 }
 
-/// `{"workspaces": [...], "users": [{id, role}]}`: every workspace of the
-/// node that has users, and the enabled users of the one asked for (or of
-/// the first).
-async fn dev_users(State(gw): Gw, Query(q): Query<UsersQuery>) -> Response {
-    let mut workspaces: Vec<String> = gw
-        .hub
-        .workspace_ids()
+/// `{"workspaces": [...], "users": [{id, role}]}`: every workspace that has
+/// users (asked of the store when the node follows by interest), and the
+/// enabled users of the one asked for (or of the first), held while read.
+async fn dev_users(State(gw): Gw, Query(q): Query<UsersQuery>) -> Result<Response, ApiError> {
+    let workspaces: Vec<String> = gw
+        .workspaces()
+        .await?
         .into_iter()
-        .filter(|w| {
-            !crate::ops::listing::users(&gw.hub, w, None, 1)
-                .items
-                .is_empty()
-        })
+        .filter(|w| w.users)
+        .map(|w| w.workspace)
         .collect();
-    workspaces.sort();
     let ws = q.workspace.or_else(|| workspaces.first().cloned());
     let mut users = Vec::new();
     if let Some(ws) = &ws {
+        let held = gw.hold(ws).await?;
         let mut after: Option<String> = None;
         loop {
-            let page = crate::ops::listing::users(&gw.hub, ws, after.as_deref(), 1000);
+            let page = crate::ops::listing::users(&gw.hub, &held, after.as_deref(), 1000);
             users.extend(
                 page.items
                     .iter()
@@ -148,7 +145,7 @@ async fn dev_users(State(gw): Gw, Query(q): Query<UsersQuery>) -> Response {
     }))
     .into_response();
     secure(resp.headers_mut());
-    resp
+    Ok(resp)
 }
 
 #[derive(Deserialize)]
@@ -160,7 +157,8 @@ struct TokenRequest {
 
 /// `{"token": "<jwt>", "exp": <secs>}` for an enabled user of the workspace.
 async fn dev_token(State(gw): Gw, Json(req): Json<TokenRequest>) -> Result<Response, ApiError> {
-    let known = gw.hub.read(&req.workspace, |d| {
+    let held = gw.hold(&req.workspace).await?;
+    let known = gw.hub.read(&held, |d| {
         d.users.get(&req.user).is_some_and(|u| !u.disabled)
     });
     if !known {

@@ -55,13 +55,13 @@ pub(crate) async fn holding(
     req: Request,
     next: Next,
 ) -> Response {
-    let Some(ws) = workspace.filter(|_| gw.store.by_interest()) else {
+    let Some(ws) = workspace else {
         return next.run(req).await;
     };
-    match crate::store::Lease::take(gw.store.clone(), ws).await {
-        Ok(lease) => {
+    match gw.hold(ws).await {
+        Ok(held) => {
             let answer = next.run(req).await;
-            drop(lease);
+            drop(held);
             answer
         }
         Err(e) => ApiError::from(e).into_response(),

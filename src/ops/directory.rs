@@ -19,6 +19,12 @@ impl Gateway {
         mut world: World,
         replace: bool,
     ) -> Result<serde_json::Value, OpError> {
+        // Checked against (and, for a replace, reporting) each named
+        // workspace's stored state: hold them all first.
+        let mut held = Vec::new();
+        for ws in world.workspaces() {
+            held.push(self.hold(&ws).await?);
+        }
         world.validate_import(|kind, ws, id| {
             !replace && self.hub.read(ws, |d| d.contains(kind, id))
         })?;

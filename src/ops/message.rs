@@ -131,33 +131,6 @@ impl Gateway {
         }
     }
 
-    /// The workspace of message `id` for an unscoped adapter key that names
-    /// none: the one whose store knows the id (one look-up per workspace, so
-    /// callers with many should name it with `?workspace=`).
-    pub async fn resolve_message(&self, id: &str, named: Option<&str>) -> Result<Id, OpError> {
-        if let Some(ws) = named {
-            return Ok(ws.to_owned());
-        }
-        let mut holders = Vec::new();
-        for ws in self.hub.workspace_ids() {
-            if self.store.locate_message(&ws, id).await?.is_some() {
-                holders.push(ws);
-            }
-        }
-        match holders.len() {
-            0 => Err(OpError::not_found("message", id)),
-            1 => Ok(holders.remove(0)),
-            _ => {
-                holders.sort();
-                Err(OpError::Ambiguous {
-                    what: "message",
-                    id: id.to_owned(),
-                    workspaces: holders,
-                })
-            }
-        }
-    }
-
     /// A draft's own checks: attachments within limits, notes from agents only.
     fn check_draft(&self, actor: &Actor, draft: &Draft) -> Result<(), OpError> {
         if draft.note && matches!(actor, Actor::System { .. }) {

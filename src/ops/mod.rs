@@ -29,7 +29,7 @@ use crate::domain::{
 };
 use crate::hub::Hub;
 use crate::policy::Access;
-use crate::store::{Outcome, Store};
+use crate::store::{IdKind, Lease, Outcome, Store, StoredWorkspace};
 
 pub use conversation::Command;
 pub use error::{Conflict, OpError};
@@ -90,20 +90,56 @@ pub enum Entity {
     Channel,
     Contact,
     Conversation,
+    /// A message (delivery receipts).
+    Message,
 }
 
 impl Entity {
-    /// The directory kind; `None` for a conversation.
-    fn kind(self) -> Option<EntityKind> {
+    /// How the store looks the id up.
+    fn id_kind(self) -> IdKind {
         match self {
-            Entity::User => Some(EntityKind::User),
-            Entity::Channel => Some(EntityKind::Channel),
-            Entity::Contact => Some(EntityKind::Contact),
-            Entity::Conversation => None,
+            Entity::User => IdKind::Entity(EntityKind::User),
+            Entity::Channel => IdKind::Entity(EntityKind::Channel),
+            Entity::Contact => IdKind::Entity(EntityKind::Contact),
+            Entity::Conversation => IdKind::Conversation,
+            Entity::Message => IdKind::Message,
         }
     }
     pub fn as_str(self) -> &'static str {
-        self.kind().map_or("conversation", EntityKind::as_str)
+        match self.id_kind() {
+            IdKind::Entity(kind) => kind.as_str(),
+            IdKind::Conversation => "conversation",
+            IdKind::Message => "message",
+        }
+    }
+}
+
+/// The workspace an admin or adapter request acts in. In subscribe mode
+/// `interest` the node follows it while this is held (loaded first if need
+/// be), so what the request reads of it is its stored state; dropping this
+/// lets go.
+#[derive(Debug)]
+pub struct Held {
+    workspace: Id,
+    _lease: Option<Lease>,
+}
+
+impl std::ops::Deref for Held {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.workspace
+    }
+}
+
+impl From<&Held> for Id {
+    fn from(held: &Held) -> Id {
+        held.workspace.clone()
+    }
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.workspace)
     }
 }
 
@@ -146,21 +182,41 @@ impl Gateway {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The workspace an admin or unscoped-adapter request acts in: the one it
-    /// names, else the only workspace holding an entity of that id. Such
-    /// callers are trusted with every workspace; agents and workspace-scoped
-    /// adapter keys never come here (their workspace is fixed).
-    pub fn resolve(&self, entity: Entity, id: &str, named: Option<&str>) -> Result<Id, OpError> {
-        if let Some(ws) = named {
-            return Ok(ws.to_owned());
-        }
-        let mut holders = match entity.kind() {
-            None => self.hub.workspaces_of_conversation(id),
-            Some(kind) => self.hub.workspaces_holding(kind, id),
+    /// Holds a workspace for an operation (see [`Held`]): in subscribe mode
+    /// `interest`, follows it; otherwise it is followed anyway. An invalid
+    /// workspace id is not followed (nothing can be stored under it; the
+    /// operation refuses it).
+    pub async fn hold(&self, workspace: &str) -> Result<Held, OpError> {
+        let valid = crate::domain::validate_id("workspace", workspace, true).is_ok();
+        let lease = if valid && self.store.by_interest() {
+            Some(Lease::take(self.store.clone(), workspace).await?)
+        } else {
+            None
         };
+        Ok(Held {
+            workspace: workspace.to_owned(),
+            _lease: lease,
+        })
+    }
+
+    /// The workspace an admin or unscoped-adapter request acts in, held: the
+    /// one it names, else the only workspace holding an entity of that id
+    /// (`409 ambiguous` when several do). Such callers are trusted with
+    /// every workspace; agents and workspace-scoped adapter keys never come
+    /// here (their workspace is fixed).
+    pub async fn resolve(
+        &self,
+        entity: Entity,
+        id: &str,
+        named: Option<&str>,
+    ) -> Result<Held, OpError> {
+        if let Some(ws) = named {
+            return self.hold(ws).await;
+        }
+        let mut holders = self.holders(entity, id).await?;
         match holders.len() {
             0 => Err(OpError::not_found(entity.as_str(), id)),
-            1 => Ok(holders.remove(0)),
+            1 => self.hold(&holders.remove(0)).await,
             _ => {
                 holders.sort();
                 Err(OpError::Ambiguous {
@@ -170,6 +226,75 @@ impl Gateway {
                 })
             }
         }
+    }
+
+    /// Every workspace holding an id: asked of the store when the node
+    /// follows workspaces by interest (it may follow none of them), else
+    /// answered from memory, where every workspace is. A message is looked
+    /// up in the store either way (one look-up per workspace, so callers
+    /// with many should name it with `?workspace=`).
+    async fn holders(&self, entity: Entity, id: &str) -> Result<Vec<Id>, OpError> {
+        if self.store.by_interest() {
+            return Ok(self.store.workspaces_holding(entity.id_kind(), id).await?);
+        }
+        Ok(match entity.id_kind() {
+            IdKind::Entity(kind) => self.hub.workspaces_holding(kind, id),
+            IdKind::Conversation => self.hub.workspaces_of_conversation(id),
+            IdKind::Message => {
+                let mut holders = Vec::new();
+                for ws in self.hub.workspace_ids() {
+                    if self.store.locate_message(&ws, id).await?.is_some() {
+                        holders.push(ws);
+                    }
+                }
+                holders
+            }
+        })
+    }
+
+    /// Every workspace there is and what it holds, in workspace order: from
+    /// the store when the node follows by interest, else from memory.
+    pub async fn workspaces(&self) -> Result<Vec<StoredWorkspace>, OpError> {
+        if self.store.by_interest() {
+            return Ok(self.store.workspaces().await?);
+        }
+        let mut ids = self.hub.workspace_ids();
+        ids.sort();
+        Ok(ids
+            .into_iter()
+            .map(|ws| {
+                self.hub.read_state(&ws, |s| {
+                    let d = &s.dir;
+                    StoredWorkspace {
+                        users: !d.users.is_empty(),
+                        objects: !(d.users.is_empty()
+                            && d.channels.is_empty()
+                            && d.contacts.is_empty()
+                            && d.conversations.is_empty()),
+                        settings: Some(s.settings.clone()),
+                        workspace: ws.clone(),
+                    }
+                })
+            })
+            .collect())
+    }
+
+    /// The workspaces with users whose directory satisfies `pred`, in
+    /// workspace order. By interest, each is held in turn to be read (one
+    /// load per workspace not followed yet: callers should prefer naming
+    /// the workspace).
+    pub async fn workspaces_where(
+        &self,
+        pred: impl Fn(&Directory) -> bool,
+    ) -> Result<Vec<Id>, OpError> {
+        let mut out = Vec::new();
+        for w in self.workspaces().await?.into_iter().filter(|w| w.users) {
+            let held = self.hold(&w.workspace).await?;
+            if self.hub.read(&held, &pred) {
+                out.push(w.workspace);
+            }
+        }
+        Ok(out)
     }
 
     /// Reads an entity of one workspace.

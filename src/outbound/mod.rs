@@ -29,7 +29,7 @@ use crate::config::OutboundSettings;
 use crate::domain::Committed;
 use crate::domain::{Id, Outbound, OutboxItem};
 use crate::hub::Hub;
-use crate::store::{DeadLetter, Sink, Store};
+use crate::store::{DeadLetter, Lease, Sink, Store};
 
 /// Deliveries a node holds (claimed, not finished) at most: the bound of
 /// its lanes, whatever the backlog in the outbox.
@@ -280,9 +280,17 @@ impl Deliverer {
         ];
         let max_age_ms = self.settings.max_age_secs.saturating_mul(1000);
         let mut attempts = 0u32;
+        // Subscribe mode `interest`: the node holding the workspace's outbox
+        // lease may serve none of its agents, so it follows the workspace
+        // while it delivers (the channel's settings are read from its view).
+        let mut held: Option<Lease> = None;
         loop {
             if !self.still_ours(key, item) {
                 return Delivery::Abandoned;
+            }
+            if held.is_none() && self.store.by_interest() {
+                // Unavailable storage: tried again on the next turn.
+                held = Lease::take(self.store.clone(), &item.workspace).await.ok();
             }
             let Some(outbound) = self.outbound_of(item) else {
                 // Read again later: a node may apply the channel a moment

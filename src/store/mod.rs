@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::domain::Activity;
 use crate::domain::{
-    Change, Committed, Conversation, Ephemeral, Id, Message, OutboxItem, WorkspaceSettings, World,
+    Change, Committed, Conversation, EntityKind, Ephemeral, Id, Message, OutboxItem,
+    WorkspaceSettings, World,
 };
 
 /// The result of a commit.
@@ -142,6 +143,39 @@ pub struct Snapshot {
     pub marks: Vec<StoredMarks>,
 }
 
+/// The kind of id [`Store::workspaces_holding`] looks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdKind {
+    Entity(EntityKind),
+    Conversation,
+    /// A message id (in the store's message index; see [`Store::locate_message`]).
+    Message,
+}
+
+/// What the store holds of one workspace, for [`Store::workspaces`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredWorkspace {
+    pub workspace: Id,
+    /// It has users.
+    pub users: bool,
+    /// It has users, channels, contacts or conversations.
+    pub objects: bool,
+    /// Its stored settings, if any were stored.
+    pub settings: Option<WorkspaceSettings>,
+}
+
+impl StoredWorkspace {
+    /// Holds anything: an object, or settings other than the defaults (a
+    /// workspace only ever looked up holds nothing).
+    pub fn in_use(&self) -> bool {
+        self.objects
+            || self
+                .settings
+                .as_ref()
+                .is_some_and(|s| *s != WorkspaceSettings::new(self.workspace.clone()))
+    }
+}
+
 /// Entries kept in a workspace's audit log; older ones are dropped.
 pub const AUDIT_LEN: usize = 10_000;
 
@@ -241,6 +275,19 @@ pub trait Store: Send + Sync + 'static {
     /// Whether consumers only see the workspaces held with [`Store::attend`].
     fn by_interest(&self) -> bool {
         false
+    }
+    /// Every stored workspace and what it holds, in workspace order. Asked
+    /// only of a store that follows by interest ([`Store::by_interest`]):
+    /// the others give their consumers every workspace, and the node answers
+    /// from memory (so by default this is empty).
+    async fn workspaces(&self) -> Result<Vec<StoredWorkspace>, StoreError> {
+        Ok(Vec::new())
+    }
+    /// The stored workspaces holding an id of this kind, in workspace order
+    /// (asked only of a store that follows by interest, like
+    /// [`Store::workspaces`]).
+    async fn workspaces_holding(&self, _kind: IdKind, _id: &str) -> Result<Vec<Id>, StoreError> {
+        Ok(Vec::new())
     }
     /// Stores a change durably and returns once it is stored.
     async fn commit(&self, workspace: &str, change: Change) -> Result<Outcome, StoreError> {

@@ -518,21 +518,29 @@ async fn outbound_settings_are_checked_and_the_secret_never_shown() {
 
 /// Nodes on one private Redis, with fast retries and a short outbox lease.
 async fn cluster(n: usize, appendonly: bool) -> (Vec<Server>, crate::support::redis::Redis) {
+    cluster_with(n, appendonly, &[]).await
+}
+
+/// [`cluster`], with more settings.
+async fn cluster_with(
+    n: usize,
+    appendonly: bool,
+    extra: &[(&str, &str)],
+) -> (Vec<Server>, crate::support::redis::Redis) {
     let redis = crate::support::redis::Redis::start(appendonly);
     let url = redis.url();
     let mut nodes = Vec::new();
     for i in 0..n {
         let node = format!("node-{i}");
-        nodes.push(
-            Server::start_with(&[
-                ("SWITCHBOARD_REDIS_URL", url.as_str()),
-                ("SWITCHBOARD_NODE_ID", node.as_str()),
-                ("SWITCHBOARD_OUTBOUND_RETRY_BASE_MS", "20"),
-                ("SWITCHBOARD_OUTBOUND_TIMEOUT_MS", "1000"),
-                ("SWITCHBOARD_OUTBOUND_LEASE_MS", "1000"),
-            ])
-            .await,
-        );
+        let mut env = vec![
+            ("SWITCHBOARD_REDIS_URL", url.as_str()),
+            ("SWITCHBOARD_NODE_ID", node.as_str()),
+            ("SWITCHBOARD_OUTBOUND_RETRY_BASE_MS", "20"),
+            ("SWITCHBOARD_OUTBOUND_TIMEOUT_MS", "1000"),
+            ("SWITCHBOARD_OUTBOUND_LEASE_MS", "1000"),
+        ];
+        env.extend_from_slice(extra);
+        nodes.push(Server::start_with(&env).await);
     }
     (nodes, redis)
 }
@@ -587,6 +595,34 @@ async fn lease_holder(nodes: &[Server]) -> usize {
 
 fn expected(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+/// Waits (up to `within`) until the adapter got messages `{prefix}0` …
+/// `{prefix}{n-1}` of `conv`, first deliveries in that order.
+async fn until_delivered_in_order(
+    rx: &Receiver,
+    conv: &str,
+    prefix: &str,
+    n: usize,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let firsts = first_deliveries(&rx.received());
+        if firsts.get(conv).map_or(0, Vec::len) >= n {
+            assert_eq!(
+                firsts[conv],
+                expected(prefix, n),
+                "{conv} in order, all there"
+            );
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{conv}: not all {n} delivered: {firsts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The delivering node of a 3-node cluster is killed with SIGKILL while
@@ -740,19 +776,7 @@ async fn a_redis_restart_mid_stream_loses_nothing() {
     for i in 10..20 {
         send(&mut agent, "v1", &format!("a{i}")).await;
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let firsts = first_deliveries(&rx.received());
-        if firsts.get("v1").map_or(0, Vec::len) >= 20 {
-            assert_eq!(firsts["v1"], expected("a", 20), "in order, all there");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not everything delivered after the restart: {firsts:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_delivered_in_order(&rx, "v1", "a", 20, Duration::from_secs(30)).await;
 }
 
 /// On a Redis Cluster (3 primaries, 3 replicas) agents' replies reach the
@@ -773,17 +797,35 @@ async fn replies_are_delivered_on_a_redis_cluster() {
     for i in 0..5 {
         send(&mut agent, "v1", &format!("a{i}")).await;
     }
+    until_delivered_in_order(&rx, "v1", "a", 5, Duration::from_secs(20)).await;
+}
+
+/// Subscribe mode `interest` (the default with Redis): the node holding a
+/// workspace's outbox lease may follow nothing of it (its agents are on
+/// another node). It still delivers promptly, with the channel's stored
+/// outbound settings, rather than waiting for them and dead-lettering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_holder_not_following_the_workspace_delivers() {
+    let rx = Receiver::start(|_, _| Answer::Status(200)).await;
+    let (nodes, _redis) = cluster_with(2, false, &[("SWITCHBOARD_SUBSCRIBE", "interest:1")]).await;
+    nodes[0].import(&world(&rx.url, &rx.url)).await;
+    let holder = lease_holder(&nodes).await;
+    // The holder lets go of w1 (linger 1 s); the agent is on the other node.
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let firsts = first_deliveries(&rx.received());
-        if firsts.get("v1").map_or(0, Vec::len) >= 5 {
-            assert_eq!(firsts["v1"], expected("a", 5), "v1 in order, all there");
-            break;
-        }
+    while nodes[holder].metric("switchboard_bus_subscriptions").await != 0.0 {
         assert!(
             Instant::now() < deadline,
-            "replies not delivered on the cluster: {firsts:?}"
+            "the lease holder keeps following w1"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let mut agent = nodes[1 - holder].connect("r1", "w1").await;
+    for i in 0..3 {
+        send(&mut agent, "v1", &format!("a{i}")).await;
+    }
+    until_delivered_in_order(&rx, "v1", "a", 3, Duration::from_secs(10)).await;
+    assert!(
+        nodes[holder].log_text().contains("outbox lease taken"),
+        "the holder kept its lease"
+    );
 }

@@ -16,7 +16,7 @@
 //!
 //! | key | type | content |
 //! | --- | --- | --- |
-//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot; read by the start-up load of subscribe mode `all` and by the outbound deliverer, to find the outboxes; kept on a Redis Cluster too, where it lives in its own slot) |
+//! | `sb:workspaces` | set | every workspace id ever committed to (added by the node before the workspace's first commit, outside the commit script: it is the one key outside a workspace's slot; read by the start-up load of subscribe mode `all`, by the outbound deliverer, to find the outboxes, and in mode `interest` by the look-ups of bare ids and of the workspaces lists pick from ([`crate::store::Store::workspaces_holding`], [`crate::store::Store::workspaces`]); kept on a Redis Cluster too, where it lives in its own slot) |
 //! | `sb:{ws}:users` / `:channels` / `:contacts` / `:conversations` | hash | id → entity JSON (world format) |
 //! | `sb:{ws}:settings` | string | workspace settings JSON |
 //! | `sb:{ws}:marks` | hash | `user \n conversation \n kind` → `read`: highest seq read (a user's own message counts as read); `hide`: the conversation's latest seq when hidden (a later message un-hides); `mute` / `archive`: `1` (removed when off). Values first stored as the `mark` change JSON are still read |
@@ -84,10 +84,13 @@
 //! directory, at the cost of decoding every workspace's events —
 //! O(nodes × events).
 //!
-//! In mode `interest` (always on a Redis Cluster) the node follows a
-//! workspace only while something on it holds the workspace
-//! ([`crate::store::Store::attend`]: a WebSocket session, a request naming
-//! the workspace, a commit). The first holder asks the bus task to
+//! In mode `interest` (the default with Redis, always on a Redis Cluster)
+//! the node follows a workspace only while something on it holds the
+//! workspace ([`crate::store::Store::attend`]: a WebSocket session, a
+//! request in the workspace, a commit). What a request finds does not depend
+//! on it: a bare id is looked up in Redis across every listed workspace
+//! (one `HEXISTS` each, concurrently, on its own slot), then the workspace
+//! found is held. The first holder asks the bus task to
 //! `SUBSCRIBE` (`SSUBSCRIBE` on a cluster) to the workspace's channel, then
 //! read the workspace's snapshot and restore it into the consumers; the bus
 //! task does both before reading its next message, so changes published
@@ -182,7 +185,10 @@ pub use commit::{COMMIT, IDEMPOTENCY_TTL_SECS};
 pub use queues::ROTATE;
 
 use self::keys::Keys;
-use super::{AuditEntry, AuditId, History, Outcome, Sink, Snapshot, Store, StoreError};
+use super::{
+    AuditEntry, AuditId, History, IdKind, Outcome, Sink, Snapshot, Store, StoreError,
+    StoredWorkspace,
+};
 use crate::domain::{Change, Conversation, Ephemeral, Id};
 
 /// Bound of every Redis call (connect, command, script).
@@ -572,6 +578,14 @@ impl Store for RedisStore {
 
     fn by_interest(&self) -> bool {
         self.inner.interest
+    }
+
+    async fn workspaces(&self) -> Result<Vec<StoredWorkspace>, StoreError> {
+        self.inner.stored_workspaces().await
+    }
+
+    async fn workspaces_holding(&self, kind: IdKind, id: &str) -> Result<Vec<Id>, StoreError> {
+        self.inner.workspaces_holding(kind, id).await
     }
 
     async fn commit_if(

@@ -7,8 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::{Hash, Keys, WORKSPACES};
 use super::{bounded, corrupt, Inner};
-use crate::domain::{Activity, Change, Committed, Id, Mark, WorkspaceSettings, World};
-use crate::store::{History, Snapshot, StoreError, StoredMarks};
+use crate::domain::{Activity, Change, Committed, EntityKind, Id, Mark, WorkspaceSettings, World};
+use crate::store::{History, IdKind, Snapshot, StoreError, StoredMarks, StoredWorkspace};
+
+/// Workspaces asked at once by the look-ups across every workspace (each
+/// command goes to its workspace's slot; on one primary they pipeline).
+const CONCURRENT_LOOKUPS: usize = 32;
 
 /// A member of a conversation's history.
 #[derive(Serialize, Deserialize)]
@@ -75,6 +79,12 @@ impl Inner {
     /// Every listed workspace's snapshot and commit counter, each read
     /// atomically (subscribe mode `all`).
     pub(super) async fn load_all(&self) -> Result<(Vec<Snapshot>, HashMap<Id, u64>), StoreError> {
+        let workspaces = self.listed_workspaces().await?;
+        self.load_these(workspaces).await
+    }
+
+    /// Every workspace listed in [`WORKSPACES`], in order.
+    pub(super) async fn listed_workspaces(&self) -> Result<Vec<Id>, StoreError> {
         let mut conn = self.conn();
         let mut workspaces: Vec<Id> = bounded(
             redis::cmd("SMEMBERS")
@@ -83,7 +93,107 @@ impl Inner {
         )
         .await?;
         workspaces.sort();
-        self.load_these(workspaces).await
+        Ok(workspaces)
+    }
+
+    /// `read` of every listed workspace, [`CONCURRENT_LOOKUPS`] at a time,
+    /// in workspace order; the first error ends it.
+    async fn each_workspace<T, F, Fut>(&self, read: F) -> Result<Vec<T>, StoreError>
+    where
+        F: Fn(Id) -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        use futures_util::{StreamExt, TryStreamExt};
+        let workspaces = self.listed_workspaces().await?;
+        futures_util::stream::iter(workspaces.into_iter().map(read))
+            .buffered(CONCURRENT_LOOKUPS)
+            .try_collect()
+            .await
+    }
+
+    /// See [`crate::store::Store::workspaces`]: per listed workspace, one
+    /// atomic read of its own slot.
+    pub(super) async fn stored_workspaces(&self) -> Result<Vec<StoredWorkspace>, StoreError> {
+        self.each_workspace(|ws| async move {
+            let keys = Keys::of(&ws);
+            let mut conn = self.conn();
+            let (users, channels, contacts, conversations, settings): (
+                bool,
+                bool,
+                bool,
+                bool,
+                Option<String>,
+            ) = self
+                .bounded_in(
+                    &ws,
+                    redis::pipe()
+                        .atomic()
+                        .exists(keys.hash(Hash::Users))
+                        .exists(keys.hash(Hash::Channels))
+                        .exists(keys.hash(Hash::Contacts))
+                        .exists(keys.hash(Hash::Conversations))
+                        .get(keys.settings())
+                        .query_async(&mut conn),
+                )
+                .await?;
+            let settings = decode_settings(&keys, settings)?;
+            Ok(StoredWorkspace {
+                workspace: ws,
+                users,
+                objects: users || channels || contacts || conversations,
+                settings,
+            })
+        })
+        .await
+    }
+
+    /// See [`crate::store::Store::workspaces_holding`]: one `HEXISTS` per
+    /// listed workspace, on its own slot (on one primary, all in one
+    /// pipeline: one round trip).
+    pub(super) async fn workspaces_holding(
+        &self,
+        kind: IdKind,
+        id: &str,
+    ) -> Result<Vec<Id>, StoreError> {
+        let hash = match kind {
+            IdKind::Entity(EntityKind::User) => Hash::Users,
+            IdKind::Entity(EntityKind::Channel) => Hash::Channels,
+            IdKind::Entity(EntityKind::Contact) => Hash::Contacts,
+            IdKind::Conversation => Hash::Conversations,
+            IdKind::Message => Hash::Messages,
+        };
+        let hexists = |ws: &str| {
+            let mut cmd = redis::cmd("HEXISTS");
+            cmd.arg(Keys::of(ws).hash(hash)).arg(id);
+            cmd
+        };
+        if !self.sharded {
+            let workspaces = self.listed_workspaces().await?;
+            if workspaces.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for ws in &workspaces {
+                pipe.add_command(hexists(ws));
+            }
+            let mut conn = self.conn();
+            let holds: Vec<bool> = bounded(pipe.query_async(&mut conn)).await?;
+            return Ok(workspaces
+                .into_iter()
+                .zip(holds)
+                .filter_map(|(ws, holds)| holds.then_some(ws))
+                .collect());
+        }
+        let found = self
+            .each_workspace(|ws| async move {
+                let mut conn = self.conn();
+                let holds: bool = self
+                    .bounded_in(&ws, hexists(&ws).query_async(&mut conn))
+                    .await?;
+                Ok(holds.then_some(ws))
+            })
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
     /// These workspaces' snapshots and commit counters, each read atomically
@@ -157,9 +267,7 @@ impl Inner {
             world.channels.sort_by(|a, b| a.id.cmp(&b.id));
             world.contacts.sort_by(|a, b| a.id.cmp(&b.id));
             world.conversations.sort_by(|a, b| a.id.cmp(&b.id));
-            let settings: Option<WorkspaceSettings> = settings
-                .map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&keys.settings(), e)))
-                .transpose()?;
+            let settings = decode_settings(&keys, settings)?;
             let mut seqs: Vec<(Id, u64)> = seqs.into_iter().collect();
             seqs.sort();
             let activity = decode_activity(&ws, &world, activity);
@@ -175,6 +283,15 @@ impl Inner {
             Ok((snap, commits.unwrap_or(0)))
         }
     }
+}
+
+/// `sb:{ws}:settings`, if stored.
+fn decode_settings(
+    keys: &Keys,
+    raw: Option<String>,
+) -> Result<Option<WorkspaceSettings>, StoreError> {
+    raw.map(|s| serde_json::from_str(&s).map_err(|e| corrupt(&keys.settings(), e)))
+        .transpose()
 }
 
 fn decode_all<T: serde::de::DeserializeOwned>(
