@@ -85,12 +85,12 @@ impl Cluster {
     }
 
     /// Nodes in a subscribe mode (`SWITCHBOARD_SUBSCRIBE`: `all`, `interest`),
-    /// or (`cluster`) on a Redis Cluster, or (`sentinel`, mode `all`) behind
+    /// or (`cluster`) on a Redis Cluster, or (`sentinel`, mode `interest`, the default) behind
     /// Redis Sentinel.
     async fn start_in(nodes: usize, appendonly: bool, subscribe: &str) -> Cluster {
         let (redis, subscribe) = match subscribe {
             "cluster" => (Backend::Sharded(RedisCluster::start()), "interest"),
-            "sentinel" => (Backend::Sentinel(RedisSentinel::start()), "all"),
+            "sentinel" => (Backend::Sentinel(RedisSentinel::start()), "interest"),
             _ => (Backend::Single(Redis::start(appendonly)), subscribe),
         };
         let url = redis.url();
