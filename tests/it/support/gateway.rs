@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::redis::free_port;
 use futures_util::{SinkExt, StreamExt};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -95,18 +96,6 @@ pub struct Server {
 }
 
 /// A port free right now, never handed out before by this process.
-fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-        let port = l.local_addr().unwrap().port();
-        let mut given = GIVEN.lock().unwrap();
-        if !given.contains(&port) {
-            given.push(port);
-            return port;
-        }
-    }
-}
 
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port`, so
 /// that a readiness answer is known to come from our child and not from

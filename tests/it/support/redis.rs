@@ -46,10 +46,26 @@ fn binary() -> PathBuf {
     );
 }
 
+/// A port nothing listens on now, never the same twice in this process
+/// (tests start servers concurrently; the kernel may hand a just-released
+/// port out again).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
-    l.local_addr().expect("local address").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("binding a free port");
+        let port = l.local_addr().expect("local address").port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
+
+/// In `redis-server` arguments, stands for a fresh [`free_port`] on every
+/// start attempt (e.g. a cluster node's bus port, which another process may
+/// take between two attempts).
+pub const FREE_PORT: &str = "{free-port}";
 
 /// Sends `PING` and reads the answer (`+PONG`), within a short timeout.
 fn answers(port: u16) -> bool {
@@ -99,7 +115,13 @@ impl Redis {
                 port,
                 dir,
                 appendonly,
-                extra: extra.to_vec(),
+                extra: extra
+                    .iter()
+                    .map(|a| match a.as_str() {
+                        FREE_PORT => free_port().to_string(),
+                        _ => a.clone(),
+                    })
+                    .collect(),
                 sentinel: sentinel.clone(),
             };
             match r.spawn(&bin) {

@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::redis::{free_port, Redis};
+use super::redis::{Redis, FREE_PORT};
 
 pub struct RedisCluster {
     pub nodes: Vec<Redis>,
@@ -33,7 +33,6 @@ impl RedisCluster {
     pub fn start() -> RedisCluster {
         let nodes: Vec<Redis> = (0..6)
             .map(|_| {
-                let bus_port = free_port();
                 let extra: Vec<String> = [
                     "--cluster-enabled",
                     "yes",
@@ -42,7 +41,7 @@ impl RedisCluster {
                     "--cluster-node-timeout",
                     "1000",
                     "--cluster-port",
-                    &bus_port.to_string(),
+                    FREE_PORT,
                     // Replicas in sync at once: one never synced cannot take over.
                     "--repl-diskless-sync-delay",
                     "0",
