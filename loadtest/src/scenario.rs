@@ -2045,6 +2045,10 @@ pub struct ClusterArgs {
     /// Node processes of the peer (default: `--nodes`).
     #[arg(long, requires = "peer")]
     pub peer_nodes: Option<usize>,
+    /// Keep sweeping after two consecutive steps over the objective (e.g. to
+    /// compare the systems at a given rate whatever their latency).
+    #[arg(long)]
+    pub no_early_stop: bool,
 }
 
 /// Each node's `switchboard_bus_events_total` (all labels), `None` if unreadable.
@@ -2079,7 +2083,7 @@ pub async fn cluster(a: ClusterArgs) -> Result<Outcome> {
         peer_nodes: a.peer_nodes.unwrap_or(nodes),
         floor: false,
         floor_only: false,
-        no_early_stop: false,
+        no_early_stop: a.no_early_stop,
         by_workspace: a.by_workspace,
         baseline: a.baseline,
         redis: Some(if a.redis_cluster {
