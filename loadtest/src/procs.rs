@@ -336,6 +336,9 @@ pub async fn spawn_peer(
             dir.display()
         );
     }
+    // The peer runs in its own folder: a relative `--out` must not reach it as is.
+    let access_file = std::path::absolute(access_file)
+        .with_context(|| format!("locating {}", access_file.display()))?;
     let port = free_port()?;
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir).arg("server.js").args([
