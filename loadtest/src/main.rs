@@ -38,7 +38,7 @@ enum Command {
     Fanout(scenario::FanoutArgs),
     /// 10,000 connects at once (JWT + hello), then reconnect churn.
     Storm(scenario::StormArgs),
-    /// 3 gateway nodes + a private redis-server: cross-node fan-out latency.
+    /// Gateway nodes + a private Redis (or Redis Cluster): cross-node fan-out latency, Redis CPU; `--baseline` alternates with a single node, `--peer` with the Socket.IO peer.
     Cluster(scenario::ClusterArgs),
     /// Delivery to a channel adapter (a local receiver): deliveries/s and commit → adapter p50/p99.
     Outbound(outbound::OutboundArgs),

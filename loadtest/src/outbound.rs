@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 use crate::client::sign_token;
-use crate::scenario::{secrets, switchboard, Common, Outcome};
+use crate::scenario::{secrets, switchboard, Common, Outcome, RedisKind};
 
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct OutboundArgs {
@@ -139,7 +139,7 @@ pub async fn outbound(a: OutboundArgs) -> Result<Outcome> {
     let secrets = secrets(c)?;
     let logs = c.out.join("outbound-logs");
     std::fs::create_dir_all(&logs).with_context(|| logs.display().to_string())?;
-    let sys = switchboard(c, &secrets, 1, &logs).await?;
+    let sys = switchboard(c, &secrets, 1, RedisKind::Embedded, &logs).await?;
     let base = sys.bases()[0].clone();
     let http = reqwest::Client::new();
     let agents: Vec<String> = (0..a.agents.max(1)).map(|i| format!("a{i}")).collect();

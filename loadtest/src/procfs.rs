@@ -100,20 +100,31 @@ pub struct Sample {
     pub t_secs: f64,
     pub rss_bytes: u64,
     pub cpu_secs: f64,
+    /// CPU seconds of the system's redis-server processes (its Redis, or every
+    /// primary of its Redis Cluster), kept apart from the nodes' `cpu_secs`.
+    pub redis_cpu_secs: f64,
 }
 
-/// Samples the summed RSS and CPU of a set of processes every `every`.
+/// Samples the summed RSS and CPU of a set of processes every `every`, and
+/// the summed CPU of the system's redis-server processes apart.
 #[derive(Clone)]
 pub struct Sampler {
     pids: Arc<Vec<u32>>,
+    redis_pids: Arc<Vec<u32>>,
     samples: Arc<Mutex<Vec<Sample>>>,
     origin: Instant,
 }
 
 impl Sampler {
-    pub fn start(pids: Vec<u32>, origin: Instant, every: Duration) -> Sampler {
+    pub fn start(
+        pids: Vec<u32>,
+        redis_pids: Vec<u32>,
+        origin: Instant,
+        every: Duration,
+    ) -> Sampler {
         let s = Sampler {
             pids: Arc::new(pids),
+            redis_pids: Arc::new(redis_pids),
             samples: Arc::new(Mutex::new(Vec::new())),
             origin,
         };
@@ -140,7 +151,13 @@ impl Sampler {
             t_secs: self.origin.elapsed().as_secs_f64(),
             rss_bytes: self.pids.iter().filter_map(|&p| rss_bytes(p)).sum(),
             cpu_secs: self.pids.iter().filter_map(|&p| cpu_secs(p)).sum(),
+            redis_cpu_secs: self.redis_pids.iter().filter_map(|&p| cpu_secs(p)).sum(),
         }
+    }
+
+    /// Whether the system has redis-server processes to measure.
+    pub fn has_redis(&self) -> bool {
+        !self.redis_pids.is_empty()
     }
 
     /// Sum over the processes of their kernel-recorded peak RSS (`VmHWM`).

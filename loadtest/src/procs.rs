@@ -172,6 +172,12 @@ pub async fn spawn_gateway(
 /// Starts a private redis-server on a free port (no persistence).
 pub async fn spawn_redis(log_dir: &Path) -> Result<(Proc, String)> {
     let port = free_port()?;
+    let p = spawn_redis_on(port, &[], log_dir).await?;
+    Ok((p, format!("redis://127.0.0.1:{port}")))
+}
+
+/// Starts redis-server on `port` with `extra` arguments and waits until it listens.
+async fn spawn_redis_on(port: u16, extra: &[String], log_dir: &Path) -> Result<Proc> {
     let mut cmd = Command::new("redis-server");
     cmd.args([
         "--port",
@@ -184,7 +190,8 @@ pub async fn spawn_redis(log_dir: &Path) -> Result<(Proc, String)> {
         "no",
         "--protected-mode",
         "yes",
-    ]);
+    ])
+    .args(extra);
     let mut p = spawn(&format!("redis-{port}"), cmd, log_dir)
         .context("starting redis-server (apt-get install redis-server)")?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -196,12 +203,116 @@ pub async fn spawn_redis(log_dir: &Path) -> Result<(Proc, String)> {
             .await
             .is_ok()
         {
-            return Ok((p, format!("redis://127.0.0.1:{port}")));
+            return Ok(p);
         }
         if Instant::now() > deadline {
             bail!("redis-server not listening after 10 s:\n{}", p.log_tail(10));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The gateway's URL for a Redis Cluster reachable at `ports` on 127.0.0.1
+/// (`redis+cluster://host:port,host:port,…`, as src/store/redis/conn.rs reads it).
+pub fn cluster_url(ports: &[u16]) -> String {
+    let hosts: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    format!("redis+cluster://{}", hosts.join(","))
+}
+
+/// Whether `CLUSTER INFO` output says every slot is served.
+pub fn cluster_state_ok(info: &str) -> bool {
+    info.lines().any(|l| l.trim() == "cluster_state:ok")
+}
+
+async fn redis_cli(args: &[String]) -> Result<std::process::Output> {
+    Command::new(std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into()))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running redis-cli (apt-get install redis-server, or set REDIS_CLI)")
+}
+
+/// Starts a private Redis Cluster of `primaries` primaries (no replicas, no
+/// persistence) on free loopback ports: `redis-server --cluster-enabled yes`
+/// each with its own folder under `log_dir`, joined with `redis-cli --cluster
+/// create … --cluster-yes`, then waits until every node reports
+/// `cluster_state:ok`. Returns the processes and the gateway's URL.
+pub async fn spawn_redis_cluster(primaries: usize, log_dir: &Path) -> Result<(Vec<Proc>, String)> {
+    if primaries < 3 {
+        bail!("a Redis Cluster needs at least 3 primaries (redis-cli --cluster create), not {primaries}");
+    }
+    let mut procs = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..primaries {
+        let port = free_port()?;
+        let bus = free_port()?;
+        let dir = log_dir.join(format!("redis-cluster-{port}"));
+        std::fs::create_dir_all(&dir)?;
+        let extra: Vec<String> = [
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            &bus.to_string(),
+            "--dir",
+            &dir.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        match spawn_redis_on(port, &extra, log_dir).await {
+            Ok(p) => procs.push(p),
+            Err(e) => {
+                stop_all(procs).await;
+                return Err(e.context("starting a Redis Cluster primary"));
+            }
+        }
+        ports.push(port);
+    }
+    if let Err(e) = join_cluster(&ports).await {
+        stop_all(procs).await;
+        return Err(e);
+    }
+    Ok((procs, cluster_url(&ports)))
+}
+
+async fn join_cluster(ports: &[u16]) -> Result<()> {
+    let mut create = vec!["--cluster".to_owned(), "create".to_owned()];
+    create.extend(ports.iter().map(|p| format!("127.0.0.1:{p}")));
+    create.push("--cluster-yes".to_owned());
+    let out = redis_cli(&create).await?;
+    if !out.status.success() {
+        bail!(
+            "redis-cli --cluster create failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut all_ok = true;
+        for p in ports {
+            let args =
+                ["-h", "127.0.0.1", "-p", &p.to_string(), "cluster", "info"].map(str::to_owned);
+            let info = redis_cli(&args).await?;
+            all_ok &= cluster_state_ok(&String::from_utf8_lossy(&info.stdout));
+        }
+        if all_ok {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the Redis Cluster on ports {ports:?} is not cluster_state:ok after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop_all(procs: Vec<Proc>) {
+    for p in procs {
+        p.stop().await;
     }
 }
 
@@ -225,6 +336,9 @@ pub async fn spawn_peer(
             dir.display()
         );
     }
+    // The peer runs in its own folder: a relative `--out` must not reach it as is.
+    let access_file = std::path::absolute(access_file)
+        .with_context(|| format!("locating {}", access_file.display()))?;
     let port = free_port()?;
     let mut cmd = Command::new("node");
     cmd.current_dir(&dir).arg("server.js").args([
@@ -288,4 +402,26 @@ pub fn version_of(cmd: &str, args: &[&str]) -> Option<String> {
         .lines()
         .next()
         .map(|s| s.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cluster_url_names_every_primary() {
+        assert_eq!(
+            cluster_url(&[7000, 7001, 7002]),
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001,127.0.0.1:7002"
+        );
+    }
+
+    #[test]
+    fn cluster_state_is_read_from_cluster_info() {
+        let ok = "cluster_state:ok\r\ncluster_slots_assigned:16384\r\n";
+        let fail = "cluster_state:fail\r\ncluster_slots_assigned:0\r\n";
+        assert!(cluster_state_ok(ok));
+        assert!(!cluster_state_ok(fail));
+        assert!(!cluster_state_ok(""));
+    }
 }

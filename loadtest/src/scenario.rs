@@ -3,6 +3,7 @@
 //! import, connection sets, rate steps, reports).
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -86,7 +87,33 @@ pub struct System {
     pub aux: Vec<Proc>,
     /// Processes whose RSS and CPU are the system's.
     pub pids: Vec<u32>,
+    /// The system's redis-server processes (its Redis, or every primary of
+    /// its Redis Cluster): their CPU is measured apart from the nodes'.
+    pub redis_pids: Vec<u32>,
     pub bin: Option<PathBuf>,
+}
+
+/// The Redis a spawned Switchboard system uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisKind {
+    /// None: a single node in the default embedded mode.
+    Embedded,
+    /// One private redis-server.
+    Single,
+    /// A private Redis Cluster of this many primaries (`redis+cluster://…`).
+    Cluster(usize),
+}
+
+impl RedisKind {
+    /// What `fanout` and the single-node scenarios use: Redis only for several nodes.
+    pub fn for_nodes(nodes: usize) -> RedisKind {
+        if nodes > 1 {
+            RedisKind::Single
+        } else {
+            RedisKind::Embedded
+        }
+    }
 }
 
 impl System {
@@ -137,9 +164,15 @@ fn extra_env(c: &Common) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Switchboard with `nodes` nodes: spawned (with a private Redis when more
-/// than one) or the given external URLs.
-pub async fn switchboard(c: &Common, s: &Secrets, nodes: usize, log_dir: &Path) -> Result<System> {
+/// Switchboard with `nodes` nodes: spawned (with the private Redis `redis`
+/// says) or the given external URLs.
+pub async fn switchboard(
+    c: &Common,
+    s: &Secrets,
+    nodes: usize,
+    redis: RedisKind,
+    log_dir: &Path,
+) -> Result<System> {
     if !c.gateway.is_empty() {
         let addrs = c
             .gateway
@@ -166,6 +199,7 @@ pub async fn switchboard(c: &Common, s: &Secrets, nodes: usize, log_dir: &Path) 
             procs: Vec::new(),
             aux: Vec::new(),
             pids: c.gateway_pid.clone(),
+            redis_pids: Vec::new(),
             bin: c.spawn_gateway.clone(),
         });
     }
@@ -184,12 +218,19 @@ pub async fn switchboard(c: &Common, s: &Secrets, nodes: usize, log_dir: &Path) 
         env.push(("TOKIO_WORKER_THREADS".into(), workers.to_string()));
     }
     let mut aux = Vec::new();
-    let redis_url = if nodes > 1 {
-        let (p, url) = procs::spawn_redis(log_dir).await?;
-        aux.push(p);
-        Some(url)
-    } else {
-        None
+    let redis_url = match redis {
+        RedisKind::Embedded => None,
+        RedisKind::Single => {
+            let (p, url) = procs::spawn_redis(log_dir).await?;
+            aux.push(p);
+            Some(url)
+        }
+        RedisKind::Cluster(primaries) => {
+            let (ps, url) = procs::spawn_redis_cluster(primaries, log_dir).await?;
+            eprintln!("[switchboard] Redis Cluster of {primaries} primaries: {url}");
+            aux.extend(ps);
+            Some(url)
+        }
     };
     let mut procs_ = Vec::new();
     let mut addrs = Vec::new();
@@ -219,6 +260,7 @@ pub async fn switchboard(c: &Common, s: &Secrets, nodes: usize, log_dir: &Path) 
         }
     }
     let pids = procs_.iter().map(|p| p.pid).collect();
+    let redis_pids = aux.iter().map(|p| p.pid).collect();
     Ok(System {
         name: "switchboard".into(),
         flavor: Flavor::Switchboard,
@@ -226,6 +268,7 @@ pub async fn switchboard(c: &Common, s: &Secrets, nodes: usize, log_dir: &Path) 
         procs: procs_,
         aux,
         pids,
+        redis_pids,
         bin: Some(bin),
     })
 }
@@ -246,6 +289,7 @@ pub async fn peer(
         flavor: Flavor::SocketIo,
         nodes: Vec::new(),
         procs: Vec::new(),
+        redis_pids: vec![redis.pid],
         aux: vec![redis],
         pids: Vec::new(),
         bin: None,
@@ -288,6 +332,7 @@ pub async fn floor(
         pids: vec![p.pid],
         procs: vec![p],
         aux: Vec::new(),
+        redis_pids: Vec::new(),
         bin: None,
     })
 }
@@ -625,8 +670,15 @@ pub struct StepReport {
     pub deliveries_per_sec: f64,
     /// Tagged `message` frames received during the step and its grace.
     pub deliveries: u64,
-    /// System CPU per delivered copy (µs): the cost of one frame reaching one socket.
+    /// System CPU per delivered copy (µs): the cost of one frame reaching one
+    /// socket. The system's own processes (gateway nodes, peer nodes, floor),
+    /// without its Redis.
     pub cpu_us_per_delivery: f64,
+    /// CPU of the system's redis-server processes per delivered copy (µs);
+    /// 0 without Redis.
+    pub redis_cpu_us_per_delivery: f64,
+    /// Nodes + Redis per delivered copy (µs): what comparisons use.
+    pub total_cpu_us_per_delivery: f64,
     pub latency_ms: LatencyMs,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub same_node_ms: Option<LatencyMs>,
@@ -638,6 +690,10 @@ pub struct StepReport {
     pub system_cpu_secs: f64,
     /// System CPU seconds per wall second (2.0 = both cores busy).
     pub system_cpu_util: f64,
+    /// CPU seconds of the system's redis-server processes during the step.
+    pub redis_cpu_secs: f64,
+    /// Cores used by the system's redis-server processes.
+    pub redis_cpu_util: f64,
     pub system_rss_end_bytes: u64,
     pub harness_cpu_util: f64,
     pub live_p99_ms: f64,
@@ -658,7 +714,8 @@ pub async fn run_rate_step(
     grace: Duration,
 ) -> StepReport {
     sh.live.reset();
-    let cpu0 = sampler.now().cpu_secs;
+    let start = sampler.now();
+    let (cpu0, redis0) = (start.cpu_secs, start.redis_cpu_secs);
     let self0 = procfs::self_cpu_secs();
     let t0 = Instant::now();
     let delivered0 = sh.live.delivered();
@@ -704,6 +761,7 @@ pub async fn run_rate_step(
     let wall = t0.elapsed().as_secs_f64();
     let s = sampler.now();
     let cpu = s.cpu_secs - cpu0;
+    let redis_cpu = s.redis_cpu_secs - redis0;
     let live_p99 = sh.live.p99_ms();
     let delivered = sh.live.delivered() - delivered0;
     let rep = StepReport {
@@ -713,11 +771,9 @@ pub async fn run_rate_step(
         achieved_rate: posts.achieved_rate,
         deliveries_per_sec: delivered as f64 / posts.duration_secs.max(1e-9),
         deliveries: delivered,
-        cpu_us_per_delivery: if delivered > 0 {
-            cpu * 1e6 / delivered as f64
-        } else {
-            0.0
-        },
+        cpu_us_per_delivery: us_per_copy(cpu, delivered),
+        redis_cpu_us_per_delivery: us_per_copy(redis_cpu, delivered),
+        total_cpu_us_per_delivery: us_per_copy(cpu + redis_cpu, delivered),
         latency_ms: LatencyMs::default(),
         same_node_ms: None,
         cross_node_ms: None,
@@ -726,15 +782,34 @@ pub async fn run_rate_step(
         drain_secs,
         system_cpu_secs: cpu,
         system_cpu_util: cpu / wall.max(1e-9),
+        redis_cpu_secs: redis_cpu,
+        redis_cpu_util: redis_cpu / wall.max(1e-9),
         system_rss_end_bytes: s.rss_bytes,
         harness_cpu_util: (procfs::self_cpu_secs() - self0) / wall.max(1e-9),
         live_p99_ms: live_p99,
     };
+    let redis_note = if sampler.has_redis() {
+        format!(
+            " + Redis {:.2} cores, {:.2} µs per copy (total {:.2})",
+            rep.redis_cpu_util, rep.redis_cpu_us_per_delivery, rep.total_cpu_us_per_delivery
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "[{sys_name} {rate}/s] done: achieved {:.0} msgs/s, {:.0} deliveries/s, live p99 {:.1} ms, {} failed posts, drained={drained}, system CPU {:.2} cores, {:.2} µs per copy",
+        "[{sys_name} {rate}/s] done: achieved {:.0} msgs/s, {:.0} deliveries/s, live p99 {:.1} ms, {} failed posts, drained={drained}, system CPU {:.2} cores, {:.2} µs per copy{redis_note}",
         rep.achieved_rate, rep.deliveries_per_sec, live_p99, rep.posts.failed, rep.system_cpu_util, rep.cpu_us_per_delivery
     );
     rep
+}
+
+/// CPU seconds ÷ copies delivered, in µs (0 when nothing was delivered).
+pub fn us_per_copy(cpu_secs: f64, delivered: u64) -> f64 {
+    if delivered > 0 {
+        cpu_secs * 1e6 / delivered as f64
+    } else {
+        0.0
+    }
 }
 
 /// Highest offered rate whose p99 is within `slo_ms` and whose posts were all
@@ -769,7 +844,7 @@ pub fn fill_latencies(steps: &mut [StepReport], lat: &check::Latencies, multi_no
 fn dash_of(system: &str) -> Dash {
     match system {
         "peer" => Dash::Dashed,
-        "floor" => Dash::Dotted,
+        "floor" | "single" => Dash::Dotted,
         _ => Dash::Solid,
     }
 }
@@ -817,7 +892,7 @@ pub fn latency_chart(
             color: COLORS[4],
             dash,
         });
-        if cross_node {
+        if cross_node && steps.iter().any(|s| s.cross_node_ms.is_some()) {
             series.push(Series {
                 label: format!("{sys}cross-node p99"),
                 points: pts(&|s| s.cross_node_ms.map_or(f64::NAN, |l| l.p99)),
@@ -989,7 +1064,12 @@ pub async fn bring_up(
     settle: Duration,
     churn_from: usize,
 ) -> Result<Live> {
-    let sampler = Sampler::start(sys.pids.clone(), prep.origin, Duration::from_millis(250));
+    let sampler = Sampler::start(
+        sys.pids.clone(),
+        sys.redis_pids.clone(),
+        prep.origin,
+        Duration::from_millis(250),
+    );
     for &pid in &sys.pids {
         if procfs::rss_bytes(pid).is_none() {
             let note = format!("{}: pid {pid} is not readable in /proc (not running?): its memory and CPU are missing from the figures", sys.name);
@@ -1225,6 +1305,14 @@ pub struct FanoutArgs {
     /// Route connections and posts by workspace (set by `cluster --by-workspace`).
     #[arg(skip)]
     pub by_workspace: bool,
+    /// Also drive one Switchboard node in the default embedded mode (no
+    /// Redis), alternating per rate step (set by `cluster --baseline`).
+    #[arg(skip)]
+    pub baseline: bool,
+    /// The Redis of the Switchboard system (set by `cluster`; default: one
+    /// redis-server when there are several nodes, none for one).
+    #[arg(skip)]
+    pub redis: Option<RedisKind>,
 }
 
 pub async fn fanout(a: FanoutArgs) -> Result<Outcome> {
@@ -1235,9 +1323,10 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
     let c = &a.common;
     let out = Output::new(c, scenario)?;
     let run_switchboard = !a.peer_only && !a.floor_only;
+    let run_baseline = run_switchboard && a.baseline;
     let run_peer = a.peer || a.peer_only;
     let run_floor = a.floor || a.floor_only;
-    let systems = [run_switchboard, run_peer, run_floor]
+    let systems = [run_switchboard, run_baseline, run_peer, run_floor]
         .iter()
         .filter(|&&r| r)
         .count();
@@ -1249,65 +1338,68 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
     let settle = Duration::from_secs(2);
     let mut lives = Vec::new();
     let mut bin = None;
+    let route = if a.by_workspace {
+        Route::ByWorkspace
+    } else {
+        Route::RoundRobin
+    };
+    // Every system gets the same connections, world and settling time.
+    let up = |sys: System, route: Route| {
+        bring_up(
+            sys,
+            &prep,
+            &secrets,
+            c,
+            connections,
+            concurrency,
+            route,
+            settle,
+            usize::MAX,
+        )
+    };
     if run_switchboard {
-        let sys = match switchboard(c, &secrets, nodes, &out.logs).await {
+        let redis = a.redis.unwrap_or(RedisKind::for_nodes(nodes));
+        let sys = match switchboard(c, &secrets, nodes, redis, &out.logs).await {
             Ok(s) => s,
             Err(e) => return setup_failure(scenario, c, &prep, &out, e),
         };
         bin = sys.bin.clone();
-        let route = if a.by_workspace {
-            Route::ByWorkspace
+        lives.push(up(sys, route).await?);
+    }
+    if run_baseline {
+        // The same gateway binary, one node, no Redis: the same-run baseline.
+        let single = if c.gateway.is_empty() {
+            switchboard(c, &secrets, 1, RedisKind::Embedded, &out.logs).await
         } else {
-            Route::RoundRobin
+            Err(anyhow!(
+                "--baseline spawns its single node: use --spawn-gateway, not --gateway"
+            ))
         };
-        lives.push(
-            bring_up(
-                sys,
-                &prep,
-                &secrets,
-                c,
-                connections,
-                concurrency,
-                route,
-                settle,
-                usize::MAX,
-            )
-            .await?,
-        );
+        let mut sys = match single {
+            Ok(s) => s,
+            Err(e) => {
+                for l in lives {
+                    l.sys.shutdown().await;
+                }
+                return setup_failure(
+                    scenario,
+                    c,
+                    &prep,
+                    &out,
+                    e.context("the single-node baseline"),
+                );
+            }
+        };
+        sys.name = "single".into();
+        lives.push(up(sys, route).await?);
     }
     if run_peer {
         let p = peer(&prep.oracle, &secrets, a.peer_nodes, &out.dir, &out.logs).await?;
-        lives.push(
-            bring_up(
-                p,
-                &prep,
-                &secrets,
-                c,
-                connections,
-                concurrency,
-                Route::ByConversation,
-                settle,
-                usize::MAX,
-            )
-            .await?,
-        );
+        lives.push(up(p, Route::ByConversation).await?);
     }
     if run_floor {
         let f = floor(&prep.oracle, &secrets, c, &out.dir, &out.logs).await?;
-        lives.push(
-            bring_up(
-                f,
-                &prep,
-                &secrets,
-                c,
-                connections,
-                concurrency,
-                Route::RoundRobin,
-                settle,
-                usize::MAX,
-            )
-            .await?,
-        );
+        lives.push(up(f, Route::RoundRobin).await?);
     }
     let grace = Duration::from_secs_f64(c.grace_secs);
     // Probe on the first system (Switchboard unless `--…-only`); the others get the same targets.
@@ -1407,6 +1499,18 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
     let mut comparison = serde_json::Map::new();
     let mut comparisons = Vec::new();
     if let Some(sb) = index_of("switchboard") {
+        // The N-node cluster ÷ its same-run single node, under `single`.
+        if let Some(o) = index_of("single") {
+            let v = compare_as(
+                "cluster",
+                (&results[sb], &all_steps[sb].1),
+                (&results[o], &all_steps[o].1),
+                "single",
+                top_rate,
+            );
+            comparisons.push(("cluster", "single", v.clone()));
+            comparison.insert("single".to_owned(), v);
+        }
         for (other, nested) in [("peer", false), ("floor", true)] {
             let Some(o) = index_of(other) else { continue };
             let v = compare(
@@ -1415,7 +1519,7 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
                 other,
                 top_rate,
             );
-            comparisons.push((other, v.clone()));
+            comparisons.push(("switchboard", other, v.clone()));
             match (nested, v) {
                 (false, Value::Object(m)) => comparison.extend(m),
                 (_, v) => {
@@ -1485,8 +1589,8 @@ async fn sweep(scenario: &str, a: FanoutArgs, nodes: usize) -> Result<Outcome> {
     let svg = latency_chart(title, subtitle.clone(), &chart_steps, a.slo_ms, nodes > 1);
     out.write(&report, Some(&svg))?;
     print_steps(&all_steps);
-    for (other, v) in &comparisons {
-        print_comparison(other, v, a.slo_ms);
+    for (num, other, v) in &comparisons {
+        print_comparison(num, other, v, a.slo_ms);
     }
     Ok(Outcome {
         passed,
@@ -1518,28 +1622,44 @@ fn display_name(system: &str) -> &str {
     match system {
         "switchboard" => "Switchboard",
         "peer" => "Socket.IO peer",
+        "cluster" => "Switchboard cluster",
+        "single" => "Switchboard single node",
         other => other,
     }
 }
 
-/// Switchboard ÷ `name` (`peer`, `floor`): the highest rate within the
-/// objective, idle RSS and RSS per connection, CPU per delivered copy over
-/// the steps both ran, and per step p50, p99, CPU and CPU per copy.
+/// Switchboard ÷ `name` (`peer`, `floor`): see [`compare_as`].
 fn compare(
     sb: (&Value, &[StepReport]),
     other: (&Value, &[StepReport]),
     name: &str,
     top_rate: Option<f64>,
 ) -> Value {
-    let over = |what: &str| format!("{what}_switchboard_over_{name}");
+    compare_as("switchboard", sb, other, name, top_rate)
+}
+
+/// `num` ÷ `name` (Switchboard ÷ the peer or the floor; the N-node cluster ÷
+/// the single node): the highest rate within the objective, idle RSS and RSS
+/// per connection, CPU per delivered copy (nodes + Redis, and each apart)
+/// over the steps both ran, and per step p50, p99, CPU and CPU per copy; when
+/// `num` has cross-node latencies, its cross-node p99 ÷ `name`'s p99.
+/// Keys: `{what}_{num}_over_{name}`.
+fn compare_as(
+    num: &str,
+    sb: (&Value, &[StepReport]),
+    other: (&Value, &[StepReport]),
+    name: &str,
+    top_rate: Option<f64>,
+) -> Value {
+    let over = |what: &str| format!("{what}_{num}_over_{name}");
     let sb_max = sb.0["max_rate_p99_within_slo"].as_f64();
     let other_max = other.0["max_rate_p99_within_slo"].as_f64();
     let mut notes = Vec::new();
     if sb_max.is_some() && sb_max == top_rate {
-        notes.push("Switchboard met the objective at the highest rate swept: its capacity is at least that; sweep higher rates for a finite ratio".to_owned());
+        notes.push(format!("{} met the objective at the highest rate swept: its capacity is at least that; sweep higher rates for a finite ratio", display_name(num)));
     }
     if other_max.is_some() && other_max == top_rate {
-        notes.push(format!("the {name} met the objective at the highest rate swept: its capacity is at least that, so the rate ratio is an upper bound; sweep higher rates"));
+        notes.push(format!("the {} met the objective at the highest rate swept: its capacity is at least that, so the rate ratio is an upper bound; sweep higher rates", display_name(name)));
     }
     let pairs: Vec<(&StepReport, &StepReport)> =
         sb.1.iter()
@@ -1551,45 +1671,54 @@ fn compare(
         .filter(|(_, o)| o.latency_ms.p99 > 0.0)
         .map(|(s, o)| {
             let side = |r: &StepReport| {
-                json!({
-                    "p50_ms": r.latency_ms.p50,
-                    "p99_ms": r.latency_ms.p99,
-                    "cpu_us_per_copy": r.cpu_us_per_delivery,
-                })
+                let mut m = serde_json::Map::new();
+                m.insert("p50_ms".into(), json!(r.latency_ms.p50));
+                m.insert("p99_ms".into(), json!(r.latency_ms.p99));
+                if let Some(x) = r.cross_node_ms {
+                    m.insert("cross_node_p99_ms".into(), json!(x.p99));
+                }
+                m.insert("deliveries_per_sec".into(), json!(r.deliveries_per_sec));
+                m.insert("cpu_us_per_copy".into(), json!(r.total_cpu_us_per_delivery));
+                m.insert("nodes_cpu_us_per_copy".into(), json!(r.cpu_us_per_delivery));
+                m.insert(
+                    "redis_cpu_us_per_copy".into(),
+                    json!(r.redis_cpu_us_per_delivery),
+                );
+                Value::Object(m)
             };
             let mut m = serde_json::Map::new();
             m.insert("offered_rate".into(), json!(s.offered_rate));
             m.insert(over("p50"), ratio(s.latency_ms.p50, o.latency_ms.p50));
             m.insert(over("p99"), ratio(s.latency_ms.p99, o.latency_ms.p99));
+            if let Some(x) = s.cross_node_ms {
+                m.insert(
+                    format!("cross_node_p99_over_{name}_p99"),
+                    ratio(x.p99, o.latency_ms.p99),
+                );
+            }
             m.insert(
                 over("cpu"),
-                json!(s.system_cpu_secs / o.system_cpu_secs.max(1e-9)),
+                json!(
+                    (s.system_cpu_secs + s.redis_cpu_secs)
+                        / (o.system_cpu_secs + o.redis_cpu_secs).max(1e-9)
+                ),
             );
             m.insert(
                 over("cpu_per_copy"),
-                ratio(s.cpu_us_per_delivery, o.cpu_us_per_delivery),
+                ratio(s.total_cpu_us_per_delivery, o.total_cpu_us_per_delivery),
             );
-            m.insert("switchboard".into(), side(s));
+            m.insert(num.into(), side(s));
             m.insert(name.into(), side(o));
             Value::Object(m)
         })
         .collect();
-    // CPU per copy over the steps both ran, each weighted by its deliveries.
-    let per_copy = |switchboard: bool| {
-        let (cpu, copies) = pairs
-            .iter()
-            .filter(|p| p.0.deliveries > 0 && p.1.deliveries > 0)
-            .map(|p| if switchboard { p.0 } else { p.1 })
-            .fold((0.0, 0u64), |(c, d), r| {
-                (c + r.system_cpu_secs, d + r.deliveries)
-            });
-        (copies > 0).then(|| cpu * 1e6 / copies as f64)
-    };
-    let sb_copy = per_copy(true);
-    let other_copy = per_copy(false);
+    let (sb_copy, other_copy) = (
+        CpuPerCopy::over(&pairs, true),
+        CpuPerCopy::over(&pairs, false),
+    );
     let bytes_per_conn = |v: &Value| v["memory"]["bytes_per_connection"].clone();
     let mut m = serde_json::Map::new();
-    m.insert("switchboard_max_rate_p99_within_slo".into(), json!(sb_max));
+    m.insert(format!("{num}_max_rate_p99_within_slo"), json!(sb_max));
     m.insert(format!("{name}_max_rate_p99_within_slo"), json!(other_max));
     m.insert(
         over("max_rate_ratio"),
@@ -1612,77 +1741,198 @@ fn compare(
     );
     m.insert(
         "rss_per_connection_bytes".into(),
-        json!({"switchboard": bytes_per_conn(sb.0), name: bytes_per_conn(other.0)}),
+        json!({num: bytes_per_conn(sb.0), name: bytes_per_conn(other.0)}),
     );
     m.insert(
         over("cpu_per_copy"),
         match (sb_copy, other_copy) {
-            (Some(s), Some(o)) => ratio(s, o),
+            (Some(s), Some(o)) => ratio(s.total, o.total),
             _ => Value::Null,
         },
     );
     m.insert(
         "cpu_us_per_copy".into(),
-        json!({"switchboard": sb_copy, name: other_copy}),
+        json!({num: sb_copy.map(|c| c.total), name: other_copy.map(|c| c.total)}),
+    );
+    m.insert(
+        "nodes_cpu_us_per_copy".into(),
+        json!({num: sb_copy.map(|c| c.nodes), name: other_copy.map(|c| c.nodes)}),
+    );
+    m.insert(
+        "redis_cpu_us_per_copy".into(),
+        json!({num: sb_copy.map(|c| c.redis), name: other_copy.map(|c| c.redis)}),
     );
     m.insert("per_step".into(), json!(per_step));
     Value::Object(m)
 }
 
-/// The text form of one `compare` result.
-fn print_comparison(name: &str, v: &Value, slo_ms: f64) {
-    let over = |what: &str| v[format!("{what}_switchboard_over_{name}")].as_f64();
-    let num = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
+/// CPU per delivered copy over several steps (µs), each step weighted by its
+/// deliveries: the system's nodes, its Redis, and both.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct CpuPerCopy {
+    nodes: f64,
+    redis: f64,
+    total: f64,
+}
+
+impl CpuPerCopy {
+    /// Over the pairs of steps where both systems delivered: the first
+    /// system of each pair, or the second.
+    fn over(pairs: &[(&StepReport, &StepReport)], first: bool) -> Option<CpuPerCopy> {
+        let (nodes, redis, copies) = pairs
+            .iter()
+            .filter(|p| p.0.deliveries > 0 && p.1.deliveries > 0)
+            .map(|p| if first { p.0 } else { p.1 })
+            .fold((0.0, 0.0, 0u64), |(n, r, d), s| {
+                (
+                    n + s.system_cpu_secs,
+                    r + s.redis_cpu_secs,
+                    d + s.deliveries,
+                )
+            });
+        (copies > 0).then(|| CpuPerCopy {
+            nodes: us_per_copy(nodes, copies),
+            redis: us_per_copy(redis, copies),
+            total: us_per_copy(nodes + redis, copies),
+        })
+    }
+}
+
+/// The text form of one `compare_as` result.
+fn print_comparison(num: &str, name: &str, v: &Value, slo_ms: f64) {
+    let over = |what: &str| v[format!("{what}_{num}_over_{name}")].as_f64();
+    let fmt = |x: Option<f64>, digits: usize| x.map_or("-".to_owned(), |x| format!("{x:.digits$}"));
+    let steps: Vec<&Value> = v["per_step"].as_array().into_iter().flatten().collect();
+    let cross = steps
+        .iter()
+        .any(|s| s.get(format!("cross_node_p99_over_{name}_p99")).is_some());
+    let redis = steps.iter().any(|s| {
+        s[num]["redis_cpu_us_per_copy"].as_f64() > Some(0.0)
+            || s[name]["redis_cpu_us_per_copy"].as_f64() > Some(0.0)
+    });
+    let (a, b) = (short_name(num), short_name(name));
+    let mut head: Vec<String> = ["offered", &format!("p50 {a}"), b, "÷"]
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    head.extend([format!("p99 {a}"), b.to_owned(), "÷".to_owned()]);
+    if cross {
+        head.extend(["x-node p99".to_owned(), format!("÷{b} p99")]);
+    }
+    head.extend([format!("µs/cp {a}"), b.to_owned(), "÷".to_owned()]);
+    if redis {
+        head.extend([format!("redis {a}"), format!("redis {b}")]);
+    }
+    let widths: Vec<usize> = head.iter().map(|h| h.chars().count().max(7)).collect();
+    let line = |cells: &[String]| {
+        let row: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:>w$}"))
+            .collect();
+        println!("{}", row.join(" "));
+    };
     println!();
-    println!("Switchboard ÷ {name}");
     println!(
-        "{:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6}",
-        "offered", "p50 sb", name, "÷", "p99 sb", name, "÷", "µs/cp sb", name, "÷"
+        "{} ÷ {}{}",
+        display_name(num),
+        display_name(name),
+        if redis {
+            " (CPU per delivered copy: nodes + Redis; redis columns: Redis alone)"
+        } else {
+            ""
+        }
     );
-    for s in v["per_step"].as_array().into_iter().flatten() {
-        let sb = &s["switchboard"];
-        let o = &s[name];
-        let r = |what: &str| s[format!("{what}_switchboard_over_{name}")].as_f64();
-        println!(
-            "{:>9} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>6}",
-            num(s["offered_rate"].as_f64(), 0),
-            num(sb["p50_ms"].as_f64(), 2),
-            num(o["p50_ms"].as_f64(), 2),
-            num(r("p50"), 2),
-            num(sb["p99_ms"].as_f64(), 2),
-            num(o["p99_ms"].as_f64(), 2),
-            num(r("p99"), 2),
-            num(sb["cpu_us_per_copy"].as_f64(), 2),
-            num(o["cpu_us_per_copy"].as_f64(), 2),
-            num(r("cpu_per_copy"), 2),
-        );
+    line(&head);
+    for s in steps {
+        let (x, o) = (&s[num], &s[name]);
+        let r = |what: &str| s[format!("{what}_{num}_over_{name}")].as_f64();
+        let mut cells = vec![
+            fmt(s["offered_rate"].as_f64(), 0),
+            fmt(x["p50_ms"].as_f64(), 2),
+            fmt(o["p50_ms"].as_f64(), 2),
+            fmt(r("p50"), 2),
+            fmt(x["p99_ms"].as_f64(), 2),
+            fmt(o["p99_ms"].as_f64(), 2),
+            fmt(r("p99"), 2),
+        ];
+        if cross {
+            cells.push(fmt(x["cross_node_p99_ms"].as_f64(), 2));
+            cells.push(fmt(
+                s[format!("cross_node_p99_over_{name}_p99")].as_f64(),
+                2,
+            ));
+        }
+        cells.extend([
+            fmt(x["cpu_us_per_copy"].as_f64(), 2),
+            fmt(o["cpu_us_per_copy"].as_f64(), 2),
+            fmt(r("cpu_per_copy"), 2),
+        ]);
+        if redis {
+            cells.push(fmt(x["redis_cpu_us_per_copy"].as_f64(), 2));
+            cells.push(fmt(o["redis_cpu_us_per_copy"].as_f64(), 2));
+        }
+        line(&cells);
     }
     let rate = |x: Option<f64>| x.map_or("none".to_owned(), |r| format!("{r}/s"));
     let note = v["note"].as_str().filter(|n| !n.is_empty());
     println!(
-        "highest rate with p99 ≤ {slo_ms} ms: Switchboard {}, {name} {}, ratio {}{}",
-        rate(v["switchboard_max_rate_p99_within_slo"].as_f64()),
+        "highest rate with p99 ≤ {slo_ms} ms: {} {}, {} {}, ratio {}{}",
+        display_name(num),
+        rate(v[format!("{num}_max_rate_p99_within_slo")].as_f64()),
+        display_name(name),
         rate(v[format!("{name}_max_rate_p99_within_slo")].as_f64()),
-        num(over("max_rate_ratio"), 2),
+        fmt(over("max_rate_ratio"), 2),
         note.map_or(String::new(), |n| format!(" ({n})"))
     );
+    let split = |who: &str| {
+        if redis {
+            format!(
+                " (nodes {} + Redis {})",
+                fmt(v["nodes_cpu_us_per_copy"][who].as_f64(), 2),
+                fmt(v["redis_cpu_us_per_copy"][who].as_f64(), 2)
+            )
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "CPU per delivered copy (steps both ran): Switchboard {} µs, {name} {} µs, ratio {}",
-        num(v["cpu_us_per_copy"]["switchboard"].as_f64(), 2),
-        num(v["cpu_us_per_copy"][name].as_f64(), 2),
-        num(over("cpu_per_copy"), 2)
+        "CPU per delivered copy (steps both ran): {} {} µs{}, {} {} µs{}, ratio {}",
+        display_name(num),
+        fmt(v["cpu_us_per_copy"][num].as_f64(), 2),
+        split(num),
+        display_name(name),
+        fmt(v["cpu_us_per_copy"][name].as_f64(), 2),
+        split(name),
+        fmt(over("cpu_per_copy"), 2)
     );
-    let kb = |x: Option<f64>| num(x.map(|b| b / 1e3), 1);
+    let kb = |x: Option<f64>| fmt(x.map(|b| b / 1e3), 1);
     println!(
-        "RSS per connection (idle): Switchboard {} KB, {name} {} KB, ratio {}",
-        kb(v["rss_per_connection_bytes"]["switchboard"].as_f64()),
+        "RSS per connection (idle): {} {} KB, {} {} KB, ratio {}",
+        display_name(num),
+        kb(v["rss_per_connection_bytes"][num].as_f64()),
+        display_name(name),
         kb(v["rss_per_connection_bytes"][name].as_f64()),
-        num(over("rss_per_connection"), 2)
+        fmt(over("rss_per_connection"), 2)
     );
 }
 
+/// A column label for a system in the comparison table.
+fn short_name(system: &str) -> &str {
+    match system {
+        "switchboard" => "sb",
+        "cluster" => "N",
+        "single" => "1",
+        other => other,
+    }
+}
+
 fn print_steps(all: &[(String, Vec<StepReport>)]) {
-    println!(
+    let redis = all
+        .iter()
+        .flat_map(|(_, s)| s)
+        .any(|s| s.redis_cpu_secs > 0.0);
+    let mut head = format!(
         "{:<12} {:>9} {:>9} {:>12} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>6} {:>8}",
         "system",
         "offered",
@@ -1697,14 +1947,31 @@ fn print_steps(all: &[(String, Vec<StepReport>)]) {
         "cpu",
         "µs/copy"
     );
+    if redis {
+        let _ = write!(head, " {:>6} {:>8} {:>8}", "redis", "redis µs", "total µs");
+    }
+    println!("{head}");
     for (name, steps) in all {
         for s in steps.iter().filter(|s| s.step > 0) {
             let l = s.latency_ms;
-            println!(
+            let mut row = format!(
                 "{name:<12} {:>9.0} {:>9.0} {:>12.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>6.2} {:>8.2}",
                 s.offered_rate, s.achieved_rate, s.deliveries_per_sec, l.p50, l.p90, l.p99, l.p99_9, l.max, s.posts.failed, s.system_cpu_util, s.cpu_us_per_delivery
             );
+            if redis {
+                let _ = write!(
+                    row,
+                    " {:>6.2} {:>8.2} {:>8.2}",
+                    s.redis_cpu_util, s.redis_cpu_us_per_delivery, s.total_cpu_us_per_delivery
+                );
+            }
+            println!("{row}");
         }
+    }
+    if redis {
+        println!(
+            "(cpu, µs/copy: the nodes; redis: the system's redis-server processes; total: both)"
+        );
     }
 }
 
@@ -1733,7 +2000,8 @@ fn setup_failure(
 pub struct ClusterArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Gateway nodes (sharing a redis-server the harness starts on a free port).
+    /// Gateway nodes (sharing a redis-server, or with `--redis-cluster` a
+    /// Redis Cluster, that the harness starts on free ports).
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
     #[arg(long, default_value_t = 3000)]
@@ -1755,6 +2023,32 @@ pub struct ClusterArgs {
     /// workspaces; the report notes events received per node ÷ published.
     #[arg(long)]
     pub by_workspace: bool,
+    /// Same-run single-node baseline: also drive one node of the default
+    /// embedded mode (no Redis), alternating with the cluster per rate step;
+    /// reports cluster ÷ single node (CPU per copy with Redis, p50/p99, and
+    /// cross-node p99 ÷ single-node p99).
+    #[arg(long)]
+    pub baseline: bool,
+    /// Run the nodes on a Redis Cluster (`redis-server --cluster-enabled yes`
+    /// primaries, no replicas, joined with `redis-cli --cluster create`)
+    /// instead of one redis-server; Redis CPU is the sum of the primaries.
+    #[arg(long)]
+    pub redis_cluster: bool,
+    /// Primaries of the `--redis-cluster` (at least 3).
+    #[arg(long, default_value_t = 3, requires = "redis_cluster")]
+    pub redis_primaries: usize,
+    /// Also drive the Socket.IO peer (`--peer-nodes` Node processes and its
+    /// Redis adapter on its own redis-server), alternating per rate step;
+    /// reports Switchboard ÷ peer (CPU per copy: nodes + Redis on both sides).
+    #[arg(long)]
+    pub peer: bool,
+    /// Node processes of the peer (default: `--nodes`).
+    #[arg(long, requires = "peer")]
+    pub peer_nodes: Option<usize>,
+    /// Keep sweeping after two consecutive steps over the objective (e.g. to
+    /// compare the systems at a given rate whatever their latency).
+    #[arg(long)]
+    pub no_early_stop: bool,
 }
 
 /// Each node's `switchboard_bus_events_total` (all labels), `None` if unreadable.
@@ -1777,21 +2071,28 @@ async fn bus_events(bases: &[String]) -> Vec<Option<f64>> {
 }
 
 pub async fn cluster(a: ClusterArgs) -> Result<Outcome> {
+    let nodes = a.nodes.max(1);
     let f = FanoutArgs {
         common: a.common,
         connections: a.connections,
         rates: a.rates,
         step_secs: a.step_secs,
         slo_ms: a.slo_ms,
-        peer: false,
+        peer: a.peer,
         peer_only: false,
-        peer_nodes: 0,
+        peer_nodes: a.peer_nodes.unwrap_or(nodes),
         floor: false,
         floor_only: false,
-        no_early_stop: false,
+        no_early_stop: a.no_early_stop,
         by_workspace: a.by_workspace,
+        baseline: a.baseline,
+        redis: Some(if a.redis_cluster {
+            RedisKind::Cluster(a.redis_primaries)
+        } else {
+            RedisKind::Single
+        }),
     };
-    sweep("cluster", f, a.nodes.max(1)).await
+    sweep("cluster", f, nodes).await
 }
 
 // ---------------------------------------------------------------- idle
@@ -1816,7 +2117,7 @@ pub async fn idle(a: IdleArgs) -> Result<Outcome> {
     let prep = prepare(&c.world, (a.connections as u64 * 2 + 4096).max(65_536));
     let connections = prep.cap(a.connections, 1);
     let secrets = secrets(c)?;
-    let sys = match switchboard(c, &secrets, 1, &out.logs).await {
+    let sys = match switchboard(c, &secrets, 1, RedisKind::Embedded, &out.logs).await {
         Ok(s) => s,
         Err(e) => return setup_failure("idle", c, &prep, &out, e),
     };
@@ -1963,7 +2264,7 @@ pub async fn storm(a: StormArgs) -> Result<Outcome> {
     let prep = prepare(&c.world, (a.connections as u64 * 3 + 4096).max(65_536));
     let connections = prep.cap(a.connections, 1);
     let secrets = secrets(c)?;
-    let sys = match switchboard(c, &secrets, 1, &out.logs).await {
+    let sys = match switchboard(c, &secrets, 1, RedisKind::Embedded, &out.logs).await {
         Ok(s) => s,
         Err(e) => return setup_failure("storm", c, &prep, &out, e),
     };
@@ -2152,6 +2453,8 @@ mod tests {
             deliveries_per_sec: deliveries as f64,
             deliveries,
             cpu_us_per_delivery: cpu * 1e6 / deliveries as f64,
+            redis_cpu_us_per_delivery: 0.0,
+            total_cpu_us_per_delivery: cpu * 1e6 / deliveries as f64,
             latency_ms: LatencyMs {
                 count: deliveries,
                 p50,
@@ -2177,10 +2480,26 @@ mod tests {
             drain_secs: 0.0,
             system_cpu_secs: cpu,
             system_cpu_util: cpu,
+            redis_cpu_secs: 0.0,
+            redis_cpu_util: 0.0,
             system_rss_end_bytes: 0,
             harness_cpu_util: 0.0,
             live_p99_ms: p99,
         }
+    }
+
+    /// A step of a system with Redis: `redis` CPU seconds on top of the
+    /// nodes', and a cross-node p99.
+    fn with_redis(mut s: StepReport, redis: f64, cross_p99: f64) -> StepReport {
+        s.redis_cpu_secs = redis;
+        s.redis_cpu_util = redis;
+        s.redis_cpu_us_per_delivery = us_per_copy(redis, s.deliveries);
+        s.total_cpu_us_per_delivery = us_per_copy(s.system_cpu_secs + redis, s.deliveries);
+        s.cross_node_ms = Some(LatencyMs {
+            p99: cross_p99,
+            ..LatencyMs::default()
+        });
+        s
     }
 
     fn system(max: Option<f64>, idle: u64, per_conn: f64) -> Value {
@@ -2227,6 +2546,90 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("floor met the objective"));
+    }
+
+    #[test]
+    fn baseline_comparison_is_cluster_over_single_with_redis_counted() {
+        // 2 nodes + Redis against one embedded node at the same two rates.
+        let cluster = [
+            with_redis(step(1, 1000.0, 3.0, 12.0, 0.5, 100_000), 0.1, 15.0),
+            with_redis(step(2, 2000.0, 4.0, 30.0, 1.2, 200_000), 0.3, 36.0),
+        ];
+        let single = [
+            step(1, 1000.0, 2.0, 10.0, 0.4, 100_000),
+            step(2, 2000.0, 2.0, 20.0, 1.0, 200_000),
+        ];
+        let v = compare_as(
+            "cluster",
+            (&system(Some(1000.0), 60_000_000, 6_000.0), &cluster),
+            (&system(Some(2000.0), 30_000_000, 4_000.0), &single),
+            "single",
+            Some(2000.0),
+        );
+        let us = |x: &Value| x.as_f64().unwrap();
+        let close = |x: &Value, want: f64| (us(x) - want).abs() < 1e-9;
+        // Weighted over both steps: nodes 1.7 s + Redis 0.4 s for 300,000 copies,
+        // against 1.4 s for the single node (no Redis).
+        assert!(close(&v["nodes_cpu_us_per_copy"]["cluster"], 1.7e6 / 3e5));
+        assert!(close(&v["redis_cpu_us_per_copy"]["cluster"], 0.4e6 / 3e5));
+        assert!(close(&v["cpu_us_per_copy"]["cluster"], 2.1e6 / 3e5));
+        assert!(close(&v["cpu_us_per_copy"]["single"], 1.4e6 / 3e5));
+        assert!(close(&v["redis_cpu_us_per_copy"]["single"], 0.0));
+        assert!(close(&v["cpu_per_copy_cluster_over_single"], 2.1 / 1.4));
+        assert_eq!(v["max_rate_ratio_cluster_over_single"], 0.5);
+        assert_eq!(v["cluster_max_rate_p99_within_slo"], 1000.0);
+        assert_eq!(v["single_max_rate_p99_within_slo"], 2000.0);
+        let steps = v["per_step"].as_array().unwrap();
+        assert_eq!(steps.len(), 2);
+        let s2 = &steps[1];
+        assert_eq!(s2["p50_cluster_over_single"], 2.0);
+        assert_eq!(s2["p99_cluster_over_single"], 1.5);
+        // The target: cross-node p99 ≤ 2× the single node's p99 at the same rate.
+        assert_eq!(s2["cross_node_p99_over_single_p99"], 1.8);
+        assert!(close(&s2["cpu_cluster_over_single"], 1.5));
+        assert!(close(&s2["cpu_per_copy_cluster_over_single"], 1.5));
+        assert!(close(&s2["cluster"]["cpu_us_per_copy"], 7.5));
+        assert!(close(&s2["cluster"]["nodes_cpu_us_per_copy"], 6.0));
+        assert!(close(&s2["cluster"]["redis_cpu_us_per_copy"], 1.5));
+        assert_eq!(s2["cluster"]["cross_node_p99_ms"], 36.0);
+        assert!(s2["single"].get("cross_node_p99_ms").is_none());
+        assert!(v["note"]
+            .as_str()
+            .unwrap()
+            .contains("the Switchboard single node met"));
+    }
+
+    #[test]
+    fn peer_redis_counts_in_the_peer_comparison() {
+        let sb = [with_redis(
+            step(1, 2000.0, 3.0, 20.0, 1.0, 100_000),
+            0.2,
+            25.0,
+        )];
+        let peer = [with_redis(
+            step(1, 2000.0, 9.0, 90.0, 2.0, 100_000),
+            0.4,
+            95.0,
+        )];
+        let v = compare(
+            (&system(Some(2000.0), 2, 1.0), &sb),
+            (&system(None, 4, 2.0), &peer),
+            "peer",
+            Some(2000.0),
+        );
+        let us = |x: &Value| x.as_f64().unwrap();
+        assert!((us(&v["cpu_per_copy_switchboard_over_peer"]) - 1.2 / 2.4).abs() < 1e-9);
+        assert!((us(&v["redis_cpu_us_per_copy"]["peer"]) - 4.0).abs() < 1e-9);
+        assert!((us(&v["per_step"][0]["cpu_switchboard_over_peer"]) - 0.5).abs() < 1e-9);
+        assert!(v["per_step"][0]
+            .get("cross_node_p99_over_peer_p99")
+            .is_some());
+    }
+
+    #[test]
+    fn us_per_copy_is_zero_without_deliveries() {
+        assert_eq!(us_per_copy(1.5, 0), 0.0);
+        assert!((us_per_copy(1.5, 100_000) - 15.0).abs() < 1e-12);
     }
 
     #[test]
