@@ -88,7 +88,7 @@ function handleHttp(io, req, res) {
   if (req.method === "GET" && req.url === "/healthz") {
     return send(res, 200, { ok: true, node });
   }
-  const m = /^\/v1\/conversations\/([^/]+)\/messages$/.exec(req.url);
+  const m = /^\/v1\/conversations\/([^/?]+)\/messages(?:\?.*)?$/.exec(req.url);
   if (req.method !== "POST" || !m) {
     return send(res, 404, { error: { code: "not_found", message: req.url } });
   }

@@ -303,11 +303,11 @@ impl Poster {
             "{}/v1/conversations/{}/messages",
             self.bases[node], sh.conv_ids[conv as usize]
         );
-        if self.route == Route::ByWorkspace {
-            let o = &self.inner.oracle;
-            url.push_str("?workspace=");
-            url.push_str(&o.ws_names[o.ws_of_conv[conv as usize] as usize]);
-        }
+        // As an adapter configured for its workspace would: with Redis in
+        // subscribe mode `interest`, a bare id costs a look-up per workspace.
+        let o = &self.inner.oracle;
+        url.push_str("?workspace=");
+        url.push_str(&o.ws_names[o.ws_of_conv[conv as usize] as usize]);
         let req = self
             .client
             .post(url)

@@ -95,8 +95,6 @@ pub struct Server {
     pub http: reqwest::Client,
 }
 
-/// A port free right now, never handed out before by this process.
-
 /// Whether process `pid` holds the socket listening on 127.0.0.1:`port`, so
 /// that a readiness answer is known to come from our child and not from
 /// another test's server that happened to get the same port.
