@@ -88,7 +88,7 @@ pub type Outbound = Arc<Frame>;
 /// cache-padded header per connection up front). The queue allocates on its
 /// first frame and gives its memory back when the session finds it empty at a
 /// heartbeat: an idle connection holds no queue memory.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Control {
     code: AtomicU16,
     waker: AtomicWaker,
@@ -126,11 +126,12 @@ impl Control {
 /// with room for `capacity` queued frames.
 pub fn channel(id: u64, capacity: usize) -> (ConnHandle, Inbox) {
     let control = Arc::new(Control {
+        code: AtomicU16::new(0),
+        waker: AtomicWaker::new(),
         queue: Mutex::new(Queue {
             capacity,
             ..Queue::default()
         }),
-        ..Control::default()
     });
     (
         ConnHandle {
