@@ -524,10 +524,9 @@ fn bench_manager_chain(c: &mut Criterion) {
 /// workspace: the import that builds it (printed once), then the incremental
 /// costs the hub pays per change and per event.
 fn bench_index(c: &mut Criterion) {
-    use std::sync::Arc;
     use switchboard::domain::{Change, Committed, StatusEvent, StatusKind};
     use switchboard::domain::{Message, Sender};
-    use switchboard::hub::{ConnHandle, Control, WorkspaceState};
+    use switchboard::hub::{conn, WorkspaceState};
 
     let bw = shared_world();
     let ws = bw.world.users[0].workspace.clone();
@@ -560,20 +559,13 @@ fn bench_index(c: &mut Criterion) {
         .take(1000)
         .enumerate()
     {
-        let (tx, rx) = tokio::sync::mpsc::channel(1 << 16);
-        state.connect(
-            &u.id,
-            ConnHandle {
-                id: i as u64,
-                tx,
-                control: Arc::new(Control::default()),
-            },
-        );
-        receivers.push(rx);
+        let (handle, inbox) = conn::channel(i as u64, 1 << 16);
+        state.connect(&u.id, handle);
+        receivers.push(inbox);
     }
-    let drain = |receivers: &mut Vec<tokio::sync::mpsc::Receiver<_>>| {
-        for rx in receivers.iter_mut() {
-            while rx.try_recv().is_ok() {}
+    let drain = |receivers: &mut Vec<conn::Inbox>| {
+        for inbox in receivers.iter_mut() {
+            while inbox.try_next().is_some() {}
         }
     };
     let conv = bw

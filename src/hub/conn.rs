@@ -1,11 +1,12 @@
 //! The hub's handle on one live WebSocket session.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Close codes of the protocol (docs/protocol.md).
@@ -77,50 +78,75 @@ pub enum Place {
 
 pub type Outbound = Arc<Frame>;
 
-/// Asks a session to close; shared between the hub and the session task.
+/// One connection's end of the hub: its bounded queue of frames and its
+/// close signal, in one allocation shared by the hub's [`ConnHandle`] (which
+/// pushes and closes) and the session's [`Inbox`] (which takes).
 ///
-/// The session polls it on every wake-up, so it is one atomic and one
-/// waker slot rather than a cancellation token (whose poll takes a lock).
-#[derive(Debug, Default)]
+/// The session polls it on every wake-up, so it is one waker slot, an atomic
+/// close code and a queue under a short lock (no cancellation token, whose
+/// poll takes a lock, and no channel, which allocates a block of slots and a
+/// cache-padded header per connection up front). The queue allocates on its
+/// first frame and gives its memory back when the session finds it empty at a
+/// heartbeat: an idle connection holds no queue memory.
+#[derive(Debug)]
 pub struct Control {
     code: AtomicU16,
     waker: AtomicWaker,
+    queue: Mutex<Queue>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Outbound>,
+    capacity: usize,
+    /// The session ended: nothing more is taken, so pushes fail.
+    receiver_gone: bool,
+    /// The hub let go of the connection without closing it.
+    sender_gone: bool,
 }
 
 impl Control {
+    /// Asks the session to close with `code`; the first reason wins.
     pub fn close(&self, code: u16) {
-        // The first reason wins.
         let _ = self
             .code
             .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
         self.waker.wake();
     }
+
     pub fn code(&self) -> Option<u16> {
         match self.code.load(Ordering::Acquire) {
             0 => None,
             c => Some(c),
         }
     }
-    /// Resolves to the close code once `close` was called.
-    pub fn closed(&self) -> impl std::future::Future<Output = u16> + '_ {
-        std::future::poll_fn(move |cx| {
-            if let Some(code) = self.code() {
-                return Poll::Ready(code);
-            }
-            self.waker.register(cx.waker());
-            // A close between the check and the registration woke nobody.
-            match self.code() {
-                Some(code) => Poll::Ready(code),
-                None => Poll::Pending,
-            }
-        })
-    }
 }
 
-#[derive(Clone, Debug)]
+/// A new connection's two ends: the hub's handle and the session's inbox,
+/// with room for `capacity` queued frames.
+pub fn channel(id: u64, capacity: usize) -> (ConnHandle, Inbox) {
+    let control = Arc::new(Control {
+        code: AtomicU16::new(0),
+        waker: AtomicWaker::new(),
+        queue: Mutex::new(Queue {
+            capacity,
+            ..Queue::default()
+        }),
+    });
+    (
+        ConnHandle {
+            id,
+            control: control.clone(),
+        },
+        Inbox { control },
+    )
+}
+
+/// The hub's handle on one live session (one per connection: dropping it
+/// tells the session that nothing more will come).
+#[derive(Debug)]
 pub struct ConnHandle {
     pub id: u64,
-    pub tx: mpsc::Sender<Outbound>,
     pub control: Arc<Control>,
 }
 
@@ -129,15 +155,100 @@ impl ConnHandle {
     /// 4008 rather than dropping the event or stalling fan-out; the client
     /// recovers with `resume`. Returns false when the connection is gone.
     pub fn push(&self, frame: Outbound) -> bool {
-        match self.tx.try_send(frame) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                metrics::counter!("switchboard_slow_consumer_closes_total").increment(1);
-                self.control.close(close::SLOW_CONSUMER);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut queue = self.control.queue.lock();
+        if queue.receiver_gone {
+            return false;
         }
+        if queue.frames.len() >= queue.capacity {
+            drop(queue);
+            metrics::counter!("switchboard_slow_consumer_closes_total").increment(1);
+            self.control.close(close::SLOW_CONSUMER);
+            return false;
+        }
+        queue.frames.push_back(frame);
+        drop(queue);
+        self.control.waker.wake();
+        true
+    }
+}
+
+impl Drop for ConnHandle {
+    fn drop(&mut self) {
+        self.control.queue.lock().sender_gone = true;
+        self.control.waker.wake();
+    }
+}
+
+/// What a session is asked to do next.
+#[derive(Debug)]
+pub enum Next {
+    /// Write this frame.
+    Frame(Outbound),
+    /// Close with this code (asked by the hub, or 1000 once the hub let go).
+    Close(u16),
+}
+
+/// The session's end of its connection: takes queued frames and close requests.
+#[derive(Debug)]
+pub struct Inbox {
+    control: Arc<Control>,
+}
+
+impl Inbox {
+    /// Resolves to the next thing to do: a close request comes before queued frames.
+    pub fn next(&self) -> impl std::future::Future<Output = Next> + '_ {
+        std::future::poll_fn(move |cx| {
+            if let Some(next) = self.ready() {
+                return Poll::Ready(next);
+            }
+            self.control.waker.register(cx.waker());
+            // A push or close between the check and the registration woke nobody.
+            match self.ready() {
+                Some(next) => Poll::Ready(next),
+                None => Poll::Pending,
+            }
+        })
+    }
+
+    fn ready(&self) -> Option<Next> {
+        if let Some(code) = self.control.code() {
+            return Some(Next::Close(code));
+        }
+        let mut queue = self.control.queue.lock();
+        if let Some(frame) = queue.frames.pop_front() {
+            return Some(Next::Frame(frame));
+        }
+        queue.sender_gone.then_some(Next::Close(close::NORMAL))
+    }
+
+    /// The next queued frame, if any, without waiting.
+    pub fn try_next(&self) -> Option<Outbound> {
+        self.control.queue.lock().frames.pop_front()
+    }
+
+    /// Gives back the queue's memory if it is empty (an idle connection
+    /// should not keep the room a burst once needed).
+    pub fn shrink(&self) {
+        let mut queue = self.control.queue.lock();
+        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+            queue.frames = VecDeque::new();
+        }
+    }
+
+    /// Bytes of queue memory held (for tests).
+    pub fn queue_bytes(&self) -> usize {
+        self.control.queue.lock().frames.capacity() * std::mem::size_of::<Outbound>()
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        let frames = {
+            let mut queue = self.control.queue.lock();
+            queue.receiver_gone = true;
+            std::mem::take(&mut queue.frames)
+        };
+        drop(frames);
     }
 }
 
@@ -145,24 +256,99 @@ impl ConnHandle {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn closed_resolves_with_the_first_code_whenever_close_comes() {
-        let before = Control::default();
-        before.close(close::POLICY);
-        before.close(close::IDLE);
-        assert_eq!(before.closed().await, close::POLICY);
+    fn frame(seq: u64) -> Outbound {
+        Frame::new(
+            Place::Event(Arc::from("c1"), seq),
+            Utf8Bytes::from(seq.to_string()),
+        )
+    }
 
-        let control = Arc::new(Control::default());
-        let waiter = tokio::spawn({
-            let control = control.clone();
-            async move { control.closed().await }
+    fn seq_of(next: Next) -> u64 {
+        match next {
+            Next::Frame(f) => match f.place {
+                Place::Event(_, seq) => seq,
+                _ => panic!("not an event"),
+            },
+            Next::Close(code) => panic!("closed with {code}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_close_comes_first_and_the_first_code_wins_whenever_it_comes() {
+        let (handle, inbox) = channel(1, 8);
+        assert!(handle.push(frame(1)));
+        handle.control.close(close::POLICY);
+        handle.control.close(close::IDLE);
+        assert!(matches!(inbox.next().await, Next::Close(close::POLICY)));
+
+        let (handle, inbox) = channel(2, 8);
+        let waiter = tokio::spawn(async move {
+            let first = inbox.next().await;
+            (first, inbox.next().await)
         });
         tokio::task::yield_now().await;
-        control.close(close::SLOW_CONSUMER);
-        let code = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        assert!(handle.push(frame(1)));
+        tokio::task::yield_now().await;
+        handle.control.close(close::SLOW_CONSUMER);
+        let (first, second) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
             .await
-            .expect("woken by close")
+            .expect("woken by push and close")
             .expect("waiter task");
-        assert_eq!(code, close::SLOW_CONSUMER);
+        assert_eq!(seq_of(first), 1);
+        assert!(matches!(second, Next::Close(close::SLOW_CONSUMER)));
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_ordered_and_empty_until_used() {
+        let (handle, inbox) = channel(1, 3);
+        assert_eq!(inbox.queue_bytes(), 0, "no memory before the first frame");
+        for seq in 1..=3 {
+            assert!(handle.push(frame(seq)));
+        }
+        assert_eq!(seq_of(inbox.next().await), 1);
+        assert_eq!(
+            inbox.try_next().map(|f| f.place.clone()),
+            Some(Place::Event(Arc::from("c1"), 2))
+        );
+        assert!(handle.push(frame(4)));
+        assert!(handle.push(frame(5)), "room again after taking two");
+        assert!(!handle.push(frame(6)), "a fourth queued frame overflows");
+        assert_eq!(handle.control.code(), Some(close::SLOW_CONSUMER));
+        assert!(matches!(
+            inbox.next().await,
+            Next::Close(close::SLOW_CONSUMER)
+        ));
+        for seq in 3..=5 {
+            assert_eq!(
+                inbox.try_next().map(|f| f.place.clone()),
+                Some(Place::Event(Arc::from("c1"), seq))
+            );
+        }
+        assert!(inbox.queue_bytes() > 0);
+        inbox.shrink();
+        assert_eq!(
+            inbox.queue_bytes(),
+            0,
+            "an empty queue gives its memory back"
+        );
+    }
+
+    #[tokio::test]
+    async fn either_end_going_away_is_seen_by_the_other() {
+        let (handle, inbox) = channel(1, 8);
+        assert!(handle.push(frame(1)));
+        drop(handle);
+        assert_eq!(
+            seq_of(inbox.next().await),
+            1,
+            "queued frames are still taken"
+        );
+        assert!(matches!(inbox.next().await, Next::Close(close::NORMAL)));
+
+        let (handle, inbox) = channel(2, 8);
+        assert!(handle.push(frame(1)));
+        drop(inbox);
+        assert!(!handle.push(frame(2)), "nobody takes frames any more");
+        assert_eq!(handle.control.code(), None, "which is not a slow consumer");
     }
 }

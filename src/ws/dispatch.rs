@@ -192,7 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn focus(&mut self, r: Option<&str>, conversation: Option<String>) -> Utf8Bytes {
-        let key = self.connection_key.clone();
+        let key = self.connection_key();
         self.focused |= conversation.is_some();
         replies::outcome(r, &self.gw.focus(&self.user, key, conversation).await)
     }

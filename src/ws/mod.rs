@@ -26,32 +26,38 @@ use crate::ops::Gateway;
 
 pub use session::Options;
 
-/// Serves an upgraded connection of an authenticated `user` (token expiry `exp`).
-pub async fn serve(
+/// Serves the connection of an authenticated `user` (token expiry `exp`)
+/// once hyper hands it over upgraded. The future is the connection's task:
+/// see `session::run` for what it keeps while the connection lives.
+pub fn serve(
     gw: Arc<Gateway>,
     on_upgrade: OnUpgrade,
     user: User,
     exp: u64,
     options: Options,
-) {
-    let upgraded = match on_upgrade.await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
+) -> impl std::future::Future<Output = ()> + Send {
     let max_frame_bytes = gw.config.limits.max_frame_bytes;
-    // A small read buffer keeps an idle connection cheap (it grows to the
-    // frame being read; tungstenite also zero-fills it before every read);
-    // frames are batched up to 16 KiB per socket write.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(Some(max_frame_bytes))
-        .max_frame_size(Some(max_frame_bytes));
-    let stream =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    session::run(gw, stream, user, exp, options).await;
+    let upgrade = async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return None;
+            }
+        };
+        // A small read buffer keeps an idle connection cheap (it grows to the
+        // frame being read; tungstenite also zero-fills it before every read);
+        // frames are batched up to 16 KiB per socket write.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(512)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(4 * 1024 * 1024)
+            .max_message_size(Some(max_frame_bytes))
+            .max_frame_size(Some(max_frame_bytes));
+        Some(
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await,
+        )
+    };
+    session::run(gw, upgrade, user, exp, options)
 }
