@@ -1,36 +1,48 @@
-//! Group commit: the commits of one workspace that wait while an earlier
-//! call of the commit script is in flight go to Redis together, as one call
+//! Group commit: the commits of one workspace that wait while the node's
+//! calls of the commit script for it are at their limit go to Redis together, as one call
 //! of `lua/commit.lua` (which applies them in order, each as if alone, and
 //! publishes the stored ones in one bus message).
 //!
-//! Per workspace and node there is at most one call in flight; commits queue
-//! behind it in arrival order (bounded by [`MAX_WAITING`]) and the next call
+//! Per workspace and node at most [`IN_FLIGHT`] calls are in flight (on the
+//! one multiplexed connection, so they are pipelined); further commits queue
+//! in arrival order (bounded by [`MAX_WAITING`]) and the next free call
 //! takes up to [`MAX_BATCH`] of them (at most [`MAX_BATCH_BYTES`] of
-//! arguments, and always at least one). A lone commit goes at once, so an
-//! idle workspace pays no batching delay; under load the batches grow by
-//! themselves. Commit order in Redis is the queue's order, and the workspace's
-//! commit counter still counts every commit (the bus's gap detection is
-//! unchanged). Each commit gets its own reply; a call that fails fails every
-//! commit of it with the same (ambiguous) [`StoreError::Unavailable`].
+//! arguments, and always at least one). A commit arriving while fewer calls
+//! are in flight goes at once, so a quiet workspace pays no batching delay;
+//! under load the batches grow by themselves. Concurrent commits have no
+//! order between them; a commit made after another returned is always
+//! executed after it. Redis executes each call whole, so the workspace's
+//! commit counter still counts every commit in execution order, which is the
+//! order of the bus (its gap detection is unchanged). Each commit gets its own reply; a call that fails fails every
+//! commit of it with the same (ambiguous) [`StoreError::Unavailable`]. A
+//! commit waits at most [`WAIT`] for its reply, queueing included; one whose
+//! caller stopped waiting before its call was sent is not sent.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use redis::{Script, Value};
 use tokio::sync::oneshot;
 
 use super::keys::{Hash, Keys};
-use super::{bounded_on, conn, corrupt, StoreError};
+use super::{bounded_on, conn, corrupt, StoreError, OP_TIMEOUT};
 use crate::domain::Id;
 
 /// Most commits in one script call.
 pub const MAX_BATCH: usize = 64;
+/// Most script calls of one workspace in flight from one node.
+pub const IN_FLIGHT: usize = 16;
 /// Most bytes of arguments in one script call (a larger lone commit still goes).
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// Most commits of one workspace waiting on one node; beyond, a commit is
 /// refused as unavailable rather than queued without bound.
 pub const MAX_WAITING: usize = 8192;
+/// How long a commit waits for its reply, queueing included (a script call
+/// itself is bounded by [`OP_TIMEOUT`]); then it is unavailable (ambiguous
+/// if its call was already sent, like any timed-out commit).
+pub const WAIT: Duration = Duration::from_secs(2 * OP_TIMEOUT.as_secs());
 
 /// One commit, ready for the script: its optional keys and its arguments
 /// (`A1…` of `lua/commit.lua`).
@@ -65,11 +77,19 @@ pub(super) struct Target {
     pub shard: Option<String>,
 }
 
+/// A workspace's commits waiting, and its flushers (each with at most one
+/// call in flight).
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<Waiting>,
+    flushers: usize,
+}
+
 /// The commit queues of every workspace this node commits to (a workspace
 /// is here only while it has commits waiting or in flight).
 #[derive(Default)]
 pub(super) struct Groups {
-    queues: Mutex<HashMap<Id, VecDeque<Waiting>>>,
+    queues: Mutex<HashMap<Id, Queue>>,
 }
 
 /// The `KEYS` every commit of a workspace gets, in the script's order.
@@ -117,14 +137,17 @@ impl Groups {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut queues = self.queues.lock();
-            let start = !queues.contains_key(ws);
             let queue = queues.entry(ws.to_owned()).or_default();
-            if queue.len() >= MAX_WAITING {
+            if queue.waiting.len() >= MAX_WAITING {
                 return Err(StoreError::Unavailable(format!(
                     "{MAX_WAITING} commits of workspace {ws:?} already wait for redis"
                 )));
             }
-            queue.push_back(Waiting { commit, reply: tx });
+            queue.waiting.push_back(Waiting { commit, reply: tx });
+            let start = queue.flushers < IN_FLIGHT;
+            if start {
+                queue.flushers += 1;
+            }
             start
         };
         if start {
@@ -132,23 +155,31 @@ impl Groups {
             // must not strand the commits queued behind its call.
             tokio::spawn(self.clone().flush(ws.to_owned(), target()));
         }
-        rx.await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("commit flusher ended".into())))
+        // Bounded like any Redis call, queueing included: a commit still
+        // waiting when its caller gives up is dropped unsent (see `next_batch`).
+        match tokio::time::timeout(WAIT, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(StoreError::Unavailable("commit flusher ended".into())),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "redis did not commit within {WAIT:?} (queued behind other commits of {ws:?})"
+            ))),
+        }
     }
 
-    /// The next batch of `ws`, or `None` (and the queue gone) when nothing waits.
+    /// The next batch of `ws`, or `None` when nothing waits (the calling
+    /// flusher then ends, and the queue goes with the last one).
     fn next_batch(&self, ws: &str) -> Option<Vec<Waiting>> {
         let mut queues = self.queues.lock();
         let queue = queues.get_mut(ws)?;
         let mut batch: Vec<Waiting> = Vec::new();
         let mut bytes = 0;
-        while let Some(next) = queue.front() {
+        while let Some(next) = queue.waiting.front() {
             let size = next.commit.bytes();
             let full = batch.len() >= MAX_BATCH || bytes + size > MAX_BATCH_BYTES;
             if !batch.is_empty() && full {
                 break;
             }
-            let Some(next) = queue.pop_front() else {
+            let Some(next) = queue.waiting.pop_front() else {
                 break;
             };
             // Its caller went away before it was sent: not committed.
@@ -159,7 +190,10 @@ impl Groups {
             batch.push(next);
         }
         if batch.is_empty() {
-            queues.remove(ws);
+            queue.flushers = queue.flushers.saturating_sub(1);
+            if queue.flushers == 0 {
+                queues.remove(ws);
+            }
             return None;
         }
         Some(batch)

@@ -56,7 +56,7 @@
 //!
 //! [`commit::COMMIT`] is one Lua script, called with one commit or with a
 //! group of them ([`group`]: the commits of a workspace that waited on this
-//! node while its previous call was in flight), which it applies in order,
+//! node while its calls in flight were at their limit), which it applies in order,
 //! each as if alone. For each, it checks and sets the idempotency key,
 //! allocates the conversation's seq (`HINCRBY`), applies the directory
 //! mutation, appends to the history and increments the workspace's commit
