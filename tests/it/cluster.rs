@@ -1907,7 +1907,8 @@ fn tail(text: &str, n: usize) -> &str {
 }
 
 /// Group commit: a burst of concurrent commits of one workspace from two
-/// nodes' stores (so several commits per script call and per bus message):
+/// nodes' stores (so several commits per script call, each still published
+/// as its own bus message, the format the previous version reads):
 /// every message stored once, seqs per conversation exactly 1..n, an
 /// idempotency key posted twice at once stored once, a stale `commit_if` in
 /// the middle refused alone, and both nodes' consumers given every stored
@@ -1921,7 +1922,7 @@ async fn redis_group_commit_keeps_order_idempotency_and_errors_per_commit() {
 
     let redis = Redis::start(false);
     let url = redis.url();
-    // Every bus message, to see that commits were grouped.
+    // Every bus message: one event each, never an array.
     let client = ::redis::Client::open(url.as_str()).expect("redis url");
     let mut bus = client.get_async_pubsub().await.expect("pubsub");
     bus.subscribe("sb:ws:w1").await.expect("subscribe");
@@ -1995,7 +1996,13 @@ async fn redis_group_commit_keeps_order_idempotency_and_errors_per_commit() {
         };
         stores[1].commit_if("w1", change, Some(&base)).await
     };
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let script_calls_before = script_calls(&mut admin).await;
     let (results, stale) = tokio::join!(join_all(commits), stale);
+    let script_calls = script_calls(&mut admin).await - script_calls_before;
     assert!(
         matches!(stale, Err(StoreError::Conflict(_))),
         "a stale commit_if in a group must be refused alone: {stale:?}"
@@ -2096,15 +2103,21 @@ async fn redis_group_commit_keeps_order_idempotency_and_errors_per_commit() {
         h.events.iter().map(|c| c.seq).collect::<Vec<_>>(),
         (1..=(N / convs.len()) as u64).collect::<Vec<_>>()
     );
+    assert_eq!(
+        arrays.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a bus message carried several events: nodes of the previous version cannot read it"
+    );
     assert!(
-        arrays.load(std::sync::atomic::Ordering::Relaxed) > 0,
-        "no bus message carried several commits: nothing was grouped"
+        script_calls < (N + 21) as u64,
+        "{} commits took {script_calls} script calls: nothing was grouped",
+        N + 21
     );
     watcher.abort();
 }
 
 /// A burst of adapter posts into one workspace, spread over three nodes at
-/// once (grouped into shared script calls and bus messages): each stored
+/// once (grouped into shared script calls): each stored
 /// once with seqs 1..n per conversation, and every agent, whichever node it
 /// is on, gets each message it may read exactly once, in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2177,4 +2190,25 @@ async fn a_burst_over_the_nodes_is_stored_and_delivered_once_in_order() {
             );
         }
     }
+}
+
+/// Calls of the commit script so far (`EVALSHA` and `EVAL`, from `INFO
+/// commandstats`).
+async fn script_calls(conn: &mut ::redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }

@@ -35,7 +35,7 @@
 //! | `sb:{ws}:outbox` | stream | deliveries to channel adapters, added by the commit script with the change (fields `conversation channel seq ts type detail` and `contact` / `thread`; or `item` = a whole delivery put back from the dead letters); consumer group `deliverers`; an entry is deleted once delivered or dead-lettered (see [`outbox`]) |
 //! | `sb:{ws}:outbox:lease` | string, TTL | the node delivering the workspace's outbox (`SET NX PX`, renewed by it) |
 //! | `sb:{ws}:outbox:dead:{channel}` | list | a channel's dead letters, newest first, capped at [`DEAD_LETTERS`](crate::store::DEAD_LETTERS) |
-//! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit, or a JSON array of them (in commit order) for a group of commits stored by one script call; `n = 0` for ephemeral events |
+//! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}`, one message per commit, also for a group stored by one script call (a JSON array of them, in commit order, is read too, for a later version that batches publishes); `n = 0` for ephemeral events |
 //! | channel `sb:{ws}:bus` | sharded pub/sub | the same, on a Redis Cluster (`SPUBLISH`, on the workspace's slot) |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
@@ -60,11 +60,10 @@
 //! each as if alone. For each, it checks and sets the idempotency key,
 //! allocates the conversation's seq (`HINCRBY`), applies the directory
 //! mutation, appends to the history and increments the workspace's commit
-//! counter; then the call `PUBLISH`es the stored changes on the workspace's
-//! channel, in one message — all atomically, so pub/sub order is commit order
-//! on every node. (A node of an older version cannot decode a message carrying
-//! several changes and reloads instead: upgrade every node before the load
-//! grows.) The same
+//! counter; then the call `PUBLISH`es each stored change on the workspace's
+//! channel, one message each — all atomically, so pub/sub order is commit
+//! order on every node. One message per change is the format every version
+//! reads, so a cluster can be upgraded node by node. The same
 //! script keeps the per-user marks, each conversation's last message and the
 //! thread map (all loaded into every [`Snapshot`], so a node started later or
 //! resynced after a reconnect has the same inbox figures as one that saw every

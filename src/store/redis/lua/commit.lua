@@ -1,7 +1,7 @@
 -- The commit script (see `commit.rs` and the module doc of `store::redis`):
 -- one call applies a batch of commits of one workspace, in order, each as
 -- if alone (a refused commit writes nothing and does not stop the others),
--- and publishes the stored ones in one message.
+-- and publishes each stored one as its own message.
 -- KEYS: the fixed keys, all of one workspace (one hash tag):
 --   1 users, 2 channels, 3 contacts, 4 conversations, 5 settings, 6 threads,
 --   7 seqs, 8 commits, 9 activity, 10 marks, 11 messages; then each commit's
@@ -40,8 +40,10 @@
 -- counter} when a `claim` failed, or {4} when a replace import did not name
 -- every history key (nothing written in all but the first case).
 -- Publishes the stored commits' events (`{"n":…,"seq":…,"change":…}`, `n`
--- the workspace's commit counter after the commit) in one message: the
--- event itself when there is one, else a JSON array of them in order.
+-- the workspace's commit counter after the commit), one message each, in
+-- order: the format every version reads, so nodes of the previous version
+-- follow a cluster being upgraded (this version also reads a JSON array of
+-- events, for a later one that batches publishes).
 -- Redis refuses the whole script up front when out of memory; none of its
 -- commands can fail on the data it writes (stored JSON is decoded under
 -- `pcall`), so it never stops half-way.
@@ -202,9 +204,7 @@ for c = 1, tonumber(ARGV[2]) do
   replies[c] = reply
   if event then events[#events + 1] = event end
 end
-if #events == 1 then
-  redis.call(publish, channel, events[1])
-elseif #events > 1 then
-  redis.call(publish, channel, '[' .. table.concat(events, ',') .. ']')
+for _, event in ipairs(events) do
+  redis.call(publish, channel, event)
 end
 return replies
