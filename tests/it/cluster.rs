@@ -260,6 +260,15 @@ fn sigkill(pid: u32) {
     assert!(status.success(), "kill -KILL {pid} failed");
 }
 
+/// A consumer of a store's bus that keeps every change it is given.
+struct Recorder(parking_lot::Mutex<Vec<Arc<switchboard::domain::Committed>>>);
+
+impl switchboard::store::Sink for Recorder {
+    fn apply(&self, c: Arc<switchboard::domain::Committed>) {
+        self.0.lock().push(c);
+    }
+}
+
 // ---------------------------------------------------------------------------
 
 /// Agents on three nodes; adapters post on every node, agents send direct
@@ -882,15 +891,8 @@ async fn redis_restart_is_survived_in(subscribe: &str) {
 /// queue hands a conversation to one taker, presence counts every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_scripts_match_the_reference() {
-    use switchboard::domain::{Change, Committed};
-    use switchboard::store::{redis::RedisStore, Outcome, Sink, Store, StoreError};
-
-    struct Recorder(parking_lot::Mutex<Vec<Arc<Committed>>>);
-    impl Sink for Recorder {
-        fn apply(&self, c: Arc<Committed>) {
-            self.0.lock().push(c);
-        }
-    }
+    use switchboard::domain::Change;
+    use switchboard::store::{redis::RedisStore, Outcome, Store, StoreError};
 
     let redis = Redis::start(false);
     let store = RedisStore::connect(&redis.url(), "node-a", 5)
@@ -2004,4 +2006,311 @@ fn tail(text: &str, n: usize) -> &str {
         start += 1;
     }
     &text[start..]
+}
+
+/// Group commit: a burst of concurrent commits of one workspace from two
+/// nodes' stores (so several commits per script call, each still published
+/// as its own bus message, the format the previous version reads):
+/// every message stored once, seqs per conversation exactly 1..n, an
+/// idempotency key posted twice at once stored once, a stale `commit_if` in
+/// the middle refused alone, and both nodes' consumers given every stored
+/// change once, in seq order per conversation, with the seqs the committers
+/// were told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_group_commit_keeps_order_idempotency_and_errors_per_commit() {
+    use futures_util::StreamExt;
+    use switchboard::domain::{Change, Conversation, StatusEvent, StatusKind};
+    use switchboard::store::{redis::RedisStore, Outcome, Store, StoreError};
+
+    let redis = Redis::start(false);
+    let url = redis.url();
+    // Every bus message: one event each, never an array.
+    let client = ::redis::Client::open(url.as_str()).expect("redis url");
+    let mut bus = client.get_async_pubsub().await.expect("pubsub");
+    bus.subscribe("sb:ws:w1").await.expect("subscribe");
+    let arrays = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = tokio::spawn({
+        let arrays = arrays.clone();
+        async move {
+            let mut messages = bus.into_on_message();
+            while let Some(m) = messages.next().await {
+                if m.get_payload_bytes().first() == Some(&b'[') {
+                    arrays.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    });
+
+    let stores = [
+        RedisStore::connect(&url, "node-a", 1000)
+            .await
+            .expect("connect"),
+        RedisStore::connect(&url, "node-b", 1000)
+            .await
+            .expect("connect"),
+    ];
+    let seen: Vec<Arc<Recorder>> = (0..2)
+        .map(|_| Arc::new(Recorder(parking_lot::Mutex::new(Vec::new()))))
+        .collect();
+    for (s, r) in stores.iter().zip(&seen) {
+        s.load().await.expect("load");
+        s.subscribe(r.clone()).await.expect("subscribe");
+    }
+
+    let convs = ["v1", "v2", "v3", "v4"];
+    let message = |i: usize, key: String| -> Change {
+        let m = json!({"id": format!("m{i}"), "conversation": convs[i % convs.len()],
+                       "sender": {"kind": "contact", "id": "k1"}, "body": format!("b{i}"), "ts": 1});
+        Change::Message {
+            message: serde_json::from_value(m).expect("message"),
+            idempotency_key: Some(key),
+        }
+    };
+    const N: usize = 240;
+    // Posts 0..N with their own key, each through one node; posts N..N+20
+    // repeat the request of post i - N (same key, body and sender: another
+    // node retrying it) at the same moment.
+    let commits = (0..N + 20).map(|i| {
+        let (change, node) = if i < N {
+            (message(i, format!("k{i}")), i % 2)
+        } else {
+            let first = i - N;
+            let mut again = message(first, format!("k{first}"));
+            if let Change::Message { message, .. } = &mut again {
+                message.id = format!("m{i}");
+            }
+            (again, (first + 1) % 2)
+        };
+        let store = &stores[node];
+        async move { store.commit("w1", change).await }
+    });
+    let stale = async {
+        let conv = Conversation::new_customer("v1".into(), "w1".into(), "ch".into(), "k1".into());
+        let mut base = conv.clone();
+        base.assignee = Some("nobody".into());
+        let change = Change::Conversation {
+            conversation: conv,
+            status: StatusEvent {
+                event: StatusKind::Updated,
+                by: None,
+                user: None,
+            },
+        };
+        stores[1].commit_if("w1", change, Some(&base)).await
+    };
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connection");
+    let script_calls_before = script_calls(&mut admin).await;
+    let (results, stale) = tokio::join!(join_all(commits), stale);
+    let script_calls = script_calls(&mut admin).await - script_calls_before;
+    assert!(
+        matches!(stale, Err(StoreError::Conflict(_))),
+        "a stale commit_if in a group must be refused alone: {stale:?}"
+    );
+
+    // Stored once per key; the repeat answered with the first's message and seq.
+    let mut told: HashMap<String, (String, u64)> = HashMap::new(); // message id -> (conv, seq)
+    let mut by_key: HashMap<usize, Vec<(bool, String, u64)>> = HashMap::new();
+    for (i, r) in results.into_iter().enumerate() {
+        let key = if i < N { i } else { i - N };
+        match r.unwrap_or_else(|e| panic!("commit {i}: {e}")) {
+            Outcome::Stored(c) => {
+                let Change::Message { message, .. } = &c.change else {
+                    panic!("commit {i}: not a message");
+                };
+                told.insert(message.id.clone(), (message.conversation.clone(), c.seq));
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .push((true, message.id.clone(), c.seq));
+            }
+            Outcome::Duplicate { message, seq } => {
+                by_key
+                    .entry(key)
+                    .or_default()
+                    .push((false, message.id.clone(), seq))
+            }
+        }
+    }
+    for (key, answers) in &by_key {
+        let stored = answers.iter().filter(|a| a.0).count();
+        assert_eq!(stored, 1, "key k{key}: {answers:?}");
+        assert!(
+            answers
+                .iter()
+                .all(|a| (&a.1, a.2) == (&answers[0].1, answers[0].2)),
+            "key k{key}: every answer names the stored message: {answers:?}"
+        );
+    }
+    assert_eq!(told.len(), N);
+    for conv in convs {
+        let mut s: Vec<u64> = told
+            .values()
+            .filter(|(c, _)| c == conv)
+            .map(|(_, s)| *s)
+            .collect();
+        s.sort_unstable();
+        assert_eq!(
+            s,
+            (1..=(N / convs.len()) as u64).collect::<Vec<_>>(),
+            "{conv}"
+        );
+    }
+
+    // Both nodes' consumers: every stored message once, in seq order, as told.
+    for (node, r) in seen.iter().enumerate() {
+        until(
+            LONG,
+            &format!("node {node} applied every commit"),
+            || async { r.0.lock().len() >= N },
+        )
+        .await;
+        let applied = r.0.lock().clone();
+        let mut last: HashMap<String, u64> = HashMap::new();
+        let mut ids = HashSet::new();
+        for c in &applied {
+            let Change::Message { message, .. } = &c.change else {
+                panic!("node {node}: applied {:?}", c.change);
+            };
+            assert!(
+                ids.insert(message.id.clone()),
+                "node {node}: {} twice",
+                message.id
+            );
+            assert_eq!(
+                told.get(&message.id),
+                Some(&(message.conversation.clone(), c.seq)),
+                "node {node}: {} applied at another seq than its committer was told",
+                message.id
+            );
+            let prev = last
+                .insert(message.conversation.clone(), c.seq)
+                .unwrap_or(0);
+            assert_eq!(
+                c.seq,
+                prev + 1,
+                "node {node}: {} out of order",
+                message.conversation
+            );
+        }
+        assert_eq!(ids.len(), N, "node {node}");
+    }
+    let h = stores[0]
+        .history("w1", "v2", 0, usize::MAX)
+        .await
+        .expect("history");
+    assert_eq!(
+        h.events.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        (1..=(N / convs.len()) as u64).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        arrays.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a bus message carried several events: nodes of the previous version cannot read it"
+    );
+    assert!(
+        script_calls < (N + 21) as u64,
+        "{} commits took {script_calls} script calls: nothing was grouped",
+        N + 21
+    );
+    watcher.abort();
+}
+
+/// A burst of adapter posts into one workspace, spread over three nodes at
+/// once (grouped into shared script calls): each stored
+/// once with seqs 1..n per conversation, and every agent, whichever node it
+/// is on, gets each message it may read exactly once, in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_nodes_is_stored_and_delivered_once_in_order() {
+    let cl = Cluster::start(3, false).await;
+    let world = json!({
+        "users": [{"id": "adm", "role": "admin"}, {"id": "s1"}, {"id": "s2", "scope": "own"}],
+        "channels": [{"id": "ch1"}],
+        "contacts": [{"id": "k1"}],
+        "conversations": [
+            {"id": "b1", "channel": "ch1", "contact": "k1"},
+            {"id": "b2", "channel": "ch1", "contact": "k1", "assignee": "s1"},
+            {"id": "b3", "channel": "ch1", "contact": "k1", "assignee": "s2"}
+        ]
+    });
+    cl.import(&world).await;
+    let may_read = readable(&world);
+    let users = ["adm", "s1", "s2"];
+    let mut clients = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        clients.push(cl.node(i).connect(u, "w1").await);
+    }
+    const PER: usize = 40;
+    let posts: Vec<(String, String, usize)> = ["b1", "b2", "b3"]
+        .iter()
+        .flat_map(|c| (0..PER).map(move |i| (c.to_string(), format!("{c}#{i}"), i % 3)))
+        .collect();
+    let seqs_told = join_all(posts.iter().map(|(c, b, n)| cl.node(*n).post(c, b))).await;
+    let mut stored: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    let mut body_at: HashMap<(String, u64), String> = HashMap::new();
+    for ((conv, body, _), seq) in posts.iter().zip(seqs_told) {
+        stored.entry(conv.clone()).or_default().push(seq);
+        body_at.insert((conv.clone(), seq), body.clone());
+    }
+    for (conv, s) in &mut stored {
+        s.sort_unstable();
+        assert_eq!(
+            *s,
+            (1..=PER as u64).collect::<Vec<_>>(),
+            "{conv}: stored once each"
+        );
+    }
+    for c in clients.iter_mut() {
+        let user = c.user.clone();
+        let want = posts
+            .iter()
+            .filter(|(conv, _, _)| may_read[&user].contains(conv))
+            .count();
+        assert!(want > 0, "{user} reads nothing");
+        let mut frames =
+            collect_until(c, "every readable message", |f| messages(f).len() >= want).await;
+        frames.extend(c.recv_for(QUIET).await);
+        let got = messages(&frames);
+        assert_eq!(got.len(), want, "{user}: each message once");
+        for f in &got {
+            let conv = f["conversation"].as_str().unwrap_or_default().to_owned();
+            assert!(may_read[&user].contains(&conv), "{user}: leak of {conv}");
+            let seq = f["seq"].as_u64().unwrap_or_default();
+            assert_eq!(
+                body_at.get(&(conv.clone(), seq)).map(String::as_str),
+                f["message"]["body"].as_str(),
+                "{user}: {conv} seq {seq} carries another message than its poster was told"
+            );
+        }
+        for (conv, s) in seqs(&frames) {
+            assert_eq!(
+                s,
+                (1..=PER as u64).collect::<Vec<_>>(),
+                "{user}: {conv} in order, no gap"
+            );
+        }
+    }
+}
+
+/// Calls of the commit script so far (`EVALSHA` and `EVAL`, from `INFO
+/// commandstats`).
+async fn script_calls(conn: &mut ::redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
 }

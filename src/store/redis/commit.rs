@@ -6,6 +6,7 @@ use std::sync::Arc;
 use redis::{Script, Value};
 use serde::Deserialize;
 
+use super::group::Prepared;
 use super::keys::{mark_field, thread_field, Hash, Keys, WORKSPACES};
 use super::snapshot::HistoryEntry;
 use super::{bounded, corrupt, int, to_json, Inner};
@@ -337,44 +338,28 @@ impl Inner {
             .drop_history
             .clone()
             .map(|c| plan.key(keys.history(&c)));
-        let change_json = to_json(&change)?;
-        let mut inv = self.commit_script.prepare_invoke();
-        for hash in [
-            Hash::Users,
-            Hash::Channels,
-            Hash::Contacts,
-            Hash::Conversations,
-        ] {
-            inv.key(keys.hash(hash));
-        }
-        inv.key(keys.settings()).key(keys.hash(Hash::Threads));
-        inv.key(keys.hash(Hash::Seqs)).key(keys.commits());
-        inv.key(keys.hash(Hash::Activity))
-            .key(keys.hash(Hash::Marks))
-            .key(keys.hash(Hash::Messages));
-        for key in &plan.extra_keys {
-            inv.key(key);
-        }
-        inv.arg(format!(
-            "{} {}",
-            self.publish_command(),
-            self.channel(workspace)
-        ))
-        .arg(&change_json)
-        .arg(plan.seq_conv.as_deref().unwrap_or(""))
-        .arg(history_key.unwrap_or(0))
-        .arg(idem_index.unwrap_or(0))
-        .arg(IDEMPOTENCY_TTL_SECS)
-        .arg(&idem_record)
-        .arg(self.history_len)
-        .arg(if plan.replace { "1" } else { "0" })
-        .arg(drop_index.unwrap_or(0));
+        let mut args = vec![
+            to_json(&change)?,
+            plan.seq_conv.clone().unwrap_or_default(),
+            history_key.unwrap_or(0).to_string(),
+            idem_index.unwrap_or(0).to_string(),
+            IDEMPOTENCY_TTL_SECS.to_string(),
+            idem_record,
+            self.history_len.to_string(),
+            if plan.replace { "1" } else { "0" }.to_owned(),
+            drop_index.unwrap_or(0).to_string(),
+        ];
+        args.reserve(plan.ops.len() * 4);
         for op in &plan.ops {
-            inv.arg(&op.args()[..]);
+            args.extend(op.args());
         }
-        let mut conn = self.conn();
-        let reply: Vec<Value> = self
-            .bounded_in(workspace, inv.invoke_async(&mut conn))
+        let prepared = Prepared {
+            keys: plan.extra_keys,
+            args,
+        };
+        let reply = self
+            .groups
+            .run(workspace, prepared, || self.group_target(workspace))
             .await?;
         match reply.as_slice() {
             [Value::Int(1), Value::BulkString(record)] => {

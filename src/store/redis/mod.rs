@@ -4,7 +4,8 @@
 //! included) from the bus, in commit order.
 //!
 //! Parts: [`keys`] (the only place key names are spelled), [`commit`] (typed
-//! commit plans run by `lua/commit.lua`), [`bus`] (delivery to consumers,
+//! commit plans run by `lua/commit.lua`), [`group`] (group commit: one script
+//! call for the concurrent commits of a workspace), [`bus`] (delivery to consumers,
 //! reconnect and reload), [`snapshot`] (reading state back), [`presence`]
 //! and [`queues`]. The Lua scripts live in `lua/*.lua`; every key a script
 //! touches comes in `KEYS`, all of one workspace (one hash tag).
@@ -34,7 +35,7 @@
 //! | `sb:{ws}:outbox` | stream | deliveries to channel adapters, added by the commit script with the change (fields `conversation channel seq ts type detail` and `contact` / `thread`; or `item` = a whole delivery put back from the dead letters); consumer group `deliverers`; an entry is deleted once delivered or dead-lettered (see [`outbox`]) |
 //! | `sb:{ws}:outbox:lease` | string, TTL | the node delivering the workspace's outbox (`SET NX PX`, renewed by it) |
 //! | `sb:{ws}:outbox:dead:{channel}` | list | a channel's dead letters, newest first, capped at [`DEAD_LETTERS`](crate::store::DEAD_LETTERS) |
-//! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}` per commit; `n = 0` for ephemeral events |
+//! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}`, one message per commit, also for a group stored by one script call (a JSON array of them, in commit order, is read too, for a later version that batches publishes); `n = 0` for ephemeral events |
 //! | channel `sb:{ws}:bus` | sharded pub/sub | the same, on a Redis Cluster (`SPUBLISH`, on the workspace's slot) |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
@@ -53,11 +54,16 @@
 //!
 //! # Commit
 //!
-//! [`commit::COMMIT`] is one Lua script: it checks and sets the idempotency key,
+//! [`commit::COMMIT`] is one Lua script, called with one commit or with a
+//! group of them ([`group`]: the commits of a workspace that waited on this
+//! node while its calls in flight were at their limit), which it applies in order,
+//! each as if alone. For each, it checks and sets the idempotency key,
 //! allocates the conversation's seq (`HINCRBY`), applies the directory
-//! mutation, appends to the history, increments the workspace's commit counter
-//! and `PUBLISH`es the committed change on the workspace's channel — all
-//! atomically, so pub/sub order is commit order on every node. The same
+//! mutation, appends to the history and increments the workspace's commit
+//! counter; then the call `PUBLISH`es each stored change on the workspace's
+//! channel, one message each — all atomically, so pub/sub order is commit
+//! order on every node. One message per change is the format every version
+//! reads, so a cluster can be upgraded node by node. The same
 //! script keeps the per-user marks, each conversation's last message and the
 //! thread map (all loaded into every [`Snapshot`], so a node started later or
 //! resynced after a reconnect has the same inbox figures as one that saw every
@@ -163,6 +169,7 @@
 pub mod bus;
 pub mod commit;
 pub mod conn;
+pub mod group;
 pub mod keys;
 pub mod outbox;
 pub mod presence;
@@ -280,6 +287,8 @@ struct Inner {
     commands: mpsc::Sender<bus::Command>,
     history_len: usize,
     commit_script: Script,
+    /// Commits waiting for (or in) their workspace's script call.
+    groups: Arc<group::Groups>,
     queues: queues::Scripts,
     presence_scripts: presence::Scripts,
     /// Everyone fed by the bus (the hub, the outbound deliverer).
@@ -317,6 +326,16 @@ impl Inner {
         bounded_on(Some(&shard), f).await
     }
 
+    /// Where the script calls of a workspace's commits go.
+    fn group_target(&self, workspace: &str) -> group::Target {
+        group::Target {
+            conn: self.conn(),
+            script: self.commit_script.clone(),
+            publish: format!("{} {}", self.publish_command(), self.channel(workspace)),
+            shard: self.sharded.then(|| self.shards.of_workspace(workspace)),
+        }
+    }
+
     /// The channel a workspace's changes are published on.
     fn channel(&self, workspace: &str) -> String {
         bus::channel(self.sharded, workspace)
@@ -333,6 +352,11 @@ impl Inner {
 
     fn set_applied(&self, ws: &str, n: u64) {
         self.applied.lock().insert(ws.to_owned(), n);
+        self.wake_applied();
+    }
+
+    /// Wakes the committers waiting for `applied` to move.
+    fn wake_applied(&self) {
         self.applied_tx.send_modify(|g| *g = g.wrapping_add(1));
     }
 
@@ -464,6 +488,7 @@ impl RedisStore {
             commands,
             history_len: history_len.max(1),
             commit_script: commit::script(),
+            groups: Arc::default(),
             queues: queues::Scripts::new(),
             presence_scripts: presence::Scripts::new(),
             consumers: parking_lot::RwLock::new(Vec::new()),

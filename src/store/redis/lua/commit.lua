@@ -1,14 +1,21 @@
--- The commit script (see `commit.rs` and the module doc of `store::redis`).
--- Every key comes in KEYS, all of one workspace (one hash tag):
+-- The commit script (see `commit.rs` and the module doc of `store::redis`):
+-- one call applies a batch of commits of one workspace, in order, each as
+-- if alone (a refused commit writes nothing and does not stop the others),
+-- and publishes each stored one as its own message.
+-- KEYS: the fixed keys, all of one workspace (one hash tag):
 --   1 users, 2 channels, 3 contacts, 4 conversations, 5 settings, 6 threads,
---   7 seqs, 8 commits, 9 activity, 10 marks, 11 messages, then the optional keys named by
---   index below (0 = none).
+--   7 seqs, 8 commits, 9 activity, 10 marks, 11 messages; then each commit's
+--   optional keys, in commit order. A commit sees KEYS 1-11 and its own
+--   optional keys as 12, 13, … (the indices below).
 -- ARGV: 1 publish command and bus channel (`PUBLISH sb:ws:W`, or
--- `SPUBLISH sb:{W}:bus` on a Redis Cluster), 2 change JSON, 3 sequenced conversation or "",
--- 4 index of its history key, 5 index of the idempotency key, 6 its TTL,
--- 7 the idempotency record's fields after `seq` (`"message":…,"fp":…`),
--- 8 history length, 9 "1" to clear the directory (replace import),
--- 10 index of a history key to drop, then quadruples (op, a, b, c):
+-- `SPUBLISH sb:{W}:bus` on a Redis Cluster), 2 number of commits, then per
+-- commit: its number of optional keys, its number of arguments, and these
+-- arguments (numbered A1, A2, …):
+-- A1 change JSON, A2 sequenced conversation or "",
+-- A3 index of its history key, A4 index of the idempotency key, A5 its TTL,
+-- A6 the idempotency record's fields after `seq` (`"message":…,"fp":…`),
+-- A7 history length, A8 "1" to clear the directory (replace import),
+-- A9 index of a history key to drop, then quadruples (op, a, b, c):
 -- - `hset` / `hdel` hash `a` field `b` (value `c`); `set` the settings to `c`;
 -- - `expect`: precondition, hash `a` field `b` must equal `c`;
 -- - `claim` (threads): precondition, the thread field `b` is free, already
@@ -28,10 +35,15 @@
 -- - `outbox`: records a delivery of event `b` (fields `c`, JSON) in the
 --   stream KEYS[a] if the sequenced conversation is a customer's on a channel
 --   whose outbound settings subscribe to `b` (see `outbox_record`).
--- Returns {0, commit, seq}, {1, idempotency record} for a duplicate, {2}
--- when an `expect` failed, {3, holder, commit counter} when a `claim` failed,
--- or {4} when a replace import did not name every history key (nothing
--- written in all but the first case).
+-- Returns one reply per commit, in order: {0, commit, seq}, {1, idempotency
+-- record} for a duplicate, {2} when an `expect` failed, {3, holder, commit
+-- counter} when a `claim` failed, or {4} when a replace import did not name
+-- every history key (nothing written in all but the first case).
+-- Publishes the stored commits' events (`{"n":…,"seq":…,"change":…}`, `n`
+-- the workspace's commit counter after the commit), one message each, in
+-- order: the format every version reads, so nodes of the previous version
+-- follow a cluster being upgraded (this version also reads a JSON array of
+-- events, for a later one that batches publishes).
 -- Redis refuses the whole script up front when out of memory; none of its
 -- commands can fail on the data it writes (stored JSON is decoded under
 -- `pcall`), so it never stops half-way.
@@ -41,12 +53,6 @@ local H = {
   messages = KEYS[11],
 }
 local settings, commits = KEYS[5], KEYS[8]
-local conv = ARGV[3]
-local hist = tonumber(ARGV[4])
-local idem = tonumber(ARGV[5])
-local replace = ARGV[9] == '1'
-local drop = tonumber(ARGV[10])
-
 -- The Lua twin of `Conversation::open_thread` (with `keys::thread_field`):
 -- the thread field a stored conversation routes, and whether it is open.
 local function thread_of(raw)
@@ -64,7 +70,7 @@ end
 
 -- The Lua twin of the checks of `domain::outbound::delivery_for`; the
 -- stream entry holds the fields of `OutboxRecord` (see `redis/outbox.rs`).
-local function outbox_record(key, event, detail, seqs)
+local function outbox_record(conv, key, event, detail, seqs)
   local okc, c = pcall(cjson.decode, redis.call('HGET', H.conversations, conv) or '')
   if not okc or type(c) ~= 'table' or type(c.channel) ~= 'string' then return end
   if c.kind ~= nil and c.kind ~= 'customer' then return end
@@ -90,89 +96,115 @@ local function outbox_record(key, event, detail, seqs)
   redis.call('XADD', key, '*', unpack(fields))
 end
 
-for i = 11, #ARGV, 4 do
-  local op = ARGV[i]
-  if op == 'expect' and redis.call('HGET', H[ARGV[i + 1]], ARGV[i + 2]) ~= ARGV[i + 3] then
-    return {2}
-  elseif op == 'claim' then
-    local cur = redis.call('HGET', H.threads, ARGV[i + 2])
-    if cur and cur ~= ARGV[i + 3] and holds(cur, ARGV[i + 2]) then
-      return {3, cur, tonumber(redis.call('GET', commits) or '0')}
+-- One commit: K its keys, A its arguments (see above). Returns its reply,
+-- and its event when it was stored.
+local function commit(K, A)
+  local conv = A[2]
+  local hist = tonumber(A[3])
+  local idem = tonumber(A[4])
+  local replace = A[8] == '1'
+  local drop = tonumber(A[9])
+
+  for i = 10, #A, 4 do
+    local op = A[i]
+    if op == 'expect' and redis.call('HGET', H[A[i + 1]], A[i + 2]) ~= A[i + 3] then
+      return {2}
+    elseif op == 'claim' then
+      local cur = redis.call('HGET', H.threads, A[i + 2])
+      if cur and cur ~= A[i + 3] and holds(cur, A[i + 2]) then
+        return {3, cur, tonumber(redis.call('GET', commits) or '0')}
+      end
     end
   end
-end
-local forget = {}
-if replace then
-  for i = 11, #ARGV, 4 do
-    if ARGV[i] == 'forget' then forget[ARGV[i + 2]] = KEYS[tonumber(ARGV[i + 1])] end
-  end
-  for _, c in ipairs(redis.call('HKEYS', H.seqs)) do
-    if not forget[c] then return {4} end
-  end
-end
-if idem > 0 then
-  local prev = redis.call('GET', KEYS[idem])
-  if prev then return {1, prev} end
-end
-local seq = 0
-if conv ~= '' then seq = redis.call('HINCRBY', H.seqs, conv, 1) end
-local seqs = string.format('%d', seq)
-if replace then
-  for _, k in pairs(forget) do redis.call('DEL', k) end
-  redis.call('DEL', H.users, H.channels, H.contacts, H.conversations, H.threads, H.messages)
-  local keep = {}
-  for i = 11, #ARGV, 4 do
-    if ARGV[i] == 'hset' and ARGV[i + 1] == 'conversations' then keep[ARGV[i + 2]] = true end
-  end
-  for _, c in ipairs(redis.call('HKEYS', H.activity)) do
-    if not keep[c] then redis.call('HDEL', H.activity, c) end
-  end
-end
-if drop > 0 then redis.call('DEL', KEYS[drop]) end
-for i = 11, #ARGV, 4 do
-  local op = ARGV[i]
-  local h = H[ARGV[i + 1]]
-  if op == 'hset' then redis.call('HSET', h, ARGV[i + 2], ARGV[i + 3])
-  elseif op == 'hdel' then redis.call('HDEL', h, ARGV[i + 2])
-  elseif op == 'set' then redis.call('SET', settings, ARGV[i + 3])
-  elseif op == 'claim' then redis.call('HSET', H.threads, ARGV[i + 2], ARGV[i + 3])
-  elseif op == 'bind' then
-    local cur = redis.call('HGET', H.threads, ARGV[i + 2])
-    if not cur or cur == ARGV[i + 3] or not holds(cur, ARGV[i + 2]) then
-      redis.call('HSET', H.threads, ARGV[i + 2], ARGV[i + 3])
+  local forget = {}
+  if replace then
+    for i = 10, #A, 4 do
+      if A[i] == 'forget' then forget[A[i + 2]] = K[tonumber(A[i + 1])] end
     end
-  elseif op == 'release' then
-    local f = thread_of(redis.call('HGET', H.conversations, ARGV[i + 2]))
-    if f and redis.call('HGET', H.threads, f) == ARGV[i + 2] then redis.call('HDEL', H.threads, f) end
-  elseif op == 'hmax' then
-    local v = ARGV[i + 3]
-    if v == '' then v = seqs end
-    local n = tonumber(v)
-    if n and n > (tonumber(redis.call('HGET', h, ARGV[i + 2]) or '') or -1) then
-      redis.call('HSET', h, ARGV[i + 2], v)
+    for _, c in ipairs(redis.call('HKEYS', H.seqs)) do
+      if not forget[c] then return {4} end
     end
-  elseif op == 'hseq' then redis.call('HSET', h, ARGV[i + 2], seqs .. ARGV[i + 3])
-  elseif op == 'hlatest' then
-    redis.call('HSET', h, ARGV[i + 2], redis.call('HGET', H.seqs, ARGV[i + 3]) or '0')
-  elseif op == 'redact' and hist > 0 then
-    if redis.call('ZREM', KEYS[hist], ARGV[i + 2]) == 1 then
-      redis.call('ZADD', KEYS[hist], ARGV[i + 1], ARGV[i + 3])
-    end
-  elseif op == 'outbox' and conv ~= '' then
-    outbox_record(KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2], ARGV[i + 3], seqs)
   end
+  if idem > 0 then
+    local prev = redis.call('GET', K[idem])
+    if prev then return {1, prev} end
+  end
+  local seq = 0
+  if conv ~= '' then seq = redis.call('HINCRBY', H.seqs, conv, 1) end
+  local seqs = string.format('%d', seq)
+  if replace then
+    for _, k in pairs(forget) do redis.call('DEL', k) end
+    redis.call('DEL', H.users, H.channels, H.contacts, H.conversations, H.threads, H.messages)
+    local keep = {}
+    for i = 10, #A, 4 do
+      if A[i] == 'hset' and A[i + 1] == 'conversations' then keep[A[i + 2]] = true end
+    end
+    for _, c in ipairs(redis.call('HKEYS', H.activity)) do
+      if not keep[c] then redis.call('HDEL', H.activity, c) end
+    end
+  end
+  if drop > 0 then redis.call('DEL', K[drop]) end
+  for i = 10, #A, 4 do
+    local op = A[i]
+    local h = H[A[i + 1]]
+    if op == 'hset' then redis.call('HSET', h, A[i + 2], A[i + 3])
+    elseif op == 'hdel' then redis.call('HDEL', h, A[i + 2])
+    elseif op == 'set' then redis.call('SET', settings, A[i + 3])
+    elseif op == 'claim' then redis.call('HSET', H.threads, A[i + 2], A[i + 3])
+    elseif op == 'bind' then
+      local cur = redis.call('HGET', H.threads, A[i + 2])
+      if not cur or cur == A[i + 3] or not holds(cur, A[i + 2]) then
+        redis.call('HSET', H.threads, A[i + 2], A[i + 3])
+      end
+    elseif op == 'release' then
+      local f = thread_of(redis.call('HGET', H.conversations, A[i + 2]))
+      if f and redis.call('HGET', H.threads, f) == A[i + 2] then redis.call('HDEL', H.threads, f) end
+    elseif op == 'hmax' then
+      local v = A[i + 3]
+      if v == '' then v = seqs end
+      local n = tonumber(v)
+      if n and n > (tonumber(redis.call('HGET', h, A[i + 2]) or '') or -1) then
+        redis.call('HSET', h, A[i + 2], v)
+      end
+    elseif op == 'hseq' then redis.call('HSET', h, A[i + 2], seqs .. A[i + 3])
+    elseif op == 'hlatest' then
+      redis.call('HSET', h, A[i + 2], redis.call('HGET', H.seqs, A[i + 3]) or '0')
+    elseif op == 'redact' and hist > 0 then
+      if redis.call('ZREM', K[hist], A[i + 2]) == 1 then
+        redis.call('ZADD', K[hist], A[i + 1], A[i + 3])
+      end
+    elseif op == 'outbox' and conv ~= '' then
+      outbox_record(conv, K[tonumber(A[i + 1])], A[i + 2], A[i + 3], seqs)
+    end
+  end
+  if hist > 0 then
+    local h = K[hist]
+    redis.call('ZADD', h, seq, '{"seq":' .. seqs .. ',"change":' .. A[1] .. '}')
+    local excess = redis.call('ZCARD', h) - tonumber(A[7])
+    if excess > 0 then redis.call('ZREMRANGEBYRANK', h, 0, excess - 1) end
+  end
+  if idem > 0 then
+    redis.call('SET', K[idem], '{"seq":' .. seqs .. ',' .. A[6] .. '}', 'EX', A[5])
+  end
+  local n = redis.call('INCR', commits)
+  return {0, n, seq}, '{"n":' .. string.format('%d', n) .. ',"seq":' .. seqs .. ',"change":' .. A[1] .. '}'
 end
-if hist > 0 then
-  local h = KEYS[hist]
-  redis.call('ZADD', h, seq, '{"seq":' .. seqs .. ',"change":' .. ARGV[2] .. '}')
-  local excess = redis.call('ZCARD', h) - tonumber(ARGV[8])
-  if excess > 0 then redis.call('ZREMRANGEBYRANK', h, 0, excess - 1) end
-end
-if idem > 0 then
-  redis.call('SET', KEYS[idem], '{"seq":' .. seqs .. ',' .. ARGV[7] .. '}', 'EX', ARGV[6])
-end
-local n = redis.call('INCR', commits)
+
 local publish, channel = string.match(ARGV[1], '^(%u+) (.*)$')
-redis.call(publish, channel,
-  '{"n":' .. string.format('%d', n) .. ',"seq":' .. seqs .. ',"change":' .. ARGV[2] .. '}')
-return {0, n, seq}
+local replies, events = {}, {}
+local nk, na = 11, 2 -- the last KEYS and ARGV consumed
+for c = 1, tonumber(ARGV[2]) do
+  local kc, ac = tonumber(ARGV[na + 1]), tonumber(ARGV[na + 2])
+  local K, A = {}, {}
+  for j = 1, 11 do K[j] = KEYS[j] end
+  for j = 1, kc do K[11 + j] = KEYS[nk + j] end
+  for j = 1, ac do A[j] = ARGV[na + 2 + j] end
+  nk, na = nk + kc, na + 2 + ac
+  local reply, event = commit(K, A)
+  replies[c] = reply
+  if event then events[#events + 1] = event end
+end
+for _, event in ipairs(events) do
+  redis.call(publish, channel, event)
+end
+return replies
