@@ -200,51 +200,47 @@ pub fn delivery_id(workspace: &str, conversation: &str, seq: u64) -> String {
     format!("dlv_{hex}")
 }
 
-/// The event a committed change means for its conversation's adapter, and
-/// the event's own fields of the body; `None` for changes never delivered.
-/// Messages count only when an agent wrote them. Both stores decide with
-/// this (the Redis commit script then checks the conversation and channel
-/// like [`delivery_for`]).
-pub fn delivery_event(change: &Change) -> Option<(OutboundEvent, serde_json::Value)> {
-    Some(match change {
+/// The event a committed change means for its conversation's adapter;
+/// `None` for changes never delivered. Messages count only when an agent
+/// wrote them. Both stores decide with this (the Redis commit script then
+/// checks the conversation and channel like [`delivery_for`]).
+pub fn outbound_event(change: &Change) -> Option<OutboundEvent> {
+    match change {
         // Whether the conversation is on a channel is checked with the
         // conversation (`Message::goes_outbound` is the whole rule).
-        Change::Message { message, .. } if message.is_reply() => (
-            OutboundEvent::MessageCreated,
-            serde_json::json!({ "message": message }),
-        ),
-        Change::EditMessage { note: true, .. } => return None,
+        Change::Message { message, .. } if message.is_reply() => {
+            Some(OutboundEvent::MessageCreated)
+        }
+        Change::EditMessage { note: true, .. } => None,
+        Change::EditMessage { body: Some(_), .. } => Some(OutboundEvent::MessageUpdated),
+        Change::EditMessage { body: None, .. } => Some(OutboundEvent::MessageDeleted),
+        Change::Conversation { status, .. } => match status.event {
+            StatusKind::Closed => Some(OutboundEvent::ConversationClosed),
+            StatusKind::Reopened => Some(OutboundEvent::ConversationReopened),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// [`outbound_event`] with the event's own fields of the body.
+pub fn delivery_event(change: &Change) -> Option<(OutboundEvent, serde_json::Value)> {
+    let event = outbound_event(change)?;
+    let detail = match change {
+        Change::Message { message, .. } => serde_json::json!({ "message": message }),
         Change::EditMessage {
             message_id,
             body: Some(body),
             by,
             ..
-        } => (
-            OutboundEvent::MessageUpdated,
-            serde_json::json!({ "message": { "id": message_id, "body": body, "by": by } }),
-        ),
-        Change::EditMessage {
-            message_id,
-            body: None,
-            by,
-            ..
-        } => (
-            OutboundEvent::MessageDeleted,
-            serde_json::json!({ "message": { "id": message_id, "by": by } }),
-        ),
-        Change::Conversation { status, .. } => match status.event {
-            StatusKind::Closed => (
-                OutboundEvent::ConversationClosed,
-                serde_json::json!({ "by": status.by }),
-            ),
-            StatusKind::Reopened => (
-                OutboundEvent::ConversationReopened,
-                serde_json::json!({ "by": status.by }),
-            ),
-            _ => return None,
-        },
+        } => serde_json::json!({ "message": { "id": message_id, "body": body, "by": by } }),
+        Change::EditMessage { message_id, by, .. } => {
+            serde_json::json!({ "message": { "id": message_id, "by": by } })
+        }
+        Change::Conversation { status, .. } => serde_json::json!({ "by": status.by }),
         _ => return None,
-    })
+    };
+    Some((event, detail))
 }
 
 /// What an outbox keeps of a delivery: enough to build its body again, the
@@ -387,6 +383,13 @@ mod tests {
         assert_eq!(body["id"], item.id.as_str());
         let customer = message(Sender::Contact(Some("k1".into())));
         assert!(delivery_for(&customer, &conv(), &channel(None), 9).is_none());
+        // What wakes the deliverer: the agent's message, not the customer's.
+        let agent = message(Sender::User("u1".into()));
+        assert_eq!(
+            outbound_event(&agent.change),
+            Some(OutboundEvent::MessageCreated)
+        );
+        assert_eq!(outbound_event(&customer.change), None);
     }
 
     #[test]

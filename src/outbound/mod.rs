@@ -26,6 +26,7 @@ use tokio::sync::Semaphore;
 
 use self::attempt::{backoff, signature, verdict, Verdict};
 use crate::config::OutboundSettings;
+use crate::domain::outbound::outbound_event;
 use crate::domain::Committed;
 use crate::domain::{Id, Outbound, OutboxItem};
 use crate::hub::Hub;
@@ -79,10 +80,13 @@ pub struct Deliverer {
 }
 
 /// Fed every committed change: one that may have recorded a delivery wakes
-/// the claim loop (no polling delay on the way to the adapter).
+/// the claim loop (no polling delay on the way to the adapter). Only those:
+/// a claim round asks Redis once per workspace this node delivers, so
+/// waking on every commit (customer messages, marks) kept a node's claim
+/// loop running back to back under load.
 impl Sink for Deliverer {
     fn apply(&self, committed: Arc<Committed>) {
-        if committed.seq > 0 {
+        if committed.seq > 0 && outbound_event(&committed.change).is_some() {
             self.wake.notify_one();
         }
     }
