@@ -98,7 +98,7 @@ pub struct History {
     pub latest_seq: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage unavailable: {0}")]
     Unavailable(String),

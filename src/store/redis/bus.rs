@@ -378,59 +378,19 @@ fn on_message(inner: &Inner, known: &mut HashSet<Id>, channel: &str, payload: &[
         .get(ws)
         .map_or((false, false), |f| (f.holders > 0, f.loaded));
     let m = crate::metrics::handles();
-    let counter = match (held, loaded) {
-        (true, _) => &m.bus_events_held,
-        (false, true) => &m.bus_events_idle,
-        (false, false) => &m.bus_events_none,
-    };
+    match (held, loaded) {
+        (true, _) => m.bus_events_held.increment(1),
+        (false, true) => m.bus_events_idle.increment(1),
+        (false, false) => m.bus_events_none.increment(1),
+    }
     if inner.interest && !loaded {
         // Still in flight when the workspace was dropped: not decoded.
-        counter.increment(1);
         return Step::Skipped;
     }
-    // One event, or (a group commit) several in commit order.
-    let decoded = if payload.first() == Some(&b'[') {
-        serde_json::from_slice(payload)
-    } else {
-        serde_json::from_slice(payload).map(|e| vec![e])
+    let env: Envelope = match serde_json::from_slice(payload) {
+        Ok(e) => e,
+        Err(e) => return Step::Lost(format!("undecodable change on {channel}: {e}")),
     };
-    let events: Vec<Envelope> = match decoded {
-        Ok(events) => events,
-        Err(e) => {
-            counter.increment(1);
-            return Step::Lost(format!("undecodable change on {channel}: {e}"));
-        }
-    };
-    counter.increment(events.len() as u64);
-    let mut step = Step::Skipped;
-    let mut counted = false;
-    for env in events {
-        match on_event(inner, known, ws, env, &mut counted) {
-            Step::Applied => step = Step::Applied,
-            Step::Skipped => {}
-            lost @ Step::Lost(_) => {
-                step = lost;
-                break;
-            }
-        }
-    }
-    if counted {
-        // Once per message: every committer waiting on this node re-checks.
-        inner.wake_applied();
-    }
-    step
-}
-
-/// One published event of workspace `ws`: applied in commit order; `counted`
-/// is set when it moved the commit counter (the committers are woken after
-/// the whole message).
-fn on_event(
-    inner: &Inner,
-    known: &mut HashSet<Id>,
-    ws: &str,
-    env: Envelope,
-    counted: &mut bool,
-) -> Step {
     let committed = |env: Envelope| {
         Arc::new(Committed {
             workspace: ws.to_owned(),
@@ -452,8 +412,7 @@ fn on_event(
     let n = env.n;
     known.insert(ws.to_owned());
     inner.deliver(committed(env));
-    inner.applied.lock().insert(ws.to_owned(), n);
-    *counted = true;
+    inner.set_applied(ws, n);
     Step::Applied
 }
 

@@ -1,7 +1,7 @@
 //! Group commit: the commits of one workspace that wait while the node's
 //! calls of the commit script for it are at their limit go to Redis together, as one call
 //! of `lua/commit.lua` (which applies them in order, each as if alone, and
-//! publishes the stored ones in one bus message).
+//! publishes each stored one as its own bus message).
 //!
 //! Per workspace and node at most [`IN_FLIGHT`] calls are in flight (on the
 //! one multiplexed connection, so they are pipelined); further commits queue
@@ -114,17 +114,6 @@ fn fixed_keys(ws: &str) -> Vec<String> {
     out
 }
 
-/// The same error again, for every commit of a failed call.
-fn again(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
-        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
-        StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
-        StoreError::ThreadTaken(s) => StoreError::ThreadTaken(s.clone()),
-        StoreError::IdempotencyKeyReused => StoreError::IdempotencyKeyReused,
-    }
-}
-
 impl Groups {
     /// Runs one commit of `ws`, with whatever else of `ws` waits alongside;
     /// `target` is used when this commit starts the workspace's flusher.
@@ -220,12 +209,12 @@ impl Groups {
                         format!("{} replies to {} commits", replies.len(), batch.len()),
                     );
                     for w in batch {
-                        let _ = w.reply.send(Err(again(&e)));
+                        let _ = w.reply.send(Err(e.clone()));
                     }
                 }
                 Err(e) => {
                     for w in batch {
-                        let _ = w.reply.send(Err(again(&e)));
+                        let _ = w.reply.send(Err(e.clone()));
                     }
                 }
             }

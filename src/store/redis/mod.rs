@@ -35,7 +35,7 @@
 //! | `sb:{ws}:outbox` | stream | deliveries to channel adapters, added by the commit script with the change (fields `conversation channel seq ts type detail` and `contact` / `thread`; or `item` = a whole delivery put back from the dead letters); consumer group `deliverers`; an entry is deleted once delivered or dead-lettered (see [`outbox`]) |
 //! | `sb:{ws}:outbox:lease` | string, TTL | the node delivering the workspace's outbox (`SET NX PX`, renewed by it) |
 //! | `sb:{ws}:outbox:dead:{channel}` | list | a channel's dead letters, newest first, capped at [`DEAD_LETTERS`](crate::store::DEAD_LETTERS) |
-//! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}`, one message per commit, also for a group stored by one script call (a JSON array of them, in commit order, is read too, for a later version that batches publishes); `n = 0` for ephemeral events |
+//! | channel `sb:ws:{ws}` | pub/sub | `{"n":commit,"seq":N,"change":…}`, one message per commit, also for a group stored by one script call; `n = 0` for ephemeral events |
 //! | channel `sb:{ws}:bus` | sharded pub/sub | the same, on a Redis Cluster (`SPUBLISH`, on the workspace's slot) |
 //!
 //! Marks and activity of a deleted conversation are dropped from snapshots
@@ -352,11 +352,6 @@ impl Inner {
 
     fn set_applied(&self, ws: &str, n: u64) {
         self.applied.lock().insert(ws.to_owned(), n);
-        self.wake_applied();
-    }
-
-    /// Wakes the committers waiting for `applied` to move.
-    fn wake_applied(&self) {
         self.applied_tx.send_modify(|g| *g = g.wrapping_add(1));
     }
 

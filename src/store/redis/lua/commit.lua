@@ -42,8 +42,7 @@
 -- Publishes the stored commits' events (`{"n":…,"seq":…,"change":…}`, `n`
 -- the workspace's commit counter after the commit), one message each, in
 -- order: the format every version reads, so nodes of the previous version
--- follow a cluster being upgraded (this version also reads a JSON array of
--- events, for a later one that batches publishes).
+-- follow a cluster being upgraded.
 -- Redis refuses the whole script up front when out of memory; none of its
 -- commands can fail on the data it writes (stored JSON is decoded under
 -- `pcall`), so it never stops half-way.
