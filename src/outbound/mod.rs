@@ -16,7 +16,7 @@
 
 pub mod attempt;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -74,21 +74,49 @@ pub struct Deliverer {
     /// (workspace, channel) → requests it may have in flight.
     channels: Mutex<HashMap<(Id, Id), Arc<Semaphore>>>,
     held: AtomicUsize,
-    /// Rung by committed changes that may have recorded a delivery, and when
-    /// a lane frees room.
+    /// What the next claim reads, gathered between two claims.
+    wanted: Mutex<Wanted>,
+    /// Rung with `wanted`: by committed changes that may have recorded a
+    /// delivery, and when a lane frees room.
     wake: tokio::sync::Notify,
 }
 
+/// The outboxes the next claim reads: a claim asks Redis once per
+/// workspace, so a wake names the workspace that may have a new delivery
+/// and the claim reads only those; every workspace on the periodic round
+/// (`CLAIM_WAIT`), after a full batch and when room frees.
+#[derive(Default)]
+struct Wanted {
+    every: bool,
+    workspaces: HashSet<Id>,
+}
+
 /// Fed every committed change: one that may have recorded a delivery wakes
-/// the claim loop (no polling delay on the way to the adapter). Only those:
-/// a claim round asks Redis once per workspace this node delivers, so
-/// waking on every commit (customer messages, marks) kept a node's claim
+/// the claim loop for its workspace (no polling delay on the way to the
+/// adapter). Only those: waking on every commit (customer messages, marks,
+/// agents' messages in direct and group conversations) kept a node's claim
 /// loop running back to back under load.
 impl Sink for Deliverer {
     fn apply(&self, committed: Arc<Committed>) {
-        if committed.seq > 0 && outbound_event(&committed.change).is_some() {
-            self.wake.notify_one();
+        if committed.seq == 0 || outbound_event(&committed.change).is_none() {
+            return;
         }
+        let ws = &committed.workspace;
+        if let Some(conv) = committed.change.sequenced_conversation() {
+            // The hub applied every earlier commit, so it sees what the
+            // store checked when recording: a conversation on a channel with
+            // outbound settings. Unknown here (not followed): claim anyway.
+            let recorded = self.hub.read_known(ws, |state| {
+                let conv = state.dir.conversations.get(conv)?;
+                let channel = conv.kind.on_channel().then_some(conv.channel.as_ref()?)?;
+                Some(state.dir.channels.get(channel)?.outbound.is_some())
+            });
+            if recorded.flatten() == Some(false) {
+                return;
+            }
+        }
+        self.wanted.lock().workspaces.insert(ws.clone());
+        self.wake.notify_one();
     }
 }
 
@@ -108,6 +136,10 @@ impl Deliverer {
             lanes: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             held: AtomicUsize::new(0),
+            wanted: Mutex::new(Wanted {
+                every: true,
+                workspaces: HashSet::new(),
+            }),
             wake: tokio::sync::Notify::new(),
         })
     }
@@ -117,9 +149,23 @@ impl Deliverer {
     pub async fn run(self: Arc<Self>) {
         let lease = Duration::from_millis(self.settings.lease_ms);
         let idle = CLAIM_WAIT.min(lease / 3);
+        let mut round = tokio::time::Instant::now();
         loop {
             let room = MAX_HELD.saturating_sub(self.held.load(Ordering::Acquire));
-            let claimed = self.store.outbox_claim(room.min(CLAIM_BATCH), lease).await;
+            let only = {
+                let mut wanted = self.wanted.lock();
+                if std::mem::take(&mut wanted.every) || round.elapsed() >= idle {
+                    wanted.workspaces.clear();
+                    round = tokio::time::Instant::now();
+                    None
+                } else {
+                    Some(std::mem::take(&mut wanted.workspaces))
+                }
+            };
+            let claimed = self
+                .store
+                .outbox_claim(room.min(CLAIM_BATCH), lease, only.as_ref())
+                .await;
             // Also when the claim failed: a lease may have run out meanwhile.
             self.drop_lost();
             match claimed {
@@ -128,15 +174,18 @@ impl Deliverer {
                     for item in items {
                         self.enqueue(item);
                     }
+                    self.wanted.lock().every = true;
                 }
                 Ok(items) => {
                     for item in items {
                         self.enqueue(item);
                     }
-                    let _ = tokio::time::timeout(idle, self.wake.notified()).await;
+                    let wait = idle.saturating_sub(round.elapsed());
+                    let _ = tokio::time::timeout(wait, self.wake.notified()).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox claim failed");
+                    self.wanted.lock().every = true;
                     tokio::time::sleep(idle).await;
                 }
             }
@@ -202,6 +251,7 @@ impl Deliverer {
             self.held.fetch_add(1, Ordering::AcqRel);
         } else {
             if self.held.fetch_sub(1, Ordering::AcqRel) == MAX_HELD {
+                self.wanted.lock().every = true;
                 self.wake.notify_one();
             }
         }

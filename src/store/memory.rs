@@ -516,10 +516,12 @@ impl Store for MemoryStore {
             .collect())
     }
 
+    /// One queue for every workspace: `only` is not needed.
     async fn outbox_claim(
         &self,
         limit: usize,
         _lease: std::time::Duration,
+        _only: Option<&HashSet<Id>>,
     ) -> Result<Vec<OutboxItem>, StoreError> {
         let mut outbox = self.outbox.lock();
         let n = limit.min(outbox.fresh.len());

@@ -18,6 +18,7 @@
 pub mod memory;
 pub mod redis;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -384,11 +385,14 @@ pub trait Store: Send + Sync + 'static {
     /// a node delivers a workspace while it holds its lease (kept by calling
     /// this at least every `lease / 3`, with `limit` 0 when full), and a
     /// node silent for `lease` loses it, with its deliveries, to another.
-    /// Per conversation, items come in `seq` order.
+    /// Per conversation, items come in `seq` order. `only`: the workspaces
+    /// that may have new deliveries (a store may read more); `None` reads
+    /// every workspace this node holds. Leases are kept either way.
     async fn outbox_claim(
         &self,
         limit: usize,
         lease: std::time::Duration,
+        only: Option<&HashSet<Id>>,
     ) -> Result<Vec<OutboxItem>, StoreError>;
     /// Whether this node may still deliver the workspace's claimed items:
     /// `Some(tenure)` while it holds the lease (taken or renewed less than

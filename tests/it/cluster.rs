@@ -2294,23 +2294,7 @@ async fn a_burst_over_the_nodes_is_stored_and_delivered_once_in_order() {
     }
 }
 
-/// Calls of the commit script so far (`EVALSHA` and `EVAL`, from `INFO
-/// commandstats`).
+/// Calls of the commit script so far (`EVALSHA` and `EVAL`).
 async fn script_calls(conn: &mut ::redis::aio::MultiplexedConnection) -> u64 {
-    let info: String = ::redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(conn)
-        .await
-        .expect("INFO commandstats");
-    info.lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
+    crate::support::redis::command_calls(conn, &["evalsha", "eval"]).await
 }

@@ -829,3 +829,39 @@ async fn a_lease_holder_not_following_the_workspace_delivers() {
         "the holder kept its lease"
     );
 }
+
+/// A claim round asks Redis once per workspace: only a commit that recorded
+/// a delivery starts one. Agents' messages in a conversation on a channel
+/// without outbound settings record none; before, each woke every node's
+/// claim loop (`XREADGROUP` per workspace held), back to back under load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_that_record_no_delivery_start_no_claim() {
+    let rx = Receiver::start(|_, _| Answer::Status(200)).await;
+    let (nodes, redis) =
+        cluster_with(2, false, &[("SWITCHBOARD_CONN_RATE_PER_SEC", "10000")]).await;
+    import_everywhere(&nodes, &world(&rx.url, &rx.url)).await;
+    lease_holder(&nodes).await;
+    let mut admin = ::redis::Client::open(redis.url())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let mut agent = nodes[1].connect("r1", "w1").await;
+    const SENT: u64 = 120;
+    let started = Instant::now();
+    let before = crate::support::redis::command_calls(&mut admin, &["xreadgroup"]).await;
+    for i in 0..SENT {
+        send(&mut agent, "w1c", &format!("w{i}")).await;
+    }
+    let claims = crate::support::redis::command_calls(&mut admin, &["xreadgroup"]).await - before;
+    // The periodic rounds: every lease / 3 (1 s lease), by the holder only.
+    let periodic = (started.elapsed().as_secs_f64() * 3.0).ceil() as u64 + 2;
+    assert!(
+        claims <= periodic,
+        "{SENT} replies on a channel without outbound settings: {claims} claims \
+         (periodic rounds alone: {periodic})"
+    );
+    // A reply that records a delivery is still delivered.
+    send(&mut agent, "v1", "a0").await;
+    until_delivered_in_order(&rx, "v1", "a", 1, Duration::from_secs(5)).await;
+}

@@ -706,7 +706,7 @@ const LEASE: std::time::Duration = std::time::Duration::from_secs(5);
 async fn claim_n(store: &dyn Store, n: usize) -> Vec<OutboxItem> {
     let mut got = Vec::new();
     for _ in 0..50 {
-        got.extend(store.outbox_claim(100, LEASE).await.expect("claim"));
+        got.extend(store.outbox_claim(100, LEASE, None).await.expect("claim"));
         if got.len() >= n {
             break;
         }
@@ -747,7 +747,7 @@ async fn the_outbox_records_agent_messages_with_their_commit(s: Subject) {
     );
     // Claimed ones are held: not handed out again, still pending.
     assert!(store
-        .outbox_claim(100, LEASE)
+        .outbox_claim(100, LEASE, None)
         .await
         .expect("claim")
         .is_empty());

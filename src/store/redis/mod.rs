@@ -185,7 +185,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use redis::{Script, Value};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 pub use commit::{COMMIT, IDEMPOTENCY_TTL_SECS};
@@ -299,8 +299,11 @@ struct Inner {
     listed: Mutex<HashSet<Id>>,
     /// Latest commit counter applied to the consumers, per workspace.
     applied: Mutex<HashMap<Id, u64>>,
-    /// Bumped whenever `applied` changes (wakes committers).
-    applied_tx: watch::Sender<u64>,
+    /// Committers waiting for their commit to be applied here, per
+    /// workspace: (commit counter, waker). Woken one by one, by the
+    /// workspace that reached their commit: a commit wakes only its own
+    /// committer, not every committer waiting on the node.
+    awaiting: Mutex<HashMap<Id, Vec<Committer>>>,
     bus_up: AtomicBool,
     /// Users this node keeps online: workspace → user → ttl seconds.
     presence: Mutex<HashMap<Id, HashMap<Id, u64>>>,
@@ -352,28 +355,84 @@ impl Inner {
 
     fn set_applied(&self, ws: &str, n: u64) {
         self.applied.lock().insert(ws.to_owned(), n);
-        self.applied_tx.send_modify(|g| *g = g.wrapping_add(1));
+        self.wake_applied(Some(ws));
     }
 
     fn replace_applied(&self, counters: HashMap<Id, u64>) {
         *self.applied.lock() = counters;
-        self.applied_tx.send_modify(|g| *g = g.wrapping_add(1));
+        self.wake_applied(None);
+    }
+
+    /// Wakes the committers of `ws` (`None`: of every workspace) whose
+    /// commit is applied now, and forgets those that gave up.
+    fn wake_applied(&self, ws: Option<&str>) {
+        if self.awaiting.lock().is_empty() {
+            return;
+        }
+        // Read before taking `awaiting`: `wait_applied` locks the other way.
+        let done = |ws: &str| self.applied.lock().get(ws).copied().unwrap_or(0);
+        match ws {
+            Some(ws) => {
+                let done = done(ws);
+                let mut awaiting = self.awaiting.lock();
+                if let Some(waiting) = awaiting.get_mut(ws) {
+                    if wake_up_to(waiting, done) {
+                        awaiting.remove(ws);
+                    }
+                }
+            }
+            None => {
+                let waited: Vec<Id> = self.awaiting.lock().keys().cloned().collect();
+                for ws in waited {
+                    let done = done(&ws);
+                    let mut awaiting = self.awaiting.lock();
+                    if let Some(waiting) = awaiting.get_mut(&ws) {
+                        if wake_up_to(waiting, done) {
+                            awaiting.remove(&ws);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Waits until the bus applied commit `n` of `ws`; false on timeout.
     async fn wait_applied(&self, ws: &str, n: u64) -> bool {
-        let mut rx = self.applied_tx.subscribe();
-        let deadline = tokio::time::Instant::now() + APPLY_WAIT;
-        loop {
-            if self.applied.lock().get(ws).copied().unwrap_or(0) >= n {
+        let woken = {
+            // Registered under the `applied` lock, so `set_applied` either
+            // ran before (seen here) or finds the waiter.
+            let applied = self.applied.lock();
+            if applied.get(ws).copied().unwrap_or(0) >= n {
                 return true;
             }
-            match tokio::time::timeout_at(deadline, rx.changed()).await {
-                Ok(Ok(())) => {}
-                _ => return false,
-            }
+            let (tx, rx) = oneshot::channel();
+            self.awaiting
+                .lock()
+                .entry(ws.to_owned())
+                .or_default()
+                .push((n, tx));
+            rx
+        };
+        matches!(tokio::time::timeout(APPLY_WAIT, woken).await, Ok(Ok(())))
+    }
+}
+
+/// A committer waiting for its commit (by counter) to be applied here.
+type Committer = (u64, oneshot::Sender<()>);
+
+/// Wakes the committers waiting for a commit up to `done` (and forgets
+/// those that gave up); true when none is left.
+fn wake_up_to(waiting: &mut Vec<Committer>, done: u64) -> bool {
+    let mut i = 0;
+    while i < waiting.len() {
+        if waiting[i].0 <= done || waiting[i].1.is_closed() {
+            let (_, tx) = waiting.swap_remove(i);
+            let _ = tx.send(());
+        } else {
+            i += 1;
         }
     }
+    waiting.is_empty()
 }
 
 /// Cluster storage on Redis (see the module doc).
@@ -469,7 +528,6 @@ impl RedisStore {
         let first_bus = bus::open(&target, interest, &[])
             .await
             .map_err(|e| anyhow::anyhow!("redis pub/sub: {e}"))?;
-        let (applied_tx, _) = watch::channel(0);
         let (commands, commands_rx) = mpsc::channel(bus::COMMANDS);
         let inner = Arc::new(Inner {
             target,
@@ -490,7 +548,7 @@ impl RedisStore {
             delivered: Mutex::new(HashMap::new()),
             listed: Mutex::new(HashSet::new()),
             applied: Mutex::new(HashMap::new()),
-            applied_tx,
+            awaiting: Mutex::new(HashMap::new()),
             bus_up: AtomicBool::new(true),
             presence: Mutex::new(HashMap::new()),
             presence_wake: Notify::new(),
@@ -769,8 +827,9 @@ impl Store for RedisStore {
         &self,
         limit: usize,
         lease: Duration,
+        only: Option<&HashSet<Id>>,
     ) -> Result<Vec<crate::domain::OutboxItem>, StoreError> {
-        outbox::claim(self, limit, lease).await
+        outbox::claim(self, limit, lease, only).await
     }
 
     fn outbox_tenure(&self, workspace: &str) -> Option<u64> {
@@ -815,5 +874,30 @@ impl Store for RedisStore {
                     .query_async::<()>(&mut conn),
             )
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_wakes_its_committers_only_and_forgets_the_gone() {
+        let mut waiting = Vec::new();
+        let mut woken = Vec::new();
+        for n in [3, 7, 5] {
+            let (tx, rx) = oneshot::channel();
+            waiting.push((n, tx));
+            woken.push((n, rx));
+        }
+        let (tx, gone) = oneshot::channel();
+        waiting.push((9, tx));
+        drop(gone);
+        assert!(!wake_up_to(&mut waiting, 5));
+        assert_eq!(waiting.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [7]);
+        for (n, rx) in &mut woken {
+            assert_eq!(rx.try_recv().is_ok(), *n <= 5, "commit {n}");
+        }
+        assert!(wake_up_to(&mut waiting, 7));
     }
 }

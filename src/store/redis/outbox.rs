@@ -17,7 +17,7 @@
 //! possible only for a delivery in flight when its node died or lost the
 //! lease, and carries the same delivery id.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -328,6 +328,7 @@ pub async fn claim(
     store: &RedisStore,
     limit: usize,
     lease: Duration,
+    only: Option<&HashSet<Id>>,
 ) -> Result<Vec<OutboxItem>, StoreError> {
     let owned = leases(store, lease).await?;
     let mut out = Vec::new();
@@ -342,6 +343,10 @@ pub async fn claim(
             .lock()
             .get(&ws)
             .is_some_and(|held| held.caught_up);
+        // A lease just taken is read at once, whatever `only` says.
+        if caught_up && only.is_some_and(|only| !only.contains(&ws)) {
+            continue;
+        }
         // After taking the lease: this node's pending list first (oldest).
         let mut from = if caught_up {
             ">".to_owned()

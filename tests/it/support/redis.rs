@@ -221,3 +221,31 @@ impl Drop for Redis {
         }
     }
 }
+
+/// Calls of these commands so far (lowercase, e.g. `evalsha`), from `INFO
+/// commandstats`.
+pub async fn command_calls(
+    conn: &mut ::redis::aio::MultiplexedConnection,
+    commands: &[&str],
+) -> u64 {
+    let info: String = ::redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .expect("INFO commandstats");
+    info.lines()
+        .filter_map(|l| {
+            let (name, stats) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            if !commands.contains(&name) {
+                return None;
+            }
+            stats
+                .split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
