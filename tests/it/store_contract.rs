@@ -383,6 +383,16 @@ async fn history_is_capped_and_a_deletion_redacts_every_version(s: Subject) {
     );
     let page = store.history("w1", "v1", 3, 1).await.expect("history");
     assert_eq!(page.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [4]);
+    // A message out of history is not found by id any more (the index of
+    // message ids does not grow with every message ever sent).
+    assert_eq!(
+        store.locate_message("w1", "m1").await.expect("locate"),
+        None
+    );
+    assert_eq!(
+        store.locate_message("w1", "m2").await.expect("locate"),
+        Some(("v1".to_owned(), 2))
+    );
     // A deleted conversation's history goes with it.
     store
         .commit("w1", Change::DeleteConversation { id: "v1".into() })

@@ -21,7 +21,7 @@
 //! | `sb:{ws}:users` / `:channels` / `:contacts` / `:conversations` | hash | id → entity JSON (world format) |
 //! | `sb:{ws}:settings` | string | workspace settings JSON |
 //! | `sb:{ws}:marks` | hash | `user \n conversation \n kind` → `read`: highest seq read (a user's own message counts as read); `hide`: the conversation's latest seq when hidden (a later message un-hides); `mute` / `archive`: `1` (removed when off). Values first stored as the `mark` change JSON are still read |
-//! | `sb:{ws}:messages` | hash | message id → `seq conversation` where it was stored (receipts find their message by it; a hint, checked against history; entries stay after the message left history) |
+//! | `sb:{ws}:messages` | hash | message id → `seq conversation` where it was stored (receipts find their message by it; a hint, checked against history; removed when the message leaves history) |
 //! | `sb:{ws}:activity` | hash | conversation → `seq ts awaiting` of its last message (`awaiting` = 1 if from the customer): unread figures and view order |
 //! | `sb:{ws}:threads` | hash | `{len(channel)}:{channel}{thread}` → the open conversation that routes `POST /v1/inbound` of that thread; claimed atomically when one is opened, released when it is closed, deleted or moved |
 //! | `sb:{ws}:seqs` | hash | conversation → latest seq |

@@ -95,6 +95,21 @@ local function outbox_record(conv, key, event, detail, seqs)
   redis.call('XADD', key, '*', unpack(fields))
 end
 
+-- The id of the message a history member holds, nil for other changes.
+-- Members are written by this script (`{"seq":…,"change":{"op":…`), so
+-- the pattern finds a message's id without decoding the member.
+local function message_id_of(member)
+  local id = string.match(member, '^{"seq":%d+,"change":{"op":"message","message":{"id":"([^"\\]*)"')
+  if id then return id end
+  if not string.find(member, '"op":"message"', 1, true) then return nil end
+  local ok, e = pcall(cjson.decode, member)
+  if ok and type(e) == 'table' and type(e.change) == 'table' and e.change.op == 'message'
+      and type(e.change.message) == 'table' and type(e.change.message.id) == 'string' then
+    return e.change.message.id
+  end
+  return nil
+end
+
 -- One commit: K its keys, A its arguments (see above). Returns its reply,
 -- and its event when it was stored.
 local function commit(K, A)
@@ -180,7 +195,18 @@ local function commit(K, A)
     local h = K[hist]
     redis.call('ZADD', h, seq, '{"seq":' .. seqs .. ',"change":' .. A[1] .. '}')
     local excess = redis.call('ZCARD', h) - tonumber(A[7])
-    if excess > 0 then redis.call('ZREMRANGEBYRANK', h, 0, excess - 1) end
+    if excess > 0 then
+      -- A message leaving history leaves the `messages` hash too (as in
+      -- the memory store): it would otherwise grow with every message.
+      local gone = redis.call('ZRANGE', h, 0, excess - 1, 'WITHSCORES')
+      for j = 1, #gone, 2 do
+        local id = message_id_of(gone[j])
+        if id and redis.call('HGET', H.messages, id) == gone[j + 1] .. ' ' .. conv then
+          redis.call('HDEL', H.messages, id)
+        end
+      end
+      redis.call('ZREMRANGEBYRANK', h, 0, excess - 1)
+    end
   end
   if idem > 0 then
     redis.call('SET', K[idem], '{"seq":' .. seqs .. ',' .. A[6] .. '}', 'EX', A[5])
