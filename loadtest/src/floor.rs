@@ -42,7 +42,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -524,12 +524,7 @@ type Ws = WebSocketStream<TokioIo<Upgraded>>;
 /// frames (batched, one flush) and answers `send`s until either side closes.
 async fn session(floor: Arc<Floor>, upgraded: Upgraded, user: u32, sender: Arc<str>) {
     // The gateway's buffer sizes, so that memory per connection compares.
-    let config = WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(16 * 1024)
-        .max_write_buffer_size(4 * 1024 * 1024)
-        .max_message_size(Some(MAX_FRAME_BYTES))
-        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let config = switchboard::ws::socket_config(MAX_FRAME_BYTES);
     let mut ws =
         WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
     let id = floor.next_conn.fetch_add(1, Ordering::Relaxed);

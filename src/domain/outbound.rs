@@ -291,6 +291,24 @@ impl OutboxRecord {
     }
 }
 
+/// The event a change delivers to its conversation's adapter, if it records
+/// a delivery at all: the rule of [`delivery_for`], without building the
+/// delivery (what the outbound deliverer asks before claiming).
+pub fn delivered_event(
+    change: &Change,
+    conversation: &Conversation,
+    channel: &Channel,
+) -> Option<OutboundEvent> {
+    let outbound = channel.outbound.as_ref()?;
+    if !conversation.kind.on_channel()
+        || conversation.channel.as_deref() != Some(channel.id.as_str())
+    {
+        return None;
+    }
+    let event = outbound_event(change)?;
+    outbound.subscribes(event).then_some(event)
+}
+
 /// The delivery a committed change produces, if any: for customer
 /// conversations on a channel with outbound settings that subscribe to the
 /// event ([`delivery_event`]). `conversation` is the conversation as stored
@@ -301,16 +319,8 @@ pub fn delivery_for(
     channel: &Channel,
     now_ms: u64,
 ) -> Option<OutboxItem> {
-    let outbound = channel.outbound.as_ref()?;
-    if !conversation.kind.on_channel()
-        || conversation.channel.as_deref() != Some(channel.id.as_str())
-    {
-        return None;
-    }
+    delivered_event(&committed.change, conversation, channel)?;
     let (event, detail) = delivery_event(&committed.change)?;
-    if !outbound.subscribes(event) {
-        return None;
-    }
     let record = OutboxRecord {
         workspace: committed.workspace.clone(),
         channel: channel.id.clone(),
@@ -328,7 +338,7 @@ pub fn delivery_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Message, Sender, StatusEvent};
+    use crate::domain::{ConversationKind, Message, Sender, StatusEvent};
 
     fn channel(events: Option<Vec<OutboundEvent>>) -> Channel {
         let mut ch: Channel =
@@ -390,6 +400,22 @@ mod tests {
             Some(OutboundEvent::MessageCreated)
         );
         assert_eq!(outbound_event(&customer.change), None);
+        // What it claims for: a conversation of the channel, an event it takes.
+        assert_eq!(
+            delivered_event(&agent.change, &conv(), &channel(None)),
+            Some(OutboundEvent::MessageCreated)
+        );
+        let mut direct = conv();
+        direct.kind = ConversationKind::Direct;
+        assert_eq!(
+            delivered_event(&agent.change, &direct, &channel(None)),
+            None
+        );
+        let closings_only = channel(Some(vec![OutboundEvent::ConversationClosed]));
+        assert_eq!(
+            delivered_event(&agent.change, &conv(), &closings_only),
+            None
+        );
     }
 
     #[test]

@@ -243,6 +243,7 @@ impl Inbox {
 
 impl Drop for Inbox {
     fn drop(&mut self) {
+        // The frames left are freed after the lock is released.
         let frames = {
             let mut queue = self.control.queue.lock();
             queue.receiver_gone = true;

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 
 use self::attempt::{backoff, signature, verdict, Verdict};
 use crate::config::OutboundSettings;
-use crate::domain::outbound::outbound_event;
+use crate::domain::outbound::{delivered_event, outbound_event};
 use crate::domain::Committed;
 use crate::domain::{Id, Outbound, OutboxItem};
 use crate::hub::Hub;
@@ -104,12 +104,18 @@ impl Sink for Deliverer {
         let ws = &committed.workspace;
         if let Some(conv) = committed.change.sequenced_conversation() {
             // The hub applied every earlier commit, so it sees what the
-            // store checked when recording: a conversation on a channel with
-            // outbound settings. Unknown here (not followed): claim anyway.
+            // store checked when recording. A conversation unknown here (its
+            // workspace not followed): claim to be sure.
             let recorded = self.hub.read_known(ws, |state| {
                 let conv = state.dir.conversations.get(conv)?;
-                let channel = conv.kind.on_channel().then_some(conv.channel.as_ref()?)?;
-                Some(state.dir.channels.get(channel)?.outbound.is_some())
+                let channel = conv
+                    .channel
+                    .as_ref()
+                    .and_then(|c| state.dir.channels.get(c));
+                Some(
+                    channel
+                        .is_some_and(|ch| delivered_event(&committed.change, conv, ch).is_some()),
+                )
             });
             if recorded.flatten() == Some(false) {
                 return;

@@ -45,19 +45,25 @@ pub fn serve(
                 return None;
             }
         };
-        // A small read buffer keeps an idle connection cheap (it grows to the
-        // frame being read; tungstenite also zero-fills it before every read);
-        // frames are batched up to 16 KiB per socket write.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(512)
-            .write_buffer_size(16 * 1024)
-            .max_write_buffer_size(4 * 1024 * 1024)
-            .max_message_size(Some(max_frame_bytes))
-            .max_frame_size(Some(max_frame_bytes));
+        let config = socket_config(max_frame_bytes);
         Some(
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await,
         )
     };
     session::run(gw, upgrade, user, exp, options)
+}
+
+/// The buffers of an agent socket (`loadtest`'s floor server uses them too,
+/// so that memory per connection compares). A small read buffer keeps an
+/// idle connection cheap (it grows to the frame being read; tungstenite also
+/// zero-fills it before every read); frames are batched up to 16 KiB per
+/// socket write.
+pub fn socket_config(max_frame_bytes: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(16 * 1024)
+        .max_write_buffer_size(4 * 1024 * 1024)
+        .max_message_size(Some(max_frame_bytes))
+        .max_frame_size(Some(max_frame_bytes))
 }

@@ -832,14 +832,20 @@ async fn a_lease_holder_not_following_the_workspace_delivers() {
 
 /// A claim round asks Redis once per workspace: only a commit that recorded
 /// a delivery starts one. Agents' messages in a conversation on a channel
-/// without outbound settings record none; before, each woke every node's
-/// claim loop (`XREADGROUP` per workspace held), back to back under load.
+/// without outbound settings, or in a direct conversation, record none;
+/// before, each woke every node's claim loop (`XREADGROUP` per workspace
+/// held), back to back under load.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_that_record_no_delivery_start_no_claim() {
     let rx = Receiver::start(|_, _| Answer::Status(200)).await;
     let (nodes, redis) =
         cluster_with(2, false, &[("SWITCHBOARD_CONN_RATE_PER_SEC", "10000")]).await;
-    import_everywhere(&nodes, &world(&rx.url, &rx.url)).await;
+    let mut w = world(&rx.url, &rx.url);
+    w["conversations"]
+        .as_array_mut()
+        .expect("conversations")
+        .push(json!({"id": "dm", "kind": "direct", "participants": ["r1", "r2"]}));
+    import_everywhere(&nodes, &w).await;
     lease_holder(&nodes).await;
     let mut admin = ::redis::Client::open(redis.url())
         .expect("redis url")
@@ -851,15 +857,16 @@ async fn replies_that_record_no_delivery_start_no_claim() {
     let started = Instant::now();
     let before = crate::support::redis::command_calls(&mut admin, &["xreadgroup"]).await;
     for i in 0..SENT {
-        send(&mut agent, "w1c", &format!("w{i}")).await;
+        let conv = if i % 2 == 0 { "w1c" } else { "dm" };
+        send(&mut agent, conv, &format!("w{i}")).await;
     }
     let claims = crate::support::redis::command_calls(&mut admin, &["xreadgroup"]).await - before;
     // The periodic rounds: every lease / 3 (1 s lease), by the holder only.
     let periodic = (started.elapsed().as_secs_f64() * 3.0).ceil() as u64 + 2;
     assert!(
         claims <= periodic,
-        "{SENT} replies on a channel without outbound settings: {claims} claims \
-         (periodic rounds alone: {periodic})"
+        "{SENT} replies on a channel without outbound settings and in a direct \
+         conversation: {claims} claims (periodic rounds alone: {periodic})"
     );
     // A reply that records a delivery is still delivered.
     send(&mut agent, "v1", "a0").await;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use redis::{Script, Value};
 use serde::Deserialize;
 
-use super::group::Prepared;
+use super::group::{Prepared, FIXED_KEYS};
 use super::keys::{mark_field, thread_field, Hash, Keys, WORKSPACES};
 use super::snapshot::HistoryEntry;
 use super::{bounded, corrupt, int, to_json, Inner};
@@ -23,8 +23,6 @@ pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 /// Tries of a commit whose plan went stale before it ran: a message deletion
 /// whose conversation keeps moving, a replace import racing a new conversation.
 const ATTEMPTS: u32 = 5;
-/// `KEYS` the script always gets, in its order (see `lua/commit.lua`).
-const FIXED_KEYS: usize = 11;
 
 pub(super) fn script() -> Script {
     Script::new(COMMIT)

@@ -92,26 +92,25 @@ pub(super) struct Groups {
     queues: Mutex<HashMap<Id, Queue>>,
 }
 
+/// How many `KEYS` every commit of a workspace gets (see [`fixed_keys`]).
+pub(super) const FIXED_KEYS: usize = 11;
+
 /// The `KEYS` every commit of a workspace gets, in the script's order.
-fn fixed_keys(ws: &str) -> Vec<String> {
+fn fixed_keys(ws: &str) -> [String; FIXED_KEYS] {
     let keys = Keys::of(ws);
-    let mut out: Vec<String> = [
-        Hash::Users,
-        Hash::Channels,
-        Hash::Contacts,
-        Hash::Conversations,
+    [
+        keys.hash(Hash::Users),
+        keys.hash(Hash::Channels),
+        keys.hash(Hash::Contacts),
+        keys.hash(Hash::Conversations),
+        keys.settings(),
+        keys.hash(Hash::Threads),
+        keys.hash(Hash::Seqs),
+        keys.commits(),
+        keys.hash(Hash::Activity),
+        keys.hash(Hash::Marks),
+        keys.hash(Hash::Messages),
     ]
-    .into_iter()
-    .map(|h| keys.hash(h))
-    .collect();
-    out.push(keys.settings());
-    out.push(keys.hash(Hash::Threads));
-    out.push(keys.hash(Hash::Seqs));
-    out.push(keys.commits());
-    out.push(keys.hash(Hash::Activity));
-    out.push(keys.hash(Hash::Marks));
-    out.push(keys.hash(Hash::Messages));
-    out
 }
 
 impl Groups {

@@ -354,46 +354,33 @@ impl Inner {
     }
 
     fn set_applied(&self, ws: &str, n: u64) {
-        self.applied.lock().insert(ws.to_owned(), n);
-        self.wake_applied(Some(ws));
+        {
+            let mut applied = self.applied.lock();
+            match applied.get_mut(ws) {
+                Some(last) => *last = n,
+                None => {
+                    applied.insert(ws.to_owned(), n);
+                }
+            }
+        }
+        // Taken after `applied` is released: a committer registered before
+        // the update is here, one after it saw `n`.
+        let mut awaiting = self.awaiting.lock();
+        if awaiting
+            .get_mut(ws)
+            .is_some_and(|waiting| wake_up_to(waiting, n))
+        {
+            awaiting.remove(ws);
+        }
     }
 
     fn replace_applied(&self, counters: HashMap<Id, u64>) {
-        *self.applied.lock() = counters;
-        self.wake_applied(None);
-    }
-
-    /// Wakes the committers of `ws` (`None`: of every workspace) whose
-    /// commit is applied now, and forgets those that gave up.
-    fn wake_applied(&self, ws: Option<&str>) {
-        if self.awaiting.lock().is_empty() {
-            return;
-        }
-        // Read before taking `awaiting`: `wait_applied` locks the other way.
-        let done = |ws: &str| self.applied.lock().get(ws).copied().unwrap_or(0);
-        match ws {
-            Some(ws) => {
-                let done = done(ws);
-                let mut awaiting = self.awaiting.lock();
-                if let Some(waiting) = awaiting.get_mut(ws) {
-                    if wake_up_to(waiting, done) {
-                        awaiting.remove(ws);
-                    }
-                }
-            }
-            None => {
-                let waited: Vec<Id> = self.awaiting.lock().keys().cloned().collect();
-                for ws in waited {
-                    let done = done(&ws);
-                    let mut awaiting = self.awaiting.lock();
-                    if let Some(waiting) = awaiting.get_mut(&ws) {
-                        if wake_up_to(waiting, done) {
-                            awaiting.remove(&ws);
-                        }
-                    }
-                }
-            }
-        }
+        // Both locks in `wait_applied`'s order.
+        let mut applied = self.applied.lock();
+        *applied = counters;
+        self.awaiting
+            .lock()
+            .retain(|ws, waiting| !wake_up_to(waiting, applied.get(ws).copied().unwrap_or(0)));
     }
 
     /// Waits until the bus applied commit `n` of `ws`; false on timeout.
