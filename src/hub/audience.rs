@@ -11,6 +11,12 @@ use crate::policy::{self, Access};
 /// Index of a user within its workspace (stable for the user's lifetime).
 pub type Slot = u32;
 
+/// Maps keyed by slot: small dense integers the node assigns (never a
+/// client's bytes), looked up per recipient on the fan-out path, so hashed
+/// with foldhash rather than SipHash.
+pub type SlotMap<V> = std::collections::HashMap<Slot, V, foldhash::fast::RandomState>;
+pub type SlotSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;
+
 /// Sorted entries `slot << 1 | write`; a user absent from it has `none`.
 /// Four bytes per reader: a 10,000-reader audience is 40 KB.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -2,11 +2,11 @@
 //! per-user marks (read, mute, hide, archive), focus and presence subscriptions.
 //! Which conversation shows in which view is policy: [`crate::policy::views`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde::Serialize;
 
-use super::audience::Slot;
+use super::audience::{Slot, SlotMap, SlotSet};
 use crate::domain::Id;
 use crate::domain::Mark;
 
@@ -33,14 +33,14 @@ impl UserMarks {
 
 #[derive(Default)]
 pub struct Inbox {
-    marks: HashMap<Slot, HashMap<Id, UserMarks>>,
+    marks: SlotMap<HashMap<Id, UserMarks>>,
     /// Focused conversation per connection ("node:id"), per user.
-    focus: HashMap<Slot, HashMap<String, Id>>,
+    focus: SlotMap<HashMap<String, Id>>,
     /// Connections (user, connection id) that asked for presence frames.
-    pub presence_subscribers: HashSet<(Slot, u64)>,
+    pub presence_subscribers: SlotSet<(Slot, u64)>,
     /// Who hid each conversation, so a new message un-hides it without
     /// scanning every user's marks.
-    hidden_by: HashMap<Id, HashSet<Slot>>,
+    hidden_by: HashMap<Id, SlotSet<Slot>>,
 }
 
 impl Inbox {

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use super::audience::{Audience, Slot};
+use super::audience::{Audience, Slot, SlotMap};
 use super::conn::ConnHandle;
 use super::marks::Inbox;
 use crate::domain::{Conversation, Directory, Id, WorkspaceSettings};
@@ -42,9 +42,9 @@ pub struct WorkspaceState {
     pub(super) by_contact: HashMap<Id, HashSet<Id>>,
     /// Open conversation per (channel, thread key), for inbound routing.
     pub(super) threads: HashMap<(Id, String), Id>,
-    pub(super) online: HashMap<Slot, Vec<ConnHandle>>,
+    pub(super) online: SlotMap<Vec<ConnHandle>>,
     /// Conversations each user is designated on (assignee, collaborator, participant).
-    pub(super) designated: HashMap<Slot, HashSet<Id>>,
+    pub(super) designated: SlotMap<HashSet<Id>>,
     pub inbox: Inbox,
     /// Frames queued by the last apply (for metrics).
     pub deliveries: u64,
@@ -62,8 +62,8 @@ impl WorkspaceState {
             by_channel: HashMap::new(),
             by_contact: HashMap::new(),
             threads: HashMap::new(),
-            online: HashMap::new(),
-            designated: HashMap::new(),
+            online: SlotMap::default(),
+            designated: SlotMap::default(),
             inbox: Inbox::default(),
             deliveries: 0,
         }

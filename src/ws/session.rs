@@ -59,8 +59,6 @@ pub(super) struct Session<S> {
     pub(super) typing: HashMap<String, Instant>,
     /// A focus was announced, so closing must clear it.
     pub(super) focused: bool,
-    /// Delivery latency histogram, looked up once rather than per batch.
-    latency: metrics::Histogram,
     /// For the session-end log line.
     opened: Instant,
     frames_in: u64,
@@ -158,7 +156,6 @@ where
         strikes: 0,
         typing: HashMap::new(),
         focused: false,
-        latency: metrics::histogram!("switchboard_delivery_latency_seconds"),
         opened: Instant::now(),
         frames_in: 0,
         frames_out: 0,
@@ -307,7 +304,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .frames_out_event
             .increment(n as u64);
         if let Some(born) = oldest {
-            self.latency.record(born.elapsed().as_secs_f64());
+            crate::metrics::DELIVERY_LATENCY.record(born.elapsed());
         }
         Ok(())
     }
