@@ -123,6 +123,8 @@ pub struct OutboundSettings {
     pub retry_base_ms: u64,
     pub secret_grace_secs: u64,
     pub lease_ms: u64,
+    /// CA certificates trusted for https:// adapters beside the built-in roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for OutboundSettings {
@@ -134,6 +136,7 @@ impl Default for OutboundSettings {
             retry_base_ms: 500,
             secret_grace_secs: 86400,
             lease_ms: 10000,
+            ca_file: None,
         }
     }
 }
@@ -232,6 +235,9 @@ pub struct ServeArgs {
     /// Milliseconds a node holds a workspace's outbox without renewing (cluster: takeover time after a node dies) [default: 10000].
     #[arg(long, env = "SWITCHBOARD_OUTBOUND_LEASE_MS")]
     pub outbound_lease_ms: Option<u64>,
+    /// PEM file of CA certificates trusted for https:// adapters, beside the built-in (Mozilla) roots.
+    #[arg(long, env = "SWITCHBOARD_OUTBOUND_CA_FILE")]
+    pub outbound_ca_file: Option<PathBuf>,
 }
 
 /// The TOML file: the names of the flags (and of the variables without the
@@ -268,6 +274,7 @@ struct FileConfig {
     outbound_retry_base_ms: Option<u64>,
     outbound_secret_grace_secs: Option<u64>,
     outbound_lease_ms: Option<u64>,
+    outbound_ca_file: Option<PathBuf>,
 }
 
 fn read_file(path: Option<&std::path::Path>) -> anyhow::Result<FileConfig> {
@@ -430,6 +437,7 @@ impl Config {
                     .or(file.outbound_lease_ms)
                     .unwrap_or(10000)
                     .max(300),
+                ca_file: args.outbound_ca_file.or(file.outbound_ca_file),
             },
         })
     }
@@ -541,6 +549,7 @@ impl Explained {
             outbound_retry_base_ms,
             outbound_secret_grace_secs,
             outbound_lease_ms,
+            outbound_ca_file,
         );
         let hostname = std::env::var("HOSTNAME").ok();
         let config_row = Setting {
@@ -599,6 +608,11 @@ impl Explained {
         if let Some(path) = &c.jwt_public_key_file {
             if let Err(e) = std::fs::metadata(path) {
                 problems.push(format!("{}: {e}", path.display()));
+            }
+        }
+        if let Some(path) = &c.outbound.ca_file {
+            if let Err(e) = crate::outbound::trusted_roots(path) {
+                problems.push(e);
             }
         }
 
@@ -667,6 +681,13 @@ impl Explained {
                 c.outbound.secret_grace_secs.to_string(),
             ),
             ("outbound_lease_ms", c.outbound.lease_ms.to_string()),
+            (
+                "outbound_ca_file",
+                c.outbound
+                    .ca_file
+                    .as_ref()
+                    .map_or("(unset)".to_owned(), |p| p.display().to_string()),
+            ),
         ];
         let mut settings: Vec<Setting> = rows
             .into_iter()
@@ -814,6 +835,7 @@ mod tests {
             "adapter_key",
             "redis_url",
             "node_id",
+            "outbound_ca_file",
         ];
         let text: String = documented
             .iter()

@@ -126,15 +126,40 @@ impl Sink for Deliverer {
     }
 }
 
+/// The CA certificates of a PEM file, trusted for https:// adapters beside
+/// the built-in roots; an unreadable file, or one without a certificate, is
+/// an error naming the file (the node refuses to start with it).
+pub fn trusted_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let roots = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+    if roots.is_empty() {
+        return Err(format!("{}: no PEM certificate in it", path.display()));
+    }
+    Ok(roots)
+}
+
 impl Deliverer {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, settings: OutboundSettings) -> Arc<Self> {
-        let client = reqwest::Client::builder()
+    /// `roots`: extra CAs for https:// adapters ([`trusted_roots`] of
+    /// `settings.ca_file`).
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        settings: OutboundSettings,
+        roots: Vec<reqwest::Certificate>,
+    ) -> Result<Arc<Self>, String> {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
             .redirect(reqwest::redirect::Policy::none())
+            .https_only(false);
+        for root in roots {
+            builder = builder.add_root_certificate(root);
+        }
+        let client = builder
             .build()
-            .unwrap_or_default();
-        Arc::new(Deliverer {
+            .map_err(|e| format!("outbound HTTP client: {e}"))?;
+        Ok(Arc::new(Deliverer {
             store,
             hub,
             settings,
@@ -147,7 +172,7 @@ impl Deliverer {
                 workspaces: HashSet::new(),
             }),
             wake: tokio::sync::Notify::new(),
-        })
+        }))
     }
 
     /// Claims and delivers until the task is aborted. Claims also while
@@ -535,6 +560,19 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_naming_the_file() {
+        let dir = std::env::temp_dir();
+        let missing = dir.join(format!("sb-no-such-ca-{}.pem", std::process::id()));
+        let err = trusted_roots(&missing).expect_err("missing file");
+        assert!(err.contains("sb-no-such-ca-"), "{err}");
+        let empty = dir.join(format!("sb-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").expect("temp file");
+        let err = trusted_roots(&empty).expect_err("no certificate");
+        assert!(err.contains("sb-empty-ca-"), "{err}");
+        let _ = std::fs::remove_file(&empty);
+    }
 
     fn queued(id: &str, tenure: u64) -> Queued {
         let item = OutboxItem {

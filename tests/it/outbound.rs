@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::support::gateway::*;
@@ -153,7 +153,7 @@ impl Receiver {
     }
 }
 
-async fn read_request(sock: &mut tokio::net::TcpStream) -> Option<(String, String)> {
+async fn read_request(sock: &mut (impl AsyncRead + Unpin)) -> Option<(String, String)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -871,4 +871,109 @@ async fn replies_that_record_no_delivery_start_no_claim() {
     // A reply that records a delivery is still delivered.
     send(&mut agent, "v1", "a0").await;
     until_delivered_in_order(&rx, "v1", "a", 1, Duration::from_secs(5)).await;
+}
+
+/// An https:// adapter on loopback: a throwaway CA (its PEM is returned for
+/// `SWITCHBOARD_OUTBOUND_CA_FILE`) signs the receiver's certificate for
+/// 127.0.0.1; every request is answered 200 and recorded as (signature, body).
+async fn https_receiver() -> (String, String, Arc<Mutex<Vec<(String, String)>>>) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let tls = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/hook", listener.local_addr().unwrap());
+    let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let sink = got.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let (acceptor, sink) = (acceptor.clone(), sink.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the CA fails the handshake here.
+                let Ok(mut tls) = acceptor.accept(sock).await else {
+                    return;
+                };
+                let Some((head, body)) = read_request(&mut tls).await else {
+                    return;
+                };
+                let signature = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("switchboard-signature")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                sink.lock().push((signature, body));
+                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = tls.write_all(reply.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (url, ca.pem(), got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_adapters_are_delivered_to_when_their_ca_is_trusted() {
+    let (url, ca_pem, got) = https_receiver().await;
+    let ca_file = std::env::temp_dir().join(format!("sb-outbound-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, &ca_pem).unwrap();
+    let ca_path = ca_file.display().to_string();
+
+    // Not trusted (only the built-in roots): the handshake fails, the
+    // delivery is retried, nothing arrives.
+    let untrusting = Server::start_with(FAST_RETRY).await;
+    untrusting.import(&world(&url, &url)).await;
+    let mut agent = untrusting.connect("r1", "w1").await;
+    send(&mut agent, "v1", "over tls, untrusted").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while untrusting
+        .metric("switchboard_outbound_retried_total")
+        .await
+        < 2.0
+    {
+        assert!(Instant::now() < deadline, "the failed handshake is retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(got.lock().is_empty(), "nothing reached the adapter");
+    drop(agent);
+    drop(untrusting);
+
+    // Trusted through SWITCHBOARD_OUTBOUND_CA_FILE: delivered, signed.
+    let mut env = FAST_RETRY.to_vec();
+    env.push(("SWITCHBOARD_OUTBOUND_CA_FILE", ca_path.as_str()));
+    let srv = Server::start_with(&env).await;
+    srv.import(&world(&url, &url)).await;
+    let mut agent = srv.connect("r1", "w1").await;
+    send(&mut agent, "v1", "over tls").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (signature, raw) = loop {
+        if let Some(first) = got.lock().first().cloned() {
+            break first;
+        }
+        assert!(Instant::now() < deadline, "no https delivery within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let body: Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(body["message"]["body"], "over tls");
+    assert_eq!(body["channel"], "sms");
+    assert!(signed_with(&signature, SECRET, &raw), "{signature}");
+    let _ = std::fs::remove_file(&ca_file);
 }
