@@ -1,7 +1,7 @@
 //! The rules of one delivery attempt, pure: what an answer means, how long
 //! to wait before the next attempt, and the signature.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// What an adapter's answer means for the delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,6 +20,18 @@ pub fn verdict(status: u16, retry_after: Option<Duration>) -> Verdict {
         408 | 409 | 429 | 500..=599 => Verdict::Retry { after: retry_after },
         _ => Verdict::Dead,
     }
+}
+
+/// An adapter's `Retry-After` (RFC 9110): delay-seconds or an HTTP-date,
+/// read against `now`; a date already past means no wait, anything else
+/// unreadable means no hint.
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// The wait before attempt `attempts + 1`: `base` doubled per attempt made,
@@ -59,6 +71,24 @@ pub fn signature(secrets: &[&str], unix_secs: u64, body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(retry_after(" 120 ", now), Some(Duration::from_secs(120)));
+        // 2023-11-14T22:13:20Z is `now`; 90 s later:
+        assert_eq!(
+            retry_after("Tue, 14 Nov 2023 22:14:50 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            retry_after("Tue, 14 Nov 2023 22:00:00 GMT", now),
+            Some(Duration::ZERO),
+            "a date already past: no wait"
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert_eq!(retry_after("-5", now), None);
+    }
 
     #[test]
     fn statuses_split_into_done_retry_dead() {

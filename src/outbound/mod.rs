@@ -24,7 +24,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
 
-use self::attempt::{backoff, signature, verdict, Verdict};
+use self::attempt::{backoff, retry_after, signature, verdict, Verdict};
 use crate::config::OutboundSettings;
 use crate::domain::outbound::{delivered_event, outbound_event};
 use crate::domain::Committed;
@@ -458,8 +458,7 @@ impl Deliverer {
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(Duration::from_secs);
+                    .and_then(|v| retry_after(v, std::time::SystemTime::now()));
                 let v = verdict(status, retry_after);
                 if v == Verdict::Done {
                     return (v, String::new());
