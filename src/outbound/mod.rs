@@ -151,8 +151,7 @@ impl Deliverer {
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
-            .redirect(reqwest::redirect::Policy::none())
-            .https_only(false);
+            .redirect(reqwest::redirect::Policy::none());
         for root in roots {
             builder = builder.add_root_certificate(root);
         }
@@ -454,12 +453,12 @@ impl Deliverer {
         match sent {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                let retry_after = resp
+                let wait_hint = resp
                     .headers()
                     .get("retry-after")
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| retry_after(v, std::time::SystemTime::now()));
-                let v = verdict(status, retry_after);
+                let v = verdict(status, wait_hint);
                 if v == Verdict::Done {
                     return (v, String::new());
                 }

@@ -158,6 +158,12 @@ fn what_serve_would_refuse_is_a_problem() {
     assert!(problems.contains("empty adapter key"), "{problems}");
     assert!(!problems.contains("SWITCHBOARD_ADMIN_TOKEN"), "{problems}");
 
+    // An outbound CA file that cannot be read is a problem.
+    let missing = scratch("ca").join("sb-ca.pem").display().to_string();
+    let (code, v, stdout) = json(&[], &[("SWITCHBOARD_OUTBOUND_CA_FILE", missing.as_str())]);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(v["problems"].to_string().contains("sb-ca.pem"), "{stdout}");
+
     // A bad value is refused as `serve` refuses it.
     let out = run(&["--log-format", "yaml"], &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::support::gateway::*;
@@ -53,67 +53,40 @@ struct Receiver {
 
 impl Receiver {
     async fn start(script: impl Fn(&Value, usize) -> Answer + Send + Sync + 'static) -> Receiver {
+        Self::serve(None, script).await
+    }
+
+    /// The same receiver behind TLS (see [`https_acceptor`]).
+    async fn start_tls(
+        acceptor: tokio_rustls::TlsAcceptor,
+        script: impl Fn(&Value, usize) -> Answer + Send + Sync + 'static,
+    ) -> Receiver {
+        Self::serve(Some(acceptor), script).await
+    }
+
+    async fn serve(
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        script: impl Fn(&Value, usize) -> Answer + Send + Sync + 'static,
+    ) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
         let got: Arc<Mutex<Vec<Received>>> = Arc::default();
         let script: Arc<Script> = Arc::new(script);
         let sink = got.clone();
         tokio::spawn(async move {
-            while let Ok((mut sock, _)) = listener.accept().await {
-                let sink = sink.clone();
-                let script = script.clone();
+            while let Ok((sock, _)) = listener.accept().await {
+                let (sink, script, tls) = (sink.clone(), script.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let Some((head, body)) = read_request(&mut sock).await else {
-                        return;
-                    };
-                    let header = |name: &str| {
-                        head.lines()
-                            .find_map(|l| {
-                                let (k, v) = l.split_once(':')?;
-                                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-                            })
-                            .unwrap_or_default()
-                    };
-                    let delivery = header("switchboard-delivery");
-                    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-                    let attempt = sink
-                        .lock()
-                        .iter()
-                        .filter(|r| r.delivery == delivery)
-                        .count()
-                        + 1;
-                    let answer = script(&parsed, attempt);
-                    let answered = match &answer {
-                        Answer::Status(s) => *s,
-                        Answer::TooMany(_) => 429,
-                        Answer::Late(_) => 200,
-                        // Never answered in time (these tests make sure).
-                        Answer::Close | Answer::Slow(_) => 0,
-                    };
-                    sink.lock().push(Received {
-                        at: Instant::now(),
-                        delivery,
-                        signature: header("switchboard-signature"),
-                        body: parsed,
-                        raw: body,
-                        answered,
-                    });
-                    let reply = match answer {
-                        Answer::Status(s) => format!(
-                            "HTTP/1.1 {s} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno"
-                        ),
-                        Answer::TooMany(secs) => format!(
-                            "HTTP/1.1 429 X\r\nretry-after: {secs}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        ),
-                        Answer::Close => return,
-                        Answer::Slow(d) | Answer::Late(d) => {
-                            tokio::time::sleep(d).await;
-                            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                                .to_owned()
+                    match tls {
+                        // A client that does not trust the CA fails the handshake here.
+                        Some(tls) => {
+                            if let Ok(sock) = tls.accept(sock).await {
+                                answer(sock, &sink, &*script).await;
+                            }
                         }
-                    };
-                    let _ = sock.write_all(reply.as_bytes()).await;
-                    let _ = sock.shutdown().await;
+                        None => answer(sock, &sink, &*script).await,
+                    }
                 });
             }
         });
@@ -151,6 +124,64 @@ impl Receiver {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// Reads one request, records it and answers as `script` says.
+async fn answer(
+    mut sock: impl AsyncRead + AsyncWrite + Unpin,
+    sink: &Mutex<Vec<Received>>,
+    script: &Script,
+) {
+    let Some((head, body)) = read_request(&mut sock).await else {
+        return;
+    };
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let delivery = header("switchboard-delivery");
+    let parsed: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+    let attempt = sink
+        .lock()
+        .iter()
+        .filter(|r| r.delivery == delivery)
+        .count()
+        + 1;
+    let answer = script(&parsed, attempt);
+    let answered = match &answer {
+        Answer::Status(s) => *s,
+        Answer::TooMany(_) => 429,
+        Answer::Late(_) => 200,
+        // Never answered in time (these tests make sure).
+        Answer::Close | Answer::Slow(_) => 0,
+    };
+    sink.lock().push(Received {
+        at: Instant::now(),
+        delivery,
+        signature: header("switchboard-signature"),
+        body: parsed,
+        raw: body,
+        answered,
+    });
+    let reply = match answer {
+        Answer::Status(s) => {
+            format!("HTTP/1.1 {s} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nno")
+        }
+        Answer::TooMany(secs) => format!(
+            "HTTP/1.1 429 X\r\nretry-after: {secs}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+        Answer::Close => return,
+        Answer::Slow(d) | Answer::Late(d) => {
+            tokio::time::sleep(d).await;
+            "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+        }
+    };
+    let _ = sock.write_all(reply.as_bytes()).await;
+    let _ = sock.shutdown().await;
 }
 
 async fn read_request(sock: &mut (impl AsyncRead + Unpin)) -> Option<(String, String)> {
@@ -873,10 +904,10 @@ async fn replies_that_record_no_delivery_start_no_claim() {
     until_delivered_in_order(&rx, "v1", "a", 1, Duration::from_secs(5)).await;
 }
 
-/// An https:// adapter on loopback: a throwaway CA (its PEM is returned for
-/// `SWITCHBOARD_OUTBOUND_CA_FILE`) signs the receiver's certificate for
-/// 127.0.0.1; every request is answered 200 and recorded as (signature, body).
-async fn https_receiver() -> (String, String, Arc<Mutex<Vec<(String, String)>>>) {
+/// TLS for an https:// receiver on loopback: a throwaway CA signs a
+/// certificate for 127.0.0.1. Returns the acceptor and the CA's PEM (for
+/// `SWITCHBOARD_OUTBOUND_CA_FILE`).
+fn https_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
@@ -896,43 +927,13 @@ async fn https_receiver() -> (String, String, Arc<Mutex<Vec<(String, String)>>>)
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
         )
         .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("https://{}/hook", listener.local_addr().unwrap());
-    let got: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
-    let sink = got.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            let (acceptor, sink) = (acceptor.clone(), sink.clone());
-            tokio::spawn(async move {
-                // A client that does not trust the CA fails the handshake here.
-                let Ok(mut tls) = acceptor.accept(sock).await else {
-                    return;
-                };
-                let Some((head, body)) = read_request(&mut tls).await else {
-                    return;
-                };
-                let signature = head
-                    .lines()
-                    .find_map(|l| {
-                        let (k, v) = l.split_once(':')?;
-                        k.eq_ignore_ascii_case("switchboard-signature")
-                            .then(|| v.trim().to_owned())
-                    })
-                    .unwrap_or_default();
-                sink.lock().push((signature, body));
-                let reply = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
-                let _ = tls.write_all(reply.as_bytes()).await;
-                let _ = tls.shutdown().await;
-            });
-        }
-    });
-    (url, ca.pem(), got)
+    (tokio_rustls::TlsAcceptor::from(Arc::new(tls)), ca.pem())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_adapters_are_delivered_to_when_their_ca_is_trusted() {
-    let (url, ca_pem, got) = https_receiver().await;
+    let (acceptor, ca_pem) = https_acceptor();
+    let rx = Receiver::start_tls(acceptor, |_, _| Answer::Status(200)).await;
     let ca_file = std::env::temp_dir().join(format!("sb-outbound-ca-{}.pem", std::process::id()));
     std::fs::write(&ca_file, &ca_pem).unwrap();
     let ca_path = ca_file.display().to_string();
@@ -940,7 +941,7 @@ async fn https_adapters_are_delivered_to_when_their_ca_is_trusted() {
     // Not trusted (only the built-in roots): the handshake fails, the
     // delivery is retried, nothing arrives.
     let untrusting = Server::start_with(FAST_RETRY).await;
-    untrusting.import(&world(&url, &url)).await;
+    untrusting.import(&world(&rx.url, &rx.url)).await;
     let mut agent = untrusting.connect("r1", "w1").await;
     send(&mut agent, "v1", "over tls, untrusted").await;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -952,7 +953,7 @@ async fn https_adapters_are_delivered_to_when_their_ca_is_trusted() {
         assert!(Instant::now() < deadline, "the failed handshake is retried");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(got.lock().is_empty(), "nothing reached the adapter");
+    assert!(rx.received().is_empty(), "nothing reached the adapter");
     drop(agent);
     drop(untrusting);
 
@@ -960,20 +961,50 @@ async fn https_adapters_are_delivered_to_when_their_ca_is_trusted() {
     let mut env = FAST_RETRY.to_vec();
     env.push(("SWITCHBOARD_OUTBOUND_CA_FILE", ca_path.as_str()));
     let srv = Server::start_with(&env).await;
-    srv.import(&world(&url, &url)).await;
+    srv.import(&world(&rx.url, &rx.url)).await;
     let mut agent = srv.connect("r1", "w1").await;
     send(&mut agent, "v1", "over tls").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (signature, raw) = loop {
-        if let Some(first) = got.lock().first().cloned() {
-            break first;
-        }
-        assert!(Instant::now() < deadline, "no https delivery within 10 s");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let body: Value = serde_json::from_str(&raw).unwrap();
-    assert_eq!(body["message"]["body"], "over tls");
-    assert_eq!(body["channel"], "sms");
-    assert!(signed_with(&signature, SECRET, &raw), "{signature}");
+    let delivered = rx.wait_delivered(1, Duration::from_secs(10)).await;
+    let first = &delivered[0];
+    assert_eq!(first.body["message"]["body"], "over tls");
+    assert_eq!(first.body["channel"], "sms");
+    assert!(
+        signed_with(&first.signature, SECRET, &first.raw),
+        "{}",
+        first.signature
+    );
     let _ = std::fs::remove_file(&ca_file);
+}
+
+/// A CA file holding no certificate stops `serve` before it listens,
+/// naming the file.
+#[test]
+fn serve_refuses_a_ca_file_without_a_certificate() {
+    let bad = std::env::temp_dir().join(format!("sb-bad-ca-{}.pem", std::process::id()));
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .arg("serve")
+        .env("SWITCHBOARD_LISTEN", "127.0.0.1:0")
+        .env("SWITCHBOARD_OUTBOUND_CA_FILE", &bad)
+        .env_remove("SWITCHBOARD_REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve kept running with a CA file without a certificate");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let _ = std::fs::remove_file(&bad);
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("sb-bad-ca-"), "{stderr}");
 }
