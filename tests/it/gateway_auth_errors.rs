@@ -656,8 +656,11 @@ async fn silent_client_closes_4000_and_pongs_keep_alive() {
         (Some(1), Some(2))
     );
     // `alive` keeps reading, so its client answers the server's pings; `silent`
-    // reads nothing, so it never answers.
-    let frames = alive.recv_for(Duration::from_secs(4)).await;
+    // reads nothing, so it never answers. 3 s outlasts the 2 s idle timeout, and
+    // ends before the server gives up waiting (2 s more) for `silent`'s reply to
+    // its close frame: reading later, `silent`'s client would answer pings on a
+    // socket the server has already dropped and see a broken pipe, not the code.
+    let frames = alive.recv_for(Duration::from_secs(3)).await;
     assert!(frames.is_empty(), "{}", brief_all(&frames));
     let (code, _) = silent.recv_until_close().await;
     assert_eq!(code, Some(4000), "idle close code ({:?})", silent.end);
