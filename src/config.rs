@@ -605,15 +605,13 @@ impl Explained {
         if let Err(e) = crate::credentials::AdapterKey::parse_all(&c.adapter_keys) {
             problems.push(format!("SWITCHBOARD_ADAPTER_KEY: {e}"));
         }
-        if let Some(path) = &c.jwt_public_key_file {
-            if let Err(e) = std::fs::metadata(path) {
-                problems.push(format!("{}: {e}", path.display()));
-            }
-        }
-        // Parsed when the node starts (`outbound::trusted_roots`); here, as for
-        // the JWT key, whether it can be read.
-        if let Some(path) = &c.outbound.ca_file {
-            if let Err(e) = std::fs::metadata(path) {
+        // The JWT key and the outbound CA file are parsed when the node
+        // starts; here, whether they can be opened for reading.
+        for path in [&c.jwt_public_key_file, &c.outbound.ca_file]
+            .into_iter()
+            .flatten()
+        {
+            if let Err(e) = std::fs::File::open(path) {
                 problems.push(format!("{}: {e}", path.display()));
             }
         }

@@ -154,22 +154,18 @@ async fn shutdown_signal() {
 pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::metrics::install();
     let gw = build(config).await?;
-    // Refused before listening: a node that cannot reach its https:// adapters is misconfigured.
-    let roots = match &gw.config.outbound.ca_file {
-        Some(path) => crate::outbound::trusted_roots(path).map_err(anyhow::Error::msg)?,
-        None => Vec::new(),
-    };
-    let listener = listen(gw.config.listen)
-        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", gw.config.listen))?;
-    tracing::info!(listen = %gw.config.listen, node = %gw.config.node_id, redis = gw.config.redis_url.is_some(), "switchboard ready");
-    let ticker = tokio::spawn(schedule_ticks(gw.clone()));
+    // Built before listening: a node whose CA file is unusable cannot reach
+    // its https:// adapters, so it refuses to start.
     let deliverer = crate::outbound::Deliverer::new(
         gw.store.clone(),
         gw.hub.clone(),
         gw.config.outbound.clone(),
-        roots,
     )
     .map_err(anyhow::Error::msg)?;
+    let listener = listen(gw.config.listen)
+        .map_err(|e| anyhow::anyhow!("listen on {}: {e}", gw.config.listen))?;
+    tracing::info!(listen = %gw.config.listen, node = %gw.config.node_id, redis = gw.config.redis_url.is_some(), "switchboard ready");
+    let ticker = tokio::spawn(schedule_ticks(gw.clone()));
     gw.store.subscribe(deliverer.clone()).await?;
     let delivering = tokio::spawn(deliverer.run());
     let upkeep = crate::metrics::spawn_upkeep();

@@ -129,7 +129,7 @@ impl Sink for Deliverer {
 /// The CA certificates of a PEM file, trusted for https:// adapters beside
 /// the built-in roots; an unreadable file, or one without a certificate, is
 /// an error naming the file (the node refuses to start with it).
-pub fn trusted_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+fn trusted_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
     let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let roots = reqwest::Certificate::from_pem_bundle(&pem)
         .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
@@ -140,14 +140,17 @@ pub fn trusted_roots(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>
 }
 
 impl Deliverer {
-    /// `roots`: extra CAs for https:// adapters ([`trusted_roots`] of
-    /// `settings.ca_file`).
+    /// Fails, naming the file, when `settings.ca_file` holds no usable
+    /// certificate ([`trusted_roots`]).
     pub fn new(
         store: Arc<dyn Store>,
         hub: Arc<Hub>,
         settings: OutboundSettings,
-        roots: Vec<reqwest::Certificate>,
     ) -> Result<Arc<Self>, String> {
+        let roots = match &settings.ca_file {
+            Some(path) => trusted_roots(path)?,
+            None => Vec::new(),
+        };
         let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_millis(settings.timeout_ms))
             .connect_timeout(Duration::from_millis(settings.timeout_ms))
