@@ -6,7 +6,7 @@
 //! per-route cache of [`http_request`].
 
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -21,14 +21,76 @@ const SECONDS_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// Slots of a [`Striped`] value; threads beyond as many share slots.
+const STRIPES: usize = 16;
+
+/// A value written by every worker thread on every socket write batch,
+/// kept in one cache line per thread slot: one shared atomic would bounce its
+/// line between the cores tens of thousands of times a second. Readers sum
+/// the slots (a scrape).
+struct Striped<T> {
+    slots: [Padded<T>; STRIPES],
+}
+
+/// Two cache lines (adjacent-line prefetch pulls lines in pairs).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> Striped<T> {
+    /// This thread's slot.
+    fn mine(&self) -> &T {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static SLOT: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        &self.slots[SLOT.with(|s| *s)].0
+    }
+
+    fn all(&self) -> impl Iterator<Item = &T> {
+        self.slots.iter().map(|p| &p.0)
+    }
+}
+
+/// A counter of the frame loop, striped (see [`Striped`]). The exporter's
+/// counter of the same series is set to its total when scraped ([`render`]).
+pub struct StripedCounter {
+    counts: Striped<AtomicU64>,
+}
+
+impl StripedCounter {
+    const fn new() -> Self {
+        StripedCounter {
+            counts: Striped {
+                slots: [const { Padded(AtomicU64::new(0)) }; STRIPES],
+            },
+        }
+    }
+
+    pub fn increment(&self, n: u64) {
+        self.counts.mine().fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.all().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Event frames written to sockets (`switchboard_ws_frames_total{direction="out",type="event"}`).
+pub static FRAMES_OUT_EVENT: StripedCounter = StripedCounter::new();
+
 /// A histogram with the buckets of [`SECONDS_BUCKETS`] as plain atomic
-/// counters, for a sample taken on every socket write batch. The exporter's
-/// histograms queue each sample (an epoch-pinned push to a shared list, later
-/// drained by the upkeep): 1.6 % of a node's CPU samples at 2,000 msgs/s in the
-/// issue-17 world; here a sample is two relaxed additions. [`render`] prints it.
+/// counters, striped, for a sample taken on every socket write batch. The
+/// exporter's histograms queue each sample (an epoch-pinned push to a shared
+/// list, later drained by the upkeep): 1.6 % of a node's CPU samples at 2,000
+/// msgs/s in the issue-17 world; here a sample is two relaxed additions to
+/// this thread's cache line. [`render`] prints it.
 pub struct BucketHistogram {
     name: &'static str,
     help: &'static str,
+    cells: Striped<Cells>,
+}
+
+struct Cells {
     /// Samples per bucket (not cumulative); the last one is `+Inf`.
     buckets: [AtomicU64; SECONDS_BUCKETS.len() + 1],
     sum_ns: AtomicU64,
@@ -39,8 +101,14 @@ impl BucketHistogram {
         BucketHistogram {
             name,
             help,
-            buckets: [const { AtomicU64::new(0) }; SECONDS_BUCKETS.len() + 1],
-            sum_ns: AtomicU64::new(0),
+            cells: Striped {
+                slots: [const {
+                    Padded(Cells {
+                        buckets: [const { AtomicU64::new(0) }; SECONDS_BUCKETS.len() + 1],
+                        sum_ns: AtomicU64::new(0),
+                    })
+                }; STRIPES],
+            },
         }
     }
 
@@ -50,9 +118,10 @@ impl BucketHistogram {
             .iter()
             .position(|bound| secs <= *bound)
             .unwrap_or(SECONDS_BUCKETS.len());
-        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let cells = self.cells.mine();
+        cells.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        cells.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// The Prometheus text of the histogram.
@@ -61,8 +130,12 @@ impl BucketHistogram {
         let _ = writeln!(out, "# HELP {name} {}", self.help);
         let _ = writeln!(out, "# TYPE {name} histogram");
         let mut cumulative = 0;
-        for (i, count) in self.buckets.iter().enumerate() {
-            cumulative += count.load(Ordering::Relaxed);
+        for i in 0..=SECONDS_BUCKETS.len() {
+            cumulative += self
+                .cells
+                .all()
+                .map(|c| c.buckets[i].load(Ordering::Relaxed))
+                .sum::<u64>();
             match SECONDS_BUCKETS.get(i) {
                 Some(bound) => {
                     let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
@@ -72,7 +145,12 @@ impl BucketHistogram {
                 }
             }
         }
-        let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let sum_ns: u64 = self
+            .cells
+            .all()
+            .map(|c| c.sum_ns.load(Ordering::Relaxed))
+            .sum();
+        let sum = sum_ns as f64 / 1e9;
         let _ = writeln!(out, "{name}_sum {sum}");
         let _ = writeln!(out, "{name}_count {cumulative}");
     }
@@ -264,7 +342,8 @@ pub struct Handles {
     pub frames_in_ping: Counter,
     pub frames_in_pong: Counter,
     pub frames_in_close: Counter,
-    pub frames_out_event: Counter,
+    /// Set from [`FRAMES_OUT_EVENT`] when scraped.
+    frames_out_event: Counter,
     pub frames_out_reply: Counter,
     pub frames_out_replay: Counter,
     pub frames_out_ping: Counter,
@@ -425,6 +504,9 @@ pub fn render() -> Option<String> {
     HANDLE.get().map(|h| {
         // A scrape sees the process as it is now, not up to 5 s ago.
         ProcessGauges::new().sample();
+        handles()
+            .frames_out_event
+            .absolute(FRAMES_OUT_EVENT.total());
         let mut text = h.render();
         DELIVERY_LATENCY.render_into(&mut text);
         text

@@ -195,11 +195,14 @@ pub fn fingerprint(message: &Message) -> String {
         serde_json::to_vec(&(plain, message.note, &message.attachments))
     }
     .unwrap_or_default();
-    ring::digest::digest(&ring::digest::SHA256, &bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    let mut hex = String::with_capacity(2 * digest.as_ref().len());
+    for b in digest.as_ref() {
+        hex.push(HEX[usize::from(b >> 4)] as char);
+        hex.push(HEX[usize::from(b & 0xf)] as char);
+    }
+    hex
 }
 
 /// Removes the content of message `id` (stored at `message_seq`) from a
@@ -279,5 +282,29 @@ pub fn without_content(message: &Message) -> Message {
         meta: None,
         attachments: Vec::new(),
         ..message.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stored idempotency records (Redis, 24 h) hold fingerprints: the hex
+    /// text of the digest must never change between versions.
+    #[test]
+    fn a_fingerprint_is_the_lowercase_hex_sha256_of_body_sender_and_meta() {
+        let message: Message = serde_json::from_value(serde_json::json!({
+            "id": "m1", "conversation": "c1", "sender": {"kind": "contact", "id": "k1"},
+            "body": "hello", "ts": 1, "meta": {"b": 2, "a": 1}
+        }))
+        .expect("message");
+        let bytes = br#"["hello",{"kind":"contact","id":"k1"},{"a":1,"b":2}]"#;
+        let expected: String = ring::digest::digest(&ring::digest::SHA256, bytes)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(fingerprint(&message), expected);
+        assert_eq!(expected.len(), 64);
     }
 }

@@ -70,11 +70,11 @@ pub(crate) async fn holding(
 
 /// The `workspace` a request names in its query string, if any.
 pub(crate) fn named_workspace(uri: &axum::http::Uri) -> Option<String> {
-    let query = uri.query()?;
-    axum::extract::Query::<std::collections::HashMap<String, String>>::try_from_uri(uri)
-        .ok()
-        .and_then(|q| q.0.get("workspace").cloned())
-        .filter(|_| query.contains("workspace="))
+    // Every adapter post passes here: scan the pairs, no map of them.
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .filter(|(key, _)| key == "workspace")
+        .last()
+        .map(|(_, ws)| ws.into_owned())
         .filter(|ws| !ws.is_empty())
 }
 

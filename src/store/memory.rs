@@ -27,7 +27,8 @@ const IDEMPOTENCY_KEYS: usize = 100_000;
 #[derive(Default)]
 struct Log {
     seqs: HashMap<Id, u64>,
-    history: HashMap<Id, VecDeque<Committed>>,
+    /// Shared with the commit that made each event: pushing one costs no copy.
+    history: HashMap<Id, VecDeque<Arc<Committed>>>,
     /// (conversation, key) → the first message (without content), its seq,
     /// and the request's [`fingerprint`].
     idempotency: HashMap<(Id, String), (Message, u64, String)>,
@@ -263,7 +264,8 @@ impl MemoryStore {
             // the original and every edit of it.
             if let Some(h) = log.history.get_mut(conversation) {
                 for c in h.iter_mut().filter(|c| c.seq >= *message_seq) {
-                    redact(&mut c.change, message_id, *message_seq, c.seq);
+                    let seq = c.seq;
+                    redact(&mut Arc::make_mut(c).change, message_id, *message_seq, seq);
                 }
             }
         }
@@ -276,7 +278,9 @@ impl MemoryStore {
         {
             if let Some(h) = log.history.get_mut(conversation) {
                 for c in h.iter_mut().filter(|c| c.seq == *message_seq) {
-                    record_delivery(&mut c.change, message_id, *message_seq, c.seq, delivery);
+                    let seq = c.seq;
+                    let change = &mut Arc::make_mut(c).change;
+                    record_delivery(change, message_id, *message_seq, seq, delivery);
                 }
             }
         }
@@ -288,9 +292,11 @@ impl MemoryStore {
             let cap = self.history_len;
             let log = &mut *log;
             let h = log.history.entry(conv.to_owned()).or_default();
-            h.push_back((*committed).clone());
+            h.push_back(committed.clone());
             while h.len() > cap {
-                if let Some(Change::Message { message, .. }) = h.pop_front().map(|c| c.change) {
+                if let Some(Change::Message { message, .. }) =
+                    h.pop_front().as_deref().map(|c| &c.change)
+                {
                     log.messages.remove(&message.id);
                 }
             }
@@ -373,7 +379,7 @@ impl Store for MemoryStore {
                 .iter()
                 .filter(|c| c.seq > after_seq)
                 .take(limit)
-                .cloned()
+                .map(|c| Committed::clone(c))
                 .collect(),
         })
     }

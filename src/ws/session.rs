@@ -312,9 +312,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         self.ws.flush().await.map_err(|_| close::NORMAL)?;
         self.frames_out += n as u64;
-        crate::metrics::handles()
-            .frames_out_event
-            .increment(n as u64);
+        crate::metrics::FRAMES_OUT_EVENT.increment(n as u64);
         if let Some(born) = oldest {
             crate::metrics::DELIVERY_LATENCY.record(born.elapsed());
         }

@@ -72,8 +72,10 @@ async fn requests_and_sessions_are_logged_and_measured() {
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    srv.post("v1", "hello").await;
     let mut a = srv.connect("a", "w1").await;
+    srv.post("v1", "hello").await;
+    a.recv_until("the message", |f| f["type"] == "message")
+        .await;
     a.ping().await;
     a.close().await;
     let log = log_contains(&srv, "session closed").await;
@@ -183,6 +185,23 @@ async fn requests_and_sessions_are_logged_and_measured() {
     assert!(
         replies.iter().map(|l| value(l)).sum::<f64>() >= 2.0,
         "{replies:?}"
+    );
+    // Counted per thread and summed when scraped: exact, not sampled.
+    let events = samples(
+        &text,
+        "switchboard_ws_frames_total",
+        &["direction=\"out\"", "type=\"event\""],
+    );
+    assert_eq!(
+        events.iter().map(|l| value(l)).sum::<f64>(),
+        1.0,
+        "{events:?}"
+    );
+    let delivered = samples(&text, "switchboard_delivery_latency_seconds_count", &[]);
+    assert_eq!(
+        delivered.iter().map(|l| value(l)).sum::<f64>(),
+        1.0,
+        "{delivered:?}"
     );
     let closes = samples(&text, "switchboard_ws_closes_total", &["code=\"1000\""]);
     assert_eq!(closes.iter().map(|l| value(l)).sum::<f64>(), 1.0);
