@@ -277,11 +277,30 @@ impl Activity {
 
 /// The copy of a message an idempotency record keeps: no content.
 pub fn without_content(message: &Message) -> Message {
+    // Field by field: cloning the whole message first would copy the content.
+    let Message {
+        id,
+        conversation,
+        sender,
+        body: _,
+        ts,
+        client_id,
+        meta: _,
+        note,
+        attachments: _,
+        delivery,
+    } = message;
     Message {
+        id: id.clone(),
+        conversation: conversation.clone(),
+        sender: sender.clone(),
         body: String::new(),
+        ts: *ts,
+        client_id: client_id.clone(),
         meta: None,
+        note: *note,
         attachments: Vec::new(),
-        ..message.clone()
+        delivery: delivery.clone(),
     }
 }
 

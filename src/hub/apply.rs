@@ -9,8 +9,8 @@
 //! - channel / contact change: O(U) per conversation of that channel / contact;
 //! - import: O(U × C).
 
+use super::conn::ConvKey;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use super::audience::{Audience, Slot};
 use super::conn::{close, Frame, Place};
@@ -206,7 +206,7 @@ impl WorkspaceState {
         self.index_conversation(old.as_ref(), None);
         self.inbox.forget_conversation(id);
         if let Some(entry) = self.convs.remove(id) {
-            let key = entry.key.clone().unwrap_or_else(|| Arc::from(id));
+            let key = entry.key.clone().unwrap_or_else(|| ConvKey::new(id));
             let frame = Frame::new(Place::Revoked(key), frames::access_revoked(id));
             for (s, _) in entry.audience.iter() {
                 self.send(s, &frame);
@@ -265,7 +265,7 @@ impl WorkspaceState {
             .collect();
         for id in removed {
             if let Some(entry) = self.convs.remove(&id) {
-                let key = entry.key.clone().unwrap_or_else(|| Arc::from(id.as_str()));
+                let key = entry.key.clone().unwrap_or_else(|| ConvKey::new(&id));
                 let frame = Frame::new(Place::Revoked(key), frames::access_revoked(&id));
                 for (s, _) in before.get(&id).unwrap_or(&entry.audience).iter() {
                     self.send(s, &frame);

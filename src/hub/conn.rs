@@ -1,8 +1,9 @@
 //! The hub's handle on one live WebSocket session.
 
 use std::collections::VecDeque;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU16, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
@@ -58,6 +59,41 @@ impl Frame {
     }
 }
 
+/// A conversation's id as frames carry it: one allocation per conversation
+/// (the hub's `ConvEntry::key`) with its hash taken once, so that a session's
+/// check of what it wrote compares a number and a pointer, not the id's
+/// bytes, on every frame.
+#[derive(Clone, Debug)]
+pub struct ConvKey {
+    hash: u64,
+    id: Arc<str>,
+}
+
+impl ConvKey {
+    pub fn new(id: &str) -> Self {
+        // One seed for the process: keys made apart (live, replay) agree.
+        static HASHER: LazyLock<foldhash::fast::RandomState> = LazyLock::new(Default::default);
+        ConvKey {
+            hash: HASHER.hash_one(id),
+            id: Arc::from(id),
+        }
+    }
+}
+
+impl PartialEq for ConvKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && (Arc::ptr_eq(&self.id, &other.id) || self.id == other.id)
+    }
+}
+
+impl Eq for ConvKey {}
+
+impl Hash for ConvKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
 /// A frame's relation to a conversation's sequence. The hub queues each
 /// connection's frames of a conversation in increasing `seq`; only a
 /// `resume` replay can overlap them.
@@ -67,13 +103,13 @@ pub enum Place {
     Outside,
     /// An event of the conversation, holding its `seq`: written at most once
     /// per connection, never after a later one.
-    Event(Arc<str>, u64),
+    Event(ConvKey, u64),
     /// Access gained, as of the conversation's latest `seq`. It repeats no
     /// event, so it is always written.
-    Granted(Arc<str>, u64),
+    Granted(ConvKey, u64),
     /// Access lost: nothing more of the conversation follows until it is
     /// granted again, so a session can forget what it sent of it.
-    Revoked(Arc<str>),
+    Revoked(ConvKey),
 }
 
 pub type Outbound = Arc<Frame>;
@@ -259,7 +295,7 @@ mod tests {
 
     fn frame(seq: u64) -> Outbound {
         Frame::new(
-            Place::Event(Arc::from("c1"), seq),
+            Place::Event(ConvKey::new("c1"), seq),
             Utf8Bytes::from(seq.to_string()),
         )
     }
@@ -309,7 +345,7 @@ mod tests {
         assert_eq!(seq_of(inbox.next().await), 1);
         assert_eq!(
             inbox.try_next().map(|f| f.place.clone()),
-            Some(Place::Event(Arc::from("c1"), 2))
+            Some(Place::Event(ConvKey::new("c1"), 2))
         );
         assert!(handle.push(frame(4)));
         assert!(handle.push(frame(5)), "room again after taking two");
@@ -322,7 +358,7 @@ mod tests {
         for seq in 3..=5 {
             assert_eq!(
                 inbox.try_next().map(|f| f.place.clone()),
-                Some(Place::Event(Arc::from("c1"), seq))
+                Some(Place::Event(ConvKey::new("c1"), seq))
             );
         }
         assert!(inbox.queue_bytes() > 0);

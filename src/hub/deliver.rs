@@ -2,12 +2,10 @@
 //! fan-out hot path: a frame is built and serialized once per event and
 //! shared by every recipient's queue; recipients come from the audience index.
 
-use std::sync::Arc;
-
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::audience::Slot;
-use super::conn::{ConnHandle, Frame, Outbound, Place};
+use super::conn::{ConnHandle, ConvKey, Frame, Outbound, Place};
 use super::frames;
 use super::state::WorkspaceState;
 use crate::domain::{Id, Mark, Message, Sender};
@@ -134,10 +132,13 @@ impl WorkspaceState {
 
     /// A frame's place in a conversation's sequence, with the conversation's
     /// shared id (see [`ConvEntry::key`]).
-    pub(super) fn position(&mut self, conversation: &str, seq: u64) -> (Arc<str>, u64) {
+    pub(super) fn position(&mut self, conversation: &str, seq: u64) -> (ConvKey, u64) {
         let key = match self.convs.get_mut(conversation) {
-            Some(e) => e.key.get_or_insert_with(|| Arc::from(conversation)).clone(),
-            None => Arc::from(conversation),
+            Some(e) => e
+                .key
+                .get_or_insert_with(|| ConvKey::new(conversation))
+                .clone(),
+            None => ConvKey::new(conversation),
         };
         (key, seq)
     }

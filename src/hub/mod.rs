@@ -24,7 +24,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 
-pub use conn::{close, ConnHandle, Control, Frame, Outbound, Place};
+pub use conn::{close, ConnHandle, Control, ConvKey, Frame, Outbound, Place};
 pub use state::WorkspaceState;
 
 use crate::domain::WorkspaceSettings;

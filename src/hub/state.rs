@@ -8,8 +8,8 @@
 //! - `views.rs`: inbox pages and unread figures;
 //! - `restore.rs`: start-up and resync from storage, replay.
 
+use super::conn::ConvKey;
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
 
 use super::audience::{Audience, Slot, SlotMap};
 use super::conn::ConnHandle;
@@ -25,10 +25,9 @@ pub struct ConvEntry {
     pub seq: u64,
     pub audience: Audience,
     pub activity: Activity,
-    /// The id shared by every sequenced frame of the conversation, so that a
-    /// session's last-sent map finds an equal key by pointer before comparing
-    /// bytes. Made on the first frame.
-    pub key: Option<Arc<str>>,
+    /// The id shared by every sequenced frame of the conversation (see
+    /// [`ConvKey`]). Made on the first frame.
+    pub key: Option<ConvKey>,
 }
 
 pub struct WorkspaceState {

@@ -5,8 +5,8 @@ use serde::Serialize;
 
 use crate::clock::now_ms;
 use crate::domain::{
-    validate_attachments, Attachment, Change, Conversation, Delivery, DeliveryStatus, Id, Lookup,
-    Message, Sender, Status, StatusEvent, StatusKind, User, MAX_DELIVERY_ERROR_BYTES,
+    validate_attachments, Attachment, Change, Conversation, Delivery, DeliveryStatus, Directory,
+    Id, Lookup, Message, Sender, Status, StatusEvent, StatusKind, User, MAX_DELIVERY_ERROR_BYTES,
 };
 use crate::policy::{actions, Denial};
 use crate::store::{History, Outcome};
@@ -67,9 +67,18 @@ impl Gateway {
     ) -> Result<Posted, OpError> {
         let ws = actor.workspace().to_owned();
         self.check_draft(&actor, &draft)?;
-        let conv = self.conversation_in(&ws, conversation)?;
-        let sender = self.sender(&actor, &conv, sender_contact)?;
-        if conv.status == Status::Closed {
+        // One read of the directory, and the conversation is copied only
+        // when it must be reopened.
+        let (sender, closed) = self.hub.read(&ws, |dir| {
+            let conv = dir
+                .conversations
+                .get(conversation)
+                .ok_or_else(|| OpError::not_found("conversation", conversation))?;
+            let sender = sender(dir, &actor, conv, sender_contact)?;
+            let closed = (conv.status == Status::Closed).then(|| conv.clone());
+            Ok::<_, OpError>((sender, closed))
+        })?;
+        if let Some(conv) = closed {
             // Sending to a closed conversation reopens it.
             let mut next = conv.clone();
             next.status = Status::Open;
@@ -233,37 +242,6 @@ impl Gateway {
 
     /// Who a message is from: an agent allowed to write, or for an adapter
     /// the named contact (else the conversation's).
-    fn sender(
-        &self,
-        actor: &Actor,
-        conv: &Conversation,
-        sender_contact: Option<Id>,
-    ) -> Result<Sender, OpError> {
-        let ws = actor.workspace();
-        match actor {
-            Actor::User { id: uid, .. } => {
-                self.hub.read(ws, |dir| {
-                    let me = dir.user(uid).ok_or(Denial::UnknownActor)?;
-                    actions::may_write(dir, me, conv, "sending")
-                })?;
-                Ok(Sender::User(uid.clone()))
-            }
-            Actor::System { .. } => {
-                if !conv.kind.adapter_writable() {
-                    return Err(Denial::AdapterNotCustomer.into());
-                }
-                if let Some(k) = &sender_contact {
-                    self.get_contact(ws, k).map_err(|_| {
-                        OpError::invalid("sender", format!("unknown contact {k:?}"))
-                    })?;
-                }
-                Ok(Sender::Contact(
-                    sender_contact.or_else(|| conv.contact.clone()),
-                ))
-            }
-        }
-    }
-
     /// Edits (`Some(body)`) or deletes (`None`) one's own message within the window.
     pub async fn edit_message(
         &self,
@@ -349,5 +327,36 @@ impl Gateway {
             Ok::<_, OpError>(())
         })?;
         Ok(Some(serde_json::json!({ "mentions": mentions })))
+    }
+}
+
+/// Who a new message is from, if `actor` may post it to `conv`: an agent who
+/// may write in it, or an adapter on a conversation with a customer (as
+/// `sender_contact`, a contact of the workspace, or the conversation's own).
+fn sender(
+    dir: &Directory,
+    actor: &Actor,
+    conv: &Conversation,
+    sender_contact: Option<Id>,
+) -> Result<Sender, OpError> {
+    match actor {
+        Actor::User { id: uid, .. } => {
+            let me = dir.user(uid).ok_or(Denial::UnknownActor)?;
+            actions::may_write(dir, me, conv, "sending")?;
+            Ok(Sender::User(uid.clone()))
+        }
+        Actor::System { .. } => {
+            if !conv.kind.adapter_writable() {
+                return Err(Denial::AdapterNotCustomer.into());
+            }
+            if let Some(k) = &sender_contact {
+                if !dir.contacts.contains_key(k) {
+                    return Err(OpError::invalid("sender", format!("unknown contact {k:?}")));
+                }
+            }
+            Ok(Sender::Contact(
+                sender_contact.or_else(|| conv.contact.clone()),
+            ))
+        }
     }
 }

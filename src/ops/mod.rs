@@ -38,7 +38,14 @@ pub use message::{Draft, Posted, Receipted};
 pub use routing::{InboundContact, Outreach, ThreadKey};
 
 fn new_id(prefix: &str) -> Id {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
+    // One per message: no formatting machinery.
+    let mut buf = uuid::Uuid::encode_buffer();
+    let uuid = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+    let mut id = String::with_capacity(prefix.len() + 1 + uuid.len());
+    id.push_str(prefix);
+    id.push('-');
+    id.push_str(uuid);
+    id
 }
 
 /// Who asks, and in which workspace.
@@ -365,5 +372,25 @@ fn seq_of(outcome: Outcome) -> u64 {
     match outcome {
         Outcome::Stored(c) => c.seq,
         Outcome::Duplicate { seq, .. } => seq,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_are_the_prefix_and_a_random_uuid_in_lowercase_hex() {
+        let (a, b) = (super::new_id("m"), super::new_id("m"));
+        assert_ne!(a, b);
+        let hex = a.strip_prefix("m-").expect("prefix");
+        assert_eq!(hex.len(), 32, "{a}");
+        assert!(
+            hex.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c)),
+            "{a}"
+        );
+        assert_eq!(
+            uuid::Uuid::parse_str(hex).map(|u| u.get_version_num()),
+            Ok(4)
+        );
     }
 }

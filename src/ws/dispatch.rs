@@ -2,7 +2,6 @@
 //! each runs the operation and returns the frame that answers it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
@@ -13,7 +12,7 @@ use super::protocol::{self, reference_of, BulkAction, ClientFrame, Op};
 use super::replies;
 use super::session::Session;
 use crate::domain::{Attachment, Change, ConversationKind, Mark};
-use crate::hub::{close, frames};
+use crate::hub::{close, frames, ConvKey};
 use crate::ops::{Actor, Command, Draft, ItemResult, OpError, Outreach};
 
 /// Typing is relayed at most this often per conversation and connection.
@@ -320,7 +319,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 self.send(replies::replay_gap(&conv, after + 1, history.oldest_seq))
                     .await?;
             }
-            let key: Arc<str> = Arc::from(conv.as_str());
+            let key = ConvKey::new(&conv);
             for ev in history.events {
                 let text = match &ev.change {
                     Change::Message { message, .. } => frames::message(&conv, ev.seq, message),

@@ -21,10 +21,9 @@
 //! latest `seq`.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::hub::Place;
+use crate::hub::{ConvKey, Place};
 
 /// Conversations per generation.
 pub const GENERATION: usize = 512;
@@ -32,7 +31,7 @@ pub const GENERATION: usize = 512;
 pub const MIN_AGE: Duration = Duration::from_secs(30);
 
 /// Looked up once per frame written, hence the fast hasher.
-type Positions = HashMap<Arc<str>, u64, foldhash::fast::RandomState>;
+type Positions = HashMap<ConvKey, u64, foldhash::fast::RandomState>;
 
 #[derive(Default)]
 pub struct Sent {
@@ -80,7 +79,7 @@ impl Sent {
     }
 
     /// Whether a stored event replayed by `resume` is to be written (and records it).
-    pub fn replayed(&mut self, conv: &Arc<str>, seq: u64) -> bool {
+    pub fn replayed(&mut self, conv: &ConvKey, seq: u64) -> bool {
         self.advance(conv, seq)
     }
 
@@ -102,7 +101,7 @@ impl Sent {
         self.more.as_ref().map(|m| &m.previous)
     }
 
-    fn advance(&mut self, conv: &Arc<str>, seq: u64) -> bool {
+    fn advance(&mut self, conv: &ConvKey, seq: u64) -> bool {
         // The common case, one lookup: a conversation of the current generation.
         if let Some(last) = self.current.get_mut(conv) {
             if *last >= seq {
@@ -119,14 +118,14 @@ impl Sent {
         true
     }
 
-    fn last(&self, conv: &str) -> Option<u64> {
+    fn last(&self, conv: &ConvKey) -> Option<u64> {
         self.current
             .get(conv)
             .or_else(|| self.previous().and_then(|p| p.get(conv)))
             .copied()
     }
 
-    fn record(&mut self, conv: &Arc<str>, seq: u64, now: Instant) {
+    fn record(&mut self, conv: &ConvKey, seq: u64, now: Instant) {
         if let Some(last) = self.current.get_mut(conv) {
             *last = seq;
             return;
@@ -150,8 +149,8 @@ impl Sent {
 mod tests {
     use super::*;
 
-    fn key(i: usize) -> Arc<str> {
-        Arc::from(format!("v{i}").as_str())
+    fn key(i: usize) -> ConvKey {
+        ConvKey::new(&format!("v{i}"))
     }
 
     #[test]
