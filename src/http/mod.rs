@@ -17,7 +17,7 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::middleware::{self, Next};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -41,7 +41,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn(json_errors))
+        // Measures and logs the request, then `json_errors` runs it (one
+        // layer: each costs a service clone and a boxed future per request).
         .layer(axum::middleware::from_fn(observe::observe))
         .with_state(gw)
 }
@@ -87,7 +88,7 @@ pub const MAX_URI_BYTES: usize = 8 * 1024;
 /// framework's own refusals (405 from the router, rejections of extractors
 /// other than ours) come as plain text or empty, and are rewritten here,
 /// keeping their status and headers (`Allow`).
-async fn json_errors(req: Request, next: Next) -> Response {
+pub(crate) async fn json_errors(req: Request, next: Next) -> Response {
     let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target > MAX_URI_BYTES && req.uri().path() != "/v1/ws" {
         return ApiError::new(
@@ -300,8 +301,14 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
 }
 
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every adapter post parses a body: track the path only to explain an
+    // error (the same bytes fail the same way a second time).
     let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    if let Ok(value) = T::deserialize(&mut *de).and_then(|v| de.end().map(|()| v)) {
+        return Ok(value);
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
         let message = inner.to_string();
@@ -315,7 +322,10 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             err.field = Some(field);
         }
         err
-    })
+    })?;
+    de.end()
+        .map_err(|e| ApiError::bad_json(e.to_string()))
+        .map(|()| value)
 }
 
 /// Checks `Authorization: Bearer <token>` against the accepted tokens; the

@@ -40,7 +40,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
     // Owned only when present (an admin call naming its workspace).
     let workspace = workspace_param(req.uri().query()).map(str::to_owned);
     #[cfg(not(feature = "otel"))]
-    let response = next.run(req).await;
+    let response = super::json_errors(req, next).await;
     // With OpenTelemetry a span per request (continuing a caller's
     // `traceparent`); the plain build pays for no span.
     #[cfg(feature = "otel")]
@@ -54,7 +54,9 @@ pub async fn observe(req: Request, next: Next) -> Response {
             http.response.status_code = tracing::field::Empty,
         );
         crate::otel::set_parent(&span, req.headers());
-        let response = next.run(req).instrument(span.clone()).await;
+        let response = super::json_errors(req, next)
+            .instrument(span.clone())
+            .await;
         span.record("http.response.status_code", response.status().as_u16());
         response
     };

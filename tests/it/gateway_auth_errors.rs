@@ -217,6 +217,27 @@ async fn http_errors_follow_the_protocol() {
         )
         .await;
     assert_error("adapter post not JSON", st, &body, 400, "bad_json");
+    // One JSON document and nothing after it but white space.
+    let (st, body) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/v1/messages",
+            Some(ADAPTER_KEY),
+            &[],
+            Some(b"{\"body\": \"hi\"} {\"body\": \"again\"}".to_vec()),
+        )
+        .await;
+    assert_error("adapter post with trailing data", st, &body, 400, "bad_json");
+    let (st, _) = srv
+        .request(
+            Method::POST,
+            "/v1/conversations/v2/messages",
+            Some(ADAPTER_KEY),
+            &[],
+            Some(b"{\"body\": \"hi\"}\n".to_vec()),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "a trailing newline is white space");
     let (st, body) = srv
         .request(
             Method::PATCH,
