@@ -54,9 +54,7 @@ pub async fn observe(req: Request, next: Next) -> Response {
             http.response.status_code = tracing::field::Empty,
         );
         crate::otel::set_parent(&span, req.headers());
-        let response = super::json_errors(req, next)
-            .instrument(span.clone())
-            .await;
+        let response = super::json_errors(req, next).instrument(span.clone()).await;
         span.record("http.response.status_code", response.status().as_u16());
         response
     };

@@ -124,7 +124,7 @@ pub struct MemoryStore {
     /// Subscribed at start-up, read on every commit: a read lock, shared by
     /// all workspaces, never a copy of the list.
     consumers: RwLock<Vec<Arc<dyn Sink>>>,
-    logs: Mutex<HashMap<Id, Arc<Mutex<Log>>>>,
+    logs: RwLock<HashMap<Id, Arc<Mutex<Log>>>>,
     /// Keyed by (workspace, channel): channel ids are only unique per workspace.
     rotations: Mutex<HashMap<(Id, Id), Vec<Id>>>,
     waiting: Mutex<HashMap<(Id, Id), VecDeque<Id>>>,
@@ -156,7 +156,7 @@ impl MemoryStore {
         MemoryStore {
             history_len: history_len.max(1),
             consumers: RwLock::new(Vec::new()),
-            logs: Mutex::new(HashMap::new()),
+            logs: RwLock::new(HashMap::new()),
             rotations: Mutex::new(HashMap::new()),
             waiting: Mutex::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
@@ -166,8 +166,12 @@ impl MemoryStore {
     }
 
     fn log(&self, workspace: &str) -> Arc<Mutex<Log>> {
+        // Every commit passes here: a read lock, and no key copied but the first time.
+        if let Some(log) = self.logs.read().get(workspace) {
+            return log.clone();
+        }
         self.logs
-            .lock()
+            .write()
             .entry(workspace.to_owned())
             .or_default()
             .clone()
@@ -226,7 +230,10 @@ impl MemoryStore {
         }
         let seq = match change.sequenced_conversation() {
             Some(conv) => {
-                let s = log.seqs.entry(conv.to_owned()).or_insert(0);
+                let s = match log.seqs.get_mut(conv) {
+                    Some(s) => s,
+                    None => log.seqs.entry(conv.to_owned()).or_insert(0),
+                };
                 *s += 1;
                 *s
             }
@@ -291,7 +298,10 @@ impl MemoryStore {
         if let Some(conv) = committed.change.sequenced_conversation() {
             let cap = self.history_len;
             let log = &mut *log;
-            let h = log.history.entry(conv.to_owned()).or_default();
+            let h = match log.history.get_mut(conv) {
+                Some(h) => h,
+                None => log.history.entry(conv.to_owned()).or_default(),
+            };
             h.push_back(committed.clone());
             while h.len() > cap {
                 if let Some(Change::Message { message, .. }) =

@@ -227,7 +227,13 @@ async fn http_errors_follow_the_protocol() {
             Some(b"{\"body\": \"hi\"} {\"body\": \"again\"}".to_vec()),
         )
         .await;
-    assert_error("adapter post with trailing data", st, &body, 400, "bad_json");
+    assert_error(
+        "adapter post with trailing data",
+        st,
+        &body,
+        400,
+        "bad_json",
+    );
     let (st, _) = srv
         .request(
             Method::POST,
