@@ -124,10 +124,34 @@ impl WorkspaceState {
         entry.seq = entry.seq.max(seq);
         let (key, seq) = self.position(conversation, seq);
         let frame = Frame::new(Place::Event(key, seq), text);
-        let targets: Vec<Slot> = self.audience_online(conversation).collect();
-        for s in targets {
-            self.send(s, &frame);
+        self.send_to_readers(conversation, &frame);
+    }
+
+    /// `send` to every online reader of a conversation, in one pass over the
+    /// smaller of its audience and the online users (as [`Self::audience_online`]).
+    pub(super) fn send_to_readers(&mut self, conversation: &str, frame: &Outbound) {
+        let Some(entry) = self.convs.get(conversation) else {
+            return;
+        };
+        let online = &mut self.online;
+        let mut deliveries = 0;
+        let mut push = |list: &mut Vec<ConnHandle>| {
+            deliveries += list.len() as u64;
+            list.retain(|c| c.push(frame.clone()));
+            !list.is_empty()
+        };
+        if online.len() < entry.audience.len() {
+            online.retain(|s, list| !entry.audience.get(*s).can_read() || push(list));
+        } else {
+            for (s, _) in entry.audience.iter() {
+                if let Some(list) = online.get_mut(&s) {
+                    if !push(list) {
+                        online.remove(&s);
+                    }
+                }
+            }
         }
+        self.deliveries += deliveries;
     }
 
     /// A frame's place in a conversation's sequence, with the conversation's

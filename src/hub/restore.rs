@@ -1,7 +1,6 @@
 //! Start-up and resync from storage (seqs, activity, marks), and replay of
 //! stored events the bus missed.
 
-use super::audience::Slot;
 use super::conn::{Frame, Place};
 use super::frames;
 use super::marks::UserMarks;
@@ -86,9 +85,6 @@ impl WorkspaceState {
         };
         let (key, seq) = self.position(conversation, c.seq);
         let frame = Frame::new(Place::Event(key, seq), text);
-        let targets: Vec<Slot> = self.audience_online(conversation).collect();
-        for s in targets {
-            self.send(s, &frame);
-        }
+        self.send_to_readers(conversation, &frame);
     }
 }
