@@ -191,7 +191,7 @@ impl WorkspaceState {
         let frame = Frame::new(Place::Event(key, seq), frames::status(seq, status, conv));
         if status.event == StatusKind::Created || old_conv.is_none() {
             // Everyone in the audience learns of a new conversation the same way.
-            self.send_to_readers(&conv.id, &frame);
+            self.send_to_readers(&conv.id, &frame, &[]);
         } else {
             self.notify_diff(&conv.id, seq, &old, Some(&frame));
         }

@@ -187,21 +187,31 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
-    /// Queues a frame without waiting. A full queue closes the connection with
-    /// 4008 rather than dropping the event or stalling fan-out; the client
-    /// recovers with `resume`. Returns false when the connection is gone.
-    pub fn push(&self, frame: Outbound) -> bool {
+    #[cfg(test)]
+    fn push(&self, frame: Outbound) -> bool {
+        self.push_with(&frame, None)
+    }
+
+    /// Queues `frame` and then `next`, if any, without waiting, with one
+    /// wake-up (the session writes both in one batch). A full queue closes
+    /// the connection with 4008 rather than dropping the event or stalling
+    /// fan-out; the client recovers with `resume`. Returns false when the
+    /// connection is gone.
+    pub fn push_with(&self, frame: &Outbound, next: Option<&Outbound>) -> bool {
         let mut queue = self.control.queue.lock();
         if queue.receiver_gone {
             return false;
         }
-        if queue.frames.len() >= queue.capacity {
+        if queue.frames.len() + usize::from(next.is_some()) >= queue.capacity {
             drop(queue);
             metrics::counter!("switchboard_slow_consumer_closes_total").increment(1);
             self.control.close(close::SLOW_CONSUMER);
             return false;
         }
-        queue.frames.push_back(frame);
+        queue.frames.push_back(frame.clone());
+        if let Some(next) = next {
+            queue.frames.push_back(next.clone());
+        }
         drop(queue);
         self.control.waker.wake();
         true
@@ -368,6 +378,20 @@ mod tests {
             0,
             "an empty queue gives its memory back"
         );
+    }
+
+    #[tokio::test]
+    async fn a_frame_and_its_follower_are_queued_together_or_overflow() {
+        let (handle, inbox) = channel(1, 3);
+        assert!(handle.push_with(&frame(1), Some(&frame(2))));
+        assert_eq!(seq_of(inbox.next().await), 1);
+        assert_eq!(seq_of(inbox.next().await), 2);
+        assert!(handle.push_with(&frame(3), Some(&frame(4))));
+        assert!(
+            !handle.push_with(&frame(5), Some(&frame(6))),
+            "two more would make four"
+        );
+        assert_eq!(handle.control.code(), Some(close::SLOW_CONSUMER));
     }
 
     #[tokio::test]

@@ -83,15 +83,31 @@ impl WorkspaceState {
             let slot = self.slot(u);
             self.inbox.mark(slot, cid, &Mark::Read { seq });
         }
-        self.fan_out(cid, seq, frames::message(cid, seq, message));
         // Built once, and only if someone is notified.
         let mut about = None;
+        // Designated readers get the message and its notification in one push
+        // (one wake-up, one socket write), so the notifications come first.
+        let notices = if from_customer {
+            self.new_message_notices(message, seq, &mut about)
+        } else {
+            Vec::new()
+        };
+        self.fan_out_with(cid, seq, frames::message(cid, seq, message), &notices);
         self.mention_notifications(message, seq, &mut about);
-        if !from_customer {
-            return;
-        }
-        let Some(conv) = self.dir.conversations.get(cid) else {
-            return;
+    }
+
+    /// The `new_message` notifications of a customer's message, by slot: for
+    /// its designated readers online who have not muted it or focused it.
+    fn new_message_notices(
+        &self,
+        message: &Message,
+        seq: u64,
+        about: &mut Option<frames::MessageRef>,
+    ) -> Vec<(Slot, Outbound)> {
+        let cid = message.conversation.as_str();
+        let (Some(conv), Some(entry)) = (self.dir.conversations.get(cid), self.convs.get(cid))
+        else {
+            return Vec::new();
         };
         // A handful of people: a sorted Vec rather than a set.
         let mut targets: Vec<Slot> = designated(conv)
@@ -101,51 +117,77 @@ impl WorkspaceState {
         targets.sort_unstable();
         targets.dedup();
         targets.retain(|s| {
-            self.convs
-                .get(cid)
-                .is_some_and(|e| e.audience.get(*s).can_read())
+            entry.audience.get(*s).can_read()
                 && !self.inbox.is_muted(*s, cid)
                 && !self.inbox.is_focused(*s, cid)
         });
         if targets.is_empty() {
-            return;
+            return Vec::new();
         }
         let about = about.get_or_insert_with(|| frames::MessageRef::of(message));
-        for s in targets {
-            self.notify(s, "new_message", cid, seq, Some(about));
-        }
+        targets
+            .into_iter()
+            .map(|s| {
+                (
+                    s,
+                    self.notification(s, "new_message", cid, seq, Some(about)),
+                )
+            })
+            .collect()
     }
 
     /// Sends a sequenced frame to every online reader of a conversation.
     pub(super) fn fan_out(&mut self, conversation: &str, seq: u64, text: Utf8Bytes) {
+        self.fan_out_with(conversation, seq, text, &[]);
+    }
+
+    /// [`Self::fan_out`], with a frame that follows it to some readers
+    /// (`after`, sorted by slot) in the same push.
+    fn fan_out_with(
+        &mut self,
+        conversation: &str,
+        seq: u64,
+        text: Utf8Bytes,
+        after: &[(Slot, Outbound)],
+    ) {
         let Some(entry) = self.convs.get_mut(conversation) else {
             return;
         };
         entry.seq = entry.seq.max(seq);
         let (key, seq) = self.position(conversation, seq);
         let frame = Frame::new(Place::Event(key, seq), text);
-        self.send_to_readers(conversation, &frame);
+        self.send_to_readers(conversation, &frame, after);
     }
 
     /// `send` to every online reader of a conversation, in one pass over the
-    /// smaller of its audience and the online users (as [`Self::audience_online`]).
-    pub(super) fn send_to_readers(&mut self, conversation: &str, frame: &Outbound) {
+    /// smaller of its audience and the online users (as [`Self::audience_online`]);
+    /// a reader in `after` (sorted by slot) gets that frame next, in the same push.
+    pub(super) fn send_to_readers(
+        &mut self,
+        conversation: &str,
+        frame: &Outbound,
+        after: &[(Slot, Outbound)],
+    ) {
         let Some(entry) = self.convs.get(conversation) else {
             return;
         };
         let online = &mut self.online;
         let mut deliveries = 0;
-        let mut push = |list: &mut Vec<ConnHandle>| {
-            deliveries += list.len() as u64;
-            list.retain(|c| c.push(frame.clone()));
+        let mut push = |s: Slot, list: &mut Vec<ConnHandle>| {
+            let next = after
+                .binary_search_by_key(&s, |(t, _)| *t)
+                .ok()
+                .map(|i| &after[i].1);
+            deliveries += list.len() as u64 * (1 + u64::from(next.is_some()));
+            list.retain(|c| c.push_with(frame, next));
             !list.is_empty()
         };
         if online.len() < entry.audience.len() {
-            online.retain(|s, list| !entry.audience.get(*s).can_read() || push(list));
+            online.retain(|s, list| !entry.audience.get(*s).can_read() || push(*s, list));
         } else {
             for (s, _) in entry.audience.iter() {
                 if let Some(list) = online.get_mut(&s) {
-                    if !push(list) {
+                    if !push(s, list) {
                         online.remove(&s);
                     }
                 }
@@ -195,7 +237,7 @@ impl WorkspaceState {
             return;
         };
         let before = list.len();
-        list.retain(|c| c.push(frame.clone()));
+        list.retain(|c| c.push_with(frame, None));
         self.deliveries += before as u64;
         if list.is_empty() {
             self.online.remove(&slot);
@@ -207,7 +249,7 @@ impl WorkspaceState {
         let Some(list) = self.online.get_mut(&slot) else {
             return;
         };
-        list.retain(|c| c.id != conn || c.push(frame.clone()));
+        list.retain(|c| c.id != conn || c.push_with(frame, None));
         self.deliveries += 1;
         if list.is_empty() {
             self.online.remove(&slot);

@@ -115,9 +115,22 @@ impl WorkspaceState {
         if !self.online.contains_key(&slot) {
             return;
         }
+        let frame = self.notification(slot, kind, conv, seq, about);
+        self.send(slot, &frame);
+    }
+
+    /// A `notification` frame for `slot`, with its unread counters.
+    pub(super) fn notification(
+        &self,
+        slot: Slot,
+        kind: &str,
+        conv: &str,
+        seq: u64,
+        about: Option<&MessageRef>,
+    ) -> Outbound {
         let (unread, my_unread) = self.unread_of(slot);
         let text = frames::notification(kind, conv, seq, unread, my_unread, about);
-        self.send(slot, &Frame::new(Place::Outside, text));
+        Frame::new(Place::Outside, text)
     }
 
     /// `mentioned` notifications for the users a message names (who can read it).

@@ -85,6 +85,6 @@ impl WorkspaceState {
         };
         let (key, seq) = self.position(conversation, c.seq);
         let frame = Frame::new(Place::Event(key, seq), text);
-        self.send_to_readers(conversation, &frame);
+        self.send_to_readers(conversation, &frame, &[]);
     }
 }

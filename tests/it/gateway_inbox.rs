@@ -262,6 +262,18 @@ async fn notifications_follow_the_designated_people() {
         n.get("message").is_none(),
         "no second copy of the message: {n}"
     );
+    // It comes right after the message (both queued in one push).
+    for frames in &f[A1..=A1B] {
+        let at = frames
+            .iter()
+            .position(|x| is_message(x, "v1", "c1"))
+            .expect("the message frame");
+        assert_eq!(
+            frames.get(at + 1).map(|x| (&x["type"], &x["kind"])),
+            Some((&json!("notification"), &json!("new_message"))),
+            "{frames:?}"
+        );
+    }
     for (i, frames) in f.iter().enumerate() {
         assert!(
             frames.iter().any(|x| is_message(x, "v1", "c1")),
