@@ -9,11 +9,10 @@
 //! - channel / contact change: O(U) per conversation of that channel / contact;
 //! - import: O(U × C).
 
-use super::conn::ConvKey;
 use std::collections::{HashMap, HashSet};
 
 use super::audience::{Audience, Slot};
-use super::conn::{close, Frame, Place};
+use super::conn::{close, ConvKey, Frame, Place};
 use super::frames;
 use super::state::WorkspaceState;
 use crate::domain::{Change, Committed, Ephemeral, Mark, StatusEvent, StatusKind};

@@ -187,11 +187,6 @@ pub struct ConnHandle {
 }
 
 impl ConnHandle {
-    #[cfg(test)]
-    fn push(&self, frame: Outbound) -> bool {
-        self.push_with(&frame, None)
-    }
-
     /// Queues `frame` and then `next`, if any, without waiting, with one
     /// wake-up (the session writes both in one batch). A full queue closes
     /// the connection with 4008 rather than dropping the event or stalling
@@ -323,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn a_close_comes_first_and_the_first_code_wins_whenever_it_comes() {
         let (handle, inbox) = channel(1, 8);
-        assert!(handle.push(frame(1)));
+        assert!(handle.push_with(&frame(1), None));
         handle.control.close(close::POLICY);
         handle.control.close(close::IDLE);
         assert!(matches!(inbox.next().await, Next::Close(close::POLICY)));
@@ -334,7 +329,7 @@ mod tests {
             (first, inbox.next().await)
         });
         tokio::task::yield_now().await;
-        assert!(handle.push(frame(1)));
+        assert!(handle.push_with(&frame(1), None));
         tokio::task::yield_now().await;
         handle.control.close(close::SLOW_CONSUMER);
         let (first, second) = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
@@ -350,16 +345,22 @@ mod tests {
         let (handle, inbox) = channel(1, 3);
         assert_eq!(inbox.queue_bytes(), 0, "no memory before the first frame");
         for seq in 1..=3 {
-            assert!(handle.push(frame(seq)));
+            assert!(handle.push_with(&frame(seq), None));
         }
         assert_eq!(seq_of(inbox.next().await), 1);
         assert_eq!(
             inbox.try_next().map(|f| f.place.clone()),
             Some(Place::Event(ConvKey::new("c1"), 2))
         );
-        assert!(handle.push(frame(4)));
-        assert!(handle.push(frame(5)), "room again after taking two");
-        assert!(!handle.push(frame(6)), "a fourth queued frame overflows");
+        assert!(handle.push_with(&frame(4), None));
+        assert!(
+            handle.push_with(&frame(5), None),
+            "room again after taking two"
+        );
+        assert!(
+            !handle.push_with(&frame(6), None),
+            "a fourth queued frame overflows"
+        );
         assert_eq!(handle.control.code(), Some(close::SLOW_CONSUMER));
         assert!(matches!(
             inbox.next().await,
@@ -397,7 +398,7 @@ mod tests {
     #[tokio::test]
     async fn either_end_going_away_is_seen_by_the_other() {
         let (handle, inbox) = channel(1, 8);
-        assert!(handle.push(frame(1)));
+        assert!(handle.push_with(&frame(1), None));
         drop(handle);
         assert_eq!(
             seq_of(inbox.next().await),
@@ -407,9 +408,12 @@ mod tests {
         assert!(matches!(inbox.next().await, Next::Close(close::NORMAL)));
 
         let (handle, inbox) = channel(2, 8);
-        assert!(handle.push(frame(1)));
+        assert!(handle.push_with(&frame(1), None));
         drop(inbox);
-        assert!(!handle.push(frame(2)), "nobody takes frames any more");
+        assert!(
+            !handle.push_with(&frame(2), None),
+            "nobody takes frames any more"
+        );
         assert_eq!(handle.control.code(), None, "which is not a slow consumer");
     }
 }

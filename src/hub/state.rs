@@ -8,11 +8,10 @@
 //! - `views.rs`: inbox pages and unread figures;
 //! - `restore.rs`: start-up and resync from storage, replay.
 
-use super::conn::ConvKey;
 use std::collections::{HashMap, HashSet};
 
 use super::audience::{Audience, Slot, SlotMap};
-use super::conn::ConnHandle;
+use super::conn::{ConnHandle, ConvKey};
 use super::marks::Inbox;
 use crate::domain::{Conversation, Directory, Id, WorkspaceSettings};
 use crate::policy::views::designated;

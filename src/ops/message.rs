@@ -240,8 +240,6 @@ impl Gateway {
         })
     }
 
-    /// Who a message is from: an agent allowed to write, or for an adapter
-    /// the named contact (else the conversation's).
     /// Edits (`Some(body)`) or deletes (`None`) one's own message within the window.
     pub async fn edit_message(
         &self,

@@ -197,36 +197,17 @@ async fn http_errors_follow_the_protocol() {
     srv.import(&world()).await;
 
     // Not JSON at all.
-    let (st, body) = srv
-        .request(
-            Method::POST,
-            "/v1/admin/import",
-            Some(ADMIN_TOKEN),
-            &[],
-            Some(b"{not json".to_vec()),
-        )
-        .await;
+    let raw = |method: Method, path: &'static str, token: &'static str, body: &[u8]| {
+        srv.request(method, path, Some(token), &[], Some(body.to_vec()))
+    };
+    let adapter_post = "/v1/conversations/v1/messages";
+    let (st, body) = raw(Method::POST, "/v1/admin/import", ADMIN_TOKEN, b"{not json").await;
     assert_error("import not JSON", st, &body, 400, "bad_json");
-    let (st, body) = srv
-        .request(
-            Method::POST,
-            "/v1/conversations/v1/messages",
-            Some(ADAPTER_KEY),
-            &[],
-            Some(b"{\"body\": ".to_vec()),
-        )
-        .await;
+    let (st, body) = raw(Method::POST, adapter_post, ADAPTER_KEY, b"{\"body\": ").await;
     assert_error("adapter post not JSON", st, &body, 400, "bad_json");
     // One JSON document and nothing after it but white space.
-    let (st, body) = srv
-        .request(
-            Method::POST,
-            "/v1/conversations/v1/messages",
-            Some(ADAPTER_KEY),
-            &[],
-            Some(b"{\"body\": \"hi\"} {\"body\": \"again\"}".to_vec()),
-        )
-        .await;
+    let trailing = b"{\"body\": \"hi\"} {\"body\": \"again\"}";
+    let (st, body) = raw(Method::POST, adapter_post, ADAPTER_KEY, trailing).await;
     assert_error(
         "adapter post with trailing data",
         st,
@@ -234,25 +215,16 @@ async fn http_errors_follow_the_protocol() {
         400,
         "bad_json",
     );
-    let (st, _) = srv
-        .request(
-            Method::POST,
-            "/v1/conversations/v2/messages",
-            Some(ADAPTER_KEY),
-            &[],
-            Some(b"{\"body\": \"hi\"}\n".to_vec()),
-        )
-        .await;
+    let newline = b"{\"body\": \"hi\"}\n";
+    let (st, _) = raw(
+        Method::POST,
+        "/v1/conversations/v2/messages",
+        ADAPTER_KEY,
+        newline,
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED, "a trailing newline is white space");
-    let (st, body) = srv
-        .request(
-            Method::PATCH,
-            "/v1/admin/users/s1",
-            Some(ADMIN_TOKEN),
-            &[],
-            Some(b"nope".to_vec()),
-        )
-        .await;
+    let (st, body) = raw(Method::PATCH, "/v1/admin/users/s1", ADMIN_TOKEN, b"nope").await;
     assert_error("patch user not JSON", st, &body, 400, "bad_json");
 
     // Credentials.

@@ -262,7 +262,7 @@ async fn notifications_follow_the_designated_people() {
         n.get("message").is_none(),
         "no second copy of the message: {n}"
     );
-    // It comes right after the message (both queued in one push).
+    // It comes right after the message, on every connection of the assignee.
     for frames in &f[A1..=A1B] {
         let at = frames
             .iter()
