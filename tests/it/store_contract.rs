@@ -115,6 +115,7 @@ contract!(
     receipts_are_numbered_and_history_keeps_the_furthest,
     the_outbox_records_agent_messages_with_their_commit,
     outbox_dead_letters_are_kept_and_put_back,
+    outbox_claims_keep_to_their_limit_over_many_workspaces,
 );
 
 fn conversation(id: &str, ws: &str) -> Conversation {
@@ -862,4 +863,97 @@ async fn outbox_dead_letters_are_kept_and_put_back(s: Subject) {
     let status = store.outbox_status("w1", "ch", 10).await.expect("status");
     assert!(status.dead.is_empty());
     assert_eq!(status.pending, 3);
+}
+
+/// More workspaces than a claim reads at once (Redis: 64), and a limit
+/// smaller than what waits: no claim exceeds its limit, every delivery comes
+/// exactly once, and each conversation's in order.
+async fn outbox_claims_keep_to_their_limit_over_many_workspaces(s: Subject) {
+    let store = &*s.store;
+    let (workspaces, per_conversation) = (70, 3);
+    for w in 0..workspaces {
+        let ws = format!("w{w}");
+        stored_seq(store, &ws, outbound_channel(&ws, None)).await;
+        stored_seq(store, &ws, upsert(&conversation(&format!("v{w}"), &ws))).await;
+        for i in 0..per_conversation {
+            let m = agent_message(&format!("m{w}-{i}"), &format!("v{w}"), "b");
+            stored_seq(store, &ws, post(m, None)).await;
+        }
+    }
+    let total = workspaces * per_conversation;
+    let mut got: Vec<OutboxItem> = Vec::new();
+    for _ in 0..200 {
+        let claimed = store.outbox_claim(50, LEASE, None).await.expect("claim");
+        assert!(claimed.len() <= 50, "{} over the limit", claimed.len());
+        got.extend(claimed);
+        if got.len() >= total {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(store
+        .outbox_claim(50, LEASE, None)
+        .await
+        .expect("claim")
+        .is_empty());
+    let ids: std::collections::HashSet<&str> = got.iter().map(|i| i.id.as_str()).collect();
+    assert_eq!((got.len(), ids.len()), (total, total), "each exactly once");
+    let mut seqs: std::collections::HashMap<&str, Vec<u64>> = Default::default();
+    for item in &got {
+        seqs.entry(item.conversation.as_str())
+            .or_default()
+            .push(item.seq);
+    }
+    for (conv, seqs) in seqs {
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{conv}: {seqs:?}");
+    }
+}
+
+/// Measurement, not a check (`cargo test --release --test it
+/// store_contract::outbox_claim_rounds -- --ignored --nocapture`): 2,000
+/// workspaces on one Redis, each with an outbound channel and one delivery
+/// waiting. Prints how long the claims that take every lease and read every
+/// delivery take, then a round with nothing new, then one renewing leases.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn outbox_claim_rounds_with_many_workspaces() {
+    const WORKSPACES: usize = 2000;
+    let s = redis().await;
+    let store = &*s.store;
+    for w in 0..WORKSPACES {
+        let (ws, conv) = (format!("w{w}"), format!("v{w}"));
+        stored_seq(store, &ws, outbound_channel(&ws, None)).await;
+        stored_seq(store, &ws, upsert(&conversation(&conv, &ws))).await;
+        stored_seq(
+            store,
+            &ws,
+            post(agent_message(&format!("m{w}"), &conv, "b"), None),
+        )
+        .await;
+    }
+    let lease = std::time::Duration::from_secs(3);
+    let started = std::time::Instant::now();
+    let (mut got, mut claims) = (0, 0);
+    while got < WORKSPACES && claims < 100 {
+        got += store
+            .outbox_claim(512, lease, None)
+            .await
+            .expect("claim")
+            .len();
+        claims += 1;
+    }
+    println!(
+        "{WORKSPACES} workspaces: {claims} claims took every lease and read {got} deliveries in {:?}",
+        started.elapsed()
+    );
+    for _ in 0..3 {
+        let started = std::time::Instant::now();
+        store.outbox_claim(512, lease, None).await.expect("claim");
+        println!("a round with nothing new: {:?}", started.elapsed());
+    }
+    // Past a third of the lease: every lease is renewed in the next round.
+    tokio::time::sleep(lease / 3).await;
+    let started = std::time::Instant::now();
+    store.outbox_claim(512, lease, None).await.expect("claim");
+    println!("a round renewing every lease: {:?}", started.elapsed());
 }

@@ -17,10 +17,11 @@
 //! possible only for a delivery in flight when its node died or lost the
 //! lease, and carries the same delivery id.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use parking_lot::Mutex;
 use redis::{Script, Value};
 
@@ -36,6 +37,8 @@ pub const GROUP: &str = "deliverers";
 const WORKSPACES_EVERY: Duration = Duration::from_secs(2);
 /// Entries read from one stream at once.
 const READ_BATCH: usize = 512;
+/// Lease and read commands a claim round has in flight at once.
+const IN_FLIGHT: usize = 64;
 /// Entries a status scan reads at most.
 const STATUS_SCAN: usize = 100_000;
 
@@ -100,14 +103,21 @@ async fn workspaces(store: &RedisStore) -> Result<Vec<Id>, StoreError> {
     Ok(list)
 }
 
-/// Keeps, takes or loses the leases; answers the workspaces this node delivers.
+/// What a claim round does about one workspace's lease.
+enum LeaseStep {
+    Renew,
+    Take,
+}
+
+/// Keeps, takes or loses the leases; answers the workspaces this node
+/// delivers. The workspaces due are handled [`IN_FLIGHT`] at a time: a round
+/// costs round trips in proportion to the workspaces over `IN_FLIGHT`, not
+/// to the workspaces.
 async fn leases(store: &RedisStore, lease: Duration) -> Result<Vec<Id>, StoreError> {
-    let node = &store.inner.node;
-    let lease_ms = lease.as_millis().max(1) as u64;
     let every = lease / 3;
+    let mut due = Vec::new();
     for ws in workspaces(store).await? {
-        let keys = Keys::of(&ws);
-        let owned = {
+        let renewed = {
             let mut owned = store.outbox.owned.lock();
             let renewed = owned.get(&ws).map(|h| (h.renewed, h.until));
             match renewed {
@@ -123,69 +133,94 @@ async fn leases(store: &RedisStore, lease: Duration) -> Result<Vec<Id>, StoreErr
                 other => other.map(|(renewed, _)| renewed),
             }
         };
-        let mut conn = store.inner.conn();
-        match owned {
+        match renewed {
             Some(at) if at.elapsed() < every => {}
-            Some(_) => {
-                let sent = Instant::now();
-                let mut inv = store.outbox.state_renew().key(keys.outbox_lease());
-                inv.arg(node).arg(lease_ms);
-                let kept: i64 = bounded(inv.invoke_async(&mut conn)).await?;
-                let mut owned = store.outbox.owned.lock();
-                if kept == 1 {
-                    if let Some(held) = owned.get_mut(&ws) {
-                        held.renewed = sent;
-                        held.until = sent + lease;
-                    }
-                } else {
-                    tracing::warn!(workspace = %ws, "outbox lease lost");
-                    owned.remove(&ws);
-                }
-            }
+            Some(_) => due.push((ws, LeaseStep::Renew)),
             None => {
-                let recently = store
-                    .outbox
-                    .tried
-                    .lock()
-                    .get(&ws)
-                    .is_some_and(|t| t.elapsed() < every);
-                if recently {
+                let mut tried = store.outbox.tried.lock();
+                if tried.get(&ws).is_some_and(|t| t.elapsed() < every) {
                     continue;
                 }
-                let sent = Instant::now();
-                store.outbox.tried.lock().insert(ws.clone(), sent);
-                let taken: Option<String> = bounded(
-                    redis::cmd("SET")
-                        .arg(keys.outbox_lease())
-                        .arg(node)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(lease_ms)
-                        .query_async(&mut conn),
-                )
-                .await?;
-                // A restarted node finds its own name still on the lease.
-                let ours = taken.is_some() || {
-                    let mut inv = store.outbox.state_renew().key(keys.outbox_lease());
-                    inv.arg(node).arg(lease_ms);
-                    bounded(inv.invoke_async::<i64>(&mut conn)).await? == 1
-                };
-                if ours {
-                    take_over(store, &ws).await?;
-                    let tenure = store.outbox.tenures.fetch_add(1, Ordering::Relaxed) + 1;
-                    let held = Held {
-                        renewed: sent,
-                        until: sent + lease,
-                        caught_up: false,
-                        tenure,
-                    };
-                    store.outbox.owned.lock().insert(ws.clone(), held);
-                    tracing::info!(workspace = %ws, "outbox lease taken");
-                }
+                tried.insert(ws.clone(), Instant::now());
+                due.push((ws, LeaseStep::Take));
             }
         }
     }
+    // A failed step is tried again next round; the others' outcomes stand.
+    let failures: Vec<(Id, StoreError)> = futures_util::stream::iter(due)
+        .map(|(ws, step)| async move {
+            let r = lease_step(store, &ws, &step, lease).await;
+            r.err().map(|e| (ws, e))
+        })
+        .buffer_unordered(IN_FLIGHT)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    if let Some((ws, e)) = failures.first() {
+        tracing::warn!(workspace = %ws, error = %e, failed = failures.len(), "outbox leases not renewed or taken");
+    }
     Ok(store.outbox.owned.lock().keys().cloned().collect())
+}
+
+/// Renews or takes one workspace's lease, and records the outcome.
+async fn lease_step(
+    store: &RedisStore,
+    ws: &Id,
+    step: &LeaseStep,
+    lease: Duration,
+) -> Result<(), StoreError> {
+    let node = &store.inner.node;
+    let lease_ms = lease.as_millis().max(1) as u64;
+    let key = Keys::of(ws).outbox_lease();
+    let mut conn = store.inner.conn();
+    let sent = Instant::now();
+    let renew = |mut conn: super::conn::Conn| {
+        let mut inv = store.outbox.state_renew().key(&key);
+        inv.arg(node).arg(lease_ms);
+        async move { bounded(inv.invoke_async::<i64>(&mut conn)).await }
+    };
+    match step {
+        LeaseStep::Renew => {
+            let kept = renew(conn).await? == 1;
+            let mut owned = store.outbox.owned.lock();
+            if kept {
+                if let Some(held) = owned.get_mut(ws) {
+                    held.renewed = sent;
+                    held.until = sent + lease;
+                }
+            } else {
+                tracing::warn!(workspace = %ws, "outbox lease lost");
+                owned.remove(ws);
+            }
+        }
+        LeaseStep::Take => {
+            let taken: Option<String> = bounded(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(node)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease_ms)
+                    .query_async(&mut conn),
+            )
+            .await?;
+            // A restarted node finds its own name still on the lease.
+            let ours = taken.is_some() || renew(conn).await? == 1;
+            if ours {
+                take_over(store, ws).await?;
+                let tenure = store.outbox.tenures.fetch_add(1, Ordering::Relaxed) + 1;
+                let held = Held {
+                    renewed: sent,
+                    until: sent + lease,
+                    caught_up: false,
+                    tenure,
+                };
+                store.outbox.owned.lock().insert(ws.clone(), held);
+                tracing::info!(workspace = %ws, "outbox lease taken");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// See [`Store::outbox_tenure`](crate::store::Store::outbox_tenure).
@@ -324,6 +359,11 @@ fn read_answer(v: Value) -> Entries {
     }
 }
 
+/// Reads up to `limit` deliveries of the workspaces this node holds (only
+/// those in `only` unless a lease was just taken). A workspace whose read
+/// failed reads its pending list again next time, so an entry Redis handed
+/// over with the answer lost is not stranded; what was read is returned
+/// all the same, and the error only when nothing was.
 pub async fn claim(
     store: &RedisStore,
     limit: usize,
@@ -331,82 +371,146 @@ pub async fn claim(
     only: Option<&HashSet<Id>>,
 ) -> Result<Vec<OutboxItem>, StoreError> {
     let owned = leases(store, lease).await?;
-    let mut out = Vec::new();
-    for ws in owned {
-        if out.len() >= limit {
-            break;
-        }
-        let key = Keys::of(&ws).outbox();
-        let caught_up = store
-            .outbox
-            .owned
-            .lock()
-            .get(&ws)
-            .is_some_and(|held| held.caught_up);
-        // A lease just taken is read at once, whatever `only` says.
-        if caught_up && only.is_some_and(|only| !only.contains(&ws)) {
-            continue;
-        }
-        // After taking the lease: this node's pending list first (oldest).
-        let mut from = if caught_up {
-            ">".to_owned()
-        } else {
-            "0".to_owned()
-        };
-        loop {
-            let want = (limit - out.len()).min(READ_BATCH);
-            if want == 0 {
-                break;
-            }
-            let mut conn = store.inner.conn();
-            let answer: Result<Value, StoreError> = bounded(
-                redis::cmd("XREADGROUP")
-                    .arg("GROUP")
-                    .arg(GROUP)
-                    .arg(&store.inner.node)
-                    .arg("COUNT")
-                    .arg(want)
-                    .arg("STREAMS")
-                    .arg(&key)
-                    .arg(&from)
-                    .query_async(&mut conn),
-            )
-            .await;
-            let answer = match answer {
-                Ok(a) => a,
-                // The stream or group went away (e.g. a replace of the data):
-                // take the lease again from scratch.
-                Err(e) if e.to_string().contains("NOGROUP") => {
-                    store.outbox.owned.lock().remove(&ws);
-                    break;
-                }
-                Err(e) => return Err(e),
-            };
-            let got = read_answer(answer);
-            let n = got.len();
-            for (entry, fields) in got {
-                match item_of(&ws, &entry, &fields) {
-                    Some(item) => out.push(item),
-                    None => {
-                        // Unreadable: nothing to deliver; out of the way.
-                        tracing::warn!(workspace = %ws, entry, "unreadable outbox entry dropped");
-                        ack_entry(store, &ws, &entry).await?;
-                    }
-                }
-                from = if from == ">" { from } else { entry };
-            }
-            if from == ">" {
-                break;
-            }
-            if n == 0 {
-                if let Some(held) = store.outbox.owned.lock().get_mut(&ws) {
-                    held.caught_up = true;
-                }
-                from = ">".to_owned();
+    let (mut catching_up, mut current) = (Vec::new(), VecDeque::new());
+    {
+        let held = store.outbox.owned.lock();
+        for ws in owned {
+            match held.get(&ws).map(|h| h.caught_up) {
+                Some(false) => catching_up.push(ws),
+                // A lease just taken is read at once, whatever `only` says.
+                Some(true) if only.is_none_or(|only| only.contains(&ws)) => current.push_back(ws),
+                _ => {}
             }
         }
     }
-    Ok(out)
+    let mut out = Vec::new();
+    let mut failed = None;
+    // After taking a lease: this node's pending list first (oldest), then
+    // what is new.
+    for ws in catching_up {
+        if out.len() >= limit {
+            break;
+        }
+        match read_pending(store, &ws, limit - out.len(), &mut out).await {
+            Ok(true) => current.push_back(ws),
+            Ok(false) => {}
+            Err(e) => failed = Some(e),
+        }
+    }
+    // New entries, `IN_FLIGHT` workspaces at a time, each asked for its
+    // share of the room left (so no more than `limit` are taken); one that
+    // filled its share goes round again.
+    while !current.is_empty() && out.len() < limit && failed.is_none() {
+        let room = limit - out.len();
+        let chunk: Vec<Id> = current
+            .drain(..current.len().min(room).min(IN_FLIGHT))
+            .collect();
+        let share = (room / chunk.len()).clamp(1, READ_BATCH);
+        let reads = futures_util::future::join_all(
+            chunk.iter().map(|ws| read_group(store, ws, ">", share)),
+        )
+        .await;
+        for (ws, read) in chunk.into_iter().zip(reads) {
+            match read {
+                Ok(Some(got)) => {
+                    let full = got.len() == share;
+                    collect(store, &ws, got, &mut out).await;
+                    if full {
+                        current.push_back(ws);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(workspace = %ws, error = %e, "outbox read failed");
+                    if let Some(held) = store.outbox.owned.lock().get_mut(&ws) {
+                        held.caught_up = false;
+                    }
+                    failed = Some(e);
+                }
+            }
+        }
+    }
+    match failed {
+        Some(e) if out.is_empty() => Err(e),
+        _ => Ok(out),
+    }
+}
+
+/// Reads this node's pending list of a workspace from the start, then marks
+/// it caught up. Answers whether it was (`false`: `limit` reached first, or
+/// the group is gone).
+async fn read_pending(
+    store: &RedisStore,
+    ws: &Id,
+    limit: usize,
+    out: &mut Vec<OutboxItem>,
+) -> Result<bool, StoreError> {
+    let mut from = "0".to_owned();
+    let mut room = limit;
+    while room > 0 {
+        let Some(got) = read_group(store, ws, &from, room.min(READ_BATCH)).await? else {
+            return Ok(false);
+        };
+        let Some((last, _)) = got.last() else {
+            if let Some(held) = store.outbox.owned.lock().get_mut(ws) {
+                held.caught_up = true;
+            }
+            return Ok(true);
+        };
+        from.clone_from(last);
+        room -= got.len();
+        collect(store, ws, got, out).await;
+    }
+    Ok(false)
+}
+
+/// One `XREADGROUP` of a workspace's stream from `from` (`>`: new entries).
+/// `None`: the stream or group went away (e.g. a replace of the data), so
+/// the lease is taken again from scratch.
+async fn read_group(
+    store: &RedisStore,
+    ws: &Id,
+    from: &str,
+    count: usize,
+) -> Result<Option<Entries>, StoreError> {
+    let mut conn = store.inner.conn();
+    let answer: Result<Value, StoreError> = bounded(
+        redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(&store.inner.node)
+            .arg("COUNT")
+            .arg(count)
+            .arg("STREAMS")
+            .arg(Keys::of(ws).outbox())
+            .arg(from)
+            .query_async(&mut conn),
+    )
+    .await;
+    match answer {
+        Ok(a) => Ok(Some(read_answer(a))),
+        Err(e) if e.to_string().contains("NOGROUP") => {
+            store.outbox.owned.lock().remove(ws);
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns read entries into deliveries; an unreadable one has nothing to
+/// deliver and is taken out of the way.
+async fn collect(store: &RedisStore, ws: &str, got: Entries, out: &mut Vec<OutboxItem>) {
+    for (entry, fields) in got {
+        match item_of(ws, &entry, &fields) {
+            Some(item) => out.push(item),
+            None => {
+                tracing::warn!(workspace = %ws, entry, "unreadable outbox entry dropped");
+                if let Err(e) = ack_entry(store, ws, &entry).await {
+                    tracing::warn!(workspace = %ws, entry, error = %e, "outbox entry not dropped");
+                }
+            }
+        }
+    }
 }
 
 async fn ack_entry(store: &RedisStore, ws: &str, entry: &str) -> Result<(), StoreError> {
