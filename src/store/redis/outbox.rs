@@ -110,9 +110,9 @@ enum LeaseStep {
 }
 
 /// Keeps, takes or loses the leases; answers the workspaces this node
-/// delivers. The workspaces due are handled [`IN_FLIGHT`] at a time: a round
-/// costs round trips in proportion to the workspaces over `IN_FLIGHT`, not
-/// to the workspaces.
+/// delivers. The workspaces due are handled [`IN_FLIGHT`] at a time, so a
+/// round waits for about one round trip per `IN_FLIGHT` workspaces, not one
+/// per workspace.
 async fn leases(store: &RedisStore, lease: Duration) -> Result<Vec<Id>, StoreError> {
     let every = lease / 3;
     let mut due = Vec::new();
@@ -146,7 +146,8 @@ async fn leases(store: &RedisStore, lease: Duration) -> Result<Vec<Id>, StoreErr
             }
         }
     }
-    // A failed step is tried again next round; the others' outcomes stand.
+    // The others' outcomes stand: a failed renewal is tried again next round,
+    // a failed take once a third of the lease has passed.
     let failures: Vec<(Id, StoreError)> = futures_util::stream::iter(due)
         .map(|(ws, step)| async move {
             let r = lease_step(store, &ws, &step, lease).await;
