@@ -865,9 +865,10 @@ async fn outbox_dead_letters_are_kept_and_put_back(s: Subject) {
     assert_eq!(status.pending, 3);
 }
 
-/// More workspaces than a claim reads at once (Redis: 64), and a limit
-/// smaller than what waits: no claim exceeds its limit, every delivery comes
-/// exactly once, and each conversation's in order.
+/// More workspaces than a claim reads at once (Redis: 64, so a claim of 100
+/// reads them in two chunks and goes round again for those that filled their
+/// share), and a limit smaller than what waits: no claim exceeds its limit,
+/// every delivery comes exactly once, and each conversation's in order.
 async fn outbox_claims_keep_to_their_limit_over_many_workspaces(s: Subject) {
     let store = &*s.store;
     let (workspaces, per_conversation) = (70, 3);
@@ -883,8 +884,8 @@ async fn outbox_claims_keep_to_their_limit_over_many_workspaces(s: Subject) {
     let total = workspaces * per_conversation;
     let mut got: Vec<OutboxItem> = Vec::new();
     for _ in 0..200 {
-        let claimed = store.outbox_claim(50, LEASE, None).await.expect("claim");
-        assert!(claimed.len() <= 50, "{} over the limit", claimed.len());
+        let claimed = store.outbox_claim(100, LEASE, None).await.expect("claim");
+        assert!(claimed.len() <= 100, "{} over the limit", claimed.len());
         got.extend(claimed);
         if got.len() >= total {
             break;
@@ -892,7 +893,7 @@ async fn outbox_claims_keep_to_their_limit_over_many_workspaces(s: Subject) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert!(store
-        .outbox_claim(50, LEASE, None)
+        .outbox_claim(100, LEASE, None)
         .await
         .expect("claim")
         .is_empty());
